@@ -1,0 +1,1087 @@
+//! Hugging Face chat templates rendered with minijinja.
+//!
+//! Models ship their prompt format as a Jinja2 template (`chat_template.jinja`
+//! or `tokenizer_config.json`'s `chat_template`). A prompt that differs from
+//! the training format by a single byte measurably degrades output, so this
+//! module reproduces what `transformers` does when it renders one:
+//!
+//! * `trim_blocks = true`, `lstrip_blocks = true`, no trailing newline kept;
+//! * loop controls (`{% break %}`, `{% continue %}`);
+//! * `raise_exception(msg)` → [`TemplateError::Raised`] with the template's message;
+//! * `tojson` with HF's semantics (no HTML escaping, non-ASCII kept, Python
+//!   `json.dumps` separators, `indent`/`separators`/`sort_keys`/`ensure_ascii`);
+//! * `strftime_now(fmt)`;
+//! * Python string/dict methods via `minijinja_contrib::pycompat`;
+//! * Python-style printing of booleans and none (`True`/`False`/`None`);
+//! * lenient undefined values, like jinja2's default `Undefined`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
+use serde::{Deserialize, Serialize};
+
+/// Name under which the single template is registered in the environment.
+const TEMPLATE_NAME: &str = "chat_template";
+/// JSON nesting limit for `tojson`, so hostile input cannot overflow the stack.
+const MAX_JSON_DEPTH: usize = 128;
+
+/// One chat message as given by the OpenAI-style API. Unknown fields (e.g.
+/// `tool_calls`, `name`, `tool_call_id`) are kept in `extra` and are visible
+/// to the template, which is how HF passes them through.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, `tool`, ...
+    pub role: String,
+    /// Text content; `None` for e.g. assistant messages that only carry tool calls.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Every other field of the message, passed to the template verbatim.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ChatMessage {
+    /// Convenience constructor for a plain text message.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: Some(content.into()),
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+/// Errors loading or rendering a chat template. Loading errors name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// A model file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// `tokenizer_config.json` is not valid JSON.
+    #[error("{} is not valid JSON: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: serde_json::Error,
+    },
+    /// Neither `chat_template.jinja` nor a usable `chat_template` entry exists.
+    #[error("no usable chat template in {}: {reason}", path.display())]
+    Missing {
+        /// The file that was expected to contain the template.
+        path: PathBuf,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The template does not compile.
+    #[error("chat template {origin} has a syntax error: {source}")]
+    Syntax {
+        /// Where the template came from (file path or `<inline>`).
+        origin: String,
+        /// minijinja's error (includes line information).
+        source: Error,
+    },
+    /// The template called `raise_exception(message)`, typically to reject
+    /// an unsupported conversation shape; the message is meant for the user.
+    #[error("chat template rejected the conversation: {message}")]
+    Raised {
+        /// The template's message, verbatim.
+        message: String,
+    },
+    /// Any other rendering failure.
+    #[error("chat template {origin} failed to render: {source}")]
+    Render {
+        /// Where the template came from (file path or `<inline>`).
+        origin: String,
+        /// minijinja's error.
+        source: Error,
+    },
+}
+
+/// Marker carried as the source of the minijinja error raised by
+/// `raise_exception`, so [`ChatTemplate::render`] can tell it apart from
+/// genuine template bugs without parsing error strings.
+#[derive(Debug)]
+struct RaisedException(String);
+
+impl std::fmt::Display for RaisedException {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RaisedException {}
+
+/// A compiled chat template plus the special tokens it may reference.
+/// `Send + Sync`: build once per model, share across requests.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    origin: String,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("origin", &self.origin)
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatTemplate {
+    /// Model dir: prefer `chat_template.jinja`; else `tokenizer_config.json`'s `chat_template` (a string, or a list of {name, template} → the one named "default"). bos/eos tokens from tokenizer_config.json (`bos_token`/`eos_token` may be a string or an object with "content"). Errors name the file.
+    pub fn load(model_dir: &Path) -> Result<Self, TemplateError> {
+        let config_path = model_dir.join("tokenizer_config.json");
+        let config = match std::fs::read_to_string(&config_path) {
+            Ok(text) => Some(serde_json::from_str::<serde_json::Value>(&text).map_err(
+                |source| TemplateError::Json {
+                    path: config_path.clone(),
+                    source,
+                },
+            )?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(TemplateError::Io {
+                    path: config_path,
+                    source,
+                })
+            }
+        };
+
+        let jinja_path = model_dir.join("chat_template.jinja");
+        let (source, origin) = match std::fs::read_to_string(&jinja_path) {
+            Ok(text) => (text, jinja_path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let Some(config) = config.as_ref() else {
+                    return Err(TemplateError::Missing {
+                        path: config_path,
+                        reason: "neither chat_template.jinja nor tokenizer_config.json exists"
+                            .into(),
+                    });
+                };
+                let source =
+                    template_from_config(config).map_err(|reason| TemplateError::Missing {
+                        path: config_path.clone(),
+                        reason,
+                    })?;
+                (source, config_path.display().to_string())
+            }
+            Err(source) => {
+                return Err(TemplateError::Io {
+                    path: jinja_path,
+                    source,
+                })
+            }
+        };
+
+        let token = |key: &str| config.as_ref().and_then(|c| special_token(c, key));
+        Self::build(source, origin, token("bos_token"), token("eos_token"))
+    }
+
+    /// Compiles a template from source (origin shown in errors: `<inline>`).
+    pub fn from_source(
+        source: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self, TemplateError> {
+        Self::build(source.to_owned(), "<inline>".into(), bos_token, eos_token)
+    }
+
+    fn build(
+        source: String,
+        origin: String,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self, TemplateError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_formatter(python_formatter);
+        env.add_filter("tojson", tojson);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned(TEMPLATE_NAME, source)
+            .map_err(|source| TemplateError::Syntax {
+                origin: origin.clone(),
+                source,
+            })?;
+        Ok(Self {
+            env,
+            origin,
+            bos_token,
+            eos_token,
+        })
+    }
+
+    /// Renders the conversation. `add_generation_prompt` appends the
+    /// assistant header so the model continues as the assistant.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        let render_err = |source: Error| match raised_message(&source) {
+            Some(message) => TemplateError::Raised { message },
+            None => TemplateError::Render {
+                origin: self.origin.clone(),
+                source,
+            },
+        };
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(render_err)?;
+        // Like HF, absent special tokens are *undefined* (render as ""),
+        // not `None` (which jinja2 would print as "None").
+        let mut ctx: Vec<(&str, Value)> = vec![
+            ("messages", Value::from_serialize(messages)),
+            ("add_generation_prompt", Value::from(add_generation_prompt)),
+        ];
+        if let Some(bos) = &self.bos_token {
+            ctx.push(("bos_token", Value::from(bos.as_str())));
+        }
+        if let Some(eos) = &self.eos_token {
+            ctx.push(("eos_token", Value::from(eos.as_str())));
+        }
+        let ctx: Value = ctx.into_iter().collect();
+        template.render(ctx).map_err(render_err)
+    }
+
+    /// The BOS token text from `tokenizer_config.json`, if any.
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_token.as_deref()
+    }
+
+    /// The EOS token text from `tokenizer_config.json`, if any.
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_token.as_deref()
+    }
+}
+
+/// Extracts the template source from a parsed `tokenizer_config.json`.
+fn template_from_config(config: &serde_json::Value) -> Result<String, String> {
+    match config.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| "`chat_template` list has no entry named \"default\"".into()),
+        Some(_) => Err("`chat_template` is neither a string nor a list".into()),
+        None => Err("no `chat_template` key and no chat_template.jinja".into()),
+    }
+}
+
+/// `bos_token` / `eos_token` as a string or an `AddedToken` object.
+fn special_token(config: &serde_json::Value, key: &str) -> Option<String> {
+    match config.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Finds the message of a `raise_exception` call anywhere in the error chain.
+fn raised_message(err: &Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<RaisedException>() {
+            return Some(r.0.clone());
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn raise_exception(message: Value) -> Result<Value, Error> {
+    let message = match message.as_str() {
+        Some(s) => s.to_owned(),
+        None => message.to_string(),
+    };
+    Err(Error::new(ErrorKind::InvalidOperation, message.clone())
+        .with_source(RaisedException(message)))
+}
+
+/// jinja2 prints `str(value)`, i.e. Python reprs for booleans, none, lists
+/// and dicts (e.g. a multimodal `content` list printed directly); minijinja
+/// would print `true`/`none`/`["a"]`. Strings and numbers use the default.
+fn python_formatter(
+    out: &mut minijinja::Output,
+    state: &State,
+    value: &Value,
+) -> Result<(), Error> {
+    match value.kind() {
+        ValueKind::Bool | ValueKind::None | ValueKind::Seq | ValueKind::Map => {
+            let mut text = String::new();
+            python_repr(value, &mut text, 0)?;
+            out.write_str(&text)
+                .map_err(|e| Error::new(ErrorKind::WriteFailure, "formatter").with_source(e))
+        }
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+/// Python's `repr()` for template data (strings quoted as Python does).
+fn python_repr(value: &Value, out: &mut String, depth: usize) -> Result<(), Error> {
+    if depth > MAX_JSON_DEPTH {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "value is nested too deeply to print",
+        ));
+    }
+    match value.kind() {
+        ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
+        ValueKind::None => out.push_str("None"),
+        ValueKind::Undefined => {}
+        ValueKind::String => python_str_repr(value.as_str().unwrap_or_default(), out),
+        ValueKind::Number if !value.is_integer() => out.push_str(&python_float_repr(
+            f64::try_from(value.clone()).unwrap_or(f64::NAN),
+        )),
+        ValueKind::Seq => {
+            out.push('[');
+            for (i, item) in value.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_repr(&item, out, depth + 1)?;
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            for (i, key) in value.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_repr(&key, out, depth + 1)?;
+                out.push_str(": ");
+                python_repr(&value.get_item(&key)?, out, depth + 1)?;
+            }
+            out.push('}');
+        }
+        _ => {
+            let _ = write!(out, "{value}");
+        }
+    }
+    Ok(())
+}
+
+fn python_str_repr(s: &str, out: &mut String) {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => {
+                let n = c as u32;
+                let _ = if n <= 0xff {
+                    write!(out, "\\x{n:02x}")
+                } else {
+                    write!(out, "\\u{n:04x}")
+                };
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+}
+
+/// `strftime_now(fmt)`: HF formats the local time; an appliance runs in UTC,
+/// so this formats the current UTC time.
+fn strftime_now(format: String) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    strftime(&format, secs)
+}
+
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const WEEKDAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
+
+/// Minimal C `strftime` over a UTC unix timestamp (C locale). Supports the
+/// conversions chat templates use; unknown ones are emitted literally, as
+/// glibc does.
+fn strftime(format: &str, unix_secs: i64) -> String {
+    let days = unix_secs.div_euclid(86_400);
+    let secs_of_day = unix_secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let (hour, minute, second) = (
+        secs_of_day / 3600,
+        (secs_of_day % 3600) / 60,
+        secs_of_day % 60,
+    );
+    let weekday = (days + 4).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
+    let yday = days - days_from_civil(year, 1, 1) + 1;
+    let month_name = MONTHS[(month - 1) as usize];
+    let weekday_name = WEEKDAYS[weekday];
+    let hour12 = if hour % 12 == 0 { 12 } else { hour % 12 };
+
+    let mut out = String::with_capacity(format.len() + 16);
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        // Writing to a String cannot fail.
+        let _ = match chars.next() {
+            Some('Y') => write!(out, "{year}"),
+            Some('y') => write!(out, "{:02}", year.rem_euclid(100)),
+            Some('m') => write!(out, "{month:02}"),
+            Some('d') => write!(out, "{day:02}"),
+            Some('e') => write!(out, "{day:>2}"),
+            Some('H') => write!(out, "{hour:02}"),
+            Some('I') => write!(out, "{hour12:02}"),
+            Some('M') => write!(out, "{minute:02}"),
+            Some('S') => write!(out, "{second:02}"),
+            Some('p') => out.write_str(if hour < 12 { "AM" } else { "PM" }),
+            Some('B') => out.write_str(month_name),
+            Some('b') | Some('h') => out.write_str(&month_name[..3]),
+            Some('A') => out.write_str(weekday_name),
+            Some('a') => out.write_str(&weekday_name[..3]),
+            Some('j') => write!(out, "{yday:03}"),
+            Some('F') => write!(out, "{year}-{month:02}-{day:02}"),
+            Some('T') => write!(out, "{hour:02}:{minute:02}:{second:02}"),
+            Some('Z') => out.write_str("UTC"),
+            Some('z') => out.write_str("+0000"),
+            Some('%') => out.write_str("%"),
+            Some(other) => write!(out, "%{other}"),
+            None => out.write_str("%"),
+        };
+    }
+    out
+}
+
+/// Days since 1970-01-01 → (year, month 1..=12, day 1..=31); proleptic
+/// Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// HF's `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent,
+/// separators=separators, sort_keys=sort_keys)`. minijinja's built-in escapes
+/// `<`, `>`, `&`, `'` for HTML and uses compact separators, which would
+/// change tool-calling prompts relative to training.
+fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent: Option<Value> = kwargs.get("indent")?;
+    let separators: Option<Value> = kwargs.get("separators")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    kwargs.assert_all_used()?;
+
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() || v.is_undefined() => None,
+        Some(v) => Some(match v.as_str() {
+            Some(s) => s.to_owned(),
+            None => {
+                let n = i64::try_from(v).map_err(|_| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: indent must be an integer or a string",
+                    )
+                })?;
+                " ".repeat(n.clamp(0, 64) as usize)
+            }
+        }),
+    };
+    let (item_sep, key_sep) = match separators {
+        Some(v) if !v.is_none() && !v.is_undefined() => {
+            let parts: Vec<String> = v
+                .try_iter()?
+                .map(|p| p.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators must be two strings",
+                    )
+                })?;
+            match <[String; 2]>::try_from(parts) {
+                Ok([a, b]) => (a, b),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators must be two strings",
+                    ))
+                }
+            }
+        }
+        _ if indent.is_some() => (",".to_owned(), ": ".to_owned()),
+        _ => (", ".to_owned(), ": ".to_owned()),
+    };
+    let mut w = PyJson {
+        out: String::new(),
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys: sort_keys.unwrap_or(false),
+        ensure_ascii: ensure_ascii.unwrap_or(false),
+    };
+    w.value(value, 0)?;
+    Ok(Value::from_safe_string(w.out))
+}
+
+/// Writer reproducing Python's `json.dumps` output byte for byte.
+struct PyJson {
+    out: String,
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+    ensure_ascii: bool,
+}
+
+impl PyJson {
+    fn value(&mut self, v: &Value, depth: usize) -> Result<(), Error> {
+        if depth > MAX_JSON_DEPTH {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "tojson: value is nested too deeply",
+            ));
+        }
+        match v.kind() {
+            ValueKind::Undefined | ValueKind::None => self.out.push_str("null"),
+            ValueKind::Bool => self
+                .out
+                .push_str(if v.is_true() { "true" } else { "false" }),
+            ValueKind::Number => {
+                if v.is_integer() {
+                    let _ = write!(self.out, "{v}");
+                } else {
+                    let f = f64::try_from(v.clone()).unwrap_or(f64::NAN);
+                    self.out.push_str(&python_float_repr(f));
+                }
+            }
+            ValueKind::String => self.string(v.as_str().unwrap_or_default()),
+            ValueKind::Seq | ValueKind::Iterable => {
+                let items: Vec<Value> = v.try_iter()?.collect();
+                self.open_close('[', ']', items.len(), depth, |w, i| {
+                    w.value(&items[i], depth + 1)
+                })?;
+            }
+            ValueKind::Map => {
+                let mut entries: Vec<(String, Value)> = Vec::new();
+                for key in v.try_iter()? {
+                    let item = v.get_item(&key)?;
+                    let key = match key.as_str() {
+                        Some(s) => s.to_owned(),
+                        None => key.to_string(),
+                    };
+                    entries.push((key, item));
+                }
+                if self.sort_keys {
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                self.open_close('{', '}', entries.len(), depth, |w, i| {
+                    w.string(&entries[i].0);
+                    let sep = w.key_sep.clone();
+                    w.out.push_str(&sep);
+                    w.value(&entries[i].1, depth + 1)
+                })?;
+            }
+            _ => self.string(&v.to_string()),
+        }
+        Ok(())
+    }
+
+    /// Shared container layout: `[]`/`{}` when empty; otherwise items joined
+    /// by the item separator, one per line when indenting.
+    fn open_close(
+        &mut self,
+        open: char,
+        close: char,
+        len: usize,
+        depth: usize,
+        mut item: impl FnMut(&mut Self, usize) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.out.push(open);
+        if len == 0 {
+            self.out.push(close);
+            return Ok(());
+        }
+        let newline = |w: &Self, level: usize| -> Option<String> {
+            w.indent
+                .as_ref()
+                .map(|ind| format!("\n{}", ind.repeat(level)))
+        };
+        let inner = newline(self, depth + 1);
+        if let Some(nl) = &inner {
+            self.out.push_str(nl);
+        }
+        for i in 0..len {
+            if i > 0 {
+                let sep = self.item_sep.clone();
+                self.out.push_str(&sep);
+                if let Some(nl) = &inner {
+                    self.out.push_str(nl);
+                }
+            }
+            item(self, i)?;
+        }
+        if let Some(nl) = newline(self, depth) {
+            self.out.push_str(&nl);
+        }
+        self.out.push(close);
+        Ok(())
+    }
+
+    fn string(&mut self, s: &str) {
+        self.out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => self.out.push_str("\\\""),
+                '\\' => self.out.push_str("\\\\"),
+                '\n' => self.out.push_str("\\n"),
+                '\r' => self.out.push_str("\\r"),
+                '\t' => self.out.push_str("\\t"),
+                '\u{08}' => self.out.push_str("\\b"),
+                '\u{0C}' => self.out.push_str("\\f"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(self.out, "\\u{:04x}", c as u32);
+                }
+                c if self.ensure_ascii && !(' '..='~').contains(&c) => {
+                    let mut buf = [0u16; 2];
+                    for unit in c.encode_utf16(&mut buf) {
+                        let _ = write!(self.out, "\\u{unit:04x}");
+                    }
+                }
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('"');
+    }
+}
+
+/// Python's `repr(float)` as used by `json.dumps` (shortest round-trip
+/// digits; exponent form outside 1e-4 ≤ |x| < 1e16; `NaN`/`Infinity`).
+fn python_float_repr(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits, e.g. "1.5e-7".
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
+    if (-4..16).contains(&exp) {
+        let n = digits.len() as i32;
+        let body = if exp < 0 {
+            format!("0.{}{}", "0".repeat((-exp - 1) as usize), digits)
+        } else if exp + 1 >= n {
+            format!("{}{}.0", digits, "0".repeat((exp + 1 - n) as usize))
+        } else {
+            let (int, frac) = digits.split_at((exp + 1) as usize);
+            format!("{int}.{frac}")
+        };
+        format!("{sign}{body}")
+    } else {
+        let mant = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
+        let esign = if exp < 0 { '-' } else { '+' };
+        format!("{sign}{mant}e{esign}{:02}", exp.abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R1_TEMPLATE: &str = include_str!("../../../scripts/fixtures/deepseek-r1-distill.jinja");
+    const BOS: &str = "<｜begin▁of▁sentence｜>";
+    const EOS: &str = "<｜end▁of▁sentence｜>";
+
+    fn r1() -> ChatTemplate {
+        ChatTemplate::from_source(R1_TEMPLATE, Some(BOS.into()), Some(EOS.into()))
+            .expect("R1 template compiles")
+    }
+
+    fn msg(role: &str, content: &str) -> ChatMessage {
+        ChatMessage::new(role, content)
+    }
+
+    fn render(t: &ChatTemplate, messages: &[ChatMessage], agp: bool) -> String {
+        t.render(messages, agp).expect("renders")
+    }
+
+    #[test]
+    fn template_is_send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ChatTemplate>();
+    }
+
+    #[test]
+    fn r1_single_user_turn() {
+        assert_eq!(
+            render(&r1(), &[msg("user", "hi")], true),
+            "<｜begin▁of▁sentence｜><｜User｜>hi<｜Assistant｜><think>\n"
+        );
+    }
+
+    #[test]
+    fn r1_system_prompt_bare_after_bos() {
+        assert_eq!(
+            render(
+                &r1(),
+                &[msg("system", "You are terse."), msg("user", "hi")],
+                true
+            ),
+            "<｜begin▁of▁sentence｜>You are terse.<｜User｜>hi<｜Assistant｜><think>\n"
+        );
+    }
+
+    #[test]
+    fn r1_multi_turn_strips_earlier_reasoning() {
+        let messages = [
+            msg("user", "What is 2+2?"),
+            msg("assistant", "<think>plan</think>\n\nThe answer"),
+            msg("user", "Why?"),
+        ];
+        assert_eq!(
+            render(&r1(), &messages, true),
+            "<｜begin▁of▁sentence｜><｜User｜>What is 2+2?<｜Assistant｜>\n\nThe answer\
+             <｜end▁of▁sentence｜><｜User｜>Why?<｜Assistant｜><think>\n"
+        );
+    }
+
+    #[test]
+    fn r1_without_generation_prompt() {
+        let messages = [
+            msg("user", "What is 2+2?"),
+            msg("assistant", "<think>plan</think>\n\nThe answer"),
+        ];
+        let out = render(&r1(), &messages, false);
+        assert_eq!(
+            out,
+            "<｜begin▁of▁sentence｜><｜User｜>What is 2+2?<｜Assistant｜>\n\nThe answer\
+             <｜end▁of▁sentence｜>"
+        );
+        assert!(!out.ends_with("<｜Assistant｜>"));
+    }
+
+    /// Expected output produced by Python jinja2 3.1 with HF's settings
+    /// (`scripts/fixtures/render_template_reference.py`, case `r1_tools`).
+    #[test]
+    fn r1_tool_calls_match_jinja2() {
+        let assistant: ChatMessage = serde_json::from_value(serde_json::json!({
+            "role": "assistant",
+            "content": null,
+            "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"北京\"}"}},
+                {"type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+            ]
+        }))
+        .expect("message json");
+        let messages = [
+            msg("system", "sys"),
+            msg("user", "weather?"),
+            assistant,
+            msg("tool", "sunny"),
+            msg("tool", "12:00"),
+            msg("assistant", "It is sunny."),
+            msg("user", "thanks"),
+        ];
+        let expected = "<｜begin▁of▁sentence｜>sys<｜User｜>weather?<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"北京\"}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>sunny<｜tool▁output▁end｜>\n<｜tool▁output▁begin｜>12:00<｜tool▁output▁end｜><｜tool▁outputs▁end｜>It is sunny.<｜end▁of▁sentence｜><｜User｜>thanks<｜Assistant｜><think>\n";
+        assert_eq!(render(&r1(), &messages, true), expected);
+    }
+
+    const GENERIC: &str = "{% for message in messages %}
+    {% if loop.index0 == 3 %}
+        {% break %}
+    {% endif %}
+[{{ message.role | upper }}] {{ message.content.strip() }}{% if loop.last %} (last){% endif %}
+
+{% endfor %}
+{# comment #}
+{% set first = messages[0] %}
+meta={{ first.meta | tojson }}
+pretty={{ first.meta | tojson(indent=2) }}
+parts={{ first.content.split(',') | tojson }}
+{% for k, v in first.meta.items() %}{{ k }}={{ v }};{% endfor %}
+
+flags={{ first.content.startswith('  a') }},{{ first.get('missing', 'dflt') }},{{ first.content.replace('a', 'A').lstrip().rstrip() }}
+{% if add_generation_prompt %}
+ASSISTANT:
+{% endif %}
+";
+
+    fn generic_messages() -> Vec<ChatMessage> {
+        let first: ChatMessage = serde_json::from_value(serde_json::json!({
+            "role": "user",
+            "content": "  a,b <c> & 'd'  \n",
+            "meta": {"a": true, "b": [1, 2.5, "ü\"\n<x>", null], "c": {}, "d": []}
+        }))
+        .expect("message json");
+        vec![
+            first,
+            msg("assistant", "second"),
+            msg("user", " third "),
+            msg("user", "never rendered"),
+        ]
+    }
+
+    /// Expected output produced by Python jinja2 3.1 with HF's settings
+    /// (trim_blocks, lstrip_blocks, loopcontrols, HF's tojson); regenerate with
+    /// `scripts/fixtures/render_template_reference.py` (case `generic`).
+    #[test]
+    fn generic_template_matches_jinja2() {
+        let t = ChatTemplate::from_source(GENERIC, None, None).expect("compiles");
+        let expected = "[USER] a,b <c> & 'd'\n[ASSISTANT] second\n[USER] third\nmeta={\"a\": true, \"b\": [1, 2.5, \"ü\\\"\\n<x>\", null], \"c\": {}, \"d\": []}\npretty={\n  \"a\": true,\n  \"b\": [\n    1,\n    2.5,\n    \"ü\\\"\\n<x>\",\n    null\n  ],\n  \"c\": {},\n  \"d\": []\n}\nparts=[\"  a\", \"b <c> & 'd'  \\n\"]\na=True;b=[1, 2.5, 'ü\"\\n<x>', None];c={};d=[];\nflags=True,dflt,A,b <c> & 'd'\nASSISTANT:\n";
+        assert_eq!(render(&t, &generic_messages(), true), expected);
+    }
+
+    #[test]
+    fn raise_exception_surfaces_message() {
+        let t = ChatTemplate::from_source(
+            "{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('Tool role is not supported: ' ~ m.role) }}{% endif %}{{ m.content }}{% endfor %}",
+            None,
+            None,
+        )
+        .expect("compiles");
+        assert_eq!(render(&t, &[msg("user", "ok")], false), "ok");
+        match t.render(&[msg("tool", "x")], false) {
+            Err(TemplateError::Raised { message }) => {
+                assert_eq!(message, "Tool role is not supported: tool")
+            }
+            other => panic!("expected Raised, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn render_errors_are_not_raised() {
+        let t = ChatTemplate::from_source("{{ messages[0].content + 1 }}", None, None)
+            .expect("compiles");
+        assert!(matches!(
+            t.render(&[msg("user", "x")], false),
+            Err(TemplateError::Render { .. })
+        ));
+    }
+
+    #[test]
+    fn lenient_undefined_like_jinja2() {
+        let t = ChatTemplate::from_source(
+            "[{{ nothing }}]{% for x in nothing %}x{% endfor %}{% if nothing %}y{% endif %}[{{ bos_token }}]",
+            None,
+            None,
+        )
+        .expect("compiles");
+        assert_eq!(render(&t, &[], false), "[][]");
+    }
+
+    #[test]
+    fn malformed_template_is_a_syntax_error() {
+        let err = ChatTemplate::from_source("{% for m in messages %}{{ m }", None, None)
+            .expect_err("must fail");
+        assert!(matches!(err, TemplateError::Syntax { .. }), "{err}");
+        assert!(err.to_string().contains("<inline>"));
+    }
+
+    #[test]
+    fn tojson_kwargs_and_escaping() {
+        let t = ChatTemplate::from_source(
+            "{{ {'b': 1, 'a': 'é\u{1F600}'} | tojson(sort_keys=true, ensure_ascii=true) }}|{{ [1, 2] | tojson(separators=[',', ':']) }}|{{ 1e20 | tojson }}|{{ 0.0001 | tojson }}|{{ 1.5e-7 | tojson }}",
+            None,
+            None,
+        )
+        .expect("compiles");
+        assert_eq!(
+            render(&t, &[], false),
+            "{\"a\": \"\\u00e9\\ud83d\\ude00\", \"b\": 1}|[1,2]|1e+20|0.0001|1.5e-07"
+        );
+    }
+
+    /// jinja2 prints `str()` of containers, bools and None (checked against
+    /// Python: `["it's", 'a"b', 'x\ty', {'f': 1.5e-07, 'k': None}]|True|None`).
+    #[test]
+    fn printing_uses_python_reprs() {
+        let t = ChatTemplate::from_source(
+            r#"{{ ["it's", 'a"b', 'x\ty', {'f': 1.5e-7, 'k': none}] }}|{{ true }}|{{ none }}|{{ 'raw' }}|{{ 2 }}"#,
+            None,
+            None,
+        )
+        .expect("compiles");
+        assert_eq!(
+            render(&t, &[], false),
+            r#"["it's", 'a"b', 'x\ty', {'f': 1.5e-07, 'k': None}]|True|None|raw|2"#
+        );
+    }
+
+    #[test]
+    fn python_float_repr_matches_python() {
+        for (f, s) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (-2.5, "-2.5"),
+            (123456789.0, "123456789.0"),
+            (1e16, "1e+16"),
+            (1.234e-5, "1.234e-05"),
+            (9999999999999998.0, "9999999999999998.0"),
+        ] {
+            assert_eq!(python_float_repr(f), s);
+        }
+    }
+
+    #[test]
+    fn strftime_formats_utc() {
+        // 2024-02-29 12:34:56 UTC (a Thursday, day 60).
+        let t = 1_709_210_096;
+        assert_eq!(
+            strftime("%Y-%m-%d %H:%M:%S %a %A %b %B %j %I%p %y %e %% %Q", t),
+            "2024-02-29 12:34:56 Thu Thursday Feb February 060 12PM 24 29 % %Q"
+        );
+        assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
+        assert_eq!(strftime("%F %T", -1), "1969-12-31 23:59:59");
+        // The template function is wired up and yields a plausible year.
+        let tpl =
+            ChatTemplate::from_source("{{ strftime_now('%Y') }}", None, None).expect("compiles");
+        let year: i32 = render(&tpl, &[], false).parse().expect("year");
+        assert!(year >= 2024);
+    }
+
+    #[test]
+    fn load_prefers_jinja_file_and_reads_tokens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            serde_json::json!({
+                "bos_token": {"__type": "AddedToken", "content": BOS},
+                "eos_token": EOS,
+                "chat_template": "from config"
+            })
+            .to_string(),
+        )
+        .expect("write");
+        let t = ChatTemplate::load(dir.path()).expect("loads");
+        assert_eq!(t.bos_token(), Some(BOS));
+        assert_eq!(t.eos_token(), Some(EOS));
+        assert_eq!(render(&t, &[], false), "from config");
+
+        std::fs::write(dir.path().join("chat_template.jinja"), R1_TEMPLATE).expect("write");
+        let t = ChatTemplate::load(dir.path()).expect("loads");
+        assert_eq!(
+            render(&t, &[msg("user", "hi")], true),
+            "<｜begin▁of▁sentence｜><｜User｜>hi<｜Assistant｜><think>\n"
+        );
+    }
+
+    #[test]
+    fn load_template_list_picks_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokenizer_config.json");
+        std::fs::write(
+            &path,
+            serde_json::json!({"chat_template": [
+                {"name": "tool_use", "template": "tools"},
+                {"name": "default", "template": "default {{ eos_token }}"}
+            ], "eos_token": "</s>"})
+            .to_string(),
+        )
+        .expect("write");
+        let t = ChatTemplate::load(dir.path()).expect("loads");
+        assert_eq!(render(&t, &[], false), "default </s>");
+
+        std::fs::write(
+            &path,
+            r#"{"chat_template": [{"name": "x", "template": "y"}]}"#,
+        )
+        .expect("write");
+        let err = ChatTemplate::load(dir.path()).expect_err("no default");
+        assert!(err.to_string().contains("tokenizer_config.json"), "{err}");
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = ChatTemplate::load(dir.path()).expect_err("empty dir");
+        assert!(matches!(err, TemplateError::Missing { .. }));
+
+        std::fs::write(dir.path().join("tokenizer_config.json"), "{not json").expect("write");
+        let err = ChatTemplate::load(dir.path()).expect_err("bad json");
+        assert!(matches!(err, TemplateError::Json { .. }));
+        assert!(err.to_string().contains("tokenizer_config.json"), "{err}");
+
+        std::fs::write(dir.path().join("tokenizer_config.json"), "{}").expect("write");
+        std::fs::write(dir.path().join("chat_template.jinja"), "{% if %}").expect("write");
+        let err = ChatTemplate::load(dir.path()).expect_err("bad template");
+        assert!(matches!(err, TemplateError::Syntax { .. }));
+        assert!(err.to_string().contains("chat_template.jinja"), "{err}");
+    }
+}

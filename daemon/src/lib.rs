@@ -1,0 +1,8 @@
+//! edgeseek: the OS layer around a local DeepSeek-R1-Distill model.
+//!
+//! One daemon (`edgeseek serve`) plus admin subcommands; the modules below each own one
+//! concern (see README "Architecture").
+
+pub mod cli;
+pub mod config;
+pub mod engine;
