@@ -430,38 +430,42 @@ fn layout_config(l: Layout) -> &'static str {
     }
 }
 
-fn int_type(t: &ValueType, file: &Path, name: &str) -> Result<IntType, ModelError> {
-    match t {
-        ValueType::Tensor {
-            ty: TensorElementType::Int64,
-            ..
-        } => Ok(IntType::I64),
-        ValueType::Tensor {
-            ty: TensorElementType::Int32,
-            ..
-        } => Ok(IntType::I32),
-        other => Err(invalid(
-            file,
-            format!("`{name}` has unsupported type {other:?}"),
-        )),
+/// Map a graph value's element type through `allowed`, or name the value in the error.
+fn element_type<T: Copy>(
+    t: &ValueType,
+    file: &Path,
+    name: &str,
+    allowed: &[(TensorElementType, T)],
+) -> Result<T, ModelError> {
+    if let ValueType::Tensor { ty, .. } = t {
+        if let Some((_, v)) = allowed.iter().find(|(e, _)| e == ty) {
+            return Ok(*v);
+        }
     }
+    Err(invalid(
+        file,
+        format!("`{name}` has unsupported type {t:?}"),
+    ))
+}
+
+fn int_type(t: &ValueType, file: &Path, name: &str) -> Result<IntType, ModelError> {
+    use TensorElementType::{Int32, Int64};
+    element_type(
+        t,
+        file,
+        name,
+        &[(Int64, IntType::I64), (Int32, IntType::I32)],
+    )
 }
 
 fn float_type(t: &ValueType, file: &Path, name: &str) -> Result<FloatType, ModelError> {
-    match t {
-        ValueType::Tensor {
-            ty: TensorElementType::Float32,
-            ..
-        } => Ok(FloatType::F32),
-        ValueType::Tensor {
-            ty: TensorElementType::Float16,
-            ..
-        } => Ok(FloatType::F16),
-        other => Err(invalid(
-            file,
-            format!("`{name}` has unsupported type {other:?}"),
-        )),
-    }
+    use TensorElementType::{Float16, Float32};
+    element_type(
+        t,
+        file,
+        name,
+        &[(Float32, FloatType::F32), (Float16, FloatType::F16)],
+    )
 }
 
 /// onnx-community folders carry several precisions of one graph; take full precision when

@@ -344,6 +344,7 @@ enum TryError {
 /// ONNX Runtime's messages are long and sometimes name the provider oddly; lead with the fact
 /// an admin needs and keep the original text for the details.
 fn provider_cause(provider: Provider, text: &str) -> String {
+    let text = text.trim();
     let lower = text.to_ascii_lowercase();
     let name = match provider {
         Provider::Cuda => "CUDA",
@@ -354,11 +355,13 @@ fn provider_cause(provider: Provider, text: &str) -> String {
         || lower.contains("not supported in this build")
         || lower.contains("not available in this build")
     {
-        format!("{name} execution provider is not enabled in this build of ONNX Runtime (install the GPU build, onnxruntime-gpu) [{}]", text.trim())
+        format!(
+            "{name} execution provider is not enabled in this build of ONNX Runtime (the CPU build is installed; a GPU appliance needs onnxruntime-gpu)"
+        )
     } else if lower.contains(".so") || lower.contains("cannot open shared object") {
-        format!("{name} libraries could not be loaded [{}]", text.trim())
+        format!("{name} libraries could not be loaded (NVIDIA driver / CUDA 13 runtime missing?): {text}")
     } else {
-        text.trim().to_string()
+        text.to_string()
     }
 }
 
