@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -12,7 +13,10 @@ use crate::config::Config;
 use crate::engine::generate::Prompt;
 use crate::engine::sampler::SamplingParams;
 use crate::engine::template::ChatMessage;
-use crate::engine::{Engine, GenerateRequest, Provider, ProviderPolicy, StreamEvent};
+use crate::engine::{
+    Engine, GenerateError, GenerateOutput, GenerateRequest, Provider, ProviderOptions,
+    ProviderPolicy, Scheduler, SchedulerError, StreamEvent,
+};
 
 /// Exit code for bad input, configuration or environment (nothing was generated).
 const EXIT_USAGE: u8 = 2;
@@ -49,6 +53,38 @@ struct Common {
 enum Command {
     /// Generate a chat answer with a model directory (no daemon needed)
     Generate(GenerateArgs),
+    /// Measure decode speed, time to first token and batched throughput (one JSON object)
+    Bench(BenchCliArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchCliArgs {
+    /// Model directory
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// CPU kernel threads (overrides engine.intra_threads)
+    #[arg(long, value_name = "T")]
+    threads: Option<usize>,
+    /// Tokens generated per stream
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    decode_tokens: usize,
+    /// Prompt length for the time-to-first-token runs
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    prompt_len: usize,
+    /// Concurrent stream counts for the aggregate throughput
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "LIST",
+        default_value = "1,2,4,8,16"
+    )]
+    streams: Vec<usize>,
+    /// Seed of the random prompt ids
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Execution providers in order, e.g. `cuda,cpu` (overrides engine.providers)
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    providers: Option<Vec<Provider>>,
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +141,11 @@ struct GenerateArgs {
     /// Print text as it is generated (reasoning goes to stderr)
     #[arg(long)]
     stream: bool,
+    /// Run N copies of the request at once through the batching scheduler (seeds S+i);
+    /// with --json prints {"results": [...], "provider", "wall_s", "aggregate_tok_s"}
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "stream",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    concurrency: u16,
     /// Print exactly one JSON object with ids, text, reasoning, provider and counts
     #[arg(long)]
     json: bool,
@@ -163,6 +204,7 @@ pub fn main() -> ExitCode {
     init_logging();
     let result = match &cli.command {
         Command::Generate(args) => generate(&cli.common, args),
+        Command::Bench(args) => bench(&cli.common, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -256,6 +298,14 @@ fn read_messages(file: &Path) -> Result<Vec<ChatMessage>, Failure> {
 }
 
 #[derive(Serialize)]
+struct JsonBatch<'a> {
+    results: Vec<JsonResult<'a>>,
+    provider: Provider,
+    wall_s: f64,
+    aggregate_tok_s: f64,
+}
+
+#[derive(Serialize)]
 struct JsonResult<'a> {
     token_ids: &'a [u32],
     text: &'a str,
@@ -266,19 +316,29 @@ struct JsonResult<'a> {
     completion_tokens: usize,
 }
 
-fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failure> {
+/// The config and provider options, with `--providers` / `--provider-policy` applied.
+fn load_config(
+    common: &Common,
+    providers: Option<&Vec<Provider>>,
+    policy: Option<ProviderPolicy>,
+) -> Result<(Config, ProviderOptions), Failure> {
     let config = Config::load(common.config.as_deref(), common.dev).map_err(Failure::usage)?;
     let state_dir = config.state_dir(common.state_dir.as_deref(), common.dev);
     let mut opts = config.provider_options(&state_dir);
-    if let Some(p) = &args.providers {
+    if let Some(p) = providers {
         if p.is_empty() {
             return Err(Failure::usage("--providers: name at least one provider"));
         }
         opts.providers = p.clone();
     }
-    if let Some(p) = args.provider_policy {
+    if let Some(p) = policy {
         opts.policy = p;
     }
+    Ok((config, opts))
+}
+
+fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failure> {
+    let (config, opts) = load_config(common, args.providers.as_ref(), args.provider_policy)?;
     let messages = match (&args.prompt, &args.messages) {
         (Some(p), _) => vec![ChatMessage {
             role: "user".into(),
@@ -298,7 +358,17 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failure> {
         sampling,
         stop: args.stop.clone(),
         max_reasoning_tokens: args.max_reasoning_tokens,
+        min_tokens: 0,
     };
+    if args.concurrency > 1 {
+        return generate_concurrent(
+            &config,
+            engine,
+            req,
+            usize::from(args.concurrency),
+            args.json,
+        );
+    }
     let stream = args.stream;
     let json = args.json;
     let mut on_event = |ev: StreamEvent<'_>| -> bool {
@@ -325,15 +395,7 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failure> {
         other => Failure::usage(other),
     })?;
     if json {
-        let j = JsonResult {
-            token_ids: &out.token_ids,
-            text: &out.text,
-            reasoning: out.reasoning.as_deref(),
-            finish_reason: out.finish_reason,
-            provider: engine.provider(),
-            prompt_tokens: out.prompt_tokens,
-            completion_tokens: out.completion_tokens,
-        };
+        let j = json_result(&out, engine.provider());
         let s = serde_json::to_string(&j).map_err(Failure::runtime)?;
         println!("{s}");
     } else if stream {
@@ -344,5 +406,132 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failure> {
         }
         println!("{}", out.text);
     }
+    Ok(())
+}
+
+fn json_result(out: &GenerateOutput, provider: Provider) -> JsonResult<'_> {
+    JsonResult {
+        token_ids: &out.token_ids,
+        text: &out.text,
+        reasoning: out.reasoning.as_deref(),
+        finish_reason: out.finish_reason,
+        provider,
+        prompt_tokens: out.prompt_tokens,
+        completion_tokens: out.completion_tokens,
+    }
+}
+
+/// `generate --concurrency N`: N copies of the request through the batching scheduler,
+/// submitted at once; sampled requests get seeds `seed + i`.
+fn generate_concurrent(
+    config: &Config,
+    engine: Engine,
+    req: GenerateRequest,
+    n: usize,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut cfg = config.scheduler_config();
+    // Every copy must be accepted; how many decode together is still engine.max_batch.
+    cfg.max_queue = cfg.max_queue.max(n);
+    let sched = Scheduler::start(engine, cfg).map_err(Failure::usage)?;
+    let provider = sched.provider();
+    let t = Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut r = req.clone();
+        r.sampling.seed = req.sampling.seed.map(|s| s.wrapping_add(i as u64));
+        handles.push(sched.submit(r).map_err(|e| match e {
+            SchedulerError::Invalid(GenerateError::Run(_)) => Failure::runtime(e),
+            other => Failure::usage(other),
+        })?);
+    }
+    let outs = handles
+        .into_iter()
+        .map(|h| h.wait().map_err(Failure::runtime))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wall = t.elapsed().as_secs_f64();
+    sched.shutdown();
+    let tokens: usize = outs.iter().map(|o| o.completion_tokens).sum();
+    if json {
+        let j = JsonBatch {
+            results: outs.iter().map(|o| json_result(o, provider)).collect(),
+            provider,
+            wall_s: wall,
+            aggregate_tok_s: tokens as f64 / wall.max(1e-9),
+        };
+        let s = serde_json::to_string(&j).map_err(Failure::runtime)?;
+        println!("{s}");
+    } else {
+        for (i, out) in outs.iter().enumerate() {
+            println!("--- {i} ---");
+            if let Some(r) = out.reasoning.as_deref().filter(|r| !r.is_empty()) {
+                eprintln!("[{i} reasoning]\n{r}\n[/reasoning]");
+            }
+            println!("{}", out.text);
+        }
+    }
+    Ok(())
+}
+
+fn bench(common: &Common, args: &BenchCliArgs) -> Result<(), Failure> {
+    let (config, mut opts) = load_config(common, args.providers.as_ref(), None)?;
+    if let Some(t) = args.threads {
+        opts.intra_threads = t;
+    }
+    if args.streams.contains(&0) {
+        return Err(Failure::usage("--streams: counts must be at least 1"));
+    }
+    let t = Instant::now();
+    let engine = Engine::load(&args.model, config.runtime.library.as_deref(), &opts)
+        .map_err(Failure::usage)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let most = args.streams.iter().copied().max().unwrap_or(1);
+    let mut cfg = config.scheduler_config();
+    // The bench measures batching, not admission: every stream count runs as one batch.
+    cfg.max_batch = cfg.max_batch.max(most);
+    cfg.max_queue = cfg.max_queue.max(most);
+    let per_token = engine.runner.kv_bytes_per_token() as u64;
+    let longest = args.prompt_len.max(16 + args.decode_tokens) as u64 + 1;
+    cfg.kv_budget_bytes = cfg.kv_budget_bytes.max(per_token * longest * most as u64);
+    let sched = Scheduler::start(engine, cfg).map_err(Failure::usage)?;
+    let provider = sched.provider();
+    let report = crate::bench::run(
+        &sched,
+        &crate::bench::BenchArgs {
+            decode_tokens: args.decode_tokens,
+            prompt_len: args.prompt_len,
+            streams: args.streams.clone(),
+            seed: args.seed,
+        },
+    )
+    .map_err(|e| match e {
+        crate::bench::BenchError::Args => Failure::usage(e),
+        other => Failure::runtime(other),
+    })?;
+    sched.shutdown();
+    let mut v = serde_json::to_value(&report).map_err(Failure::runtime)?;
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(ttft) = obj.remove("ttft_s") {
+            obj.insert(format!("ttft_s_{}", report.prompt_len), ttft);
+        }
+        let model = args
+            .model
+            .canonicalize()
+            .unwrap_or_else(|_| args.model.clone());
+        obj.insert("model".into(), model.display().to_string().into());
+        obj.insert("threads".into(), opts.intra_threads.into());
+        obj.insert("provider".into(), provider.as_str().into());
+        obj.insert("load_s".into(), ((load_s * 100.0).round() / 100.0).into());
+        obj.insert(
+            "notes".into(),
+            "edgeseek scheduler (continuous batching, one batched ORT call per step); prompts \
+             are random ids, greedy, min_tokens = decode_tokens. Decode-only rates by difference: \
+             (run of N tokens - run of 1 token, same prompts) over N-1 tokens per stream; \
+             *_incl_prefill = S*N / wall of the N-token run. TTFT = submit of a prompt_len-token \
+             prompt to its 1-token result, median of 3."
+                .into(),
+        );
+    }
+    println!("{v}");
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::{Provider, ProviderOptions, ProviderPolicy};
+use crate::engine::{Provider, ProviderOptions, ProviderPolicy, SchedulerConfig};
 
 pub const DEFAULT_CONFIG: &str = "/etc/edgeseek/edgeseek.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/edgeseek";
@@ -57,6 +57,31 @@ pub struct EngineConfig {
     pub tensorrt_cache: Option<PathBuf>,
     #[serde(default)]
     pub device_id: i32,
+    /// Most sequences decoding together (one batched forward per step).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Most requests waiting for a slot; more are refused at once (HTTP 429).
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// KV cache budget of the running batch, MiB.
+    #[serde(default = "default_kv_budget_mb")]
+    pub kv_budget_mb: u64,
+    /// Prompt tokens prefilled between decode steps of running streams.
+    #[serde(default = "default_prefill_chunk")]
+    pub prefill_chunk: usize,
+}
+
+fn default_max_batch() -> usize {
+    8
+}
+fn default_max_queue() -> usize {
+    64
+}
+fn default_kv_budget_mb() -> u64 {
+    1024
+}
+fn default_prefill_chunk() -> usize {
+    256
 }
 
 fn default_providers() -> Vec<Provider> {
@@ -76,6 +101,10 @@ impl Default for EngineConfig {
             tensorrt_fp16: true,
             tensorrt_cache: None,
             device_id: 0,
+            max_batch: default_max_batch(),
+            max_queue: default_max_queue(),
+            kv_budget_mb: default_kv_budget_mb(),
+            prefill_chunk: default_prefill_chunk(),
         }
     }
 }
@@ -133,6 +162,18 @@ impl Config {
         if self.engine.intra_threads > 1024 {
             return Err(bad("engine.intra_threads", "must be 0..=1024"));
         }
+        if !(1..=256).contains(&self.engine.max_batch) {
+            return Err(bad("engine.max_batch", "must be 1..=256"));
+        }
+        if !(1..=100_000).contains(&self.engine.max_queue) {
+            return Err(bad("engine.max_queue", "must be 1..=100000"));
+        }
+        if !(1..=1 << 20).contains(&self.engine.kv_budget_mb) {
+            return Err(bad("engine.kv_budget_mb", "must be 1..=1048576"));
+        }
+        if !(1..=65_536).contains(&self.engine.prefill_chunk) {
+            return Err(bad("engine.prefill_chunk", "must be 1..=65536"));
+        }
         Ok(())
     }
 
@@ -150,6 +191,15 @@ impl Config {
         } else {
             DEFAULT_STATE_DIR
         })
+    }
+
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            max_batch: self.engine.max_batch,
+            max_queue: self.engine.max_queue,
+            kv_budget_bytes: self.engine.kv_budget_mb << 20,
+            prefill_chunk: self.engine.prefill_chunk,
+        }
     }
 
     pub fn provider_options(&self, state_dir: &Path) -> ProviderOptions {
@@ -199,6 +249,34 @@ mod tests {
             c.runtime.library.unwrap(),
             PathBuf::from("/opt/ort/libonnxruntime.so.1.31.1")
         );
+    }
+
+    #[test]
+    fn scheduler_defaults_and_overrides() {
+        let d = parse("").unwrap().scheduler_config();
+        assert_eq!(
+            (d.max_batch, d.max_queue, d.kv_budget_bytes, d.prefill_chunk),
+            (8, 64, 1024 << 20, 256)
+        );
+        let c =
+            parse("[engine]\nmax_batch = 4\nmax_queue = 3\nkv_budget_mb = 2\nprefill_chunk = 32\n")
+                .unwrap()
+                .scheduler_config();
+        assert_eq!(
+            (c.max_batch, c.max_queue, c.kv_budget_bytes, c.prefill_chunk),
+            (4, 3, 2 << 20, 32)
+        );
+        for (key, text) in [
+            ("engine.max_batch", "max_batch = 0"),
+            ("engine.max_queue", "max_queue = 0"),
+            ("engine.kv_budget_mb", "kv_budget_mb = 0"),
+            ("engine.prefill_chunk", "prefill_chunk = 0"),
+        ] {
+            let e = parse(&format!("[engine]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! One daemon (`edgeseek serve`) plus admin subcommands; the modules below each own one
 //! concern (see README "Architecture").
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -322,3 +322,26 @@ def test_prompt_and_messages_are_exclusive(tmp_path):
     f.write_text('[{"role":"user","content":"x"}]')
     p = run(["generate", "--model", str(QWEN_GENAI), "--prompt", "hi", "--messages", str(f)])
     assert p.returncode == 2
+
+
+def test_concurrency_runs_copies_through_the_scheduler():
+    model = FIXTURES / "tiny-qwen2-genai"
+    single = generate_json(model, "--greedy", "--max-tokens", "12")
+    p = run(["generate", "--model", str(model), "--prompt", "Hello", "--json", "--greedy",
+             "--max-tokens", "12", "--concurrency", "3"], check=True)
+    out = json.loads(p.stdout)
+    assert set(out) == {"results", "provider", "wall_s", "aggregate_tok_s"}
+    assert out["provider"] == "cpu" and out["wall_s"] > 0 and out["aggregate_tok_s"] > 0
+    assert len(out["results"]) == 3
+    for r in out["results"]:
+        assert r == single
+
+
+def test_bench_prints_one_json_object_with_the_genai_keys():
+    p = run(["bench", "--model", str(FIXTURES / "tiny-qwen2-genai"), "--threads", "1",
+             "--decode-tokens", "8", "--prompt-len", "64", "--streams", "1,3"], check=True)
+    out = json.loads(p.stdout)
+    for key in ("single_decode_tok_s", "ttft_s_64", "aggregate_tok_s", "aggregate_tok_s_incl_prefill"):
+        assert key in out, key
+    assert set(out["aggregate_tok_s"]) == {"1", "3"}
+    assert out["early_stop_streams"] == 0

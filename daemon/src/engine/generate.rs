@@ -8,14 +8,18 @@
 //! sequence and fed to the model in one step, so the answer that follows is conditioned on a
 //! properly closed reasoning block.
 
+use std::sync::Arc;
+
 use serde::Serialize;
+use tokenizers::Tokenizer;
 
 use super::detok::{
     prompt_opens_reasoning, IncrementalDecoder, ReasoningSplitter, Split, StopMatcher,
 };
+use super::model::ModelSpec;
 use super::runner::RunError;
 use super::sampler::{Sampler, SamplingParams};
-use super::template::ChatMessage;
+use super::template::{ChatMessage, ChatTemplate};
 use super::Engine;
 
 /// The closing tag forced when the reasoning budget runs out.
@@ -48,6 +52,8 @@ pub enum Prompt {
     Messages(Vec<ChatMessage>),
     /// Raw text, tokenized as is (legacy completions).
     Text(String),
+    /// Token ids fed as is (benchmarks, callers that tokenized already).
+    Ids(Vec<u32>),
 }
 
 #[derive(Clone, Debug)]
@@ -59,6 +65,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// After this many reasoning tokens, `</think>` is forced.
     pub max_reasoning_tokens: Option<usize>,
+    /// EOS cannot end the sequence before this many tokens (its logits are masked), so
+    /// benchmarks generate exactly `max_tokens`. 0 = off.
+    pub min_tokens: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -97,31 +106,298 @@ pub struct PreparedPrompt {
     pub opens_reasoning: bool,
 }
 
-impl Engine {
-    /// Render (for chat) and tokenize a prompt. The DeepSeek template emits BOS itself, so
-    /// the text is encoded without adding special tokens again.
-    pub fn prepare(&self, prompt: &Prompt) -> Result<PreparedPrompt, GenerateError> {
-        let text = match prompt {
-            Prompt::Messages(m) => self
-                .template
-                .render(m, true)
-                .map_err(|e| GenerateError::Template(e.to_string()))?,
-            Prompt::Text(t) => t.clone(),
-        };
-        let enc = self
-            .tokenizer
-            .encode(text.as_str(), false)
-            .map_err(|e| GenerateError::Tokenizer(e.to_string()))?;
-        let ids = enc.get_ids().to_vec();
-        if ids.is_empty() {
-            return Err(GenerateError::EmptyPrompt);
+/// A checked request: its prompt ids and how many tokens it may generate.
+pub struct Plan {
+    pub prompt: PreparedPrompt,
+    pub max_tokens: usize,
+}
+
+/// Render (for chat) and tokenize a prompt. The DeepSeek template emits BOS itself, so the
+/// text is encoded without adding special tokens again.
+pub fn prepare_prompt(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    prompt: &Prompt,
+) -> Result<PreparedPrompt, GenerateError> {
+    let text = match prompt {
+        Prompt::Messages(m) => template
+            .render(m, true)
+            .map_err(|e| GenerateError::Template(e.to_string()))?,
+        Prompt::Text(t) => t.clone(),
+        Prompt::Ids(ids) => {
+            if ids.is_empty() {
+                return Err(GenerateError::EmptyPrompt);
+            }
+            return Ok(PreparedPrompt {
+                text: String::new(),
+                ids: ids.clone(),
+                opens_reasoning: false,
+            });
         }
-        let opens_reasoning = prompt_opens_reasoning(&text);
-        Ok(PreparedPrompt {
-            text,
-            ids,
-            opens_reasoning,
+    };
+    let enc = tokenizer
+        .encode(text.as_str(), false)
+        .map_err(|e| GenerateError::Tokenizer(e.to_string()))?;
+    let ids = enc.get_ids().to_vec();
+    if ids.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let opens_reasoning = prompt_opens_reasoning(&text);
+    Ok(PreparedPrompt {
+        text,
+        ids,
+        opens_reasoning,
+    })
+}
+
+/// Check a request against the model and tokenize it. `token_limit` caps prompt +
+/// generated tokens below the context (the scheduler passes its KV budget) when the request
+/// sets no `max_tokens`; an explicit `max_tokens` over the context is an error, never
+/// silently truncated.
+pub fn plan_request(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    spec: &ModelSpec,
+    req: &GenerateRequest,
+    token_limit: Option<usize>,
+) -> Result<Plan, GenerateError> {
+    req.sampling
+        .validate(spec.vocab_size)
+        .map_err(|e| GenerateError::InvalidParam {
+            param: e.param.to_string(),
+            message: e.to_string(),
+        })?;
+    let prompt = prepare_prompt(tokenizer, template, &req.prompt)?;
+    if let Some(&bad) = prompt
+        .ids
+        .iter()
+        .find(|&&id| id as usize >= spec.vocab_size)
+    {
+        return Err(GenerateError::InvalidParam {
+            param: "prompt".into(),
+            message: format!("token id {bad} is outside the vocabulary"),
+        });
+    }
+    let context = spec.context_length;
+    let n_prompt = prompt.ids.len();
+    let max_tokens = match req.max_tokens {
+        Some(m) => m,
+        None => context
+            .min(token_limit.unwrap_or(context))
+            .saturating_sub(n_prompt),
+    };
+    if max_tokens == 0 || n_prompt + max_tokens > context {
+        return Err(GenerateError::ContextTooLong {
+            prompt: n_prompt,
+            max_tokens,
+            context,
+        });
+    }
+    Ok(Plan { prompt, max_tokens })
+}
+
+/// What a sequence needs next after a sampled token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Feed these ids to the model (the sampled one, plus forced `</think>` ids).
+    Feed(Vec<u32>),
+    /// The sequence is over.
+    Finished(FinishReason),
+}
+
+/// The per-token text pipeline of one sequence:
+/// `sampler → IncrementalDecoder → StopMatcher → ReasoningSplitter → reasoning budget`.
+/// Both the single-stream [`Engine::generate`] and the batching scheduler drive it, one
+/// logits row at a time, so a sequence produces the same ids and text on either path.
+pub struct Sequence {
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stops: StopMatcher,
+    splitter: ReasoningSplitter,
+    forced_end: Vec<u32>,
+    max_reasoning_tokens: Option<usize>,
+    max_tokens: usize,
+    min_tokens: usize,
+    eos_ids: Vec<u32>,
+    prompt_ids: Vec<u32>,
+    generated: Vec<u32>,
+    text: String,
+    reasoning: String,
+    reasoning_tokens: usize,
+    reasoning_model: bool,
+    stopped_by_string: bool,
+}
+
+impl Sequence {
+    pub fn new(
+        tokenizer: Arc<Tokenizer>,
+        spec: &ModelSpec,
+        req: &GenerateRequest,
+        plan: Plan,
+    ) -> Result<Sequence, GenerateError> {
+        let reasoning_model = tokenizer.token_to_id("</think>").is_some();
+        let forced_end: Vec<u32> = match req.max_reasoning_tokens {
+            Some(_) if reasoning_model => tokenizer
+                .encode(FORCED_THINK_END, false)
+                .map_err(|e| GenerateError::Tokenizer(e.to_string()))?
+                .get_ids()
+                .to_vec(),
+            _ => Vec::new(),
+        };
+        Ok(Sequence {
+            sampler: Sampler::new(req.sampling.clone()),
+            decoder: IncrementalDecoder::new(tokenizer, true),
+            stops: StopMatcher::new(req.stop.clone()),
+            splitter: ReasoningSplitter::new(reasoning_model && plan.prompt.opens_reasoning),
+            forced_end,
+            max_reasoning_tokens: req.max_reasoning_tokens,
+            max_tokens: plan.max_tokens,
+            min_tokens: req.min_tokens,
+            eos_ids: spec.eos_ids.clone(),
+            prompt_ids: plan.prompt.ids,
+            generated: Vec::new(),
+            text: String::new(),
+            reasoning: String::new(),
+            reasoning_tokens: 0,
+            reasoning_model,
+            stopped_by_string: false,
         })
+    }
+
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.generated.len()
+    }
+
+    /// Prompt plus the most tokens this sequence may generate: what its KV cache can grow to.
+    pub fn max_len(&self) -> usize {
+        self.prompt_ids.len() + self.max_tokens
+    }
+
+    /// Sample the next token from `logits` (the last position's row) and run it through the
+    /// text pipeline. `on_event` returning `false` cancels.
+    pub fn advance(
+        &mut self,
+        logits: &mut [f32],
+        on_event: &mut dyn FnMut(StreamEvent<'_>) -> bool,
+    ) -> Result<Next, GenerateError> {
+        if self.generated.len() >= self.max_tokens {
+            return Ok(Next::Finished(FinishReason::Length));
+        }
+        if self.generated.len() < self.min_tokens {
+            for &id in &self.eos_ids {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let sampled = self
+            .sampler
+            .sample(logits, &self.prompt_ids, &self.generated);
+        if self.eos_ids.contains(&sampled.token) {
+            return Ok(Next::Finished(FinishReason::Stop));
+        }
+        let mut step = vec![sampled.token];
+        if self.splitter.in_reasoning() {
+            self.reasoning_tokens += 1;
+            if let Some(budget) = self.max_reasoning_tokens {
+                if self.reasoning_tokens >= budget && !self.forced_end.is_empty() {
+                    step.extend_from_slice(&self.forced_end);
+                }
+            }
+        }
+        // Never run past max_tokens, even with forced ids.
+        step.truncate(self.max_tokens - self.generated.len());
+        for &id in &step {
+            self.generated.push(id);
+            let piece = self
+                .decoder
+                .push(id)
+                .map_err(|e| GenerateError::Tokenizer(e.to_string()))?;
+            let out = self.stops.push(&piece);
+            let split = self.splitter.push(&out.text);
+            if !self.emit(split, on_event) {
+                return Ok(Next::Finished(FinishReason::Cancelled));
+            }
+            if out.stopped {
+                self.stopped_by_string = true;
+                return Ok(Next::Finished(FinishReason::Stop));
+            }
+        }
+        if self.generated.len() >= self.max_tokens {
+            return Ok(Next::Finished(FinishReason::Length));
+        }
+        Ok(Next::Feed(step))
+    }
+
+    fn emit(&mut self, split: Split, on_event: &mut dyn FnMut(StreamEvent<'_>) -> bool) -> bool {
+        let mut go_on = true;
+        if !split.reasoning.is_empty() {
+            self.reasoning.push_str(&split.reasoning);
+            go_on &= on_event(StreamEvent::Reasoning(&split.reasoning));
+        }
+        if !split.content.is_empty() {
+            self.text.push_str(&split.content);
+            go_on &= on_event(StreamEvent::Content(&split.content));
+        }
+        go_on
+    }
+
+    /// Flush the text held back (partial UTF-8, possible stop-string prefixes) and build
+    /// the output.
+    pub fn finish(
+        mut self,
+        mut finish: FinishReason,
+        on_event: &mut dyn FnMut(StreamEvent<'_>) -> bool,
+    ) -> Result<GenerateOutput, GenerateError> {
+        if finish != FinishReason::Cancelled {
+            let tail = self
+                .decoder
+                .finish()
+                .map_err(|e| GenerateError::Tokenizer(e.to_string()))?;
+            let mut rest = String::new();
+            if finish == FinishReason::Stop && !self.stopped_by_string {
+                // EOS: flush everything held back for a possible stop string.
+                let out = self.stops.push(&tail);
+                rest.push_str(&out.text);
+                if !out.stopped {
+                    rest.push_str(&self.stops.finish());
+                }
+            } else if finish == FinishReason::Length {
+                let out = self.stops.push(&tail);
+                rest.push_str(&out.text);
+                if out.stopped {
+                    finish = FinishReason::Stop;
+                } else {
+                    rest.push_str(&self.stops.finish());
+                }
+            }
+            let mut split = self.splitter.push(&rest);
+            let end = self.splitter.finish();
+            split.reasoning.push_str(&end.reasoning);
+            split.content.push_str(&end.content);
+            self.emit(split, on_event);
+        }
+        Ok(GenerateOutput {
+            completion_tokens: self.generated.len(),
+            prompt_tokens: self.prompt_ids.len(),
+            token_ids: self.generated,
+            text: self.text,
+            reasoning: self.reasoning_model.then_some(self.reasoning),
+            finish_reason: finish,
+            reasoning_tokens: self.reasoning_tokens,
+        })
+    }
+}
+
+impl Engine {
+    /// Render (for chat) and tokenize a prompt.
+    pub fn prepare(&self, prompt: &Prompt) -> Result<PreparedPrompt, GenerateError> {
+        prepare_prompt(&self.tokenizer, &self.template, prompt)
     }
 
     /// Whether this model separates reasoning from the answer (has a `</think>` token).
@@ -129,149 +405,28 @@ impl Engine {
         self.tokenizer.token_to_id("</think>").is_some()
     }
 
-    /// Generate for one request. `on_event` receives text as it becomes final; returning
-    /// `false` cancels the generation.
+    /// Generate for one request on the calling thread (batch of one, whole-prompt prefill).
+    /// `on_event` receives text as it becomes final; returning `false` cancels.
     pub fn generate(
         &mut self,
         req: &GenerateRequest,
         on_event: &mut dyn FnMut(StreamEvent<'_>) -> bool,
     ) -> Result<GenerateOutput, GenerateError> {
-        let spec = self.runner.spec.clone();
-        req.sampling
-            .validate(spec.vocab_size)
-            .map_err(|e| GenerateError::InvalidParam {
-                param: e.param.to_string(),
-                message: e.to_string(),
-            })?;
-        let prompt = self.prepare(&req.prompt)?;
-        let context = spec.context_length;
-        let n_prompt = prompt.ids.len();
-        let max_tokens = match req.max_tokens {
-            Some(m) => m,
-            None => context.saturating_sub(n_prompt),
-        };
-        if max_tokens == 0 || n_prompt + max_tokens > context {
-            return Err(GenerateError::ContextTooLong {
-                prompt: n_prompt,
-                max_tokens,
-                context,
-            });
+        let plan = plan_request(
+            &self.tokenizer,
+            &self.template,
+            &self.runner.spec,
+            req,
+            None,
+        )?;
+        let mut kv = self.runner.new_sequence()?;
+        let mut logits = self.runner.forward(&mut kv, &plan.prompt.ids)?;
+        let mut seq = Sequence::new(self.tokenizer.clone(), &self.runner.spec, req, plan)?;
+        loop {
+            match seq.advance(&mut logits, on_event)? {
+                Next::Feed(ids) => logits = self.runner.forward(&mut kv, &ids)?,
+                Next::Finished(reason) => return seq.finish(reason, on_event),
+            }
         }
-
-        let reasoning_model = self.has_reasoning();
-        let mut decoder = IncrementalDecoder::new(self.tokenizer.clone(), true);
-        let mut stops = StopMatcher::new(req.stop.clone());
-        let mut splitter = ReasoningSplitter::new(reasoning_model && prompt.opens_reasoning);
-        let forced_end: Vec<u32> = match req.max_reasoning_tokens {
-            Some(_) if reasoning_model => self
-                .tokenizer
-                .encode(FORCED_THINK_END, false)
-                .map_err(|e| GenerateError::Tokenizer(e.to_string()))?
-                .get_ids()
-                .to_vec(),
-            _ => Vec::new(),
-        };
-
-        let mut sampler = Sampler::new(req.sampling.clone());
-        let mut seq = self.runner.new_sequence()?;
-        let mut logits = self.runner.forward(&mut seq, &prompt.ids)?;
-        let mut generated: Vec<u32> = Vec::new();
-        let mut text = String::new();
-        let mut reasoning = String::new();
-        let mut reasoning_tokens = 0usize;
-        let mut finish = FinishReason::Length;
-        let mut stopped_by_string = false;
-
-        let mut emit = |split: Split, text: &mut String, reasoning: &mut String| -> bool {
-            let mut go_on = true;
-            if !split.reasoning.is_empty() {
-                reasoning.push_str(&split.reasoning);
-                go_on &= on_event(StreamEvent::Reasoning(&split.reasoning));
-            }
-            if !split.content.is_empty() {
-                text.push_str(&split.content);
-                go_on &= on_event(StreamEvent::Content(&split.content));
-            }
-            go_on
-        };
-
-        'outer: while generated.len() < max_tokens {
-            let sampled = sampler.sample(&logits, &prompt.ids, &generated);
-            if spec.eos_ids.contains(&sampled.token) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            let in_reasoning = splitter.in_reasoning();
-            let mut step = vec![sampled.token];
-            if in_reasoning {
-                reasoning_tokens += 1;
-                if let Some(budget) = req.max_reasoning_tokens {
-                    if reasoning_tokens >= budget && !forced_end.is_empty() {
-                        step.extend_from_slice(&forced_end);
-                    }
-                }
-            }
-            // Never run past max_tokens, even with forced ids.
-            step.truncate(max_tokens - generated.len());
-            for &id in &step {
-                generated.push(id);
-                let piece = decoder
-                    .push(id)
-                    .map_err(|e| GenerateError::Tokenizer(e.to_string()))?;
-                let out = stops.push(&piece);
-                let split = splitter.push(&out.text);
-                if !emit(split, &mut text, &mut reasoning) {
-                    finish = FinishReason::Cancelled;
-                    break 'outer;
-                }
-                if out.stopped {
-                    finish = FinishReason::Stop;
-                    stopped_by_string = true;
-                    break 'outer;
-                }
-            }
-            if generated.len() >= max_tokens {
-                break;
-            }
-            logits = self.runner.forward(&mut seq, &step)?;
-        }
-
-        if finish != FinishReason::Cancelled {
-            let tail = decoder
-                .finish()
-                .map_err(|e| GenerateError::Tokenizer(e.to_string()))?;
-            let mut rest = String::new();
-            if finish == FinishReason::Stop && !stopped_by_string {
-                // EOS: flush everything held back for a possible stop string.
-                let out = stops.push(&tail);
-                rest.push_str(&out.text);
-                if !out.stopped {
-                    rest.push_str(&stops.finish());
-                }
-            } else if finish == FinishReason::Length {
-                let out = stops.push(&tail);
-                rest.push_str(&out.text);
-                if out.stopped {
-                    finish = FinishReason::Stop;
-                } else {
-                    rest.push_str(&stops.finish());
-                }
-            }
-            let mut split = splitter.push(&rest);
-            let end = splitter.finish();
-            split.reasoning.push_str(&end.reasoning);
-            split.content.push_str(&end.content);
-            emit(split, &mut text, &mut reasoning);
-        }
-
-        Ok(GenerateOutput {
-            completion_tokens: generated.len(),
-            token_ids: generated,
-            text,
-            reasoning: reasoning_model.then_some(reasoning),
-            finish_reason: finish,
-            prompt_tokens: n_prompt,
-            reasoning_tokens,
-        })
     }
 }

@@ -7,6 +7,7 @@ pub mod model;
 pub mod ort_env;
 pub mod runner;
 pub mod sampler;
+pub mod scheduler;
 pub mod template;
 
 use std::path::Path;
@@ -14,9 +15,14 @@ use std::sync::Arc;
 
 use tokenizers::Tokenizer;
 
-pub use generate::{FinishReason, GenerateError, GenerateOutput, GenerateRequest, StreamEvent};
+pub use generate::{
+    FinishReason, GenerateError, GenerateOutput, GenerateRequest, Prompt, StreamEvent,
+};
 pub use model::{Layout, ModelError, ModelSpec};
 pub use ort_env::{OrtError, Provider, ProviderOptions, ProviderPolicy};
+pub use scheduler::{
+    Event, RequestHandle, Scheduler, SchedulerConfig, SchedulerError, SchedulerStats,
+};
 
 use runner::Runner;
 use template::ChatTemplate;
