@@ -55,6 +55,27 @@ enum Command {
     Generate(GenerateArgs),
     /// Measure decode speed, time to first token and batched throughput (one JSON object)
     Bench(BenchCliArgs),
+    /// Show the running daemon's state (model, provider, queue, throughput, uptime, TLS)
+    Status(crate::admin::cli::StatusArgs),
+    /// Manage API keys (through the daemon, or the database directly when none runs)
+    Keys(crate::admin::cli::KeysArgs),
+    /// Models served by the running daemon
+    Models(crate::admin::cli::ModelsArgs),
+    /// Serve the OpenAI-compatible HTTPS API (and the admin socket)
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// ADDRESS:PORT to listen on [default: server.listen, else 0.0.0.0:443; --dev: 127.0.0.1:8443].
+    /// Port 0 picks a free port (printed as `listening on https://…` and written to
+    /// <state_dir>/serve.addr)
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// Model directory (repeatable); the first is the default chat model, served under its
+    /// directory name [default: the first directory under <state_dir>/models]
+    #[arg(long = "model", value_name = "DIR")]
+    models: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -205,6 +226,10 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Generate(args) => generate(&cli.common, args),
         Command::Bench(args) => bench(&cli.common, args),
+        Command::Status(args) => admin(&cli.common, |t| crate::admin::cli::status(t, args)),
+        Command::Keys(args) => admin(&cli.common, |t| crate::admin::cli::keys(t, args)),
+        Command::Models(args) => admin(&cli.common, |t| crate::admin::cli::models(t, args)),
+        Command::Serve(args) => serve(&cli.common, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -316,6 +341,34 @@ struct JsonResult<'a> {
     completion_tokens: usize,
 }
 
+fn serve(common: &Common, args: &ServeArgs) -> Result<(), Failure> {
+    let opts = crate::serve::ServeOptions {
+        config: common.config.clone(),
+        dev: common.dev,
+        state_dir: common.state_dir.clone(),
+        listen: args.listen.clone(),
+        models: args.models.clone(),
+    };
+    crate::serve::run(&opts).map_err(|e| Failure {
+        code: e.exit_code(),
+        msg: e.to_string(),
+    })
+}
+
+/// Admin commands: resolve the daemon's socket and state directory, then run `f`.
+fn admin(
+    common: &Common,
+    f: impl FnOnce(&crate::admin::cli::Target) -> Result<(), crate::admin::cli::AdminCliError>,
+) -> Result<(), Failure> {
+    let config = Config::load(common.config.as_deref(), common.dev).map_err(Failure::usage)?;
+    let state_dir = config.state_dir(common.state_dir.as_deref(), common.dev);
+    let target = crate::admin::cli::target(common.dev, &state_dir);
+    f(&target).map_err(|e| Failure {
+        code: e.exit_code(),
+        msg: e.to_string(),
+    })
+}
+
 /// The config and provider options, with `--providers` / `--provider-policy` applied.
 fn load_config(
     common: &Common,
@@ -359,6 +412,7 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failure> {
         stop: args.stop.clone(),
         max_reasoning_tokens: args.max_reasoning_tokens,
         min_tokens: 0,
+        logprobs: None,
     };
     if args.concurrency > 1 {
         return generate_concurrent(
@@ -386,6 +440,7 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failure> {
                     let _ = write!(out, "{t}");
                     let _ = out.flush();
                 }
+                StreamEvent::Logprob(_) => {}
             }
         }
         true

@@ -29,6 +29,10 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub engine: EngineConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
 }
@@ -69,6 +73,81 @@ pub struct EngineConfig {
     /// Prompt tokens prefilled between decode steps of running streams.
     #[serde(default = "default_prefill_chunk")]
     pub prefill_chunk: usize,
+    /// Memory for reusing the KV cache of repeated prompt prefixes, MiB (0 = off).
+    #[serde(default = "default_prefix_cache_mb")]
+    pub prefix_cache_mb: u64,
+}
+
+/// `[server]`: the HTTPS listener and its hardening limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port to listen on [default: 0.0.0.0:443; `--dev`: 127.0.0.1:8443].
+    pub listen: Option<String>,
+    /// Open connections at most; further connections are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client must send its request headers within this many seconds.
+    #[serde(default = "default_header_read_timeout_s")]
+    pub header_read_timeout_s: u64,
+    /// A client must finish the TLS handshake within this many seconds.
+    #[serde(default = "default_handshake_timeout_s")]
+    pub handshake_timeout_s: u64,
+    /// Most request headers per request.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Body limit of the JSON inference routes (chat, completions), bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Seconds running requests get to finish after SIGTERM before connections are closed.
+    #[serde(default = "default_shutdown_grace_s")]
+    pub shutdown_grace_s: u64,
+}
+
+fn default_max_connections() -> usize {
+    512
+}
+fn default_header_read_timeout_s() -> u64 {
+    10
+}
+fn default_handshake_timeout_s() -> u64 {
+    10
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+fn default_shutdown_grace_s() -> u64 {
+    30
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: None,
+            max_connections: default_max_connections(),
+            header_read_timeout_s: default_header_read_timeout_s(),
+            handshake_timeout_s: default_handshake_timeout_s(),
+            max_headers: default_max_headers(),
+            max_body_bytes: default_max_body_bytes(),
+            shutdown_grace_s: default_shutdown_grace_s(),
+        }
+    }
+}
+
+/// `[tls]`: a configured certificate (else a local CA and certificate are generated under
+/// `<state_dir>/tls`), and optional client certificates (mTLS).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it signed.
+    pub client_ca: Option<PathBuf>,
 }
 
 fn default_max_batch() -> usize {
@@ -81,6 +160,9 @@ fn default_kv_budget_mb() -> u64 {
     1024
 }
 fn default_prefill_chunk() -> usize {
+    256
+}
+fn default_prefix_cache_mb() -> u64 {
     256
 }
 
@@ -105,6 +187,7 @@ impl Default for EngineConfig {
             max_queue: default_max_queue(),
             kv_budget_mb: default_kv_budget_mb(),
             prefill_chunk: default_prefill_chunk(),
+            prefix_cache_mb: default_prefix_cache_mb(),
         }
     }
 }
@@ -174,6 +257,38 @@ impl Config {
         if !(1..=65_536).contains(&self.engine.prefill_chunk) {
             return Err(bad("engine.prefill_chunk", "must be 1..=65536"));
         }
+        if let Some(l) = &self.server.listen {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                return Err(bad(
+                    "server.listen",
+                    "must be ADDRESS:PORT, e.g. 0.0.0.0:443 or [::]:443",
+                ));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.server.max_connections) {
+            return Err(bad("server.max_connections", "must be 1..=1000000"));
+        }
+        if !(1..=3600).contains(&self.server.header_read_timeout_s) {
+            return Err(bad("server.header_read_timeout_s", "must be 1..=3600"));
+        }
+        if !(1..=3600).contains(&self.server.handshake_timeout_s) {
+            return Err(bad("server.handshake_timeout_s", "must be 1..=3600"));
+        }
+        if !(8..=1024).contains(&self.server.max_headers) {
+            return Err(bad("server.max_headers", "must be 8..=1024"));
+        }
+        if !(1024..=1 << 30).contains(&self.server.max_body_bytes) {
+            return Err(bad("server.max_body_bytes", "must be 1024..=1073741824"));
+        }
+        if self.server.shutdown_grace_s > 3600 {
+            return Err(bad("server.shutdown_grace_s", "must be 0..=3600"));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(bad(
+                "tls.cert",
+                "`tls.cert` and `tls.key` must be set together",
+            ));
+        }
         Ok(())
     }
 
@@ -199,6 +314,7 @@ impl Config {
             max_queue: self.engine.max_queue,
             kv_budget_bytes: self.engine.kv_budget_mb << 20,
             prefill_chunk: self.engine.prefill_chunk,
+            prefix_cache_bytes: self.engine.prefix_cache_mb << 20,
         }
     }
 
@@ -308,6 +424,33 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("twice"));
+    }
+
+    #[test]
+    fn server_and_tls_sections() {
+        let d = parse("").unwrap();
+        assert_eq!(d.server.max_body_bytes, 1 << 20);
+        assert!(d.server.listen.is_none() && d.tls.cert.is_none());
+        let c = parse(
+            "[server]\nlisten = \"127.0.0.1:9443\"\nmax_connections = 4\n[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nclient_ca = \"/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.as_deref(), Some("127.0.0.1:9443"));
+        assert_eq!(c.server.max_connections, 4);
+        assert_eq!(c.tls.client_ca, Some(PathBuf::from("/ca.pem")));
+        for (key, text) in [
+            ("server.listen", "[server]\nlisten = \"localhost\""),
+            ("server.max_connections", "[server]\nmax_connections = 0"),
+            ("server.max_body_bytes", "[server]\nmax_body_bytes = 1"),
+            ("tls.cert", "[tls]\ncert = \"/c.pem\""),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let e = parse("[tls]\ncertificate = \"/c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("certificate"), "{e}");
     }
 
     #[test]

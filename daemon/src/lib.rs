@@ -3,7 +3,14 @@
 //! One daemon (`edgeseek serve`) plus admin subcommands; the modules below each own one
 //! concern (see README "Architecture").
 
+pub mod admin;
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod keys;
+pub mod serve;
+pub mod store;
+pub mod tls;
+pub mod util;

@@ -63,6 +63,7 @@ fn greedy(messages: Vec<ChatMessage>, tokens: usize) -> GenerateRequest {
         max_reasoning_tokens: None,
         // Random-weight fixtures may emit EOS early; exactly `tokens` ids compare more.
         min_tokens: tokens,
+        logprobs: None,
     }
 }
 
@@ -72,6 +73,7 @@ fn config(max_batch: usize) -> SchedulerConfig {
         max_queue: 64,
         kv_budget_bytes: 64 << 20,
         prefill_chunk: 16,
+        prefix_cache_bytes: 16 << 20,
     }
 }
 
@@ -322,4 +324,78 @@ fn shutdown_ends_running_requests_with_an_error() {
         sched.submit(long(2)),
         Err(SchedulerError::ShutDown)
     ));
+}
+
+/// Two conversations that share a long system prompt: the second reuses the first one's
+/// prompt KV (whole 32-token blocks of the common prefix) and must still produce exactly the
+/// ids of a cold single-stream run.
+fn prefix_reuse_is_exact(fixture: &str) {
+    const TOKENS: usize = 24;
+    let system = "You are the help desk of a branch office. Answer from the handbook. ".repeat(4);
+    let convo = |q: &str| {
+        vec![
+            ChatMessage {
+                role: "system".into(),
+                content: Some(system.clone()),
+                extra: Default::default(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: Some(q.into()),
+                extra: Default::default(),
+            },
+        ]
+    };
+    let questions = ["How do I reset my password?", "请问报销流程是什么？"];
+    let mut engine = load(fixture);
+    let alone: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| {
+            engine
+                .generate(&greedy(convo(q), TOKENS), &mut |_| true)
+                .expect("single stream")
+                .token_ids
+        })
+        .collect();
+    let sched = Scheduler::start(engine, config(4)).expect("start");
+    for (q, want) in questions.iter().zip(&alone) {
+        let out = sched
+            .submit(greedy(convo(q), TOKENS))
+            .expect("submit")
+            .wait()
+            .expect("done");
+        assert_eq!(&out.token_ids, want, "{fixture}: {q}");
+    }
+    let reused = sched.stats().prefix_reused_tokens;
+    assert!(
+        reused >= 64,
+        "{fixture}: only {reused} prompt tokens came from the prefix cache"
+    );
+    assert_eq!(reused % 32, 0);
+}
+
+#[test]
+fn prefix_reuse_is_exact_genai() {
+    prefix_reuse_is_exact("tiny-qwen2-genai");
+}
+
+#[test]
+fn prefix_reuse_is_exact_onnx_community() {
+    prefix_reuse_is_exact("tiny-qwen2-onnx");
+}
+
+#[test]
+fn prefix_cache_off_reuses_nothing() {
+    let sched = Scheduler::start(
+        load("tiny-qwen2-genai"),
+        SchedulerConfig {
+            prefix_cache_bytes: 0,
+            ..config(2)
+        },
+    )
+    .expect("start");
+    for _ in 0..2 {
+        sched.submit(long(4)).expect("submit").wait().expect("done");
+    }
+    assert_eq!(sched.stats().prefix_reused_tokens, 0);
 }

@@ -18,7 +18,7 @@ use super::detok::{
 };
 use super::model::ModelSpec;
 use super::runner::RunError;
-use super::sampler::{Sampler, SamplingParams};
+use super::sampler::{top_logprobs, Sampler, SamplingParams};
 use super::template::{ChatMessage, ChatTemplate};
 use super::Engine;
 
@@ -68,6 +68,9 @@ pub struct GenerateRequest {
     /// EOS cannot end the sequence before this many tokens (its logits are masked), so
     /// benchmarks generate exactly `max_tokens`. 0 = off.
     pub min_tokens: usize,
+    /// Report each sampled token's log-probability with this many most likely alternatives
+    /// (OpenAI `logprobs` / `top_logprobs`); `None` = off (no extra work per token).
+    pub logprobs: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -78,11 +81,26 @@ pub enum FinishReason {
     Cancelled,
 }
 
-/// A streamed piece of text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A streamed piece of text, or (with `GenerateRequest::logprobs`) a sampled token's
+/// log-probability, sent as soon as the token is sampled — before the text it produces,
+/// which the detokenizer and stop matcher may hold back for a few tokens.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum StreamEvent<'a> {
     Reasoning(&'a str),
     Content(&'a str),
+    Logprob(&'a TokenLogprob),
+}
+
+/// One sampled token's log-probability under the raw model distribution, with the most
+/// likely alternatives.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    pub token_id: u32,
+    /// The token decoded on its own (a partial UTF-8 sequence decodes lossily).
+    pub token: String,
+    pub logprob: f32,
+    /// `(id, decoded token, logprob)`, most likely first.
+    pub top: Vec<(u32, String, f32)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -97,6 +115,9 @@ pub struct GenerateOutput {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub reasoning_tokens: usize,
+    /// Per sampled token (forced `</think>` ids have none), when requested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// The rendered and tokenized prompt.
@@ -226,6 +247,8 @@ pub struct Sequence {
     reasoning_tokens: usize,
     reasoning_model: bool,
     stopped_by_string: bool,
+    logprobs: Option<(usize, Vec<TokenLogprob>)>,
+    tokenizer: Arc<Tokenizer>,
 }
 
 impl Sequence {
@@ -246,7 +269,9 @@ impl Sequence {
         };
         Ok(Sequence {
             sampler: Sampler::new(req.sampling.clone()),
-            decoder: IncrementalDecoder::new(tokenizer, true),
+            decoder: IncrementalDecoder::new(tokenizer.clone(), true),
+            logprobs: req.logprobs.map(|k| (k, Vec::new())),
+            tokenizer,
             stops: StopMatcher::new(req.stop.clone()),
             splitter: ReasoningSplitter::new(reasoning_model && plan.prompt.opens_reasoning),
             forced_end,
@@ -300,6 +325,22 @@ impl Sequence {
             .sample(logits, &self.prompt_ids, &self.generated);
         if self.eos_ids.contains(&sampled.token) {
             return Ok(Next::Finished(FinishReason::Stop));
+        }
+        if let Some((k, list)) = self.logprobs.as_mut() {
+            let decode = |id: u32| self.tokenizer.decode(&[id], false).unwrap_or_default();
+            let entry = TokenLogprob {
+                token_id: sampled.token,
+                token: decode(sampled.token),
+                logprob: sampled.logprob,
+                top: top_logprobs(logits, *k)
+                    .into_iter()
+                    .map(|(id, lp)| (id, decode(id), lp))
+                    .collect(),
+            };
+            if !on_event(StreamEvent::Logprob(&entry)) {
+                return Ok(Next::Finished(FinishReason::Cancelled));
+            }
+            list.push(entry);
         }
         let mut step = vec![sampled.token];
         if self.splitter.in_reasoning() {
@@ -390,6 +431,7 @@ impl Sequence {
             reasoning: self.reasoning_model.then_some(self.reasoning),
             finish_reason: finish,
             reasoning_tokens: self.reasoning_tokens,
+            logprobs: self.logprobs.map(|(_, list)| list),
         })
     }
 }

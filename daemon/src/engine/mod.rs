@@ -5,6 +5,7 @@ pub mod detok;
 pub mod generate;
 pub mod model;
 pub mod ort_env;
+pub mod prefix;
 pub mod runner;
 pub mod sampler;
 pub mod scheduler;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use tokenizers::Tokenizer;
 
 pub use generate::{
-    FinishReason, GenerateError, GenerateOutput, GenerateRequest, Prompt, StreamEvent,
+    FinishReason, GenerateError, GenerateOutput, GenerateRequest, Prompt, StreamEvent, TokenLogprob,
 };
 pub use model::{Layout, ModelError, ModelSpec};
 pub use ort_env::{OrtError, Provider, ProviderOptions, ProviderPolicy};

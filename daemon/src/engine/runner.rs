@@ -153,8 +153,7 @@ impl Runner {
         let mut values = Vec::with_capacity(self.spec.num_layers);
         for layer in 0..self.spec.num_layers {
             for (is_key, dst_list) in [(true, &mut keys), (false, &mut values)] {
-                let mut dst =
-                    DynTensor::new(self.session.allocator(), ty, shape).map_err(ort_err)?;
+                let mut dst = self.zeroed(ty, shape)?;
                 for (row, src) in rows.iter().enumerate() {
                     let (tensor, src_row, src_width) = match src {
                         RowSource::Kept(i) => {
@@ -274,6 +273,61 @@ impl Runner {
             spec,
             provider,
         }
+    }
+
+    /// A tensor from the session's allocator with every byte zero. Padding must be zero, not
+    /// whatever the allocator returns: masked attention weights are exactly 0, and 0 × NaN
+    /// (a stale bit pattern) would still poison the row.
+    fn zeroed(
+        &self,
+        ty: ort::value::TensorElementType,
+        shape: [usize; 4],
+    ) -> Result<DynTensor, RunError> {
+        let mut t = DynTensor::new(self.session.allocator(), ty, shape).map_err(ort_err)?;
+        let bytes = ty.byte_size(shape.iter().product()).unwrap_or(0);
+        let ptr = t.data_ptr_mut().cast::<u8>();
+        if bytes > 0 && !ptr.is_null() {
+            // SAFETY: the tensor was just allocated in host memory with exactly `bytes` bytes.
+            unsafe { std::ptr::write_bytes(ptr, 0, bytes) };
+        }
+        Ok(t)
+    }
+
+    /// A new sequence whose cache holds the first `len` tokens of `src` (prefix reuse).
+    pub fn prefix_of(&self, src: &SeqState, len: usize) -> Result<SeqState, RunError> {
+        if len > src.past_len {
+            return Err(RunError::Cache(format!(
+                "prefix of {len} tokens from a cache of {}",
+                src.past_len
+            )));
+        }
+        let shape = [1, self.spec.num_kv_heads, len, self.spec.head_size];
+        let ty = self.spec.kv_type.element_type();
+        let copy = |list: &[DynValue]| -> Result<Vec<DynValue>, RunError> {
+            let mut out = Vec::with_capacity(list.len());
+            for t in list {
+                let mut dst = self.zeroed(ty, shape)?;
+                // A batch-1 cache has no padding: its first `len` tokens are the prefix.
+                copy_row(
+                    t,
+                    0,
+                    src.past_len,
+                    &mut dst,
+                    0,
+                    len,
+                    len,
+                    Padding::Right,
+                    &self.spec,
+                )?;
+                out.push(dst.into_dyn());
+            }
+            Ok(out)
+        };
+        Ok(SeqState {
+            keys: copy(&src.keys)?,
+            values: copy(&src.values)?,
+            past_len: len,
+        })
     }
 
     /// An empty cache (zero-length past tensors of the graph's dtype).

@@ -35,11 +35,16 @@ use std::time::Instant;
 
 use tokenizers::Tokenizer;
 
-use super::generate::{plan_request, GenerateError, Next, Sequence};
+use super::generate::{plan_request, GenerateError, Next, Sequence, TokenLogprob};
 use super::model::ModelSpec;
+use super::prefix::PrefixCache;
 use super::runner::{BatchKv, RowSource, RunError, Runner, SeqState};
 use super::template::ChatTemplate;
 use super::{Engine, FinishReason, GenerateOutput, GenerateRequest, Provider, StreamEvent};
+
+/// Prefixes are reused in whole blocks of this many tokens: shorter matches save less than
+/// the copy costs.
+const PREFIX_BLOCK: usize = 32;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -51,6 +56,8 @@ pub struct SchedulerConfig {
     pub kv_budget_bytes: u64,
     /// Prompt tokens prefilled per step while other sequences decode.
     pub prefill_chunk: usize,
+    /// Memory for cached prompt prefixes (see `prefix.rs`); 0 disables prefix reuse.
+    pub prefix_cache_bytes: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -60,6 +67,7 @@ impl Default for SchedulerConfig {
             max_queue: 64,
             kv_budget_bytes: 1024 << 20,
             prefill_chunk: 256,
+            prefix_cache_bytes: 256 << 20,
         }
     }
 }
@@ -89,6 +97,8 @@ pub enum SchedulerError {
 pub enum Event {
     Reasoning(String),
     Content(String),
+    /// Only with `GenerateRequest::logprobs`; precedes the text of its token.
+    Logprob(TokenLogprob),
     Done(GenerateOutput),
     Error(String),
 }
@@ -120,7 +130,7 @@ impl RequestHandle {
             match ev {
                 Event::Done(out) => return Ok(out),
                 Event::Error(e) => return Err(e),
-                Event::Reasoning(_) | Event::Content(_) => {}
+                Event::Reasoning(_) | Event::Content(_) | Event::Logprob(_) => {}
             }
         }
         Err("the scheduler stopped before the request finished".into())
@@ -156,6 +166,8 @@ pub struct SchedulerStats {
     pub decode_steps: u64,
     /// Most sequences seen in one decode step.
     pub max_batch_seen: usize,
+    /// Prompt tokens whose KV came from the prefix cache instead of a prefill.
+    pub prefix_reused_tokens: u64,
 }
 
 #[derive(Default)]
@@ -170,6 +182,7 @@ struct Counters {
     errors: AtomicU64,
     steps: AtomicU64,
     max_batch_seen: AtomicUsize,
+    prefix_reused: AtomicU64,
 }
 
 /// A request on its way to the loop.
@@ -237,6 +250,7 @@ impl Scheduler {
             prefilling: VecDeque::new(),
             joining: Vec::new(),
             waiting: None,
+            prefix: PrefixCache::new(cfg.prefix_cache_bytes, bytes_per_token, PREFIX_BLOCK),
         };
         let thread = std::thread::Builder::new()
             .name("edgeseek-engine".into())
@@ -347,6 +361,7 @@ impl Scheduler {
             errors: c.errors.load(Ordering::Relaxed),
             decode_steps: c.steps.load(Ordering::Relaxed),
             max_batch_seen: c.max_batch_seen.load(Ordering::Relaxed),
+            prefix_reused_tokens: c.prefix_reused.load(Ordering::Relaxed),
         }
     }
 
@@ -415,6 +430,7 @@ fn send_text(tx: &Sender<Event>, ev: StreamEvent<'_>) -> bool {
     let ev = match ev {
         StreamEvent::Reasoning(t) => Event::Reasoning(t.to_string()),
         StreamEvent::Content(t) => Event::Content(t.to_string()),
+        StreamEvent::Logprob(l) => Event::Logprob(l.clone()),
     };
     tx.send(ev).is_ok()
 }
@@ -440,6 +456,8 @@ struct Worker {
     joining: Vec<(Slot, SeqState)>,
     /// Taken off the channel but waiting for a slot or budget.
     waiting: Option<Job>,
+    /// KV of recent prompts, for prompts that share their beginning.
+    prefix: PrefixCache,
 }
 
 /// Whether `lens` more sequences fit: `rows × longest reservation × bytes ≤ budget`.
@@ -520,7 +538,8 @@ impl Worker {
                 self.waiting = Some(job);
                 return true;
             }
-            let kv = match self.runner.new_sequence() {
+            let cached = self.prefix.lookup(&self.runner, job.seq.prompt_ids());
+            let kv = match cached.and_then(|c| c.map_or_else(|| self.runner.new_sequence(), Ok)) {
                 Ok(kv) => kv,
                 Err(e) => {
                     self.counters.queued.fetch_sub(1, Ordering::SeqCst);
@@ -648,6 +667,10 @@ impl Worker {
             self.prefilling.push_front(p);
             return;
         }
+        if let Err(e) = self.prefix.insert(&self.runner, prompt, &p.kv) {
+            // The cache is an optimisation: losing an entry must not fail the request.
+            tracing::warn!(error = %e, "prefix cache insert failed");
+        }
         let before = p.slot.generated();
         let res = p.slot.advance(&mut logits);
         self.counters
@@ -725,6 +748,8 @@ impl Worker {
             .sum();
         c.kv_reserved
             .store(reserved * self.bytes_per_token, Ordering::Relaxed);
+        c.prefix_reused
+            .store(self.prefix.reused_tokens, Ordering::Relaxed);
     }
 }
 

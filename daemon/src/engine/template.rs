@@ -449,7 +449,7 @@ const WEEKDAYS: [&str; 7] = [
 fn strftime(format: &str, unix_secs: i64) -> String {
     let days = unix_secs.div_euclid(86_400);
     let secs_of_day = unix_secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = crate::util::civil_from_days(days);
     let (hour, minute, second) = (
         secs_of_day / 3600,
         (secs_of_day % 3600) / 60,
@@ -497,22 +497,7 @@ fn strftime(format: &str, unix_secs: i64) -> String {
     out
 }
 
-/// Days since 1970-01-01 → (year, month 1..=12, day 1..=31); proleptic
-/// Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// Inverse of [`civil_from_days`].
+/// Inverse of [`crate::util::civil_from_days`].
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);

@@ -1,0 +1,543 @@
+//! `edgeseek status | keys … | models list`: the admin client.
+//!
+//! Every command first talks to the running daemon over its admin socket. Key commands fall back
+//! to opening the database directly when no daemon is listening (redb lets only one process hold
+//! the file, so while a daemon runs the socket is the only way, and the daemon's key cache stays
+//! authoritative). `status` and `models list` need a daemon.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::keys::{parse_scopes, KeyRecord, KeyStore};
+use crate::store::{Store, StoreError};
+
+/// How long the client waits for the daemon's answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub cmd: KeysCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Create an API key; the secret is printed once, as the last line of stdout
+    Create(CreateArgs),
+    /// List keys (name, scopes, created, last used, limits, state)
+    List(JsonFlag),
+    /// Revoke a key by id or name; takes effect at once
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Name of the key (who or what uses it)
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// Comma-separated scopes: chat, embeddings, kb:read:COLLECTION, kb:write:COLLECTION, admin
+    /// (COLLECTION may be `*`)
+    #[arg(long = "scope", value_name = "LIST")]
+    pub scope: String,
+    /// Requests per minute (default: unlimited)
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u32>,
+    /// Tokens per minute (default: unlimited)
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u32>,
+    /// Print one JSON object (including the secret)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    /// Key id or name
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct JsonFlag {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub cmd: ModelsCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCmd {
+    /// Models the daemon serves
+    List(JsonFlag),
+}
+
+/// Where the daemon's socket and database are.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminCliError {
+    #[error("daemon not running (no socket at {0})")]
+    NotRunning(PathBuf),
+    #[error(
+        "cannot connect to {path}: permission denied (admin commands need root or membership \
+         in group {group})",
+        group = super::ADMIN_GROUP
+    )]
+    Denied { path: PathBuf },
+    #[error("admin socket {path}: {msg}")]
+    Socket { path: PathBuf, msg: String },
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Daemon(String),
+    #[error(
+        "{db} is held by another process but the admin socket {socket} does not answer; is the \
+         daemon running with another --state-dir / --dev setting?"
+    )]
+    Orphaned { db: PathBuf, socket: PathBuf },
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("writing output: {0}")]
+    Output(std::io::Error),
+}
+
+impl AdminCliError {
+    /// 2 for bad arguments (nothing was attempted); 1 for everything else, including being
+    /// refused by the socket's permissions or by the daemon.
+    pub fn exit_code(&self) -> u8 {
+        use crate::keys::KeyError as K;
+        match self {
+            AdminCliError::Keys(K::InvalidScope { .. } | K::InvalidName(_) | K::Invalid(_)) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Connection to the daemon, or why there is none.
+enum Conn {
+    Up(UnixStream),
+    /// No socket, or nothing listening on it.
+    Down,
+}
+
+fn connect(t: &Target) -> Result<Conn, AdminCliError> {
+    match UnixStream::connect(&t.socket) {
+        Ok(s) => Ok(Conn::Up(s)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(Conn::Down)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(AdminCliError::Denied {
+            path: t.socket.clone(),
+        }),
+        Err(e) => Err(AdminCliError::Socket {
+            path: t.socket.clone(),
+            msg: e.to_string(),
+        }),
+    }
+}
+
+/// One request/response over the socket.
+fn call(t: &Target, mut stream: UnixStream, mut req: Value) -> Result<Value, AdminCliError> {
+    let sock_err = |e: std::io::Error| AdminCliError::Socket {
+        path: t.socket.clone(),
+        msg: e.to_string(),
+    };
+    if let Some(o) = req.as_object_mut() {
+        o.insert("v".into(), super::PROTOCOL_VERSION.into());
+    }
+    let mut line = req.to_string();
+    line.push('\n');
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .map_err(sock_err)?;
+    // A refused peer gets its error line and a closed socket; the write may then fail with
+    // EPIPE, so read the answer even if writing failed.
+    let wrote = stream.write_all(line.as_bytes());
+    let mut reply = String::new();
+    let read = BufReader::new(&stream).read_line(&mut reply);
+    if reply.is_empty() {
+        return Err(match (wrote, read) {
+            (Err(e), _) | (_, Err(e)) => sock_err(e),
+            _ => AdminCliError::Socket {
+                path: t.socket.clone(),
+                msg: "the daemon closed the connection without answering".into(),
+            },
+        });
+    }
+    let v: Value = serde_json::from_str(&reply).map_err(|e| AdminCliError::Socket {
+        path: t.socket.clone(),
+        msg: format!("unreadable answer: {e}"),
+    })?;
+    if v.get("ok") == Some(&Value::Bool(true)) {
+        Ok(v.get("result").cloned().unwrap_or(Value::Null))
+    } else {
+        let msg = v
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("the daemon reported an unspecified error");
+        Err(AdminCliError::Daemon(msg.to_string()))
+    }
+}
+
+/// Open the database directly because no daemon is listening.
+fn open_offline(t: &Target) -> Result<KeyStore, AdminCliError> {
+    let store = Store::open_in(&t.state_dir).map_err(|e| match e {
+        StoreError::InUse { file } => AdminCliError::Orphaned {
+            db: file,
+            socket: t.socket.clone(),
+        },
+        other => AdminCliError::Store(other),
+    })?;
+    Ok(KeyStore::open(store)?)
+}
+
+fn out(text: &str) -> Result<(), AdminCliError> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())
+        .and_then(|_| o.flush())
+        .map_err(AdminCliError::Output)
+}
+
+pub fn status(t: &Target, a: &StatusArgs) -> Result<(), AdminCliError> {
+    let v = match connect(t)? {
+        Conn::Up(s) => call(t, s, json!({"cmd": "status"}))?,
+        Conn::Down => return Err(AdminCliError::NotRunning(t.socket.clone())),
+    };
+    if a.json {
+        return out(&format!("{v}\n"));
+    }
+    let mut lines = Vec::new();
+    flatten("", &v, &mut lines);
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let text: String = lines
+        .iter()
+        .map(|(k, v)| format!("{k:width$}  {v}\n"))
+        .collect();
+    out(&text)
+}
+
+pub fn models(t: &Target, a: &ModelsArgs) -> Result<(), AdminCliError> {
+    let ModelsCmd::List(flags) = &a.cmd;
+    let v = match connect(t)? {
+        Conn::Up(s) => call(t, s, json!({"cmd": "models.list"}))?,
+        Conn::Down => return Err(AdminCliError::NotRunning(t.socket.clone())),
+    };
+    if flags.json {
+        return out(&format!("{v}\n"));
+    }
+    // An array of objects (optionally wrapped as OpenAI's {"data": [...]}) becomes a table.
+    let rows = v.get("data").unwrap_or(&v);
+    match rows.as_array() {
+        Some(items) if items.iter().all(Value::is_object) => {
+            let mut cols: Vec<String> = Vec::new();
+            for it in items {
+                for k in it.as_object().into_iter().flat_map(|o| o.keys()) {
+                    if !cols.contains(k) {
+                        cols.push(k.clone());
+                    }
+                }
+            }
+            let table: Vec<Vec<String>> = items
+                .iter()
+                .map(|it| cols.iter().map(|c| scalar(&it[c.as_str()])).collect())
+                .collect();
+            let head: Vec<String> = cols.iter().map(|c| c.to_uppercase()).collect();
+            out(&render_table(&head, &table))
+        }
+        _ => out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )),
+    }
+}
+
+pub fn keys(t: &Target, a: &KeysArgs) -> Result<(), AdminCliError> {
+    match &a.cmd {
+        KeysCmd::Create(c) => create(t, c),
+        KeysCmd::List(f) => list(t, f.json),
+        KeysCmd::Revoke(r) => revoke(t, r),
+    }
+}
+
+fn create(t: &Target, c: &CreateArgs) -> Result<(), AdminCliError> {
+    // Validate locally first so a typo fails the same way with or without a daemon.
+    let scopes = parse_scopes(&c.scope)?;
+    let v = match connect(t)? {
+        Conn::Up(s) => call(
+            t,
+            s,
+            json!({
+                "cmd": "keys.create",
+                "name": c.name,
+                "scopes": scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "rpm": c.rpm,
+                "tpm": c.tpm,
+            }),
+        )?,
+        Conn::Down => {
+            let ks = open_offline(t)?;
+            let (info, secret) = ks.create(&c.name, scopes, c.rpm, c.tpm)?;
+            super::created_key_json(&info, &secret)
+        }
+    };
+    if c.json {
+        return out(&format!("{v}\n"));
+    }
+    let secret = v.get("secret").and_then(Value::as_str).ok_or_else(|| {
+        AdminCliError::Daemon("the daemon's answer carries no secret".to_string())
+    })?;
+    let text = format!(
+        "created key {} ({})\nscopes: {}\nlimits: {} requests/min, {} tokens/min\n\
+         the secret is shown only now; use it as `Authorization: Bearer <secret>`:\n{secret}\n",
+        scalar(&v["id"]),
+        scalar(&v["name"]),
+        v["scopes"]
+            .as_array()
+            .map(|a| a.iter().map(scalar).collect::<Vec<_>>().join(","))
+            .unwrap_or_default(),
+        limit(&v["rpm"]),
+        limit(&v["tpm"]),
+    );
+    out(&text)
+}
+
+fn limit(v: &Value) -> String {
+    if v.is_null() {
+        "unlimited".into()
+    } else {
+        scalar(v)
+    }
+}
+
+fn list(t: &Target, json_out: bool) -> Result<(), AdminCliError> {
+    let records: Vec<KeyRecord> = match connect(t)? {
+        Conn::Up(s) => {
+            let v = call(t, s, json!({"cmd": "keys.list"}))?;
+            serde_json::from_value(v).map_err(|e| AdminCliError::Socket {
+                path: t.socket.clone(),
+                msg: format!("unreadable key list: {e}"),
+            })?
+        }
+        // No database yet means no keys; do not create one just to list it.
+        Conn::Down if !Store::path_in(&t.state_dir).exists() => Vec::new(),
+        Conn::Down => open_offline(t)?.list()?,
+    };
+    if json_out {
+        let s =
+            serde_json::to_string(&records).map_err(|e| AdminCliError::Daemon(e.to_string()))?;
+        return out(&format!("{s}\n"));
+    }
+    if records.is_empty() {
+        return out(
+            "no API keys (create one with `edgeseek keys create --name NAME --scope chat`)\n",
+        );
+    }
+    let head = [
+        "ID",
+        "NAME",
+        "SCOPES",
+        "CREATED",
+        "LAST USED",
+        "RPM",
+        "TPM",
+        "STATE",
+    ]
+    .map(String::from);
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.name.clone(),
+                r.scopes
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                utc(r.created),
+                r.last_used.map(utc).unwrap_or_else(|| "never".into()),
+                r.rpm.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                r.tpm.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                if r.revoked { "revoked" } else { "active" }.into(),
+            ]
+        })
+        .collect();
+    out(&render_table(&head, &rows))
+}
+
+fn revoke(t: &Target, r: &RevokeArgs) -> Result<(), AdminCliError> {
+    let rec: KeyRecord = match connect(t)? {
+        Conn::Up(s) => {
+            let v = call(t, s, json!({"cmd": "keys.revoke", "key": r.key}))?;
+            serde_json::from_value(v).map_err(|e| AdminCliError::Socket {
+                path: t.socket.clone(),
+                msg: format!("unreadable answer: {e}"),
+            })?
+        }
+        Conn::Down if !Store::path_in(&t.state_dir).exists() => {
+            return Err(crate::keys::KeyError::NotFound(r.key.clone()).into())
+        }
+        Conn::Down => open_offline(t)?.revoke(&r.key)?,
+    };
+    if r.json {
+        let s = serde_json::to_string(&rec).map_err(|e| AdminCliError::Daemon(e.to_string()))?;
+        return out(&format!("{s}\n"));
+    }
+    out(&format!("revoked key {} ({})\n", rec.id, rec.name))
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `a.b  value` lines for a JSON object, nested objects flattened with dots.
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, x) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, x, out);
+            }
+        }
+        other => out.push((prefix.to_string(), scalar(other))),
+    }
+}
+
+/// Terminal columns of `s`: CJK and full-width characters take two (key names may be Chinese).
+fn display_width(s: &str) -> usize {
+    s.chars()
+        .map(|c| match u32::from(c) {
+            0x1100..=0x115F
+            | 0x2E80..=0xA4CF
+            | 0xAC00..=0xD7A3
+            | 0xF900..=0xFAFF
+            | 0xFE30..=0xFE4F
+            | 0xFF00..=0xFF60
+            | 0xFFE0..=0xFFE6
+            | 0x20000..=0x3FFFD => 2,
+            _ => 1,
+        })
+        .sum()
+}
+
+fn render_table(head: &[String], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = head.iter().map(|h| display_width(h)).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = width.get_mut(i) {
+                *w = (*w).max(display_width(c));
+            }
+        }
+    }
+    let fmt_row = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let w = width.get(i).copied().unwrap_or(0);
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                s.push_str(&" ".repeat(w.saturating_sub(display_width(c)) + 2));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut s = fmt_row(head);
+    for r in rows {
+        s.push_str(&fmt_row(r));
+    }
+    s
+}
+
+/// Unix seconds → `YYYY-MM-DD HH:MM UTC` (days-to-civil after Howard Hinnant; no time zone
+/// database needed on an appliance).
+fn utc(secs: u64) -> String {
+    let (y, m, d) = crate::util::civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+/// Resolve the socket and state directory the way `serve` does.
+pub fn target(dev: bool, state_dir: &Path) -> Target {
+    Target {
+        socket: super::socket_path(dev, state_dir),
+        state_dir: state_dir.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13 UTC");
+    }
+
+    #[test]
+    fn flatten_and_table() {
+        let mut l = Vec::new();
+        flatten(
+            "",
+            &json!({"model": "m", "tls": {"fingerprint": "ab", "expiry": null}, "queue": 3}),
+            &mut l,
+        );
+        assert!(l.contains(&("tls.fingerprint".into(), "ab".into())));
+        assert!(l.contains(&("tls.expiry".into(), "-".into())));
+        assert!(l.contains(&("queue".into(), "3".into())));
+        let t = render_table(
+            &["A".into(), "B".into()],
+            &[vec!["long value".into(), "x".into()]],
+        );
+        assert_eq!(t, "A           B\nlong value  x\n");
+        let t = render_table(
+            &["N".into(), "S".into()],
+            &[vec!["规章".into(), "x".into()]],
+        );
+        assert_eq!(t, "N     S\n规章  x\n");
+    }
+}

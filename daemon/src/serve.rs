@@ -1,0 +1,451 @@
+//! `edgeseek serve`: wiring. Config → state dir → TLS identity → key store → HTTPS listener
+//! and admin socket, with the model loading on a background thread (inference routes and
+//! `/readyz` answer 503 until it is ready). SIGTERM / ctrl-c drain gracefully; SIGHUP reloads
+//! the certificate and API keys without dropping connections.
+//!
+//! Hardening of the listener: a connection cap (over it, new connections are closed at
+//! once), a TLS handshake timeout, a header-read timeout and a header count limit (HTTP/1.1),
+//! a header-list size limit and a stream cap (HTTP/2), and per-route body limits in `api`.
+//! There is no plaintext listener.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::AdminBackend;
+use crate::api::{ApiConfig, App, ModelState, Served};
+use crate::config::{Config, ConfigError};
+use crate::engine::{Engine, Provider, Scheduler};
+use crate::keys::{KeyError, KeyStore};
+use crate::store::{Store, StoreError};
+use crate::tls::{TlsError, TlsServer};
+
+/// Default listen address of an appliance, and of `--dev`.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
+pub const DEV_LISTEN: &str = "127.0.0.1:8443";
+/// Name of the file in the state dir that holds the bound address (`--listen …:0`).
+pub const ADDR_FILE: &str = "serve.addr";
+/// Concurrent HTTP/2 streams per connection.
+const H2_MAX_STREAMS: u32 = 64;
+/// HTTP/2 header list limit (the HTTP/1.1 equivalent is `server.max_headers`).
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("API keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl ServeError {
+    /// Exit code: 2 for configuration and environment, 1 for failures while serving.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Runtime(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// `edgeseek serve` flags (`--config`, `--dev`, `--state-dir` are global).
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub config: Option<PathBuf>,
+    pub dev: bool,
+    pub state_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub models: Vec<PathBuf>,
+}
+
+/// The first `--model`, else the first directory (by name) under `<state_dir>/models`.
+fn pick_model(models: &[PathBuf], state_dir: &Path) -> Result<PathBuf, ServeError> {
+    if let Some(m) = models.first() {
+        if !m.is_dir() {
+            return Err(ServeError::Usage(format!(
+                "--model {}: not a directory",
+                m.display()
+            )));
+        }
+        return Ok(m.clone());
+    }
+    let dir = state_dir.join("models");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.into_iter().next().ok_or_else(|| {
+        ServeError::Usage(format!(
+            "no model: pass --model DIR or put a model directory under {}",
+            dir.display()
+        ))
+    })
+}
+
+/// The served name of a model directory: its final path component.
+fn model_name(dir: &Path) -> Result<String, ServeError> {
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    canonical
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ServeError::Usage(format!(
+                "{}: cannot derive a model name from this path",
+                dir.display()
+            ))
+        })
+}
+
+pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
+    let config = Config::load(opts.config.as_deref(), opts.dev)?;
+    let state_dir = config.state_dir(opts.state_dir.as_deref(), opts.dev);
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| ServeError::Usage(format!("state dir {}: {e}", state_dir.display())))?;
+    let listen = opts
+        .listen
+        .clone()
+        .or_else(|| config.server.listen.clone())
+        .unwrap_or_else(|| if opts.dev { DEV_LISTEN } else { DEFAULT_LISTEN }.to_string());
+    let addr: SocketAddr = listen.parse().map_err(|_| {
+        ServeError::Usage(format!(
+            "--listen `{listen}`: expected ADDRESS:PORT, e.g. 127.0.0.1:8443"
+        ))
+    })?;
+    let model_dir = pick_model(&opts.models, &state_dir)?;
+    let name = model_name(&model_dir)?;
+    if opts.models.len() > 1 {
+        tracing::warn!(
+            model = %name,
+            ignored = opts.models.len() - 1,
+            "one model is served per daemon for now; the other --model directories are not loaded"
+        );
+    }
+
+    let tls = Arc::new(TlsServer::new(&config.tls, &state_dir)?);
+    let id = tls.identity();
+    tracing::info!(
+        fingerprint = %id.fingerprint,
+        not_after = %id.not_after_utc(),
+        ca = ?id.ca_path,
+        "TLS identity"
+    );
+    let keys = KeyStore::open(Store::open_in(&state_dir)?)?;
+    let app = Arc::new(App::new(
+        name.clone(),
+        model_dir.clone(),
+        keys,
+        ApiConfig {
+            max_body_bytes: config.server.max_body_bytes,
+        },
+    ));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("edgeseek-io")
+        .build()
+        .map_err(|e| ServeError::Runtime(format!("tokio runtime: {e}")))?;
+    let daemon = Arc::new(Daemon {
+        app,
+        tls,
+        started: Instant::now(),
+        provider: std::sync::Mutex::new(None),
+        listen_text: std::sync::Mutex::new(String::new()),
+    });
+    let result = runtime.block_on(serve(&daemon, &config, opts.dev, &state_dir, addr));
+    // Stop the engine after the listener is gone: running requests have had their grace
+    // period; what is left ends with an error event.
+    if let Some(served) = daemon.app.served() {
+        served.scheduler.clone().shutdown();
+    }
+    let _ = std::fs::remove_file(state_dir.join(ADDR_FILE));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+/// What the admin socket reports about the running server.
+struct Daemon {
+    app: Arc<App>,
+    tls: Arc<TlsServer>,
+    started: Instant,
+    provider: std::sync::Mutex<Option<Provider>>,
+    listen_text: std::sync::Mutex<String>,
+}
+
+impl AdminBackend for Daemon {
+    fn status(&self) -> Value {
+        let id = self.tls.identity();
+        let served = self.app.served();
+        let stats = served.as_ref().map(|s| s.scheduler.stats());
+        let uptime = self.started.elapsed().as_secs_f64();
+        let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
+        json!({
+            "model": self.app.model_name,
+            "model_dir": self.app.model_dir,
+            "ready": served.is_some(),
+            "provider": provider.map(Provider::as_str),
+            "queue_depth": stats.map(|s| s.queued),
+            "active_sequences": stats.map(|s| s.active),
+            "tokens_generated": stats.map(|s| s.tokens_generated),
+            "tokens_per_s": stats.map(|s| s.tokens_generated as f64 / uptime.max(1e-9)),
+            "uptime_s": uptime.round(),
+            "listen": *self.listen_text.lock().unwrap_or_else(|p| p.into_inner()),
+            "tls": {
+                "fingerprint_sha256": id.fingerprint,
+                "not_after": id.not_after_utc(),
+                "ca": id.ca_path,
+                "cert": id.cert_path,
+            },
+        })
+    }
+
+    fn models(&self) -> Value {
+        let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
+        match self.app.served() {
+            Some(s) => json!([{
+                "id": self.app.model_name,
+                "dir": self.app.model_dir,
+                "provider": provider.map(Provider::as_str),
+                "context": s.scheduler.spec().context_length,
+                "ready": true,
+            }]),
+            None => json!([{
+                "id": self.app.model_name,
+                "dir": self.app.model_dir,
+                "ready": false,
+            }]),
+        }
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        self.tls.reload().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// Load the model and start the scheduler on a plain thread (seconds of ONNX Runtime work
+/// that must not run on the reactor), then flip the API to ready.
+fn load_in_background(daemon: Arc<Daemon>, config: &Config, state_dir: &Path) {
+    let library = config.runtime.library.clone();
+    let opts = config.provider_options(state_dir);
+    let sched_cfg = config.scheduler_config();
+    let spawned = std::thread::Builder::new()
+        .name("edgeseek-load".into())
+        .spawn(move || {
+            let app = &daemon.app;
+            let t = Instant::now();
+            let loaded = Engine::load(&app.model_dir, library.as_deref(), &opts)
+                .map_err(|e| e.to_string())
+                .and_then(|engine| Scheduler::start(engine, sched_cfg).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(scheduler) => {
+                    let provider = scheduler.provider();
+                    *daemon.provider.lock().unwrap_or_else(|p| p.into_inner()) = Some(provider);
+                    tracing::info!(
+                        model = %app.model_name,
+                        provider = provider.as_str(),
+                        secs = t.elapsed().as_secs_f64(),
+                        "model ready"
+                    );
+                    app.set_state(ModelState::Ready(Arc::new(Served {
+                        scheduler,
+                        loaded_at: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs()),
+                    })));
+                }
+                Err(msg) => {
+                    tracing::error!(model = %app.model_name, error = %msg, "model failed to load");
+                    app.set_state(ModelState::Failed(msg));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the model loading thread");
+    }
+}
+
+async fn serve(
+    daemon: &Arc<Daemon>,
+    config: &Config,
+    dev: bool,
+    state_dir: &Path,
+    addr: SocketAddr,
+) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    *daemon.listen_text.lock().unwrap_or_else(|p| p.into_inner()) = format!("https://{local}");
+
+    // Shutdown signal shared by the accept loop and the admin socket.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin_path = crate::admin::socket_path(dev, state_dir);
+    let admin = tokio::spawn({
+        let keys = daemon.app.keys().clone();
+        let backend: Arc<dyn AdminBackend> = daemon.clone();
+        let mut stop = stop_rx.clone();
+        async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::admin::serve_admin(&admin_path, keys, backend, shutdown).await {
+                tracing::error!(error = %e, "admin socket stopped");
+            }
+        }
+    });
+
+    load_in_background(daemon.clone(), config, state_dir);
+
+    // One line a supervisor or test can parse, then the address file (`--listen …:0`).
+    {
+        let id = daemon.tls.identity();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on https://{local}");
+        let _ = writeln!(out, "tls fingerprint sha256 {}", id.fingerprint);
+        if let Some(ca) = &id.ca_path {
+            let _ = writeln!(out, "tls ca {}", ca.display());
+        }
+        let _ = out.flush();
+    }
+    let _ = std::fs::write(state_dir.join(ADDR_FILE), format!("{local}\n"));
+    tracing::info!(addr = %local, model = %daemon.app.model_name, "serving HTTPS");
+
+    accept_loop(daemon, config, listener).await;
+    let _ = stop_tx.send(true);
+    let _ = admin.await;
+    Ok(())
+}
+
+async fn accept_loop(daemon: &Arc<Daemon>, config: &Config, listener: TcpListener) {
+    let sc = &config.server;
+    let acceptor = TlsAcceptor::from(daemon.tls.config());
+    let conns = Arc::new(Semaphore::new(sc.max_connections));
+    let handshake_timeout = Duration::from_secs(sc.handshake_timeout_s);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(sc.header_read_timeout_s))
+        .max_headers(sc.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST);
+    let graceful = GracefulShutdown::new();
+
+    let (mut term, mut hup) = match (
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return;
+        }
+    };
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = conns.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = sc.max_connections, "connection cap reached; closing");
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let app = daemon.app.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let svc = service_fn(move |req| crate::api::handle(app.clone(), req, peer));
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupt: shutting down");
+                break;
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                break;
+            }
+            _ = hup.recv() => {
+                match daemon.tls.reload() {
+                    Ok(id) => tracing::info!(fingerprint = %id.fingerprint, not_after = %id.not_after_utc(), "SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate"),
+                }
+                if let Err(e) = daemon.app.keys().reload() {
+                    tracing::error!(error = %e, "SIGHUP: API key reload failed");
+                }
+            }
+        }
+    }
+    drop(listener);
+    let grace = Duration::from_secs(config.server.shutdown_grace_s);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            "connections still open after the grace period; closing them"
+        );
+    }
+}

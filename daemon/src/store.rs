@@ -1,0 +1,366 @@
+//! The daemon's database: one redb file at `<state_dir>/edgeseek.redb`, its table definitions and
+//! versioned schema migrations.
+//!
+//! redb (in its default `ExclusiveWriter` mode) lets one process open the file. While the daemon
+//! runs, everything else goes through the admin socket; only when no daemon holds the file does
+//! the CLI open it directly (see `admin::cli`).
+//!
+//! Adding a table (e.g. for the knowledge base): define its `TableDefinition` here or in the
+//! owning module, write `fn vN(tx: &WriteTransaction) -> Result<(), StoreError>` that opens (and
+//! thereby creates) it and converts any existing data, and append `Migration { version: N, .. }`
+//! to [`MIGRATIONS`]. Versions are consecutive; a migration runs exactly once, in the same write
+//! transaction that records the new version, so a crash mid-migration leaves the old schema intact.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, TableDefinition, WriteTransaction};
+
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "edgeseek.redb";
+
+/// `meta`: small named values; `schema_version` is the last migration applied.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// `keys`: API key id → JSON record (see `keys::StoredKey`). JSON keeps the record readable and
+/// lets later versions add fields with serde defaults instead of a migration.
+pub const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{file}: database is in use by another process (is the daemon running?)")]
+    InUse { file: PathBuf },
+    #[error("{file}: cannot open database: {msg}")]
+    Open { file: PathBuf, msg: String },
+    #[error(
+        "{file}: database schema v{found} is newer than this edgeseek understands (v{known}); \
+         refusing to touch it (upgrade edgeseek)"
+    )]
+    TooNew {
+        file: PathBuf,
+        found: u64,
+        known: u64,
+    },
+    #[error("{file}: migration to schema v{version} ({name}) failed: {msg}")]
+    Migration {
+        file: PathBuf,
+        version: u64,
+        name: &'static str,
+        msg: String,
+    },
+    #[error("database: {0}")]
+    Db(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// One schema step. `apply` runs inside the write transaction that records `version`.
+pub struct Migration {
+    pub version: u64,
+    pub name: &'static str,
+    pub apply: fn(&WriteTransaction) -> Result<(), StoreError>,
+}
+
+/// Every schema step, in order. Append only; never edit a released step.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "api keys",
+    apply: v1_keys,
+}];
+
+fn v1_keys(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(KEYS)?;
+    Ok(())
+}
+
+/// An open database. Cheap to clone; the file stays open (and locked) while any clone lives.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// `<state_dir>/edgeseek.redb`.
+    pub fn path_in(state_dir: &Path) -> PathBuf {
+        state_dir.join(DB_FILE)
+    }
+
+    /// Open (or create) `<state_dir>/edgeseek.redb` and bring its schema up to date.
+    pub fn open_in(state_dir: &Path) -> Result<Store, StoreError> {
+        Self::open(&Self::path_in(state_dir))
+    }
+
+    /// Open (or create) the database at `path` and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, MIGRATIONS)
+    }
+
+    /// [`Store::open`] with an explicit migration list (tests exercise the migration runner).
+    pub fn open_with(path: &Path, migrations: &[Migration]) -> Result<Store, StoreError> {
+        let open_err = |msg: String| StoreError::Open {
+            file: path.to_path_buf(),
+            msg,
+        };
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(dir) = parent {
+            crate::util::create_private_dir(dir)
+                .map_err(|e| open_err(format!("{}: {e}", dir.display())))?;
+        }
+        let existed = path.exists();
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                file: path.to_path_buf(),
+            },
+            other => open_err(other.to_string()),
+        })?;
+        if !existed {
+            if let Some(dir) = parent {
+                adopt_dir_owner(path, dir);
+            }
+        }
+        let store = Store {
+            db: Arc::new(db),
+            path: Arc::new(path.to_path_buf()),
+        };
+        store.migrate(migrations)?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The schema version recorded in the file (0 for an empty database).
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let meta = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(meta
+            .get(SCHEMA_VERSION_KEY)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    fn migrate(&self, migrations: &[Migration]) -> Result<(), StoreError> {
+        let known = migrations.last().map(|m| m.version).unwrap_or(0);
+        let found = self.schema_version()?;
+        if found > known {
+            return Err(StoreError::TooNew {
+                file: self.path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        if found == known {
+            return Ok(());
+        }
+        // All pending steps and the new version commit together: either the file moves to
+        // `known` or it stays exactly as it was.
+        let tx = self.db.begin_write()?;
+        for m in migrations.iter().filter(|m| m.version > found) {
+            let fail = |msg: String| StoreError::Migration {
+                file: self.path.to_path_buf(),
+                version: m.version,
+                name: m.name,
+                msg,
+            };
+            (m.apply)(&tx).map_err(|e| fail(e.to_string()))?;
+            let mut meta = tx.open_table(META).map_err(|e| fail(e.to_string()))?;
+            meta.insert(SCHEMA_VERSION_KEY, m.version)
+                .map_err(|e| fail(e.to_string()))?;
+            tracing::info!(file = %self.path.display(), version = m.version, name = m.name, "schema migrated");
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// When root creates the database (e.g. `edgeseek keys create` before the first start of a daemon
+/// that runs as user `edgeseek`), hand the new file to the state directory's owner; otherwise the
+/// daemon could not open its own database. Also restrict it to owner + group.
+fn adopt_dir_owner(file: &Path, dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o640));
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    if meta.uid() == 0 {
+        return;
+    }
+    let owner = Some(nix::unistd::Uid::from_raw(meta.uid()));
+    let group = Some(nix::unistd::Gid::from_raw(meta.gid()));
+    if let Err(e) = nix::unistd::chown(file, owner, group) {
+        tracing::warn!(file = %file.display(), error = %e, "could not hand the new database to the state directory's owner");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTable;
+
+    const COUNTER: TableDefinition<&str, u64> = TableDefinition::new("test_counter");
+
+    // Each run of a migration bumps a counter, so a second run would be visible.
+    fn count_v1(tx: &WriteTransaction) -> Result<(), StoreError> {
+        let mut t = tx.open_table(COUNTER)?;
+        let n = t.get("v1")?.map(|v| v.value()).unwrap_or(0);
+        t.insert("v1", n + 1)?;
+        Ok(())
+    }
+    fn count_v2(tx: &WriteTransaction) -> Result<(), StoreError> {
+        let mut t = tx.open_table(COUNTER)?;
+        let n = t.get("v2")?.map(|v| v.value()).unwrap_or(0);
+        t.insert("v2", n + 1)?;
+        Ok(())
+    }
+    fn failing(_: &WriteTransaction) -> Result<(), StoreError> {
+        Err(StoreError::Db("boom".into()))
+    }
+
+    fn counts(s: &Store) -> (u64, u64) {
+        let tx = s.db().begin_read().unwrap();
+        let t = tx.open_table(COUNTER).unwrap();
+        let get = |k| t.get(k).unwrap().map(|v| v.value()).unwrap_or(0);
+        (get("v1"), get("v2"))
+    }
+
+    #[test]
+    fn creates_file_and_runs_builtin_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_in(&dir.path().join("state")).unwrap();
+        assert_eq!(s.path(), dir.path().join("state").join(DB_FILE));
+        assert_eq!(
+            s.schema_version().unwrap(),
+            MIGRATIONS.last().unwrap().version
+        );
+        let tx = s.db().begin_read().unwrap();
+        tx.open_table(KEYS).unwrap();
+    }
+
+    #[test]
+    fn migrations_run_once_and_new_ones_run_on_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let v1 = [Migration {
+            version: 1,
+            name: "one",
+            apply: count_v1,
+        }];
+        let s = Store::open_with(&path, &v1).unwrap();
+        assert_eq!(counts(&s), (1, 0));
+        drop(s);
+        let s = Store::open_with(&path, &v1).unwrap();
+        assert_eq!(counts(&s), (1, 0), "v1 ran again on reopen");
+        drop(s);
+        let v2 = [
+            Migration {
+                version: 1,
+                name: "one",
+                apply: count_v1,
+            },
+            Migration {
+                version: 2,
+                name: "two",
+                apply: count_v2,
+            },
+        ];
+        let s = Store::open_with(&path, &v2).unwrap();
+        assert_eq!(counts(&s), (1, 1));
+        assert_eq!(s.schema_version().unwrap(), 2);
+        drop(s);
+        // An older binary refuses a newer file instead of guessing.
+        let e = Store::open_with(&path, &v1).unwrap_err().to_string();
+        assert!(e.contains("v2") && e.contains(DB_FILE), "{e}");
+    }
+
+    #[test]
+    fn failed_migration_leaves_file_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let ok = [Migration {
+            version: 1,
+            name: "one",
+            apply: count_v1,
+        }];
+        drop(Store::open_with(&path, &ok).unwrap());
+        let bad = [
+            Migration {
+                version: 1,
+                name: "one",
+                apply: count_v1,
+            },
+            Migration {
+                version: 2,
+                name: "two",
+                apply: count_v2,
+            },
+            Migration {
+                version: 3,
+                name: "broken",
+                apply: failing,
+            },
+        ];
+        let e = Store::open_with(&path, &bad).unwrap_err().to_string();
+        assert!(e.contains("v3") && e.contains("broken"), "{e}");
+        let s = Store::open_with(&path, &ok).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 1);
+        assert_eq!(counts(&s), (1, 0), "v2 must have been rolled back");
+    }
+
+    #[test]
+    fn second_open_names_file_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let _s = Store::open_in(dir.path()).unwrap();
+        let e = Store::open_in(dir.path()).unwrap_err();
+        assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+        assert!(e.to_string().contains(DB_FILE));
+    }
+
+    #[test]
+    fn garbage_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        std::fs::write(&path, b"this is not a redb file, not at all, no").unwrap();
+        let e = Store::open(&path).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        // Never overwritten.
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"this is not a redb file, not at all, no"
+        );
+    }
+}

@@ -1,0 +1,694 @@
+//! TLS identity: loading a configured certificate or creating (and renewing) a local CA and a
+//! server certificate signed by it, the fingerprint shown to admins, and a hot-swappable
+//! certificate resolver so SIGHUP reloads certificates without dropping connections.
+//!
+//! Layout of the generated identity under `<state_dir>/tls/` (directory mode 0700):
+//! `ca.pem` / `ca.key` (10 years; clients trust `ca.pem`), `server.pem` / `server.key`
+//! (ECDSA P-256, 1 year, renewed at start or reload when fewer than 30 days are left). Keys
+//! are written with mode 0600 before any byte of them is.
+//!
+//! Python ≥ 3.13 verifies with `VERIFY_X509_STRICT`: the CA must carry keyUsage
+//! (keyCertSign, cRLSign) and a critical basicConstraints, and the leaf an
+//! authorityKeyIdentifier. Both are set here and checked by the end-to-end tests with the
+//! OpenAI SDK.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::config::TlsConfig;
+
+/// Common name of the generated CA. Renewal re-creates the issuer from this name and the
+/// stored CA key (the signature only depends on those), so it must never change.
+const CA_COMMON_NAME: &str = "edgeseek local CA";
+const CA_VALID_DAYS: i64 = 3650;
+const SERVER_VALID_DAYS: i64 = 365;
+/// A generated server certificate with less than this left is replaced at start or reload.
+pub const RENEW_BEFORE_DAYS: i64 = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {msg}", path.display())]
+    Invalid { path: PathBuf, msg: String },
+    #[error("cannot generate the TLS identity: {0}")]
+    Generate(String),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn invalid(path: &Path, msg: impl std::fmt::Display) -> TlsError {
+    TlsError::Invalid {
+        path: path.to_path_buf(),
+        msg: msg.to_string(),
+    }
+}
+
+fn gen_err(e: impl std::fmt::Display) -> TlsError {
+    TlsError::Generate(e.to_string())
+}
+
+/// What admins see about the served certificate (`edgeseek status`, startup log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// SHA-256 of the server certificate's DER, upper-case hex pairs joined by `:`.
+    pub fingerprint: String,
+    /// Expiry of the server certificate, seconds since the Unix epoch (UTC).
+    pub not_after: i64,
+    /// The CA clients should trust; `None` for a configured (externally issued) certificate.
+    pub ca_path: Option<PathBuf>,
+    /// The served certificate file.
+    pub cert_path: PathBuf,
+}
+
+impl Identity {
+    /// `not_after` as `YYYY-MM-DDTHH:MM:SSZ`.
+    pub fn not_after_utc(&self) -> String {
+        utc_string(self.not_after)
+    }
+}
+
+/// Formats Unix seconds as an RFC 3339 UTC timestamp.
+pub fn utc_string(unix: i64) -> String {
+    match OffsetDateTime::from_unix_timestamp(unix) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => unix.to_string(),
+    }
+}
+
+/// SHA-256 fingerprint in the `AA:BB:…` form browsers and `openssl x509 -fingerprint` show.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = Sha256::digest(der);
+    let hex: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+    hex.join(":")
+}
+
+/// Where the served certificate comes from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// `tls.cert` / `tls.key` from the config: read as they are, never modified.
+    Configured { cert: PathBuf, key: PathBuf },
+    /// The local CA and server certificate under `<state_dir>/tls`.
+    Generated { dir: PathBuf },
+}
+
+/// The live TLS identity of the server: the rustls config (built once) and the certificate
+/// it presents (swapped on [`TlsServer::reload`]).
+pub struct TlsServer {
+    source: Source,
+    resolver: Arc<SwapResolver>,
+    identity: RwLock<Identity>,
+    config: Arc<ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsServer")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsServer {
+    /// Load the configured certificate, or create / renew the local identity in
+    /// `<state_dir>/tls`. Fails with the file named.
+    pub fn new(cfg: &TlsConfig, state_dir: &Path) -> Result<TlsServer, TlsError> {
+        let source = match (&cfg.cert, &cfg.key) {
+            (Some(cert), Some(key)) => Source::Configured {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (None, None) => Source::Generated {
+                dir: state_dir.join("tls"),
+            },
+            _ => {
+                return Err(TlsError::Config(
+                    "`tls.cert` and `tls.key` must be set together".into(),
+                ))
+            }
+        };
+        let (key, identity) = load(&source)?;
+        let resolver = Arc::new(SwapResolver {
+            current: RwLock::new(Arc::new(key)),
+        });
+        let config = server_config(resolver.clone(), cfg.client_ca.as_deref())?;
+        Ok(TlsServer {
+            source,
+            resolver,
+            identity: RwLock::new(identity),
+            config,
+        })
+    }
+
+    /// The rustls config for the acceptor (TLS 1.3 + 1.2, ALPN h2 and http/1.1).
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
+    }
+
+    pub fn identity(&self) -> Identity {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-read (and for the generated identity, renew if due) the certificate and swap it in.
+    /// Connections already established keep their session; new handshakes get the new
+    /// certificate. On error the old certificate stays in service.
+    pub fn reload(&self) -> Result<Identity, TlsError> {
+        let (key, identity) = load(&self.source)?;
+        *self
+            .resolver
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = identity.clone();
+        Ok(identity)
+    }
+
+    /// Replace the generated server certificate now (`edgeseek tls rotate`), keeping the CA.
+    pub fn rotate(&self) -> Result<Identity, TlsError> {
+        match &self.source {
+            Source::Generated { dir } => {
+                let _ = std::fs::remove_file(dir.join("server.pem"));
+                self.reload()
+            }
+            Source::Configured { cert, .. } => Err(invalid(
+                cert,
+                "the certificate is configured (tls.cert); replace the file and reload instead",
+            )),
+        }
+    }
+}
+
+/// Serves whatever certificate is current; `reload` swaps it under a short write lock.
+#[derive(Debug)]
+struct SwapResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SwapResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn server_config(
+    resolver: Arc<SwapResolver>,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    // TLS 1.0 and 1.1 are not implemented by rustls at all; listing 1.3 and 1.2 here makes
+    // the policy explicit.
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match client_ca {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(path)? {
+                roots.add(cert).map_err(|e| invalid(path, e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| invalid(path, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(path, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| invalid(path, format!("not a PEM private key: {e}")))
+}
+
+/// Read (and for the generated identity, create or renew) the certificate of `source`.
+fn load(source: &Source) -> Result<(CertifiedKey, Identity), TlsError> {
+    let now = OffsetDateTime::now_utc();
+    let (cert_path, key_path, ca_path) = match source {
+        Source::Configured { cert, key } => (cert.clone(), key.clone(), None),
+        Source::Generated { dir } => {
+            ensure_generated(dir, now, &local_names())?;
+            (
+                dir.join("server.pem"),
+                dir.join("server.key"),
+                Some(dir.join("ca.pem")),
+            )
+        }
+    };
+    let chain = read_certs(&cert_path)?;
+    let key = read_key(&key_path)?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| invalid(&cert_path, "no certificate in the file"))?;
+    let not_after = cert_not_after(leaf)
+        .ok_or_else(|| invalid(&cert_path, "cannot read the certificate's validity"))?;
+    let identity = Identity {
+        fingerprint: fingerprint(leaf),
+        not_after,
+        ca_path,
+        cert_path: cert_path.clone(),
+    };
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+        invalid(
+            &key_path,
+            format!("does not match {}: {e}", cert_path.display()),
+        )
+    })?;
+    Ok((certified, identity))
+}
+
+/// Names the server certificate is valid for: hostname, hostname.local, localhost, loopback
+/// and every local interface address.
+pub fn local_names() -> Vec<String> {
+    let mut names = Vec::new();
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if is_dns_name(h) {
+            names.push(h.to_string());
+            if !h.ends_with(".local") && !h.contains('.') {
+                names.push(format!("{h}.local"));
+            }
+        }
+    }
+    names.push("localhost".into());
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            let Some(addr) = ifa.address else { continue };
+            let ip = if let Some(v4) = addr.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                let ip = v6.ip();
+                // Link-local addresses need a zone to connect to; no client can use them
+                // as a certificate name.
+                if (ip.segments()[0] & 0xffc0) == 0xfe80 {
+                    continue;
+                }
+                IpAddr::V6(ip)
+            } else {
+                continue;
+            };
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    names.extend(ips.iter().map(IpAddr::to_string));
+    names
+}
+
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Create the CA if missing and (re)issue the server certificate if it is missing, not
+/// readable, or expires within [`RENEW_BEFORE_DAYS`].
+fn ensure_generated(dir: &Path, now: OffsetDateTime, names: &[String]) -> Result<(), TlsError> {
+    create_private_dir(dir)?;
+    let ca_pem = dir.join("ca.pem");
+    let ca_key_path = dir.join("ca.key");
+    let ca_key = if ca_pem.is_file() && ca_key_path.is_file() {
+        let text = std::fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
+        KeyPair::from_pem(&text).map_err(|e| invalid(&ca_key_path, e))?
+    } else {
+        let key = KeyPair::generate().map_err(gen_err)?;
+        let cert = ca_params(now).self_signed(&key).map_err(gen_err)?;
+        // Key first: a crash in between leaves no CA certificate without its key.
+        write_file(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_file(&ca_pem, cert.pem().as_bytes(), 0o644)?;
+        tracing::info!(path = %ca_pem.display(), "created the local certificate authority");
+        key
+    };
+
+    let server_pem = dir.join("server.pem");
+    let renew_at = now + time::Duration::days(RENEW_BEFORE_DAYS);
+    let current = read_certs(&server_pem)
+        .ok()
+        .and_then(|c| c.first().and_then(|c| cert_not_after(c)));
+    if let Some(not_after) = current {
+        if not_after > renew_at.unix_timestamp() && dir.join("server.key").is_file() {
+            return Ok(());
+        }
+        tracing::info!(
+            not_after = %utc_string(not_after),
+            "server certificate expires soon; renewing"
+        );
+    }
+    let issuer = Issuer::new(ca_params(now), ca_key);
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let cert = server_params(now, names)?
+        .signed_by(&key, &issuer)
+        .map_err(gen_err)?;
+    write_file(
+        &dir.join("server.key"),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(&server_pem, cert.pem().as_bytes(), 0o644)?;
+    tracing::info!(path = %server_pem.display(), names = names.len(), "issued the server certificate");
+    Ok(())
+}
+
+fn ca_params(now: OffsetDateTime) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    dn.push(DnType::OrganizationName, "edgeseek");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(CA_VALID_DAYS);
+    p
+}
+
+fn server_params(now: OffsetDateTime, names: &[String]) -> Result<CertificateParams, TlsError> {
+    // Names rcgen cannot encode (e.g. a hostname with an underscore) are skipped, not fatal.
+    let usable: Vec<String> = names
+        .iter()
+        .filter(|n| CertificateParams::new(vec![(*n).clone()]).is_ok())
+        .cloned()
+        .collect();
+    let mut p = CertificateParams::new(usable).map_err(gen_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        names.first().map_or("edgeseek", String::as_str),
+    );
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.use_authority_key_identifier_extension = true;
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(SERVER_VALID_DAYS);
+    Ok(p)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
+    crate::util::create_private_dir(dir).map_err(io_err(dir))
+}
+
+/// Write through a temporary file and rename, so readers never see half a file; the mode is
+/// set at creation, so a key is never readable by others even briefly.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// The `notAfter` of an X.509 certificate (Unix seconds), read with a minimal DER walk:
+/// `Certificate → tbsCertificate → [version] serial signature issuer validity`.
+pub fn cert_not_after(der: &[u8]) -> Option<i64> {
+    let (tag, cert, _) = der_tlv(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, tbs, _) = der_tlv(cert)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let mut rest = tbs;
+    let (tag, _, after) = der_tlv(rest)?;
+    if tag == 0xa0 {
+        rest = after; // explicit [0] version
+    }
+    for expected in [0x02, 0x30, 0x30] {
+        // serial, signature algorithm, issuer
+        let (tag, _, after) = der_tlv(rest)?;
+        if tag != expected {
+            return None;
+        }
+        rest = after;
+    }
+    let (tag, validity, _) = der_tlv(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (_, _, after_nb) = der_tlv(validity)?;
+    let (tag, not_after, _) = der_tlv(after_nb)?;
+    parse_der_time(tag, not_after)
+}
+
+/// One DER tag-length-value: `(tag, content, rest)`.
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&len0, rest) = rest.split_first()?;
+    let (len, rest) = if len0 < 0x80 {
+        (usize::from(len0), rest)
+    } else {
+        let n = usize::from(len0 & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`, 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, 0x18).
+fn parse_der_time(tag: u8, bytes: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    let s = s.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i32 = s.get(..2)?.parse().ok()?;
+            // RFC 5280: YY >= 50 means 19YY.
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
+        }
+        0x18 => (s.get(..4)?.parse().ok()?, s.get(4..)?),
+        _ => return None,
+    };
+    if rest.len() != 10 || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let num = |i: usize| rest.get(i..i + 2).and_then(|x| x.parse::<u8>().ok());
+    let month = time::Month::try_from(num(0)?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, num(2)?).ok()?;
+    let dt = date.with_hms(num(4)?, num(6)?, num(8)?).ok()?;
+    Some(dt.assume_utc().unix_timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    #[test]
+    fn generates_ca_and_server_with_private_keys() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp();
+        let tls = dir.path().join("tls");
+        let now = OffsetDateTime::now_utc();
+        ensure_generated(&tls, now, &["localhost".into(), "127.0.0.1".into()]).unwrap();
+        for f in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+            assert!(tls.join(f).is_file(), "{f}");
+        }
+        for f in ["ca.key", "server.key"] {
+            let mode = std::fs::metadata(tls.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        let ca = read_certs(&tls.join("ca.pem")).unwrap();
+        let ca_exp = cert_not_after(&ca[0]).unwrap();
+        let days = (ca_exp - now.unix_timestamp()) / 86400;
+        assert!((3649..=3650).contains(&days), "{days}");
+        let leaf = read_certs(&tls.join("server.pem")).unwrap();
+        let leaf_exp = cert_not_after(&leaf[0]).unwrap();
+        assert_eq!((leaf_exp - now.unix_timestamp()) / 86400, 365);
+    }
+
+    #[test]
+    fn keeps_a_valid_server_cert_and_renews_an_expiring_one() {
+        let dir = tmp();
+        let tls = dir.path().join("tls");
+        let names = vec!["localhost".to_string()];
+        let now = OffsetDateTime::now_utc();
+        ensure_generated(&tls, now, &names).unwrap();
+        let first = std::fs::read(tls.join("server.pem")).unwrap();
+        let ca = std::fs::read(tls.join("ca.pem")).unwrap();
+        // Restarting tomorrow keeps the certificate.
+        ensure_generated(&tls, now + time::Duration::days(1), &names).unwrap();
+        assert_eq!(first, std::fs::read(tls.join("server.pem")).unwrap());
+        // 340 days later fewer than 30 days are left: renewed, the CA is kept.
+        ensure_generated(&tls, now + time::Duration::days(340), &names).unwrap();
+        assert_ne!(first, std::fs::read(tls.join("server.pem")).unwrap());
+        assert_eq!(ca, std::fs::read(tls.join("ca.pem")).unwrap());
+    }
+
+    #[test]
+    fn server_loads_and_reload_swaps_the_identity() {
+        let dir = tmp();
+        let server = TlsServer::new(&TlsConfig::default(), dir.path()).unwrap();
+        let id = server.identity();
+        assert_eq!(id.fingerprint.len(), 32 * 3 - 1);
+        assert_eq!(id.ca_path, Some(dir.path().join("tls/ca.pem")));
+        assert_eq!(server.config().alpn_protocols[0], b"h2".to_vec());
+        // Reload without changes keeps the certificate; rotate issues a new one.
+        assert_eq!(server.reload().unwrap(), id);
+        let rotated = server.rotate().unwrap();
+        assert_ne!(rotated.fingerprint, id.fingerprint);
+        assert_eq!(server.identity(), rotated);
+    }
+
+    #[test]
+    fn configured_cert_needs_both_files_and_names_a_bad_one() {
+        let dir = tmp();
+        let half = TlsConfig {
+            cert: Some(dir.path().join("c.pem")),
+            ..TlsConfig::default()
+        };
+        assert!(TlsServer::new(&half, dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("together"));
+        std::fs::write(dir.path().join("c.pem"), "not pem").unwrap();
+        std::fs::write(dir.path().join("k.pem"), "not pem").unwrap();
+        let bad = TlsConfig {
+            cert: Some(dir.path().join("c.pem")),
+            key: Some(dir.path().join("k.pem")),
+            ..TlsConfig::default()
+        };
+        let e = TlsServer::new(&bad, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("c.pem"), "{e}");
+    }
+
+    #[test]
+    fn client_ca_bundle_loads_and_a_bad_one_is_named() {
+        let dir = tmp();
+        // Any CA certificate works as a client-CA bundle; reuse the generated one.
+        TlsServer::new(&TlsConfig::default(), dir.path()).unwrap();
+        let bundle = dir.path().join("tls/ca.pem");
+        let mtls = TlsConfig {
+            client_ca: Some(bundle),
+            ..TlsConfig::default()
+        };
+        assert!(TlsServer::new(&mtls, dir.path()).is_ok());
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let bad = TlsConfig {
+            client_ca: Some(dir.path().join("empty.pem")),
+            ..TlsConfig::default()
+        };
+        let e = TlsServer::new(&bad, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("empty.pem"), "{e}");
+    }
+
+    #[test]
+    fn der_time_parsing() {
+        assert_eq!(parse_der_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(parse_der_time(0x18, b"20000101000000Z"), Some(946_684_800));
+        assert_eq!(parse_der_time(0x17, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(parse_der_time(0x17, b"7001010000Z"), None);
+        assert_eq!(parse_der_time(0x05, b"700101000000Z"), None);
+        assert_eq!(cert_not_after(&[0x30, 0x03, 0x02, 0x01, 0x00]), None);
+        assert_eq!(cert_not_after(&[]), None);
+    }
+
+    #[test]
+    fn names_include_loopback_and_are_valid() {
+        let names = local_names();
+        assert!(names.contains(&"localhost".to_string()));
+        assert!(names.contains(&"127.0.0.1".to_string()));
+        assert!(names.contains(&"::1".to_string()));
+        assert!(is_dns_name("edge-01.local"));
+        assert!(!is_dns_name("bad_name"));
+        assert!(!is_dns_name(""));
+    }
+
+    #[test]
+    fn fingerprint_format() {
+        let f = fingerprint(b"abc");
+        assert!(f.starts_with("BA:78:16:BF"), "{f}");
+        assert_eq!(utc_string(0), "1970-01-01T00:00:00Z");
+    }
+}
