@@ -61,6 +61,8 @@ enum Command {
     Keys(crate::admin::cli::KeysArgs),
     /// Models served by the running daemon
     Models(crate::admin::cli::ModelsArgs),
+    /// The TLS certificate: show it, rotate it (local CA), or import one
+    Tls(crate::admin::cli::TlsArgs),
     /// Serve the OpenAI-compatible HTTPS API (and the admin socket)
     Serve(ServeArgs),
 }
@@ -229,6 +231,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => admin(&cli.common, |t| crate::admin::cli::status(t, args)),
         Command::Keys(args) => admin(&cli.common, |t| crate::admin::cli::keys(t, args)),
         Command::Models(args) => admin(&cli.common, |t| crate::admin::cli::models(t, args)),
+        Command::Tls(args) => admin(&cli.common, |t| crate::admin::cli::tls(t, args)),
         Command::Serve(args) => serve(&cli.common, args),
     };
     match result {
@@ -362,7 +365,7 @@ fn admin(
 ) -> Result<(), Failure> {
     let config = Config::load(common.config.as_deref(), common.dev).map_err(Failure::usage)?;
     let state_dir = config.state_dir(common.state_dir.as_deref(), common.dev);
-    let target = crate::admin::cli::target(common.dev, &state_dir);
+    let target = crate::admin::cli::target(common.dev, &state_dir, &config.tls);
     f(&target).map_err(|e| Failure {
         code: e.exit_code(),
         msg: e.to_string(),

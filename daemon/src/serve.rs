@@ -220,6 +220,7 @@ impl AdminBackend for Daemon {
             "uptime_s": uptime.round(),
             "listen": *self.listen_text.lock().unwrap_or_else(|p| p.into_inner()),
             "tls": {
+                "source": id.kind.as_str(),
                 "fingerprint_sha256": id.fingerprint,
                 "not_after": id.not_after_utc(),
                 "ca": id.ca_path,
@@ -246,8 +247,19 @@ impl AdminBackend for Daemon {
         }
     }
 
+    /// Called off the reactor by the admin plane's `reload` (e.g. after `edgeseek tls rotate`):
+    /// new handshakes get the re-read certificate, established connections keep theirs.
     fn reload(&self) -> Result<(), String> {
-        self.tls.reload().map(|_| ()).map_err(|e| e.to_string())
+        match self.tls.reload() {
+            Ok(id) => {
+                tracing::info!(fingerprint = %id.fingerprint, not_after = %id.not_after_utc(), source = id.kind.as_str(), "admin reload: TLS certificate reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "admin reload: TLS reload failed; keeping the current certificate");
+                Err(e.to_string())
+            }
+        }
     }
 }
 

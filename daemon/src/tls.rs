@@ -11,6 +11,11 @@
 //! (keyCertSign, cRLSign) and a critical basicConstraints, and the leaf an
 //! authorityKeyIdentifier. Both are set here and checked by the end-to-end tests with the
 //! OpenAI SDK.
+//!
+//! `edgeseek tls show | rotate | import` work on the files directly ([`manage`]); an imported
+//! certificate is marked by `<state_dir>/tls/imported` and never renewed from the local CA.
+
+pub mod manage;
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -38,6 +43,9 @@ const CA_VALID_DAYS: i64 = 3650;
 const SERVER_VALID_DAYS: i64 = 365;
 /// A generated server certificate with less than this left is replaced at start or reload.
 pub const RENEW_BEFORE_DAYS: i64 = 30;
+/// Marker file in `<state_dir>/tls/`: `server.pem` / `server.key` were imported
+/// (`edgeseek tls import`), so they are served as they are and never renewed from the local CA.
+pub const IMPORTED_MARKER: &str = "imported";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -52,6 +60,14 @@ pub enum TlsError {
     Generate(String),
     #[error("TLS configuration: {0}")]
     Config(String),
+    #[error(
+        "no TLS identity in {} yet; it is created on the first `edgeseek serve`",
+        dir.display()
+    )]
+    Missing { dir: PathBuf },
+    /// The operation does not apply to this identity (one line, says why and what to do).
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
@@ -72,6 +88,27 @@ fn gen_err(e: impl std::fmt::Display) -> TlsError {
     TlsError::Generate(e.to_string())
 }
 
+/// Where the served certificate came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// Issued by the local CA in `<state_dir>/tls` (renewed automatically, `tls rotate`).
+    Generated,
+    /// Copied into `<state_dir>/tls` by `edgeseek tls import` (never renewed by edgeseek).
+    Imported,
+    /// `tls.cert` / `tls.key` from the config, read where they are.
+    Configured,
+}
+
+impl IdentityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Generated => "generated",
+            IdentityKind::Imported => "imported",
+            IdentityKind::Configured => "configured",
+        }
+    }
+}
+
 /// What admins see about the served certificate (`edgeseek status`, startup log).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -83,6 +120,7 @@ pub struct Identity {
     pub ca_path: Option<PathBuf>,
     /// The served certificate file.
     pub cert_path: PathBuf,
+    pub kind: IdentityKind,
 }
 
 impl Identity {
@@ -141,24 +179,33 @@ impl std::fmt::Debug for TlsServer {
     }
 }
 
+impl Source {
+    fn of(cfg: &TlsConfig, state_dir: &Path) -> Result<Source, TlsError> {
+        match (&cfg.cert, &cfg.key) {
+            (Some(cert), Some(key)) => Ok(Source::Configured {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => Ok(Source::Generated {
+                dir: state_dir.join("tls"),
+            }),
+            _ => Err(TlsError::Config(
+                "`tls.cert` and `tls.key` must be set together".into(),
+            )),
+        }
+    }
+}
+
+/// `<state_dir>/tls` holds an imported certificate (see [`IMPORTED_MARKER`]).
+fn is_imported(dir: &Path) -> bool {
+    dir.join(IMPORTED_MARKER).exists()
+}
+
 impl TlsServer {
     /// Load the configured certificate, or create / renew the local identity in
     /// `<state_dir>/tls`. Fails with the file named.
     pub fn new(cfg: &TlsConfig, state_dir: &Path) -> Result<TlsServer, TlsError> {
-        let source = match (&cfg.cert, &cfg.key) {
-            (Some(cert), Some(key)) => Source::Configured {
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-            (None, None) => Source::Generated {
-                dir: state_dir.join("tls"),
-            },
-            _ => {
-                return Err(TlsError::Config(
-                    "`tls.cert` and `tls.key` must be set together".into(),
-                ))
-            }
-        };
+        let source = Source::of(cfg, state_dir)?;
         let (key, identity) = load(&source)?;
         let resolver = Arc::new(SwapResolver {
             current: RwLock::new(Arc::new(key)),
@@ -198,18 +245,10 @@ impl TlsServer {
         Ok(identity)
     }
 
-    /// Replace the generated server certificate now (`edgeseek tls rotate`), keeping the CA.
+    /// Replace the generated server certificate now, keeping the CA, and serve it.
     pub fn rotate(&self) -> Result<Identity, TlsError> {
-        match &self.source {
-            Source::Generated { dir } => {
-                let _ = std::fs::remove_file(dir.join("server.pem"));
-                self.reload()
-            }
-            Source::Configured { cert, .. } => Err(invalid(
-                cert,
-                "the certificate is configured (tls.cert); replace the file and reload instead",
-            )),
-        }
+        manage::rotate_source(&self.source, OffsetDateTime::now_utc(), &local_names())?;
+        self.reload()
     }
 }
 
@@ -282,14 +321,23 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// Read (and for the generated identity, create or renew) the certificate of `source`.
 fn load(source: &Source) -> Result<(CertifiedKey, Identity), TlsError> {
     let now = OffsetDateTime::now_utc();
-    let (cert_path, key_path, ca_path) = match source {
-        Source::Configured { cert, key } => (cert.clone(), key.clone(), None),
+    let (cert_path, key_path, ca_path, kind) = match source {
+        Source::Configured { cert, key } => {
+            (cert.clone(), key.clone(), None, IdentityKind::Configured)
+        }
+        Source::Generated { dir } if is_imported(dir) => (
+            dir.join("server.pem"),
+            dir.join("server.key"),
+            None,
+            IdentityKind::Imported,
+        ),
         Source::Generated { dir } => {
             ensure_generated(dir, now, &local_names())?;
             (
                 dir.join("server.pem"),
                 dir.join("server.key"),
                 Some(dir.join("ca.pem")),
+                IdentityKind::Generated,
             )
         }
     };
@@ -300,13 +348,21 @@ fn load(source: &Source) -> Result<(CertifiedKey, Identity), TlsError> {
         .ok_or_else(|| invalid(&cert_path, "no certificate in the file"))?;
     let not_after = cert_not_after(leaf)
         .ok_or_else(|| invalid(&cert_path, "cannot read the certificate's validity"))?;
+    if not_after < now.unix_timestamp() {
+        tracing::warn!(
+            cert = %cert_path.display(),
+            not_after = %utc_string(not_after),
+            "the served TLS certificate has expired; clients will refuse it"
+        );
+    }
     let identity = Identity {
         fingerprint: fingerprint(leaf),
         not_after,
         ca_path,
         cert_path: cert_path.clone(),
+        kind,
     };
-    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+    let certified = certified_key(chain, key).map_err(|e| {
         invalid(
             &key_path,
             format!("does not match {}: {e}", cert_path.display()),
@@ -371,14 +427,14 @@ fn is_dns_name(s: &str) -> bool {
 }
 
 /// Create the CA if missing and (re)issue the server certificate if it is missing, not
-/// readable, or expires within [`RENEW_BEFORE_DAYS`].
+/// readable, does not match its key, was issued before the CA was (re)created, or expires
+/// within [`RENEW_BEFORE_DAYS`].
 fn ensure_generated(dir: &Path, now: OffsetDateTime, names: &[String]) -> Result<(), TlsError> {
     create_private_dir(dir)?;
     let ca_pem = dir.join("ca.pem");
     let ca_key_path = dir.join("ca.key");
-    let ca_key = if ca_pem.is_file() && ca_key_path.is_file() {
-        let text = std::fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
-        KeyPair::from_pem(&text).map_err(|e| invalid(&ca_key_path, e))?
+    let (ca_key, new_ca) = if ca_pem.is_file() && ca_key_path.is_file() {
+        (read_ca_key(&ca_key_path)?, false)
     } else {
         let key = KeyPair::generate().map_err(gen_err)?;
         let cert = ca_params(now).self_signed(&key).map_err(gen_err)?;
@@ -386,7 +442,7 @@ fn ensure_generated(dir: &Path, now: OffsetDateTime, names: &[String]) -> Result
         write_file(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
         write_file(&ca_pem, cert.pem().as_bytes(), 0o644)?;
         tracing::info!(path = %ca_pem.display(), "created the local certificate authority");
-        key
+        (key, true)
     };
 
     let server_pem = dir.join("server.pem");
@@ -395,27 +451,98 @@ fn ensure_generated(dir: &Path, now: OffsetDateTime, names: &[String]) -> Result
         .ok()
         .and_then(|c| c.first().and_then(|c| cert_not_after(c)));
     if let Some(not_after) = current {
-        if not_after > renew_at.unix_timestamp() && dir.join("server.key").is_file() {
+        if new_ca {
+            // Signed by a CA that is gone: clients trusting the new ca.pem would refuse it.
+            tracing::info!("new local CA; re-issuing the server certificate");
+        } else if !pair_matches(&server_pem, &dir.join("server.key")) {
+            // E.g. a crash between the two renames of a rotation.
+            tracing::warn!(
+                "server.key does not match server.pem; re-issuing the server certificate"
+            );
+        } else if not_after > renew_at.unix_timestamp() {
             return Ok(());
+        } else {
+            tracing::info!(
+                not_after = %utc_string(not_after),
+                "server certificate expires soon; renewing"
+            );
         }
-        tracing::info!(
-            not_after = %utc_string(not_after),
-            "server certificate expires soon; renewing"
-        );
     }
+    issue_server(dir, now, names, ca_key)?;
+    tracing::info!(path = %server_pem.display(), names = names.len(), "issued the server certificate");
+    Ok(())
+}
+
+fn read_ca_key(path: &Path) -> Result<KeyPair, TlsError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    KeyPair::from_pem(&text).map_err(|e| invalid(path, e))
+}
+
+/// `key_path` parses and holds the private key of the leaf in `cert_path`.
+fn pair_matches(cert_path: &Path, key_path: &Path) -> bool {
+    let (Ok(chain), Ok(key)) = (read_certs(cert_path), read_key(key_path)) else {
+        return false;
+    };
+    certified_key(chain, key).is_ok()
+}
+
+/// The chain and key as rustls serves them, refusing a key that does not belong to the leaf
+/// (or whose public key cannot be compared).
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, rustls::Error> {
+    let signer = provider().key_provider.load_private_key(key)?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified.keys_match()?;
+    Ok(certified)
+}
+
+/// Issue a new server key and certificate from the CA key and replace `server.key` /
+/// `server.pem` (both staged first, then renamed into place: each file is always whole).
+fn issue_server(
+    dir: &Path,
+    now: OffsetDateTime,
+    names: &[String],
+    ca_key: KeyPair,
+) -> Result<(), TlsError> {
     let issuer = Issuer::new(ca_params(now), ca_key);
     let key = KeyPair::generate().map_err(gen_err)?;
     let cert = server_params(now, names)?
         .signed_by(&key, &issuer)
         .map_err(gen_err)?;
-    write_file(
-        &dir.join("server.key"),
-        key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file(&server_pem, cert.pem().as_bytes(), 0o644)?;
-    tracing::info!(path = %server_pem.display(), names = names.len(), "issued the server certificate");
+    replace_pair(dir, key.serialize_pem().as_bytes(), cert.pem().as_bytes())
+}
+
+/// Stage `server.key` (0600) and `server.pem` (0644) next to the live files, then rename them
+/// over it, key first, and sync the directory.
+fn replace_pair(dir: &Path, key_pem: &[u8], cert_pem: &[u8]) -> Result<(), TlsError> {
+    let key_path = dir.join("server.key");
+    let cert_path = dir.join("server.pem");
+    let key_tmp = stage_file(&key_path, key_pem, 0o600)?;
+    let cert_tmp = match stage_file(&cert_path, cert_pem, 0o644) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_file(&key_tmp);
+            return Err(e);
+        }
+    };
+    let renamed = std::fs::rename(&key_tmp, &key_path)
+        .map_err(io_err(&key_path))
+        .and_then(|()| std::fs::rename(&cert_tmp, &cert_path).map_err(io_err(&cert_path)));
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&key_tmp);
+        let _ = std::fs::remove_file(&cert_tmp);
+    }
+    renamed?;
+    sync_dir(dir);
     Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 fn ca_params(now: OffsetDateTime) -> CertificateParams {
@@ -465,8 +592,21 @@ fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
 /// Write through a temporary file and rename, so readers never see half a file; the mode is
 /// set at creation, so a key is never readable by others even briefly.
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    let tmp = stage_file(path, bytes, mode)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err(path)(e)
+    })
+}
+
+/// Write `bytes` to `<path>.tmp` (created with `mode`, synced) and return that path. When root
+/// writes (`sudo edgeseek tls rotate`), the file is given to the owner of the directory, so a
+/// daemon running as the service user can still read its key.
+fn stage_file(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, TlsError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    let tmp = PathBuf::from(name);
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -474,42 +614,25 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
         .mode(mode)
         .open(&tmp)
         .map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    let written = (|| {
+        if nix::unistd::geteuid().is_root() {
+            if let Some(owner) = path.parent().and_then(|d| std::fs::metadata(d).ok()) {
+                std::os::unix::fs::fchown(&f, Some(owner.uid()), Some(owner.gid()))?;
+            }
+        }
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    Ok(tmp)
 }
 
-/// The `notAfter` of an X.509 certificate (Unix seconds), read with a minimal DER walk:
-/// `Certificate → tbsCertificate → [version] serial signature issuer validity`.
+/// The `notAfter` of an X.509 certificate (Unix seconds).
 pub fn cert_not_after(der: &[u8]) -> Option<i64> {
-    let (tag, cert, _) = der_tlv(der)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, tbs, _) = der_tlv(cert)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let mut rest = tbs;
-    let (tag, _, after) = der_tlv(rest)?;
-    if tag == 0xa0 {
-        rest = after; // explicit [0] version
-    }
-    for expected in [0x02, 0x30, 0x30] {
-        // serial, signature algorithm, issuer
-        let (tag, _, after) = der_tlv(rest)?;
-        if tag != expected {
-            return None;
-        }
-        rest = after;
-    }
-    let (tag, validity, _) = der_tlv(rest)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (_, _, after_nb) = der_tlv(validity)?;
-    let (tag, not_after, _) = der_tlv(after_nb)?;
-    parse_der_time(tag, not_after)
+    manage::CertInfo::parse(der).map(|c| c.not_after)
 }
 
 /// One DER tag-length-value: `(tag, content, rest)`.

@@ -46,7 +46,11 @@ class Server:
                                      stderr=self.log, text=True)
         self.url = self._read_url(timeout=60)
         self.ca = state / "tls" / "ca.pem"
-        self.http = httpx.Client(base_url=self.url, verify=self.tls_context(), timeout=60)
+        # No pooled keep-alive connections: the server closes idle ones after
+        # server.header_read_timeout_s, and a test that reuses one after a slow test would
+        # race that close.
+        self.http = httpx.Client(base_url=self.url, verify=self.tls_context(), timeout=60,
+                                 limits=httpx.Limits(max_keepalive_connections=0))
 
     def tls_context(self):
         """Trust only the generated CA, with the strict X.509 checks Python >= 3.13 applies by

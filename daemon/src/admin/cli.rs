@@ -1,9 +1,10 @@
-//! `edgeseek status | keys … | models list`: the admin client.
+//! `edgeseek status | keys … | models list | tls …`: the admin client.
 //!
 //! Every command first talks to the running daemon over its admin socket. Key commands fall back
 //! to opening the database directly when no daemon is listening (redb lets only one process hold
 //! the file, so while a daemon runs the socket is the only way, and the daemon's key cache stays
-//! authoritative). `status` and `models list` need a daemon.
+//! authoritative). `status` and `models list` need a daemon. `tls` commands work on the
+//! certificate files (`crate::tls::manage`) and then ask a running daemon to `reload`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -13,8 +14,11 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use crate::config::TlsConfig;
 use crate::keys::{parse_scopes, KeyRecord, KeyStore};
 use crate::store::{Store, StoreError};
+use crate::tls::manage::Shown;
+use crate::tls::TlsError;
 
 /// How long the client waits for the daemon's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,11 +94,45 @@ pub enum ModelsCmd {
     List(JsonFlag),
 }
 
-/// Where the daemon's socket and database are.
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    #[command(subcommand)]
+    pub cmd: TlsCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TlsCmd {
+    /// Show the server certificate: names, fingerprint, validity, CA, where it came from
+    /// (reads the files; no daemon needed)
+    Show(JsonFlag),
+    /// Issue a new server certificate and key from the local CA (the CA is kept); a running
+    /// daemon serves it to new connections at once
+    Rotate(JsonFlag),
+    /// Serve CERT (PEM chain, server certificate first) and KEY (PEM) instead of the local
+    /// CA's certificate; never renewed by edgeseek
+    Import(ImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// PEM certificate chain, server certificate first
+    #[arg(value_name = "CERT")]
+    pub cert: PathBuf,
+    /// PEM private key of the certificate
+    #[arg(value_name = "KEY")]
+    pub key: PathBuf,
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where the daemon's socket, database and TLS identity are.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    /// `[tls]` of the config: a configured certificate is read where it is.
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +161,13 @@ pub enum AdminCliError {
     Store(StoreError),
     #[error("writing output: {0}")]
     Output(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(
+        "the new certificate (sha256 {fingerprint}) is in place, but the running daemon did not \
+         switch to it: {msg}; send it SIGHUP or restart it"
+    )]
+    NotReloaded { fingerprint: String, msg: String },
 }
 
 impl AdminCliError {
@@ -132,6 +177,9 @@ impl AdminCliError {
         use crate::keys::KeyError as K;
         match self {
             AdminCliError::Keys(K::InvalidScope { .. } | K::InvalidName(_) | K::Invalid(_)) => 2,
+            // Bad or missing certificate files, or an identity the command does not apply to:
+            // nothing was changed.
+            AdminCliError::Tls(_) => 2,
             _ => 1,
         }
     }
@@ -415,6 +463,74 @@ fn revoke(t: &Target, r: &RevokeArgs) -> Result<(), AdminCliError> {
     out(&format!("revoked key {} ({})\n", rec.id, rec.name))
 }
 
+pub fn tls(t: &Target, a: &TlsArgs) -> Result<(), AdminCliError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (shown, json_out, done) = match &a.cmd {
+        TlsCmd::Show(f) => {
+            let s = crate::tls::manage::show(&t.tls, &t.state_dir)?;
+            if f.json {
+                return out(&format!("{}\n", s.to_json(now)));
+            }
+            return out(&s.to_text(now));
+        }
+        TlsCmd::Rotate(f) => {
+            let s = crate::tls::manage::rotate(&t.tls, &t.state_dir)?;
+            let ca = s
+                .ca_path
+                .as_ref()
+                .map_or_else(String::new, |p| format!(" (CA kept: {})", p.display()));
+            (s, f.json, format!("rotated the server certificate{ca}"))
+        }
+        TlsCmd::Import(i) => {
+            let s = crate::tls::manage::import(&t.tls, &t.state_dir, &i.cert, &i.key)?;
+            (s, i.json, format!("imported {}", i.cert.display()))
+        }
+    };
+    let reloaded = reload_daemon(t, &shown)?;
+    if json_out {
+        let mut v = shown.to_json(now);
+        v["daemon_reloaded"] = reloaded.into();
+        return out(&format!("{v}\n"));
+    }
+    let daemon = if reloaded {
+        "the running daemon serves it to new connections now (open ones are kept)"
+    } else {
+        "no daemon is running; `edgeseek serve` will serve it"
+    };
+    out(&format!(
+        "{done}\n{}{daemon}\nfingerprint sha256 {}\n",
+        shown.to_text(now),
+        shown.fingerprint
+    ))
+}
+
+/// Ask a running daemon to `reload` (keys, then the TLS certificate) and check that it now
+/// serves `shown`. `Ok(false)`: no daemon is running.
+fn reload_daemon(t: &Target, shown: &Shown) -> Result<bool, AdminCliError> {
+    let failed = |msg: String| AdminCliError::NotReloaded {
+        fingerprint: shown.fingerprint.clone(),
+        msg,
+    };
+    let stream = match connect(t).map_err(|e| failed(e.to_string()))? {
+        Conn::Up(s) => s,
+        Conn::Down => return Ok(false),
+    };
+    call(t, stream, json!({"cmd": "reload"})).map_err(|e| failed(e.to_string()))?;
+    let status = match connect(t).map_err(|e| failed(e.to_string()))? {
+        Conn::Up(s) => call(t, s, json!({"cmd": "status"})).map_err(|e| failed(e.to_string()))?,
+        Conn::Down => return Err(failed("it stopped during the reload".into())),
+    };
+    match status["tls"]["fingerprint_sha256"].as_str() {
+        Some(fp) if fp == shown.fingerprint => Ok(true),
+        other => Err(failed(format!(
+            "it still serves sha256 {} (is it running with another --config or --state-dir?)",
+            other.unwrap_or("-")
+        ))),
+    }
+}
+
 fn scalar(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -499,11 +615,12 @@ fn utc(secs: u64) -> String {
     )
 }
 
-/// Resolve the socket and state directory the way `serve` does.
-pub fn target(dev: bool, state_dir: &Path) -> Target {
+/// Resolve the socket, state directory and TLS files the way `serve` does.
+pub fn target(dev: bool, state_dir: &Path, tls: &TlsConfig) -> Target {
     Target {
         socket: super::socket_path(dev, state_dir),
         state_dir: state_dir.to_path_buf(),
+        tls: tls.clone(),
     }
 }
 
