@@ -69,3 +69,8 @@ def genai_reference():
         return _refs[key]
 
     return get
+
+
+def openssl(*args, cwd):
+    """Run the openssl CLI (installed by scripts/test) for test PKI material."""
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)

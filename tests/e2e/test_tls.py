@@ -4,7 +4,6 @@ change, the daemon reloads over the admin socket, new TLS connections see the ne
 
 import hashlib
 import json
-import shutil
 import socket
 import ssl
 import subprocess
@@ -12,7 +11,7 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import error_line, run
+from conftest import error_line, run, openssl
 from test_api import Server, _served_fingerprint, chat
 
 
@@ -101,18 +100,13 @@ def test_tls_rotate_serves_a_new_certificate_without_dropping_connections(tmp_pa
         s.stop()
 
 
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
 def test_tls_import_validates_then_serves_the_certificate(tmp_path):
     pki = tmp_path / "pki"
     pki.mkdir()
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
              "-keyout", "edge.key", "-out", "edge.pem", "-days", "30", "-subj", "/CN=edge.example",
              "-addext", "subjectAltName=DNS:edge.example,IP:127.0.0.1", cwd=pki)
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
              "-out", "other.key", cwd=pki)
     expected = sha256_fingerprint(ssl.PEM_cert_to_DER_cert((pki / "edge.pem").read_text()))
 
