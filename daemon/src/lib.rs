@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod keys;
 pub mod serve;
+pub mod service;
 pub mod store;
 pub mod tls;
 pub mod util;

@@ -141,6 +141,11 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
             "--listen `{listen}`: expected ADDRESS:PORT, e.g. 127.0.0.1:8443"
         ))
     })?;
+    // Socket activation (systemd/edgeseek.socket) replaces `--listen`.
+    let activated = crate::service::activated_listener().map_err(ServeError::Usage)?;
+    if activated.is_some() && opts.listen.is_some() {
+        tracing::info!("socket-activated: --listen is ignored");
+    }
     let model_dir = pick_model(&opts.models, &state_dir)?;
     let name = model_name(&model_dir)?;
     if opts.models.len() > 1 {
@@ -180,8 +185,12 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         started: Instant::now(),
         provider: std::sync::Mutex::new(None),
         listen_text: std::sync::Mutex::new(String::new()),
+        loader: std::sync::Mutex::new(None),
     });
-    let result = runtime.block_on(serve(&daemon, &config, opts.dev, &state_dir, addr));
+    let result = runtime.block_on(serve(
+        &daemon, &config, opts.dev, &state_dir, addr, activated,
+    ));
+    let still_loading = !wait_for_loader(&daemon, Duration::from_secs(2));
     // Stop the engine after the listener is gone: running requests have had their grace
     // period; what is left ends with an error event.
     if let Some(served) = daemon.app.served() {
@@ -189,7 +198,35 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     }
     let _ = std::fs::remove_file(state_dir.join(ADDR_FILE));
     runtime.shutdown_timeout(Duration::from_secs(2));
+    if still_loading {
+        // Stopped while ONNX Runtime is still loading the model on another thread: a normal
+        // exit runs C++ static destructors under it and aborts (SIGABRT), so leave at once.
+        tracing::warn!("exiting while the model is still loading");
+        let code = result
+            .as_ref()
+            .map_or_else(|e| i32::from(e.exit_code()), |()| 0);
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: `_exit` ends the process without running atexit handlers or destructors.
+        unsafe { nix::libc::_exit(code) };
+    }
     result
+}
+
+/// Waits up to `limit` for the model loading thread to finish; `false` if it is still running.
+fn wait_for_loader(daemon: &Daemon, limit: Duration) -> bool {
+    let Some(handle) = daemon_loader(&daemon.loader).take() else {
+        return true;
+    };
+    let deadline = Instant::now() + limit;
+    while !handle.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = handle.join();
+    true
 }
 
 /// What the admin socket reports about the running server.
@@ -199,6 +236,31 @@ struct Daemon {
     started: Instant,
     provider: std::sync::Mutex<Option<Provider>>,
     listen_text: std::sync::Mutex<String>,
+    /// The model loading thread (see [`wait_for_loader`]).
+    loader: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Daemon {
+    fn snapshot(&self) -> crate::service::Snapshot {
+        use crate::service::{ModelPhase, Snapshot};
+        let stats = self.app.served().map(|s| s.scheduler.stats());
+        let state = match (&stats, self.app.failure()) {
+            (Some(_), _) => ModelPhase::Ready,
+            (None, Some(msg)) => ModelPhase::Failed(msg),
+            (None, None) => ModelPhase::Loading,
+        };
+        let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
+        Snapshot {
+            model: self.app.model_name.clone(),
+            state,
+            provider: provider.map(Provider::as_str),
+            heartbeat: stats.map(|s| s.heartbeat),
+            requests: stats.map_or(0, |s| s.completed + s.errors + s.cancellations),
+            tokens: stats.map_or(0, |s| s.tokens_generated),
+            active: stats.map_or(0, |s| s.active),
+            queued: stats.map_or(0, |s| s.queued),
+        }
+    }
 }
 
 impl AdminBackend for Daemon {
@@ -266,6 +328,7 @@ impl AdminBackend for Daemon {
 /// Load the model and start the scheduler on a plain thread (seconds of ONNX Runtime work
 /// that must not run on the reactor), then flip the API to ready.
 fn load_in_background(daemon: Arc<Daemon>, config: &Config, state_dir: &Path) {
+    let owner = daemon.clone();
     let library = config.runtime.library.clone();
     let opts = config.provider_options(state_dir);
     let sched_cfg = config.scheduler_config();
@@ -300,9 +363,16 @@ fn load_in_background(daemon: Arc<Daemon>, config: &Config, state_dir: &Path) {
                 }
             }
         });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the model loading thread");
+    match spawned {
+        Ok(handle) => *daemon_loader(&owner.loader) = Some(handle),
+        Err(e) => tracing::error!(error = %e, "cannot start the model loading thread"),
     }
+}
+
+fn daemon_loader(
+    m: &std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+) -> std::sync::MutexGuard<'_, Option<std::thread::JoinHandle<()>>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn serve(
@@ -311,10 +381,14 @@ async fn serve(
     dev: bool,
     state_dir: &Path,
     addr: SocketAddr,
+    activated: Option<std::net::TcpListener>,
 ) -> Result<(), ServeError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
+    let listener = match activated {
+        Some(l) => TcpListener::from_std(l).map_err(|source| ServeError::Bind { addr, source })?,
+        None => TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?,
+    };
     let local = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
@@ -337,6 +411,20 @@ async fn serve(
         }
     });
 
+    // Installed before the address is announced, so a supervisor that signals as soon as it
+    // sees it gets the graceful path.
+    let signals = match (
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(hup)) => Signals { term, hup },
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(ServeError::Runtime(format!(
+                "cannot install signal handlers: {e}"
+            )));
+        }
+    };
+
     load_in_background(daemon.clone(), config, state_dir);
 
     // One line a supervisor or test can parse, then the address file (`--listen …:0`).
@@ -353,13 +441,32 @@ async fn serve(
     let _ = std::fs::write(state_dir.join(ADDR_FILE), format!("{local}\n"));
     tracing::info!(addr = %local, model = %daemon.app.model_name, "serving HTTPS");
 
-    accept_loop(daemon, config, listener).await;
+    // sd_notify: READY once the model has settled, STATUS lines, watchdog pings.
+    let supervisor = tokio::spawn({
+        let d = daemon.clone();
+        crate::service::supervise(move || d.snapshot(), stop_rx.clone())
+    });
+
+    accept_loop(daemon, config, listener, signals).await;
     let _ = stop_tx.send(true);
+    let _ = supervisor.await;
     let _ = admin.await;
     Ok(())
 }
 
-async fn accept_loop(daemon: &Arc<Daemon>, config: &Config, listener: TcpListener) {
+/// SIGTERM and SIGHUP streams.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+async fn accept_loop(
+    daemon: &Arc<Daemon>,
+    config: &Config,
+    listener: TcpListener,
+    signals: Signals,
+) {
+    let Signals { mut term, mut hup } = signals;
     let sc = &config.server;
     let acceptor = TlsAcceptor::from(daemon.tls.config());
     let conns = Arc::new(Semaphore::new(sc.max_connections));
@@ -376,17 +483,6 @@ async fn accept_loop(daemon: &Arc<Daemon>, config: &Config, listener: TcpListene
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(H2_MAX_HEADER_LIST);
     let graceful = GracefulShutdown::new();
-
-    let (mut term, mut hup) = match (
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(h)) => (t, h),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return;
-        }
-    };
 
     loop {
         tokio::select! {
@@ -432,13 +528,16 @@ async fn accept_loop(daemon: &Arc<Daemon>, config: &Config, listener: TcpListene
             }
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("interrupt: shutting down");
+                crate::service::stopping();
                 break;
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: shutting down");
+                crate::service::stopping();
                 break;
             }
             _ = hup.recv() => {
+                crate::service::reloading();
                 match daemon.tls.reload() {
                     Ok(id) => tracing::info!(fingerprint = %id.fingerprint, not_after = %id.not_after_utc(), "SIGHUP: TLS certificate reloaded"),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate"),
@@ -446,6 +545,7 @@ async fn accept_loop(daemon: &Arc<Daemon>, config: &Config, listener: TcpListene
                 if let Err(e) = daemon.app.keys().reload() {
                     tracing::error!(error = %e, "SIGHUP: API key reload failed");
                 }
+                crate::service::reloaded(&format!("reloaded; serving {}", daemon.app.model_name));
             }
         }
     }

@@ -399,3 +399,20 @@ fn prefix_cache_off_reuses_nothing() {
     }
     assert_eq!(sched.stats().prefix_reused_tokens, 0);
 }
+
+/// The systemd watchdog keys off the heartbeat: it must advance while the engine is idle
+/// (bounded idle waits) and while it works.
+#[test]
+fn heartbeat_advances_while_idle_and_busy() {
+    let sched = Scheduler::start(load("tiny-qwen2-genai"), config(2)).expect("start");
+    let h0 = sched.stats().heartbeat;
+    std::thread::sleep(edgeseek::engine::scheduler::IDLE_HEARTBEAT * 3);
+    let h1 = sched.stats().heartbeat;
+    assert!(h1 >= h0 + 2, "idle heartbeat {h0} -> {h1}");
+    let handle = sched
+        .submit(greedy(prompts().remove(0), 8))
+        .expect("submit");
+    handle.wait().expect("generate");
+    assert!(sched.stats().heartbeat > h1);
+    sched.shutdown();
+}

@@ -383,7 +383,10 @@ def test_openapi_is_the_committed_document(server):
 
 def test_disconnect_cancels_generation(server, key):
     before = server.metric("edgeseek_cancellations_total")
-    body = {**BODY, "max_tokens": 400, "stream": True, "min_p": 0}
+    # Long enough that the client is gone well before the end: EOS banned, most of the
+    # fixture's 512-token context, two choices.
+    body = {**BODY, "max_tokens": 440, "stream": True, "min_p": 0, "n": 2,
+            "logit_bias": {"1536": -100}}
     with server.http.stream("POST", "/v1/chat/completions", json=body,
                             headers={"Authorization": f"Bearer {key}"}) as r:
         assert r.status_code == 200

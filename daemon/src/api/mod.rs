@@ -148,6 +148,14 @@ impl App {
         }
     }
 
+    /// Why the model failed to load, if it did.
+    pub fn failure(&self) -> Option<String> {
+        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+            ModelState::Failed(msg) => Some(msg.clone()),
+            _ => None,
+        }
+    }
+
     /// `Err` with the 503 to return while the model is not serving.
     fn ready(&self) -> Result<Arc<Served>, ApiError> {
         match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {

@@ -28,10 +28,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{
+    self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokenizers::Tokenizer;
 
@@ -168,6 +170,10 @@ pub struct SchedulerStats {
     pub max_batch_seen: usize,
     /// Prompt tokens whose KV came from the prefix cache instead of a prefill.
     pub prefix_reused_tokens: u64,
+    /// Turns of the engine loop, idle waits included (at least one per
+    /// [`IDLE_HEARTBEAT`]): a value that stops advancing means the engine thread is stuck
+    /// (the systemd watchdog in `service` keys off it).
+    pub heartbeat: u64,
 }
 
 #[derive(Default)]
@@ -183,7 +189,11 @@ struct Counters {
     steps: AtomicU64,
     max_batch_seen: AtomicUsize,
     prefix_reused: AtomicU64,
+    heartbeat: AtomicU64,
 }
+
+/// Longest idle wait of the engine loop before it turns (and bumps the heartbeat) anyway.
+pub const IDLE_HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// A request on its way to the loop.
 struct Job {
@@ -362,6 +372,7 @@ impl Scheduler {
             decode_steps: c.steps.load(Ordering::Relaxed),
             max_batch_seen: c.max_batch_seen.load(Ordering::Relaxed),
             prefix_reused_tokens: c.prefix_reused.load(Ordering::Relaxed),
+            heartbeat: c.heartbeat.load(Ordering::Relaxed),
         }
     }
 
@@ -483,6 +494,7 @@ impl Worker {
 
     fn run(&mut self) {
         while !self.stop.load(Ordering::SeqCst) {
+            self.counters.heartbeat.fetch_add(1, Ordering::Relaxed);
             if !self.admit() {
                 break;
             }
@@ -512,7 +524,11 @@ impl Worker {
                     // Finished rows still to be dropped by a rebuild count as work.
                     let idle = self.rows.is_empty() && self.active() == 0;
                     let got = if idle {
-                        self.rx.recv().map_err(|_| TryRecvError::Disconnected)
+                        // Bounded, so an idle loop still turns and bumps the heartbeat.
+                        self.rx.recv_timeout(IDLE_HEARTBEAT).map_err(|e| match e {
+                            RecvTimeoutError::Timeout => TryRecvError::Empty,
+                            RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+                        })
                     } else {
                         self.rx.try_recv()
                     };
