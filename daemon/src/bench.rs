@@ -14,7 +14,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::engine::sampler::SamplingParams;
 use crate::engine::{GenerateRequest, Prompt, Scheduler, SchedulerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,15 +72,7 @@ fn prompt_ids(rng: &mut ChaCha8Rng, len: usize, vocab: usize) -> Vec<u32> {
 }
 
 fn request(ids: Vec<u32>, tokens: usize) -> GenerateRequest {
-    GenerateRequest {
-        prompt: Prompt::Ids(ids),
-        max_tokens: Some(tokens),
-        sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
-        max_reasoning_tokens: None,
-        min_tokens: tokens,
-        logprobs: None,
-    }
+    GenerateRequest::greedy_exact(Prompt::Ids(ids), tokens)
 }
 
 /// Submit one request per prompt at once; wall seconds until the last finished, and the

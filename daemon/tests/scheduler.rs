@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use edgeseek::engine::sampler::SamplingParams;
 use edgeseek::engine::template::ChatMessage;
 use edgeseek::engine::{
     Engine, Event, FinishReason, GenerateRequest, Prompt, Provider, ProviderOptions,
@@ -55,16 +54,8 @@ fn prompts() -> Vec<Vec<ChatMessage>> {
 }
 
 fn greedy(messages: Vec<ChatMessage>, tokens: usize) -> GenerateRequest {
-    GenerateRequest {
-        prompt: Prompt::Messages(messages),
-        max_tokens: Some(tokens),
-        sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
-        max_reasoning_tokens: None,
-        // Random-weight fixtures may emit EOS early; exactly `tokens` ids compare more.
-        min_tokens: tokens,
-        logprobs: None,
-    }
+    // Random-weight fixtures may emit EOS early; exactly `tokens` ids compare more.
+    GenerateRequest::greedy_exact(Prompt::Messages(messages), tokens)
 }
 
 fn config(max_batch: usize) -> SchedulerConfig {

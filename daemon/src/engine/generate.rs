@@ -73,6 +73,22 @@ pub struct GenerateRequest {
     pub logprobs: Option<usize>,
 }
 
+impl GenerateRequest {
+    /// Greedy decoding of exactly `tokens` tokens (EOS masked until then): what benchmarks
+    /// and exactness tests need to compare equal amounts of work.
+    pub fn greedy_exact(prompt: Prompt, tokens: usize) -> Self {
+        GenerateRequest {
+            prompt,
+            max_tokens: Some(tokens),
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+            max_reasoning_tokens: None,
+            min_tokens: tokens,
+            logprobs: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FinishReason {

@@ -146,6 +146,24 @@ fn ids_of(v: Option<&Json>) -> Vec<u32> {
     }
 }
 
+/// `first`, then the ids of `more` it does not already hold (order kept: the first is the
+/// one a config names as *the* EOS).
+fn merge_ids(mut first: Vec<u32>, more: Vec<u32>) -> Vec<u32> {
+    for id in more {
+        if !first.contains(&id) {
+            first.push(id);
+        }
+    }
+    first
+}
+
+/// EOS ids from `generation_config.json`, if the directory has a readable one.
+fn generation_eos(dir: &Path) -> Vec<u32> {
+    read_json(&dir.join("generation_config.json"))
+        .map(|gc| ids_of(gc.get("eos_token_id")))
+        .unwrap_or_default()
+}
+
 /// Detect the layout of `dir`.
 pub fn detect_layout(dir: &Path) -> Result<Layout, ModelError> {
     if !dir.is_dir() {
@@ -235,15 +253,8 @@ impl ModelSpec {
             present_key: per_layer(s("outputs", "present_key_names", "present.%d.key")),
             present_value: per_layer(s("outputs", "present_value_names", "present.%d.value")),
         };
-        let mut eos_ids = ids_of(model.get("eos_token_id"));
         // generation_config.json may list more stop ids (Qwen chat models end turns with <|im_end|>).
-        if let Ok(gc) = read_json(&dir.join("generation_config.json")) {
-            for id in ids_of(gc.get("eos_token_id")) {
-                if !eos_ids.contains(&id) {
-                    eos_ids.push(id);
-                }
-            }
-        }
+        let eos_ids = merge_ids(ids_of(model.get("eos_token_id")), generation_eos(dir));
         Ok(ModelSpec {
             dir: dir.to_path_buf(),
             name: String::new(),
@@ -303,16 +314,7 @@ impl ModelSpec {
             present_key: per_layer("present.{}.key"),
             present_value: per_layer("present.{}.value"),
         };
-        let mut eos_ids = Vec::new();
-        let gen_file = dir.join("generation_config.json");
-        if let Ok(gc) = read_json(&gen_file) {
-            eos_ids = ids_of(gc.get("eos_token_id"));
-        }
-        for id in ids_of(cfg.get("eos_token_id")) {
-            if !eos_ids.contains(&id) {
-                eos_ids.push(id);
-            }
-        }
+        let eos_ids = merge_ids(generation_eos(dir), ids_of(cfg.get("eos_token_id")));
         Ok(ModelSpec {
             dir: dir.to_path_buf(),
             name: String::new(),
