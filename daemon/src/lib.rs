@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod kb;
 pub mod keys;
 pub mod serve;
 pub mod service;

@@ -1,0 +1,227 @@
+//! The enterprise knowledge base: documents → parsed blocks → chunks → (embeddings, keyword
+//! postings) in one redb transaction → hybrid search → citations.
+//!
+//! This file holds the types every stage agrees on; each stage lives in its own module:
+//! `parse` (bytes → [`ParsedDoc`]), `chunk` ([`ParsedDoc`] → [`Chunk`]s), and the index,
+//! storage and search modules (chunks + vectors → redb and in-memory indexes → hits).
+
+use std::fmt;
+
+/// The document formats the knowledge base accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocKind {
+    Text,
+    Markdown,
+    Html,
+    Pdf,
+    Docx,
+}
+
+pub const DOCX_MIME: &str = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
+
+impl DocKind {
+    /// From an HTTP `Content-Type` (parameters such as `; charset=utf-8` are ignored).
+    pub fn from_content_type(ct: &str) -> Option<DocKind> {
+        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        Some(match essence.as_str() {
+            "text/plain" => DocKind::Text,
+            "text/markdown" | "text/x-markdown" => DocKind::Markdown,
+            "text/html" | "application/xhtml+xml" => DocKind::Html,
+            "application/pdf" => DocKind::Pdf,
+            DOCX_MIME => DocKind::Docx,
+            _ => return None,
+        })
+    }
+
+    /// From a file name's extension (used by `edgeseek kb ingest` for local files).
+    pub fn from_filename(name: &str) -> Option<DocKind> {
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        Some(match ext.as_str() {
+            "txt" | "text" => DocKind::Text,
+            "md" | "markdown" => DocKind::Markdown,
+            "html" | "htm" | "xhtml" => DocKind::Html,
+            "pdf" => DocKind::Pdf,
+            "docx" => DocKind::Docx,
+            _ => return None,
+        })
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            DocKind::Text => "text/plain",
+            DocKind::Markdown => "text/markdown",
+            DocKind::Html => "text/html",
+            DocKind::Pdf => "application/pdf",
+            DocKind::Docx => DOCX_MIME,
+        }
+    }
+}
+
+impl fmt::Display for DocKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DocKind::Text => "text",
+            DocKind::Markdown => "markdown",
+            DocKind::Html => "html",
+            DocKind::Pdf => "pdf",
+            DocKind::Docx => "docx",
+        })
+    }
+}
+
+/// What a structural block is; the chunker keeps headings as a path and avoids splitting
+/// list items and code.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BlockKind {
+    /// A heading; level 1 is the outermost.
+    Heading { level: u8 },
+    Paragraph,
+    ListItem,
+    Code,
+    /// A table row or a whole table rendered as text (cells separated by " | ").
+    Table,
+}
+
+/// One structural unit of a parsed document, in reading order.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Block {
+    pub kind: BlockKind,
+    pub text: String,
+    /// 1-based page number (PDF only).
+    pub page: Option<u32>,
+}
+
+/// A document after parsing: plain text blocks with their structure.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ParsedDoc {
+    /// The document's own title (HTML `<title>`, PDF/DOCX metadata, first `#` heading), if any.
+    pub title: Option<String>,
+    pub blocks: Vec<Block>,
+    /// Number of pages (PDF only).
+    pub pages: Option<u32>,
+}
+
+/// A piece of a document small enough to embed, with where it came from.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Chunk {
+    /// 0-based position of the chunk within its document.
+    pub ordinal: u32,
+    pub text: String,
+    /// 1-based page where the chunk starts (PDF only).
+    pub page: Option<u32>,
+    /// Enclosing headings, outermost first.
+    pub heading: Vec<String>,
+}
+
+impl Chunk {
+    /// The heading path as one line ("Leave > Annual leave"), as shown in citations.
+    pub fn heading_line(&self) -> Option<String> {
+        (!self.heading.is_empty()).then(|| self.heading.join(" > "))
+    }
+}
+
+/// Turns text into vectors. Implemented by `engine::embed` for real models; tests may use
+/// a deterministic stand-in. Vectors are L2-normalised, so a dot product is the cosine.
+pub trait Embed: Send + Sync {
+    /// One vector per input, in order.
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String>;
+    /// Vector width.
+    fn dim(&self) -> usize;
+    /// Tokens `text` takes in the embedding model (for chunk budgets), without special tokens.
+    fn count_tokens(&self, text: &str) -> usize;
+    /// Longest input the model embeds whole, in tokens, including its special tokens.
+    fn max_tokens(&self) -> usize;
+    /// Whether the model's training covers text in `script`: the fusion uses this to avoid
+    /// trusting a ranker that is blind to the query's language.
+    fn covers(&self, script: Script) -> bool;
+    /// A name for the model (stored with the vectors so a model change is detected).
+    fn model_id(&self) -> String;
+}
+
+/// The writing system a query or chunk is mostly in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Script {
+    /// Latin letters (English and other Western languages).
+    Latin,
+    /// Han characters, kana, hangul.
+    Cjk,
+    /// Anything else (or no letters at all).
+    Other,
+}
+
+impl Script {
+    /// The dominant script of `text`, by letter count. Mixed text counts as CJK when at
+    /// least a third of its letters are CJK, since one Han character carries about as much
+    /// as a short English word.
+    pub fn of(text: &str) -> Script {
+        let (mut cjk, mut latin, mut other) = (0usize, 0usize, 0usize);
+        for c in text.chars() {
+            if is_cjk(c) {
+                cjk += 1;
+            } else if c.is_ascii_alphabetic() || ('\u{00C0}'..='\u{024F}').contains(&c) {
+                latin += 1;
+            } else if c.is_alphabetic() {
+                other += 1;
+            }
+        }
+        let total = cjk + latin + other;
+        if total == 0 {
+            Script::Other
+        } else if cjk * 3 >= total {
+            Script::Cjk
+        } else if latin >= other {
+            Script::Latin
+        } else {
+            Script::Other
+        }
+    }
+}
+
+/// Han ideographs (incl. extension A and compatibility), kana, hangul and CJK punctuation.
+pub fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30FF      // hiragana, katakana
+        | 0x3400..=0x4DBF    // CJK extension A
+        | 0x4E00..=0x9FFF    // CJK unified ideographs
+        | 0xAC00..=0xD7AF    // hangul syllables
+        | 0xF900..=0xFAFF    // CJK compatibility ideographs
+        | 0x20000..=0x2FA1F  // extensions B–F, compatibility supplement
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_from_content_type_and_name() {
+        assert_eq!(
+            DocKind::from_content_type("text/plain; charset=utf-8"),
+            Some(DocKind::Text)
+        );
+        assert_eq!(DocKind::from_content_type(DOCX_MIME), Some(DocKind::Docx));
+        assert_eq!(DocKind::from_content_type("image/png"), None);
+        assert_eq!(DocKind::from_filename("a/b/Report.PDF"), Some(DocKind::Pdf));
+        assert_eq!(DocKind::from_filename("README"), None);
+        for k in [
+            DocKind::Text,
+            DocKind::Markdown,
+            DocKind::Html,
+            DocKind::Pdf,
+            DocKind::Docx,
+        ] {
+            assert_eq!(DocKind::from_content_type(k.mime()), Some(k));
+        }
+    }
+
+    #[test]
+    fn script_detection() {
+        assert_eq!(Script::of("How many days of annual leave?"), Script::Latin);
+        assert_eq!(Script::of("年假有多少天？"), Script::Cjk);
+        assert_eq!(Script::of("VPN 密码怎么重置"), Script::Cjk);
+        assert_eq!(Script::of("Reset the VPN password (重置)"), Script::Latin);
+        assert_eq!(Script::of("12345 !?"), Script::Other);
+    }
+}
