@@ -15,6 +15,7 @@
 pub mod error;
 pub mod metrics;
 pub mod openai;
+pub mod rag;
 pub mod sse;
 
 use std::convert::Infallible;

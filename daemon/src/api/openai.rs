@@ -37,6 +37,7 @@ pub const CHAT_PARAMS: &[&str] = &[
     "stream_options",
     "user",
     "max_reasoning_tokens",
+    "knowledge",
 ];
 
 /// Parameters of `POST /v1/completions`.
@@ -88,6 +89,8 @@ pub struct Parsed {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// Retrieval from the knowledge base (chat only), see `rag`.
+    pub knowledge: Option<super::rag::Knowledge>,
 }
 
 impl Parsed {
@@ -223,6 +226,9 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
     }
     let max_reasoning_tokens =
         integer(&map, "max_reasoning_tokens", 0, u64::from(u32::MAX))?.map(|v| v as usize);
+    let knowledge = get(&map, "knowledge")
+        .map(super::rag::parse_knowledge)
+        .transpose()?;
 
     Ok(Parsed {
         kind,
@@ -239,6 +245,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
         n,
         stream,
         include_usage,
+        knowledge,
     })
 }
 

@@ -1,0 +1,262 @@
+//! Retrieval-augmented chat: the `knowledge` request parameter, the prompt with numbered
+//! sources, and the `citations` of the response.
+//!
+//! The sources go into the last user message rather than a system message: DeepSeek-R1
+//! guidance is to put all instructions in the user turn (the distilled models follow a system
+//! prompt poorly), and it keeps earlier turns of the conversation untouched.
+
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use crate::engine::template::ChatMessage;
+
+/// Most collections one request may search.
+pub const MAX_COLLECTIONS: usize = 16;
+/// Most sources one request may put into the prompt.
+pub const MAX_TOP_K: u64 = 20;
+pub const DEFAULT_TOP_K: usize = 5;
+
+/// The validated `knowledge` parameter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Knowledge {
+    pub collections: Vec<String>,
+    pub top_k: usize,
+}
+
+/// Parse `"knowledge": {"collections": [...], "top_k": 5}`.
+pub fn parse_knowledge(v: &Value) -> Result<Knowledge, ApiError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::invalid_param("knowledge", "must be an object"))?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "collections" | "top_k"))
+    {
+        return Err(ApiError::unknown_param(&format!("knowledge.{k}")));
+    }
+    let collections = match obj.get("collections") {
+        Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_COLLECTIONS => a
+            .iter()
+            .map(|c| match c {
+                Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(ApiError::invalid_param(
+                    "knowledge.collections",
+                    "collections must be non-empty strings",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid_param(
+                "knowledge.collections",
+                format!("give 1 to {MAX_COLLECTIONS} collections"),
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "knowledge.collections",
+                "must be an array of collection names",
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid_param(
+                "knowledge.collections",
+                "collections is required",
+            ))
+        }
+    };
+    let top_k = match obj.get("top_k") {
+        None | Some(Value::Null) => DEFAULT_TOP_K,
+        Some(v) => match v.as_u64() {
+            Some(k @ 1..=MAX_TOP_K) => k as usize,
+            _ => {
+                return Err(ApiError::invalid_param(
+                    "knowledge.top_k",
+                    format!("must be an integer from 1 to {MAX_TOP_K}"),
+                ))
+            }
+        },
+    };
+    let mut seen = Vec::with_capacity(collections.len());
+    for c in collections {
+        if !seen.contains(&c) {
+            seen.push(c);
+        }
+    }
+    Ok(Knowledge {
+        collections: seen,
+        top_k,
+    })
+}
+
+/// One retrieved chunk as it is shown to the model and cited back to the client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub document_id: String,
+    pub filename: String,
+    pub collection: String,
+    pub chunk_id: String,
+    pub page: Option<u32>,
+    pub heading: Option<String>,
+    pub text: String,
+}
+
+/// The text retrieval searches for: the last user message.
+pub fn query_of(messages: &[ChatMessage]) -> Option<&str> {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .and_then(|m| m.content.as_deref())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// Put `sources` into the last user message as numbered sources with the instruction to
+/// cite them. With no sources the model is told so, instead of silently answering from its
+/// own knowledge as if the documents agreed.
+pub fn augment(messages: &mut [ChatMessage], sources: &[Source]) {
+    let Some(last) = messages.iter_mut().rev().find(|m| m.role == "user") else {
+        return;
+    };
+    let question = last.content.take().unwrap_or_default();
+    let mut p = String::new();
+    if sources.is_empty() {
+        p.push_str(
+            "No document in the knowledge base matched this question. Say that the company \
+             documents do not cover it, then answer only if you are sure.\n\n",
+        );
+    } else {
+        p.push_str(
+            "Answer the question using the numbered sources below, taken from the company's \
+             documents. Cite the sources you use as [1], [2], ... right after the statement \
+             they support. If the sources do not contain the answer, say so. Answer in the \
+             language of the question.\n\n",
+        );
+        for (i, s) in sources.iter().enumerate() {
+            p.push_str(&format!("[{}] {}", i + 1, s.filename));
+            if let Some(page) = s.page {
+                p.push_str(&format!(", page {page}"));
+            }
+            if let Some(h) = &s.heading {
+                p.push_str(&format!(" — {h}"));
+            }
+            p.push('\n');
+            p.push_str(s.text.trim());
+            p.push_str("\n\n");
+        }
+    }
+    p.push_str("Question: ");
+    p.push_str(&question);
+    last.content = Some(p);
+}
+
+/// The response's `citations`: `index` is the `[n]` the answer uses.
+pub fn citations_json(sources: &[Source]) -> Value {
+    Value::Array(
+        sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut m = Map::new();
+                m.insert("index".into(), json!(i + 1));
+                m.insert("document_id".into(), json!(s.document_id));
+                m.insert("filename".into(), json!(s.filename));
+                m.insert("collection".into(), json!(s.collection));
+                m.insert("chunk_id".into(), json!(s.chunk_id));
+                m.insert("page".into(), json!(s.page));
+                m.insert("heading".into(), json!(s.heading));
+                m.insert("text".into(), json!(s.text));
+                Value::Object(m)
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: Some(content.into()),
+            extra: Map::new(),
+        }
+    }
+
+    fn src(n: u32) -> Source {
+        Source {
+            document_id: format!("d{n}"),
+            filename: format!("doc{n}.md"),
+            collection: "hr".into(),
+            chunk_id: format!("d{n}_0"),
+            page: (n == 2).then_some(7),
+            heading: Some("Leave > Annual".into()),
+            text: format!("chunk text {n}"),
+        }
+    }
+
+    #[test]
+    fn knowledge_parameter() {
+        let k = parse_knowledge(&json!({"collections": ["hr", "hr", "it"]})).unwrap();
+        assert_eq!(k.collections, vec!["hr", "it"]);
+        assert_eq!(k.top_k, DEFAULT_TOP_K);
+        assert_eq!(
+            parse_knowledge(&json!({"collections": ["hr"], "top_k": 3}))
+                .unwrap()
+                .top_k,
+            3
+        );
+        for (bad, param) in [
+            (json!([]), "knowledge"),
+            (json!({}), "knowledge.collections"),
+            (json!({"collections": []}), "knowledge.collections"),
+            (json!({"collections": [""]}), "knowledge.collections"),
+            (json!({"collections": "hr"}), "knowledge.collections"),
+            (
+                json!({"collections": ["hr"], "top_k": 0}),
+                "knowledge.top_k",
+            ),
+            (
+                json!({"collections": ["hr"], "top_k": 21}),
+                "knowledge.top_k",
+            ),
+            (
+                json!({"collections": ["hr"], "filter": 1}),
+                "knowledge.filter",
+            ),
+        ] {
+            let e = parse_knowledge(&bad).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sources_go_into_the_last_user_turn() {
+        let mut m = vec![
+            msg("user", "first question"),
+            msg("assistant", "first answer"),
+            msg("user", "How many days?"),
+        ];
+        assert_eq!(query_of(&m), Some("How many days?"));
+        augment(&mut m, &[src(1), src(2)]);
+        assert_eq!(m[0].content.as_deref(), Some("first question"));
+        let p = m[2].content.as_deref().unwrap();
+        assert!(p.contains("[1] doc1.md — Leave > Annual\nchunk text 1"));
+        assert!(p.contains("[2] doc2.md, page 7"));
+        assert!(p.ends_with("Question: How many days?"));
+        let c = citations_json(&[src(1), src(2)]);
+        assert_eq!(c[1]["index"], 2);
+        assert_eq!(c[1]["page"], 7);
+        assert_eq!(c[0]["page"], Value::Null);
+        assert_eq!(c[0]["chunk_id"], "d1_0");
+    }
+
+    #[test]
+    fn no_sources_is_said() {
+        let mut m = vec![msg("user", "q")];
+        augment(&mut m, &[]);
+        assert!(m[0].content.as_deref().unwrap().contains("No document"));
+        assert_eq!(query_of(&[msg("assistant", "x")]), None);
+    }
+}
