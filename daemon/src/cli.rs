@@ -63,6 +63,9 @@ enum Command {
     Models(crate::admin::cli::ModelsArgs),
     /// The TLS certificate: show it, rotate it (local CA), or import one
     Tls(crate::admin::cli::TlsArgs),
+    /// The knowledge base: ingest documents, list, create and delete collections (through the
+    /// running daemon)
+    Kb(crate::admin::kb_cli::KbArgs),
     /// Serve the OpenAI-compatible HTTPS API (and the admin socket)
     Serve(ServeArgs),
 }
@@ -232,6 +235,7 @@ pub fn main() -> ExitCode {
         Command::Keys(args) => admin(&cli.common, |t| crate::admin::cli::keys(t, args)),
         Command::Models(args) => admin(&cli.common, |t| crate::admin::cli::models(t, args)),
         Command::Tls(args) => admin(&cli.common, |t| crate::admin::cli::tls(t, args)),
+        Command::Kb(args) => admin(&cli.common, |t| crate::admin::kb_cli::kb(t, args)),
         Command::Serve(args) => serve(&cli.common, args),
     };
     match result {

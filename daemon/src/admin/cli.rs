@@ -186,13 +186,13 @@ impl AdminCliError {
 }
 
 /// Connection to the daemon, or why there is none.
-enum Conn {
+pub(super) enum Conn {
     Up(UnixStream),
     /// No socket, or nothing listening on it.
     Down,
 }
 
-fn connect(t: &Target) -> Result<Conn, AdminCliError> {
+pub(super) fn connect(t: &Target) -> Result<Conn, AdminCliError> {
     match UnixStream::connect(&t.socket) {
         Ok(s) => Ok(Conn::Up(s)),
         Err(e)
@@ -214,7 +214,17 @@ fn connect(t: &Target) -> Result<Conn, AdminCliError> {
 }
 
 /// One request/response over the socket.
-fn call(t: &Target, mut stream: UnixStream, mut req: Value) -> Result<Value, AdminCliError> {
+fn call(t: &Target, stream: UnixStream, req: Value) -> Result<Value, AdminCliError> {
+    call_timeout(t, stream, req, REPLY_TIMEOUT)
+}
+
+/// [`call`] for commands that take longer than the usual reply timeout (ingestion).
+pub(super) fn call_timeout(
+    t: &Target,
+    mut stream: UnixStream,
+    mut req: Value,
+    timeout: Duration,
+) -> Result<Value, AdminCliError> {
     let sock_err = |e: std::io::Error| AdminCliError::Socket {
         path: t.socket.clone(),
         msg: e.to_string(),
@@ -224,9 +234,7 @@ fn call(t: &Target, mut stream: UnixStream, mut req: Value) -> Result<Value, Adm
     }
     let mut line = req.to_string();
     line.push('\n');
-    stream
-        .set_read_timeout(Some(REPLY_TIMEOUT))
-        .map_err(sock_err)?;
+    stream.set_read_timeout(Some(timeout)).map_err(sock_err)?;
     // A refused peer gets its error line and a closed socket; the write may then fail with
     // EPIPE, so read the answer even if writing failed.
     let wrote = stream.write_all(line.as_bytes());
@@ -268,7 +276,7 @@ fn open_offline(t: &Target) -> Result<KeyStore, AdminCliError> {
     Ok(KeyStore::open(store)?)
 }
 
-fn out(text: &str) -> Result<(), AdminCliError> {
+pub(super) fn out(text: &str) -> Result<(), AdminCliError> {
     let mut o = std::io::stdout().lock();
     o.write_all(text.as_bytes())
         .and_then(|_| o.flush())
@@ -531,7 +539,7 @@ fn reload_daemon(t: &Target, shown: &Shown) -> Result<bool, AdminCliError> {
     }
 }
 
-fn scalar(v: &Value) -> String {
+pub(super) fn scalar(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -573,7 +581,7 @@ fn display_width(s: &str) -> usize {
         .sum()
 }
 
-fn render_table(head: &[String], rows: &[Vec<String>]) -> String {
+pub(super) fn render_table(head: &[String], rows: &[Vec<String>]) -> String {
     let mut width: Vec<usize> = head.iter().map(|h| display_width(h)).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {

@@ -17,9 +17,12 @@
 //! → {"v":1,"cmd":"keys.revoke","key":"laptop"}
 //! ← {"v":1,"ok":false,"error":"no key with id or name `laptop`"}
 //! ```
-//! Commands: `status`, `models.list`, `keys.create`, `keys.list`, `keys.revoke`, `reload`.
+//! Commands: `status`, `models.list`, `keys.create`, `keys.list`, `keys.revoke`, `reload`,
+//! `kb.ingest` (`collection`, `filename`, `content_type`, `data` base64, `create`),
+//! `kb.collections`, `kb.create` / `kb.delete` (`name`).
 
 pub mod cli;
+pub mod kb_cli;
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -55,8 +58,9 @@ pub const DEV_SOCKET_NAME: &str = "admin.sock";
 /// Members of this group may administer the daemon.
 pub const ADMIN_GROUP: &str = "edgeseek-admin";
 
-/// Longest request line; admin requests are tiny, so anything bigger is a mistake or abuse.
-const MAX_LINE: usize = 64 * 1024;
+/// Longest request line: a `kb.ingest` request carries a whole document (up to 64 MiB, base64
+/// adds a third). Only peers that passed the credential check get to send one.
+const MAX_LINE: usize = 96 * 1024 * 1024;
 /// An idle admin connection is closed after this long.
 const IDLE: Duration = Duration::from_secs(120);
 /// Concurrent admin connections; more wait in the kernel's accept queue.
@@ -96,6 +100,12 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// are reloaded by the admin plane itself before this is called.
     fn reload(&self) -> Result<(), String> {
         Ok(())
+    }
+    /// Knowledge-base commands (`kb.ingest`, `kb.collections`, `kb.create`, `kb.delete`) with
+    /// the whole request object. Called on a blocking thread: ingestion parses and embeds.
+    fn kb(&self, cmd: &str, req: &Value) -> Result<Value, String> {
+        let _ = req;
+        Err(format!("`{cmd}`: this daemon has no knowledge base"))
     }
 }
 
@@ -553,9 +563,14 @@ async fn dispatch(
             blocking(move || b.reload()).await?;
             Ok(json!({"reloaded": true}))
         }
+        kb @ ("kb.ingest" | "kb.collections" | "kb.create" | "kb.delete") => {
+            let req: Value = serde_json::from_slice(line).map_err(|e| parse(&e.to_string()))?;
+            let (b, kb) = (backend.clone(), kb.to_string());
+            blocking(move || b.kb(&kb, &req)).await
+        }
         other => Err(format!(
             "unknown command `{other}` (known: status, models.list, keys.create, keys.list, \
-             keys.revoke, reload)"
+             keys.revoke, reload, kb.ingest, kb.collections, kb.create, kb.delete)"
         )),
     }
 }
