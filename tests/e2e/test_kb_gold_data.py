@@ -1,0 +1,298 @@
+"""Checks of the knowledge-base gold set (tests/kb) that need no daemon: the questions file is
+well formed, every evidence string really is in its document, inside one paragraph-sized block
+that a chunker keeps whole, and the DOCX files match their committed sources.
+
+Blocks are extracted here with the standard library only, independently of the daemon's
+parsers, so that a gold-set mistake is caught before it shows up as a retrieval miss."""
+
+import html.parser
+import re
+import sys
+import unicodedata
+import xml.etree.ElementTree as ET
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests" / "kb"))
+import eval_kb  # noqa: E402
+import make_docx  # noqa: E402
+
+GOLD = eval_kb.GOLD
+QUESTIONS = eval_kb.load_questions()
+INTERNAL = [q for q in QUESTIONS if not q.external]
+EXTERNAL = [q for q in QUESTIONS if q.external]
+MAX_EVIDENCE = 60
+# The chunker packs blocks up to ~200 MiniLM word-pieces; a block well under that is never
+# split, so evidence inside one block is inside one chunk.
+MAX_BLOCK_TOKENS = 160
+
+
+def collapse(text):
+    return " ".join(text.split())
+
+
+def approx_tokens(text):
+    """A conservative stand-in for MiniLM's word-piece count: every CJK character is one
+    piece, a Latin word about 1.3, punctuation one each."""
+    cjk = sum(1 for ch in text if unicodedata.east_asian_width(ch) in "WF" and ch.isalnum())
+    words = re.findall(r"[A-Za-z]+|\d+", text)
+    punct = re.findall(r"[^\w\s]", text)
+    return cjk + int(1.3 * len(words)) + len(punct) + 1
+
+
+# --- block extraction, one function per format ------------------------------------------
+
+_MD_INLINE = [(re.compile(r"\*\*(.+?)\*\*"), r"\1"), (re.compile(r"(?<!\w)\*(.+?)\*(?!\w)"), r"\1"),
+              (re.compile(r"`([^`]*)`"), r"\1"), (re.compile(r"\[([^\]]*)\]\([^)]*\)"), r"\1")]
+
+
+def md_blocks(text):
+    blocks, para = [], []
+
+    def flush():
+        if para:
+            blocks.append(("paragraph", " ".join(para)))
+            para.clear()
+
+    for line in text.splitlines():
+        s = line.strip()
+        for pat, rep in _MD_INLINE:
+            s = pat.sub(rep, s)
+        if not s:
+            flush()
+        elif s.startswith("#"):
+            flush()
+            blocks.append(("heading", s.lstrip("#").strip()))
+        elif s.startswith("|"):
+            flush()
+            if not re.fullmatch(r"[|\s:-]+", s):
+                blocks += [("cell", c.strip()) for c in s.strip("|").split("|")]
+        elif re.match(r"^([-*+]|\d+\.)\s", s):
+            flush()
+            blocks.append(("item", re.sub(r"^([-*+]|\d+\.)\s+", "", s)))
+        else:
+            para.append(s)
+    flush()
+    return blocks
+
+
+def txt_blocks(text):
+    # Plain text: each line is its own block (a parser may treat lines as list items).
+    return [("paragraph", s.strip()) for s in text.splitlines() if s.strip()]
+
+
+class _Html(html.parser.HTMLParser):
+    BLOCK = {"p", "li", "td", "th", "title", "pre", "dt", "dd", "caption", "div",
+             "h1", "h2", "h3", "h4", "h5", "h6"}
+    SKIP = {"script", "style", "nav", "head"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.blocks, self.buf, self.kind, self.skip = [], [], "paragraph", 0
+
+    def flush(self):
+        t = collapse("".join(self.buf))
+        if t:
+            self.blocks.append((self.kind, t))
+        self.buf = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.SKIP:
+            self.skip += 1
+        if tag in self.BLOCK:
+            self.flush()
+            self.kind = "heading" if re.fullmatch(r"h\d|title", tag) else "paragraph"
+
+    def handle_endtag(self, tag):
+        if tag in self.BLOCK:
+            self.flush()
+        if tag in self.SKIP:
+            self.skip -= 1
+
+    def handle_data(self, data):
+        # <title> sits in <head>, which is skipped: it is metadata, not body text.
+        if not self.skip:
+            self.buf.append(data)
+
+
+def html_blocks(text):
+    p = _Html()
+    p.feed(text)
+    p.close()
+    p.flush()
+    return p.blocks
+
+
+W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+
+
+def docx_paragraphs(path):
+    """(style id, text) of every paragraph in word/document.xml, in order."""
+    with zipfile.ZipFile(path) as z:
+        root = ET.fromstring(z.read("word/document.xml"))
+    out = []
+    for p in root.iter(W + "p"):
+        style = p.find(f"{W}pPr/{W}pStyle")
+        sid = style.get(W + "val") if style is not None else "Normal"
+        out.append((sid, "".join(t.text or "" for t in p.iter(W + "t"))))
+    return out
+
+
+def docx_blocks(path):
+    return [("heading" if sid.startswith(("Heading", "Title")) else "paragraph", text)
+            for sid, text in docx_paragraphs(path) if text.strip()]
+
+
+def blocks(path):
+    suffix = path.suffix.lower()
+    if suffix == ".docx":
+        return docx_blocks(path)
+    text = path.read_text(encoding="utf-8")
+    return {".md": md_blocks, ".txt": txt_blocks, ".html": html_blocks}[suffix](text)
+
+
+def gold_path(q):
+    return GOLD / q.lang / q.document
+
+
+# --- the questions file -----------------------------------------------------------------
+
+def test_questions_are_well_formed():
+    ids = [q.id for q in QUESTIONS]
+    dupes = [i for i, n in Counter(ids).items() if n > 1]
+    assert not dupes, f"duplicate ids: {dupes}"
+    for q in QUESTIONS:
+        assert q.lang in eval_kb.LANGS, q.id
+        assert q.type in eval_kb.TYPES, q.id
+        assert q.query.strip() and q.evidence.strip(), q.id
+        assert len(q.evidence) <= MAX_EVIDENCE, f"{q.id}: evidence longer than {MAX_EVIDENCE}"
+        assert eval_kb.normalize(q.evidence) not in eval_kb.normalize(q.query), \
+            f"{q.id}: the query contains its own answer"
+    dupes = [t for t, n in Counter((q.lang, q.query) for q in QUESTIONS).items() if n > 1]
+    assert not dupes, f"duplicate queries: {dupes}"
+
+
+def test_questions_cover_both_languages_and_every_document():
+    per_lang = Counter(q.lang for q in INTERNAL)
+    assert per_lang["en"] >= 35 and per_lang["zh"] >= 35, per_lang
+    for lang in eval_kb.LANGS:
+        docs = {p.name for p in (GOLD / lang).iterdir() if p.suffix in eval_kb.CONTENT_TYPES}
+        assert 8 <= len(docs) <= 12, (lang, sorted(docs))
+        asked = Counter(q.document for q in INTERNAL if q.lang == lang)
+        assert set(asked) <= docs, f"unknown documents: {set(asked) - docs}"
+        thin = sorted(d for d in docs if asked[d] < 3)
+        assert not thin, f"{lang}: documents with fewer than 3 questions: {thin}"
+        types = Counter(q.type for q in INTERNAL if q.lang == lang)
+        assert all(types[t] >= 4 for t in eval_kb.TYPES), (lang, types)
+
+
+def test_gold_documents_have_every_ingested_format():
+    for lang in eval_kb.LANGS:
+        kinds = {p.suffix for p in (GOLD / lang).iterdir() if p.suffix in eval_kb.CONTENT_TYPES}
+        assert kinds >= {".md", ".txt", ".html", ".docx"}, (lang, kinds)
+
+
+@pytest.mark.parametrize("q", INTERNAL, ids=[q.id for q in INTERNAL])
+def test_evidence_is_in_one_block_of_its_document(q):
+    path = gold_path(q)
+    assert path.is_file(), path
+    found = [(kind, text) for kind, text in blocks(path) if q.evidence in collapse(text)]
+    assert found, f"{q.id}: {q.evidence!r} is not inside any single block of {q.document}"
+    body = [(kind, text) for kind, text in found if kind != "heading"]
+    # Chunk text may or may not repeat headings, so evidence must be in body text.
+    assert body, f"{q.id}: evidence only occurs in a heading"
+    assert any(approx_tokens(text) <= MAX_BLOCK_TOKENS for _, text in body), \
+        f"{q.id}: the block holding the evidence is long enough to be split"
+    # A sentence end inside the evidence would let a sentence splitter cut it in two.
+    inner = q.evidence.rstrip(".。")
+    assert not re.search(r"[.!?]\s|[。！？；]", inner), f"{q.id}: evidence spans sentences"
+
+
+def test_text_documents_are_utf8_and_evidence_is_verbatim_in_the_source():
+    """For md/txt the evidence must be in the raw file too (not only after the markup was
+    stripped here): a parser that keeps inline markup would otherwise never match."""
+    for q in INTERNAL:
+        path = gold_path(q)
+        if path.suffix in (".md", ".txt"):
+            raw = collapse(path.read_text(encoding="utf-8"))
+            assert q.evidence in raw, f"{q.id}: evidence not verbatim in {q.document}"
+
+
+# --- external questions (PDF manuals shipped by Debian packages) ------------------------
+
+def test_external_questions_name_installed_debian_manuals():
+    assert len(EXTERNAL) >= 4
+    for q in EXTERNAL:
+        assert q.path and q.package, q.id
+        p = Path(q.path)
+        assert p.name == q.document and p.suffix == ".pdf", q.id
+        assert p.is_file(), f"{p} missing: apt-get install -y {q.package}"
+        # Their evidence is checked against the daemon's own chunks by test_kb_eval.py; here
+        # only that the file really is a PDF.
+        assert p.read_bytes()[:5] == b"%PDF-", p
+
+
+# --- DOCX documents ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("src,dst", make_docx.sources(), ids=[s.stem for s, _ in make_docx.sources()])
+def test_docx_matches_its_source(src, dst):
+    assert dst.is_file(), f"{dst} missing: run tests/kb/make_docx.py"
+    want = make_docx.parse_source(src)
+    style_ids = {"Title": "Title", "Heading 1": "Heading1", "Heading 2": "Heading2",
+                 "List Bullet": "ListBullet", "List Number": "ListNumber", "Normal": "Normal"}
+    got = [(sid, text) for sid, text in docx_paragraphs(dst) if text.strip()]
+    assert got == [(style_ids[s], t) for s, t in want]
+    with zipfile.ZipFile(dst) as z:
+        core = z.read("docProps/core.xml").decode()
+    title = next(t for s, t in want if s == "Title")
+    assert f"<dc:title>{title}</dc:title>" in core
+
+
+def test_every_docx_has_a_source():
+    built = {dst for _, dst in make_docx.sources()}
+    for lang in eval_kb.LANGS:
+        for p in (GOLD / lang).glob("*.docx"):
+            assert p in built, f"{p} has no source under tests/kb/docx-src"
+
+
+# --- the harness's own pieces ------------------------------------------------------------
+
+def test_normalize_ignores_layout_but_not_content():
+    n = eval_kb.normalize
+    assert n("up to 5\npaid  days") == n("up to 5 paid days")
+    assert n("年假 5 天") == n("年假5天")
+    assert n("ﬁt note") == n("fit note")            # PDF ligature
+    assert n("（含酒水）") == n("(含酒水)")          # full-width punctuation
+    assert n("25 days") != n("26 days")
+
+
+def test_score_needs_the_right_file_and_the_evidence():
+    q = eval_kb.Question(id="t", lang="en", type="fact", query="?", document="a.md",
+                         evidence="25 days of annual leave")
+    results = [
+        {"filename": "b.md", "text": "25 days of annual leave"},      # wrong document
+        {"filename": "a.md", "text": "unrelated chunk"},              # right document only
+        {"filename": "a.md", "text": "receive 25 days\nof annual   leave per year"},
+    ]
+    assert eval_kb.score(q, results) == (3, 2)
+    assert eval_kb.score(q, results[:2]) == (None, 2)
+    assert eval_kb.score(q, []) == (None, None)
+
+
+def test_report_metrics():
+    qs = [eval_kb.Question(id=f"q{i}", lang="en", type="fact", query="?", document="a.md",
+                           evidence="x") for i in range(4)]
+    rep = eval_kb.Report(top_k=5, modes=("bm25",), questions=qs)
+    for q, rank in zip(qs, [1, 2, None, 5]):
+        rep.outcomes[(q.id, "bm25")] = eval_kb.Outcome(rank, rank, [], 1.0)
+    s = rep.scores("en", "bm25")
+    assert s["n"] == 4
+    assert s["recall"] == pytest.approx(3 / 4)
+    assert s["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 5) / 4)
+    assert [q.id for q in rep.misses("bm25")] == ["q2"]
