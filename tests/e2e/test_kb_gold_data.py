@@ -6,9 +6,13 @@ Blocks are extracted here with the standard library only, independently of the d
 parsers, so that a gold-set mistake is caught before it shows up as a retrieval miss."""
 
 import html.parser
+import http.server
+import json
 import re
 import sys
+import threading
 import unicodedata
+import urllib.parse
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import Counter
@@ -296,3 +300,159 @@ def test_report_metrics():
     assert s["recall"] == pytest.approx(3 / 4)
     assert s["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 5) / 4)
     assert [q.id for q in rep.misses("bm25")] == ["q2"]
+
+
+# --- the whole harness against a stand-in that follows the API contract -----------------
+
+UNREACHABLE = "en-03"   # the stand-in stores no chunk holding this evidence
+HYBRID_MISS = "zh-02"   # hybrid search returns only other documents for this one
+
+
+class _ContractStandIn(http.server.BaseHTTPRequestHandler):
+    """Just enough of the knowledge-base API (as the contract defines it) to drive
+    eval_kb end to end with a known outcome: each document's chunks are the evidence strings
+    of its questions plus a filler chunk; bm25 ranks the right chunk 1st, vector 2nd,
+    hybrid 1st, except for UNREACHABLE and HYBRID_MISS."""
+
+    collections: dict = {}
+    uploads: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status, message):
+        self._send(status, {"error": {"message": message, "type": "invalid_request_error",
+                                      "param": None, "code": None}})
+
+    def _body(self):
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def _authorised(self):
+        if self.headers.get("Authorization") != "Bearer test-key":
+            self._error(401, "bad key")
+            return False
+        return True
+
+    def do_POST(self):
+        if not self._authorised():
+            return
+        url = urllib.parse.urlsplit(self.path)
+        parts = url.path.strip("/").split("/")
+        if url.path == "/v1/kb/collections":
+            name = json.loads(self._body())["name"]
+            if name in self.collections:
+                return self._error(409, "exists")
+            self.collections[name] = {}
+            return self._send(201, {"name": name, "created_at": 0, "documents": 0, "chunks": 0})
+        if parts[:3] == ["v1", "kb", "collections"] and parts[4:] == ["documents"]:
+            coll, lang = parts[3], parts[3].rsplit("-", 1)[1]
+            filename = urllib.parse.parse_qs(url.query)["filename"][0]
+            body = self._body()
+            self.uploads.append((filename, self.headers["Content-Type"], len(body)))
+            texts = [f"Section text. {q.evidence} More text." for q in QUESTIONS
+                     if q.lang == lang and q.document == filename and q.id != UNREACHABLE]
+            texts.append("Filler paragraph without any answer.")
+            doc_id = f"d{len(self.uploads)}"
+            chunks = [{"chunk_id": f"{doc_id}_{i}", "ordinal": i, "text": t, "page": None,
+                       "heading": None} for i, t in enumerate(texts)]
+            self.collections[coll][doc_id] = {"filename": filename, "chunks": chunks}
+            return self._send(201, {"id": doc_id, "collection": coll, "filename": filename,
+                                    "kind": "text", "title": None, "bytes": len(body),
+                                    "chunks": len(chunks), "pages": None, "created_at": 0,
+                                    "replaced": False})
+        if url.path == "/v1/kb/search":
+            req = json.loads(self._body())
+            (coll,) = req["collections"]
+            q = next(q for q in QUESTIONS if q.query == req["query"])
+            docs = self.collections[coll]
+            mine = next(d for d in docs.values() if d["filename"] == q.document)
+            others = [d for d in docs.values() if d["filename"] != q.document]
+            hit = next((c for c in mine["chunks"] if q.evidence in c["text"]), mine["chunks"][-1])
+            fill = [{"filename": d["filename"], **d["chunks"][-1]} for d in others]
+            results = fill[:req["top_k"] - 1]
+            if not (q.id == HYBRID_MISS and req["mode"] == "hybrid"):
+                results.insert(1 if req["mode"] == "vector" else 0,
+                               {"filename": q.document, **hit})
+            results = [{"document_id": "d", "collection": coll, "score": 1.0, **r}
+                       for r in results[:req["top_k"]]]
+            return self._send(200, {"results": results})
+        self._error(404, "no route")
+
+    def do_GET(self):
+        if not self._authorised():
+            return
+        parts = self.path.strip("/").split("/")
+        doc = self.collections[parts[3]][parts[5]]
+        self._send(200, {"id": parts[5], "filename": doc["filename"], "chunks": doc["chunks"]})
+
+    def do_DELETE(self):
+        if not self._authorised():
+            return
+        name = self.path.strip("/").split("/")[3]
+        self.collections.pop(name, None)
+        self._send(200, {"name": name, "deleted": True})
+
+
+@pytest.fixture
+def stand_in():
+    _ContractStandIn.collections = {"gold-en": {}}  # exists already: must be replaced
+    _ContractStandIn.uploads = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ContractStandIn)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_harness_end_to_end_against_the_contract(stand_in, capsys):
+    rc = eval_kb.main(["--url", stand_in, "--key", "test-key", "--no-external", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    rep = json.loads(out.out)
+    n_en = sum(q.lang == "en" for q in INTERNAL)
+    n_zh = sum(q.lang == "zh" for q in INTERNAL)
+    r = rep["results"]
+    # en: one question is unreachable, so it misses in every mode.
+    assert r["en"]["bm25"]["recall"] == pytest.approx((n_en - 1) / n_en)
+    assert r["en"]["bm25"]["mrr"] == pytest.approx((n_en - 1) / n_en)
+    assert r["en"]["vector"]["mrr"] == pytest.approx((n_en - 1) / n_en / 2)
+    assert r["zh"]["bm25"]["recall"] == r["zh"]["vector"]["recall"] == 1.0
+    assert r["zh"]["hybrid"]["recall"] == pytest.approx((n_zh - 1) / n_zh)
+    assert rep["unreachable"] == [UNREACHABLE]
+    misses = {m["id"]: m for m in rep["misses"]["questions"]}
+    assert set(misses) == {UNREACHABLE, HYBRID_MISS}
+    assert misses[UNREACHABLE]["reachable"] is False
+    assert misses[UNREACHABLE]["document_rank"] == 1      # the filler of the right document
+    assert misses[HYBRID_MISS]["document_rank"] is None
+    assert rep["ranks"]["en-01"] == {"bm25": 1, "vector": 2, "hybrid": 1}
+    # Every gold document went up once, with the content type of its format, and the
+    # collections were removed afterwards (no --keep).
+    sent = {f: ct for f, ct, _ in _ContractStandIn.uploads}
+    assert len(sent) == len(_ContractStandIn.uploads) == sum(
+        len(d) for d in eval_kb.load_gold(external=False).documents.values())
+    assert sent["差旅管理规定.docx"] == eval_kb.CONTENT_TYPES[".docx"]
+    assert sent["leave-policy.md"] == "text/markdown"
+    assert _ContractStandIn.collections == {}
+
+
+def test_harness_table_lists_the_misses(stand_in, capsys):
+    assert eval_kb.main(["--url", stand_in, "--key", "test-key", "--no-external",
+                         "--lang", "zh", "--modes", "bm25,hybrid"]) == 0
+    out = capsys.readouterr().out
+    assert "recall@5" in out and "zh      hybrid" in out and "vector" not in out
+    assert f"{HYBRID_MISS} [" in out and "document not in the top k" in out
+
+
+def test_harness_reports_a_rejected_key_in_one_line(stand_in, capsys):
+    assert eval_kb.main(["--url", stand_in, "--key", "wrong", "--no-external"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("eval-kb: error: ") and "401" in err[0]
