@@ -244,8 +244,13 @@ class ApiError(EvalError):
 class KbClient:
     """The knowledge-base routes of the edgeseek API, as the contract defines them."""
 
-    def __init__(self, url: str, key: str, ca: Path | None, timeout: float = 300):
+    def __init__(self, url: str, key: str, ca: Path | None, timeout: float = 300,
+                 unavailable_wait: float = 120):
         import httpx  # in the test venv; imported here so `normalize` & co. need nothing
+
+        # The daemon answers before its embedding model has loaded (on its own thread) and
+        # says 503 until then; requests are retried for this long before giving up.
+        self.unavailable_wait = unavailable_wait
 
         self.http = httpx.Client(
             base_url=url.rstrip("/"), verify=tls_context(ca), timeout=timeout,
@@ -260,10 +265,15 @@ class KbClient:
     def _request(self, method: str, path: str, **kw):
         import httpx
 
-        try:
-            return self.http.request(method, path, **kw)
-        except httpx.HTTPError as e:
-            raise EvalError(f"{method} {path}: {type(e).__name__}: {e}") from e
+        deadline = time.monotonic() + self.unavailable_wait
+        while True:
+            try:
+                r = self.http.request(method, path, **kw)
+            except httpx.HTTPError as e:
+                raise EvalError(f"{method} {path}: {type(e).__name__}: {e}") from e
+            if r.status_code != 503 or time.monotonic() >= deadline:
+                return r
+            time.sleep(0.5)
 
     def _call(self, method: str, path: str, ok=(200,), **kw):
         r = self._request(method, path, **kw)

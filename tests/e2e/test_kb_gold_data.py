@@ -316,6 +316,7 @@ class _ContractStandIn(http.server.BaseHTTPRequestHandler):
 
     collections: dict = {}
     uploads: list = []
+    unavailable = 0  # answer this many uploads with 503, like a daemon still loading its model
 
     def log_message(self, *args):
         pass
@@ -353,6 +354,10 @@ class _ContractStandIn(http.server.BaseHTTPRequestHandler):
             self.collections[name] = {}
             return self._send(201, {"name": name, "created_at": 0, "documents": 0, "chunks": 0})
         if parts[:3] == ["v1", "kb", "collections"] and parts[4:] == ["documents"]:
+            if _ContractStandIn.unavailable > 0:
+                _ContractStandIn.unavailable -= 1
+                self._body()
+                return self._error(503, "embedding model is loading")
             coll, lang = parts[3], parts[3].rsplit("-", 1)[1]
             filename = urllib.parse.parse_qs(url.query)["filename"][0]
             body = self._body()
@@ -405,6 +410,7 @@ class _ContractStandIn(http.server.BaseHTTPRequestHandler):
 def stand_in():
     _ContractStandIn.collections = {"gold-en": {}}  # exists already: must be replaced
     _ContractStandIn.uploads = []
+    _ContractStandIn.unavailable = 2
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ContractStandIn)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -450,6 +456,15 @@ def test_harness_table_lists_the_misses(stand_in, capsys):
     out = capsys.readouterr().out
     assert "recall@5" in out and "zh      hybrid" in out and "vector" not in out
     assert f"{HYBRID_MISS} [" in out and "document not in the top k" in out
+
+
+def test_harness_gives_up_on_a_daemon_that_stays_unavailable(stand_in):
+    _ContractStandIn.unavailable = 10**6
+    client = eval_kb.KbClient(stand_in, "test-key", None, unavailable_wait=1)
+    gold = eval_kb.load_gold(external=False, langs=("en",))
+    with pytest.raises(eval_kb.ApiError) as e:
+        eval_kb.evaluate(client, gold)
+    assert e.value.status == 503 and "embedding model is loading" in str(e.value)
 
 
 def test_harness_reports_a_rejected_key_in_one_line(stand_in, capsys):
