@@ -65,6 +65,9 @@ enum Command {
     Tls(crate::admin::cli::TlsArgs),
     /// Serve the OpenAI-compatible HTTPS API (and the admin socket)
     Serve(ServeArgs),
+    /// Knowledge-base index benchmark (scripts/bench-kb)
+    #[command(hide = true)]
+    BenchKb(crate::kb::bench::BenchKbArgs),
 }
 
 #[derive(Args, Debug)]
@@ -233,6 +236,7 @@ pub fn main() -> ExitCode {
         Command::Models(args) => admin(&cli.common, |t| crate::admin::cli::models(t, args)),
         Command::Tls(args) => admin(&cli.common, |t| crate::admin::cli::tls(t, args)),
         Command::Serve(args) => serve(&cli.common, args),
+        Command::BenchKb(args) => crate::kb::bench::main(args).map_err(Failure::runtime),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
