@@ -68,6 +68,9 @@ enum Command {
     Kb(crate::admin::kb_cli::KbArgs),
     /// Serve the OpenAI-compatible HTTPS API (and the admin socket)
     Serve(ServeArgs),
+    /// Knowledge-base index benchmark (scripts/bench-kb)
+    #[command(hide = true)]
+    BenchKb(crate::kb::bench::BenchKbArgs),
 }
 
 #[derive(Args, Debug)]
@@ -237,6 +240,7 @@ pub fn main() -> ExitCode {
         Command::Tls(args) => admin(&cli.common, |t| crate::admin::cli::tls(t, args)),
         Command::Kb(args) => admin(&cli.common, |t| crate::admin::kb_cli::kb(t, args)),
         Command::Serve(args) => serve(&cli.common, args),
+        Command::BenchKb(args) => crate::kb::bench::main(args).map_err(Failure::runtime),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

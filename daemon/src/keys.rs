@@ -126,7 +126,9 @@ impl FromStr for Scope {
     }
 }
 
-fn valid_collection(c: &str) -> bool {
+/// A knowledge-base collection name: 1-64 letters, digits, `-`, `_`, `.` (also what
+/// `kb:read:` / `kb:write:` scopes may name; the knowledge base uses the same rule).
+pub fn valid_collection(c: &str) -> bool {
     !c.is_empty()
         && c.chars().count() <= 64
         && c.chars()

@@ -78,11 +78,18 @@ pub struct Migration {
 }
 
 /// Every schema step, in order. Append only; never edit a released step.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "api keys",
-    apply: v1_keys,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "api keys",
+        apply: v1_keys,
+    },
+    Migration {
+        version: 2,
+        name: "knowledge base",
+        apply: crate::kb::store::migrate_v2,
+    },
+];
 
 fn v1_keys(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(KEYS)?;

@@ -7,6 +7,22 @@
 
 use std::fmt;
 
+pub mod base;
+pub mod bench;
+pub mod bm25;
+pub mod fuse;
+pub mod hashembed;
+pub mod hnsw;
+pub mod store;
+pub mod text;
+pub mod vector;
+
+pub use base::{
+    ChunkInfo, CollectionInfo, DocInfo, Hit, IndexConfig, KbError, KnowledgeBase, NewDocument,
+    SearchMode, SearchRequest, SearchTuning,
+};
+pub use hashembed::HashEmbed;
+
 /// The document formats the knowledge base accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
