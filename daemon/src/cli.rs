@@ -65,6 +65,9 @@ enum Command {
     Tls(crate::admin::cli::TlsArgs),
     /// Serve the OpenAI-compatible HTTPS API (and the admin socket)
     Serve(ServeArgs),
+    /// Internal: parse one document from stdin under resource limits (see kb::parse::worker)
+    #[command(hide = true)]
+    ParseWorker(crate::kb::parse::worker::WorkerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -225,6 +228,9 @@ impl Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Command::ParseWorker(args) = &cli.command {
+        return crate::kb::parse::worker::main(args);
+    }
     let result = match &cli.command {
         Command::Generate(args) => generate(&cli.common, args),
         Command::Bench(args) => bench(&cli.common, args),
@@ -233,6 +239,7 @@ pub fn main() -> ExitCode {
         Command::Models(args) => admin(&cli.common, |t| crate::admin::cli::models(t, args)),
         Command::Tls(args) => admin(&cli.common, |t| crate::admin::cli::tls(t, args)),
         Command::Serve(args) => serve(&cli.common, args),
+        Command::ParseWorker(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
