@@ -71,6 +71,9 @@ enum Command {
     /// Knowledge-base index benchmark (scripts/bench-kb)
     #[command(hide = true)]
     BenchKb(crate::kb::bench::BenchKbArgs),
+    /// Internal: parse one document from stdin under resource limits (see kb::parse::worker)
+    #[command(hide = true)]
+    ParseWorker(crate::kb::parse::worker::WorkerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -231,6 +234,9 @@ impl Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Command::ParseWorker(args) = &cli.command {
+        return crate::kb::parse::worker::main(args);
+    }
     let result = match &cli.command {
         Command::Generate(args) => generate(&cli.common, args),
         Command::Bench(args) => bench(&cli.common, args),
@@ -241,6 +247,7 @@ pub fn main() -> ExitCode {
         Command::Kb(args) => admin(&cli.common, |t| crate::admin::kb_cli::kb(t, args)),
         Command::Serve(args) => serve(&cli.common, args),
         Command::BenchKb(args) => crate::kb::bench::main(args).map_err(Failure::runtime),
+        Command::ParseWorker(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

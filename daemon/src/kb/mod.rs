@@ -5,6 +5,9 @@
 //! `parse` (bytes → [`ParsedDoc`]), `chunk` ([`ParsedDoc`] → [`Chunk`]s), and the index,
 //! storage and search modules (chunks + vectors → redb and in-memory indexes → hits).
 
+pub mod chunk;
+pub mod parse;
+
 use std::fmt;
 
 pub mod base;
