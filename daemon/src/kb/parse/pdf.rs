@@ -1047,10 +1047,10 @@ mod tests {
         let after = adobe_cmap_parser::get_unicode_map(&compact).unwrap();
         assert_eq!(before, after);
         let text = String::from_utf8(compact).unwrap();
-        // 41-43 and 0100-0103 become ranges; 45, 46 (a ligature) and 47 (two characters)
-        // stay single.
+        // 41-43 and 0100-0103 become one range each; 47 (two characters) stays a bfchar.
         assert!(text.contains("<0041> <0043> <0041>"), "{text}");
         assert!(text.contains("<0100> <0103> <4E00>"), "{text}");
+        assert!(text.contains("<0047> <00660066>"), "{text}");
     }
 
     #[test]
