@@ -103,11 +103,12 @@ fn main_part(rels: &str) -> Option<String> {
     let mut r = xml_reader(rels);
     loop {
         match r.read_event() {
-            Ok(Event::Start(e) | Event::Empty(e)) if local(&e) == "Relationship" => {
-                if attr(&e, "Type").is_some_and(|t| t.ends_with("/officeDocument")) {
-                    let target = attr(&e, "Target")?;
-                    return Some(target.trim_start_matches('/').to_string());
-                }
+            Ok(Event::Start(e) | Event::Empty(e))
+                if local(&e) == "Relationship"
+                    && attr(&e, "Type").is_some_and(|t| t.ends_with("/officeDocument")) =>
+            {
+                let target = attr(&e, "Target")?;
+                return Some(target.trim_start_matches('/').to_string());
             }
             Ok(Event::Eof) | Err(_) => return None,
             _ => {}

@@ -99,9 +99,7 @@ pub(super) fn parse(src: &str) -> ParsedDoc {
                 _ => {}
             },
             Event::Text(t) if in_metadata => {
-                if title.is_none() {
-                    title = front_matter_title(&t);
-                }
+                title = title.or_else(|| front_matter_title(&t));
             }
             Event::Text(t) | Event::Code(t) => {
                 if let Some(c) = cell.as_mut() {

@@ -34,6 +34,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<ParsedDoc, ParseError> {
         return Err(ParseError::PdfEncrypted);
     }
     patch_fonts(&mut doc);
+    precompute_fonts(&mut doc);
     let title = info_title(&doc);
     let page_numbers: Vec<u32> = doc.get_pages().keys().copied().collect();
     let mut collector = Collector::default();
@@ -553,6 +554,130 @@ fn patch_fonts(doc: &mut Document) {
     }
 }
 
+/// pdf-extract rebuilds every font on every page, reading its ToUnicode CMap and its embedded
+/// Type 1 program again each time: most of its run time on TeX documents. Do that work once:
+/// ToUnicode maps are rewritten in compact range form, and a Type 1 program's built-in
+/// encoding becomes an `/Encoding << /Differences … >>` so the program is not read again
+/// (pdf-extract reads it only for that encoding). A font these parsers panic on is left as
+/// it was.
+fn precompute_fonts(doc: &mut Document) {
+    let ids: Vec<_> = doc.objects.keys().copied().collect();
+    for id in ids {
+        let Some(Object::Dictionary(font)) = doc.objects.get(&id) else {
+            continue;
+        };
+        if font.get(b"Type").ok().and_then(|t| t.as_name().ok()) != Some(b"Font") {
+            continue;
+        }
+        let patched = catch_unwind(AssertUnwindSafe(|| precompute_font(doc, font)));
+        if let Ok(Some(d)) = patched {
+            doc.objects.insert(id, Object::Dictionary(d));
+        }
+    }
+}
+
+fn precompute_font(doc: &Document, font: &Dictionary) -> Option<Dictionary> {
+    let mut f = font.clone();
+    let mut changed = false;
+    if let Some(Object::Stream(s)) = f.get(b"ToUnicode").ok().map(|o| resolve(doc, o)) {
+        let content = s
+            .decompressed_content()
+            .unwrap_or_else(|_| s.content.clone());
+        if let Some(compact) = compact_to_unicode(&content) {
+            f.set(
+                "ToUnicode",
+                Object::Stream(Stream::new(Dictionary::new(), compact)),
+            );
+            changed = true;
+        }
+    }
+    let subtype = f.get(b"Subtype").ok().and_then(|s| s.as_name().ok());
+    let descriptor = f.get(b"FontDescriptor").ok().map(|o| resolve(doc, o));
+    if let (Some(b"Type1"), Some(Object::Dictionary(desc))) = (subtype, descriptor) {
+        if let Some(Object::Stream(program)) = desc.get(b"FontFile").ok().map(|o| resolve(doc, o)) {
+            let mut desc = desc.clone();
+            desc.remove(b"FontFile");
+            if f.get(b"Encoding").is_err() {
+                let bytes = program
+                    .decompressed_content()
+                    .unwrap_or_else(|_| program.content.clone());
+                let map = type1_encoding_parser::get_encoding_map(&bytes).ok()?;
+                let mut codes: Vec<_> = map.into_iter().collect();
+                codes.sort();
+                let mut diffs = Vec::with_capacity(codes.len() * 2);
+                for (code, name) in codes {
+                    if code < 256 {
+                        diffs.push(Object::Integer(i64::from(code)));
+                        diffs.push(Object::Name(name));
+                    }
+                }
+                let mut enc = Dictionary::new();
+                enc.set("Differences", Object::Array(diffs));
+                f.set("Encoding", Object::Dictionary(enc));
+            }
+            f.set("FontDescriptor", Object::Dictionary(desc));
+            changed = true;
+        }
+    }
+    changed.then_some(f)
+}
+
+/// A ToUnicode CMap re-written with one `bfrange` per run of consecutive codes mapping to
+/// consecutive characters: the same map, a fraction of the text for pdf-extract to re-parse.
+fn compact_to_unicode(content: &[u8]) -> Option<Vec<u8>> {
+    let map = adobe_cmap_parser::get_unicode_map(content).ok()?;
+    let mut entries: Vec<(u32, Vec<u8>)> = map
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty() && v.len() % 2 == 0)
+        .collect();
+    entries.sort();
+    let single = |v: &[u8]| (v.len() == 2).then(|| u16::from_be_bytes([v[0], v[1]]));
+    let mut ranges: Vec<(u32, u32, u16)> = Vec::new();
+    let mut chars: Vec<(u32, &[u8])> = Vec::new();
+    for (code, value) in &entries {
+        if let Some(u) = single(value) {
+            if let Some(last) = ranges.last_mut() {
+                let len = last.1 - last.0;
+                if *code == last.1 + 1
+                    && u32::from(last.2) + len + 1 == u32::from(u)
+                    && (last.1 & 0xFF) != 0xFF
+                {
+                    last.1 = *code;
+                    continue;
+                }
+            }
+            ranges.push((*code, *code, u));
+        } else {
+            chars.push((*code, value));
+        }
+    }
+    let hex = |code: u32| {
+        if code > 0xFFFF {
+            format!("{code:08X}")
+        } else {
+            format!("{code:04X}")
+        }
+    };
+    let mut s = String::from("/CIDInit /ProcSet findresource begin 12 dict begin begincmap\n");
+    if !ranges.is_empty() {
+        s.push_str(&format!("{} beginbfrange\n", ranges.len()));
+        for (lo, hi, u) in &ranges {
+            s.push_str(&format!("<{}> <{}> <{u:04X}>\n", hex(*lo), hex(*hi)));
+        }
+        s.push_str("endbfrange\n");
+    }
+    if !chars.is_empty() {
+        s.push_str(&format!("{} beginbfchar\n", chars.len()));
+        for (code, value) in &chars {
+            let v: String = value.iter().map(|b| format!("{b:02X}")).collect();
+            s.push_str(&format!("<{}> <{v}>\n", hex(*code)));
+        }
+        s.push_str("endbfchar\n");
+    }
+    s.push_str("endcmap CMapName currentdict /CMap defineresource pop end end\n");
+    Some(s.into_bytes())
+}
+
 /// The code families of the predefined CMaps, for their code-space ranges.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum CmapFamily {
@@ -909,6 +1034,23 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn compact_to_unicode_keeps_the_map() {
+        let cmap = b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap\n\
+            1 begincodespacerange <00> <FF> endcodespacerange\n\
+            6 beginbfchar <41> <0041> <42> <0042> <43> <0043> <45> <0045> <46> <FB01> <47> <00660066>\n\
+            endbfchar\n2 beginbfrange <0100> <0102> <4E00> <0103> <0103> <4E03> endbfrange endcmap";
+        let before = adobe_cmap_parser::get_unicode_map(cmap).unwrap();
+        let compact = compact_to_unicode(cmap).unwrap();
+        let after = adobe_cmap_parser::get_unicode_map(&compact).unwrap();
+        assert_eq!(before, after);
+        let text = String::from_utf8(compact).unwrap();
+        // 41-43 and 0100-0103 become one range each; 47 (two characters) stays a bfchar.
+        assert!(text.contains("<0041> <0043> <0041>"), "{text}");
+        assert!(text.contains("<0100> <0103> <4E00>"), "{text}");
+        assert!(text.contains("<0047> <00660066>"), "{text}");
     }
 
     #[test]

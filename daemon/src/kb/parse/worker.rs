@@ -3,7 +3,7 @@
 //! Protocol: the daemon runs `<edgeseek> parse-worker --kind KIND --max-input-bytes N
 //! --max-unpacked-bytes N --max-memory-bytes N --cpu-seconds N [--charset C]` with an empty
 //! environment, writes the document to its stdin and closes it. The worker sets its
-//! resource limits (`RLIMIT_AS`, `RLIMIT_CPU`, no core dumps, no file writes), parses with
+//! resource limits (`RLIMIT_AS`, `RLIMIT_CPU`, no core dumps), parses with
 //! [`super::parse_in_process`] and writes one JSON value to stdout:
 //! `{"Ok": ParsedDoc}` or `{"Err": ParseError}`, exit status 0. Anything else (a crash, a
 //! signal, no answer in time, too much output) is turned into a [`ParseError`] by [`run`].
@@ -267,8 +267,6 @@ fn limit_resources(args: &WorkerArgs) -> nix::Result<()> {
         setrlimit(Resource::RLIMIT_CPU, args.cpu_seconds, args.cpu_seconds + 1)?;
     }
     setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
-    // The worker writes no files (its answer goes to a pipe).
-    setrlimit(Resource::RLIMIT_FSIZE, 0, 0)?;
     Ok(())
 }
 
