@@ -428,12 +428,14 @@ fn bind_graph(session: &Session, spec: &EmbedSpec) -> Result<Graph, EmbedError> 
             INPUT_IDS => ids = Some(ty),
             ATTENTION_MASK => mask = Some(ty),
             TOKEN_TYPE_IDS => type_ids = Some(ty),
-            other => return Err(invalid(
-                file,
-                format!(
+            other => {
+                return Err(invalid(
+                    file,
+                    format!(
                     "graph input `{other}` is not one of input_ids, attention_mask, token_type_ids"
                 ),
-            )),
+                ))
+            }
         }
     }
     let ids = ids.ok_or_else(|| invalid(file, "graph has no input `input_ids`"))?;
@@ -886,7 +888,7 @@ impl Embedder {
             .name("edgeseek-embed".into())
             .spawn(move || worker.run())
             .map_err(|e| EmbedError::Config(format!("cannot start the embedding thread: {e}")))?;
-        tracing::info!(model = %model_id, provider = provider.as_str(), dim = spec.dim,
+        tracing::debug!(model = %model_id, provider = provider.as_str(), dim = spec.dim,
             max_tokens = spec.max_tokens, pooling = spec.pooling.as_str(), "embedding model ready");
         Ok(Embedder {
             shared: Arc::new(Shared {
