@@ -625,14 +625,16 @@ fn embed(common: &Common, args: &EmbedArgs) -> Result<(), Failure> {
         other => Failure::runtime(other),
     };
     let first = embedder.embed_with(&texts, &req).map_err(fail)?;
-    let mut out = serde_json::json!({
-        "model": embedder.name(),
-        "model_id": embedder.model_id(),
-        "provider": embedder.provider().as_str(),
-        "dim": embedder.dim(),
-        "inputs": texts.len(),
-        "tokens": first.tokens,
-    });
+    let mut out = EmbedOutput {
+        model: embedder.name(),
+        model_id: embedder.model_id(),
+        provider: embedder.provider().as_str(),
+        dim: embedder.dim(),
+        inputs: texts.len(),
+        tokens: first.tokens,
+        embeddings: None,
+        bench: None,
+    };
     if let Some(passes) = args.bench {
         // The first call above was the warm-up.
         let mut walls = Vec::with_capacity(passes as usize);
@@ -644,17 +646,44 @@ fn embed(common: &Common, args: &EmbedArgs) -> Result<(), Failure> {
         let mut sorted = walls.clone();
         sorted.sort_by(f64::total_cmp);
         let median = sorted[sorted.len() / 2];
-        out["batch_size"] = cfg.batch_size.into();
-        out["threads"] = cfg.threads.into();
-        out["passes"] = passes.into();
-        out["wall_s"] = walls.into();
-        out["embeddings_per_s"] = (texts.len() as f64 / median.max(1e-9)).into();
+        out.bench = Some(EmbedBench {
+            batch_size: cfg.batch_size,
+            threads: cfg.threads,
+            passes,
+            embeddings_per_s: texts.len() as f64 / median.max(1e-9),
+            wall_s: walls,
+        });
     } else {
-        out["embeddings"] = serde_json::to_value(&first.vectors).map_err(Failure::runtime)?;
+        out.embeddings = Some(&first.vectors);
     }
+    // serde writes f32 in its shortest exact form (a `Value` would widen it to f64 digits).
+    let text = serde_json::to_string(&out).map_err(Failure::runtime)?;
     embedder.shutdown();
-    println!("{out}");
+    println!("{text}");
     Ok(())
+}
+
+#[derive(Serialize)]
+struct EmbedOutput<'a> {
+    model: &'a str,
+    model_id: &'a str,
+    provider: &'a str,
+    dim: usize,
+    inputs: usize,
+    tokens: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embeddings: Option<&'a [Vec<f32>]>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    bench: Option<EmbedBench>,
+}
+
+#[derive(Serialize)]
+struct EmbedBench {
+    batch_size: usize,
+    threads: usize,
+    passes: u32,
+    wall_s: Vec<f64>,
+    embeddings_per_s: f64,
 }
 
 fn bench(common: &Common, args: &BenchCliArgs) -> Result<(), Failure> {

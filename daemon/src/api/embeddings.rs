@@ -311,10 +311,11 @@ pub(super) async fn create(
         wait: false,
         cancel: Some(cancel),
     };
-    let job = parsed.clone();
+    let mut parsed = parsed;
+    let inputs = std::mem::take(&mut parsed.inputs);
     let worker = embedder.clone();
     // Tokenizing and waiting for the worker block: off the reactor.
-    let result = tokio::task::spawn_blocking(move || worker.embed_with(&job.inputs, &options))
+    let result = tokio::task::spawn_blocking(move || worker.embed_with(&inputs, &options))
         .await
         .map_err(|e| ApiError::internal(format!("embedding task failed: {e}")))?;
     drop(guard);
