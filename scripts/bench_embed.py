@@ -243,6 +243,7 @@ def main():
     ]
     for name, v in rows:
         print(f"{name:<52}{v:>14.2f}{v / py_sorted:>8.3f}")
+    print("pass walls (s): " + "; ".join(f"{k} {v}" for k, v in result["walls_s"].items()))
 
 
 if __name__ == "__main__":
