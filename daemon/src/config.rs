@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::{Provider, ProviderOptions, ProviderPolicy, SchedulerConfig};
+use crate::engine::{EmbedderConfig, Provider, ProviderOptions, ProviderPolicy, SchedulerConfig};
 
 pub const DEFAULT_CONFIG: &str = "/etc/edgeseek/edgeseek.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/edgeseek";
@@ -33,6 +33,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub embeddings: EmbeddingsConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
 }
@@ -148,6 +150,39 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// PEM CA bundle: when set, clients must present a certificate it signed.
     pub client_ca: Option<PathBuf>,
+}
+
+/// `[embeddings]`: the embedding model behind `/v1/embeddings` and the knowledge base.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsConfig {
+    /// Load an embedding model at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Model directory [default: the first of `<state_dir>/models/all-minilm-l6-v2`,
+    /// `/usr/lib/edgeseek/models/all-minilm-l6-v2`, `./.runtime/models/all-minilm-l6-v2`].
+    pub model: Option<PathBuf>,
+    /// Inputs per ONNX Runtime call.
+    #[serde(default = "default_embed_batch_size")]
+    pub batch_size: usize,
+    /// Intra-op threads of the embedding session; 0 = one per core.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_embed_batch_size() -> usize {
+    EmbedderConfig::default().batch_size
+}
+
+impl Default for EmbeddingsConfig {
+    fn default() -> Self {
+        EmbeddingsConfig {
+            enabled: true,
+            model: None,
+            batch_size: default_embed_batch_size(),
+            threads: 0,
+        }
+    }
 }
 
 fn default_max_batch() -> usize {
@@ -283,6 +318,12 @@ impl Config {
         if self.server.shutdown_grace_s > 3600 {
             return Err(bad("server.shutdown_grace_s", "must be 0..=3600"));
         }
+        if !(1..=1024).contains(&self.embeddings.batch_size) {
+            return Err(bad("embeddings.batch_size", "must be 1..=1024"));
+        }
+        if self.embeddings.threads > 1024 {
+            return Err(bad("embeddings.threads", "must be 0..=1024"));
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(bad(
                 "tls.cert",
@@ -315,6 +356,15 @@ impl Config {
             kv_budget_bytes: self.engine.kv_budget_mb << 20,
             prefill_chunk: self.engine.prefill_chunk,
             prefix_cache_bytes: self.engine.prefix_cache_mb << 20,
+        }
+    }
+
+    /// Settings of the embedding service (`[embeddings]`).
+    pub fn embedder_config(&self) -> EmbedderConfig {
+        EmbedderConfig {
+            batch_size: self.embeddings.batch_size,
+            threads: self.embeddings.threads,
+            ..EmbedderConfig::default()
         }
     }
 
@@ -451,6 +501,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("certificate"), "{e}");
+    }
+
+    #[test]
+    fn embeddings_section() {
+        let d = parse("").unwrap();
+        assert!(d.embeddings.enabled && d.embeddings.model.is_none());
+        assert_eq!(d.embedder_config(), EmbedderConfig::default());
+        let c = parse(
+            "[embeddings]\nenabled = false\nmodel = \"/srv/m\"\nbatch_size = 8\nthreads = 2\n",
+        )
+        .unwrap();
+        assert!(!c.embeddings.enabled);
+        assert_eq!(c.embeddings.model, Some(PathBuf::from("/srv/m")));
+        let e = c.embedder_config();
+        assert_eq!((e.batch_size, e.threads), (8, 2));
+        for (key, text) in [
+            ("embeddings.batch_size", "batch_size = 0"),
+            ("embeddings.threads", "threads = 5000"),
+        ] {
+            let e = parse(&format!("[embeddings]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let e = parse("[embeddings]\nbatch = 4\n").unwrap_err().to_string();
+        assert!(e.contains("batch"), "{e}");
     }
 
     #[test]

@@ -24,9 +24,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::AdminBackend;
-use crate::api::{ApiConfig, App, ModelState, Served};
+use crate::api::{ApiConfig, App, EmbedState, ModelState, Served};
 use crate::config::{Config, ConfigError};
-use crate::engine::{Engine, Provider, Scheduler};
+use crate::engine::{embed, Embedder, Engine, Provider, Scheduler};
 use crate::keys::{KeyError, KeyStore};
 use crate::store::{Store, StoreError};
 use crate::tls::{TlsError, TlsServer};
@@ -82,7 +82,8 @@ pub struct ServeOptions {
     pub models: Vec<PathBuf>,
 }
 
-/// The first `--model`, else the first directory (by name) under `<state_dir>/models`.
+/// The first `--model`, else the first directory (by name) under `<state_dir>/models` that
+/// is not an embedding model.
 fn pick_model(models: &[PathBuf], state_dir: &Path) -> Result<PathBuf, ServeError> {
     if let Some(m) = models.first() {
         if !m.is_dir() {
@@ -98,7 +99,7 @@ fn pick_model(models: &[PathBuf], state_dir: &Path) -> Result<PathBuf, ServeErro
         .map(|rd| {
             rd.filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| p.is_dir())
+                .filter(|p| p.is_dir() && !embed::is_embedding_model_dir(p))
                 .collect()
         })
         .unwrap_or_default();
@@ -186,15 +187,21 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         provider: std::sync::Mutex::new(None),
         listen_text: std::sync::Mutex::new(String::new()),
         loader: std::sync::Mutex::new(None),
+        embed_loader: std::sync::Mutex::new(None),
     });
     let result = runtime.block_on(serve(
         &daemon, &config, opts.dev, &state_dir, addr, activated,
     ));
-    let still_loading = !wait_for_loader(&daemon, Duration::from_secs(2));
+    let chat_loaded = wait_for_loader(&daemon.loader, Duration::from_secs(2));
+    let embed_loaded = wait_for_loader(&daemon.embed_loader, Duration::from_secs(2));
+    let still_loading = !(chat_loaded && embed_loaded);
     // Stop the engine after the listener is gone: running requests have had their grace
     // period; what is left ends with an error event.
     if let Some(served) = daemon.app.served() {
         served.scheduler.clone().shutdown();
+    }
+    if let Some(e) = daemon.app.embedder() {
+        e.shutdown();
     }
     let _ = std::fs::remove_file(state_dir.join(ADDR_FILE));
     runtime.shutdown_timeout(Duration::from_secs(2));
@@ -213,9 +220,12 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     result
 }
 
-/// Waits up to `limit` for the model loading thread to finish; `false` if it is still running.
-fn wait_for_loader(daemon: &Daemon, limit: Duration) -> bool {
-    let Some(handle) = daemon_loader(&daemon.loader).take() else {
+/// Waits up to `limit` for a model loading thread to finish; `false` if it is still running.
+fn wait_for_loader(
+    loader: &std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    limit: Duration,
+) -> bool {
+    let Some(handle) = daemon_loader(loader).take() else {
         return true;
     };
     let deadline = Instant::now() + limit;
@@ -238,6 +248,8 @@ struct Daemon {
     listen_text: std::sync::Mutex<String>,
     /// The model loading thread (see [`wait_for_loader`]).
     loader: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The embedding model loading thread.
+    embed_loader: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Daemon {
@@ -263,6 +275,27 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The embedding model's state for `status`.
+    fn embeddings_status(&self) -> Value {
+        match (self.app.embedder(), self.app.embedder_problem()) {
+            (Some(e), _) => json!({
+                "model": e.name(),
+                "model_id": e.model_id(),
+                "ready": true,
+                "provider": e.provider().as_str(),
+                "inputs": e.stats().inputs,
+            }),
+            (None, Some((loading, cause))) => json!({
+                "ready": false,
+                "loading": loading,
+                "cause": cause,
+            }),
+            (None, None) => json!({"ready": false}),
+        }
+    }
+}
+
 impl AdminBackend for Daemon {
     fn status(&self) -> Value {
         let id = self.tls.identity();
@@ -281,6 +314,7 @@ impl AdminBackend for Daemon {
             "tokens_per_s": stats.map(|s| s.tokens_generated as f64 / uptime.max(1e-9)),
             "uptime_s": uptime.round(),
             "listen": *self.listen_text.lock().unwrap_or_else(|p| p.into_inner()),
+            "embeddings": self.embeddings_status(),
             "tls": {
                 "source": id.kind.as_str(),
                 "fingerprint_sha256": id.fingerprint,
@@ -293,20 +327,33 @@ impl AdminBackend for Daemon {
 
     fn models(&self) -> Value {
         let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
-        match self.app.served() {
-            Some(s) => json!([{
+        let mut list = vec![match self.app.served() {
+            Some(s) => json!({
                 "id": self.app.model_name,
+                "kind": "chat",
                 "dir": self.app.model_dir,
                 "provider": provider.map(Provider::as_str),
                 "context": s.scheduler.spec().context_length,
                 "ready": true,
-            }]),
-            None => json!([{
+            }),
+            None => json!({
                 "id": self.app.model_name,
+                "kind": "chat",
                 "dir": self.app.model_dir,
                 "ready": false,
-            }]),
+            }),
+        }];
+        if let Some(e) = self.app.embedder() {
+            list.push(json!({
+                "id": e.name(),
+                "kind": "embedding",
+                "dir": e.spec().dir,
+                "provider": e.provider().as_str(),
+                "context": e.max_tokens(),
+                "ready": true,
+            }));
         }
+        Value::Array(list)
     }
 
     /// Called off the reactor by the admin plane's `reload` (e.g. after `edgeseek tls rotate`):
@@ -369,6 +416,72 @@ fn load_in_background(daemon: Arc<Daemon>, config: &Config, state_dir: &Path) {
     }
 }
 
+/// Find and load the embedding model on its own thread (the chat model does not wait for
+/// it, nor it for the chat model). No model, or a failed load, leaves `/v1/embeddings` at
+/// 503 with the cause; chat is unaffected.
+fn load_embedder_in_background(daemon: &Arc<Daemon>, config: &Config, state_dir: &Path) {
+    let ec = &config.embeddings;
+    let app = &daemon.app;
+    if !ec.enabled {
+        app.set_embedder(EmbedState::Off(
+            "embeddings are disabled in the configuration (embeddings.enabled = false)".into(),
+        ));
+        return;
+    }
+    let dir = match embed::locate(ec.model.as_deref(), state_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "no embedding model; /v1/embeddings answers 503");
+            app.set_embedder(if ec.model.is_some() {
+                EmbedState::Failed(e.to_string())
+            } else {
+                EmbedState::Off(e.to_string())
+            });
+            return;
+        }
+    };
+    app.set_embedder(EmbedState::Loading);
+    let owner = daemon.clone();
+    let library = config.runtime.library.clone();
+    let opts = config.provider_options(state_dir);
+    let cfg = config.embedder_config();
+    let spawned = std::thread::Builder::new()
+        .name("edgeseek-embed-load".into())
+        .spawn(move || {
+            let t = Instant::now();
+            let state = match Embedder::start(&dir, library.as_deref(), &opts, &cfg) {
+                Ok(embedder) => {
+                    tracing::info!(
+                        model = %embedder.model_id(),
+                        provider = embedder.provider().as_str(),
+                        secs = t.elapsed().as_secs_f64(),
+                        "embedding model ready"
+                    );
+                    EmbedState::Ready {
+                        embedder,
+                        loaded_at: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs()),
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "embedding model failed to load");
+                    EmbedState::Failed(e.to_string())
+                }
+            };
+            owner.app.set_embedder(state);
+        });
+    match spawned {
+        Ok(handle) => *daemon_loader(&daemon.embed_loader) = Some(handle),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the embedding model loading thread");
+            app.set_embedder(EmbedState::Failed(format!(
+                "cannot start the loading thread: {e}"
+            )));
+        }
+    }
+}
+
 fn daemon_loader(
     m: &std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 ) -> std::sync::MutexGuard<'_, Option<std::thread::JoinHandle<()>>> {
@@ -426,6 +539,7 @@ async fn serve(
     };
 
     load_in_background(daemon.clone(), config, state_dir);
+    load_embedder_in_background(daemon, config, state_dir);
 
     // One line a supervisor or test can parse, then the address file (`--listen …:0`).
     {

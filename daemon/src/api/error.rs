@@ -6,7 +6,7 @@
 use hyper::StatusCode;
 use serde_json::json;
 
-use crate::engine::{GenerateError, SchedulerError};
+use crate::engine::{EmbedError, GenerateError, SchedulerError};
 
 /// An API error: what the client is told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +71,13 @@ impl ApiError {
     pub fn context_length(message: impl Into<String>) -> Self {
         Self::bad_request(message)
             .with_param("messages")
+            .with_code("context_length_exceeded")
+    }
+
+    /// 400 for an input over a model's token limit, naming it (`input[3]`).
+    pub fn input_too_long(param: &str, message: impl Into<String>) -> Self {
+        Self::bad_request(message)
+            .with_param(param)
             .with_code("context_length_exceeded")
     }
 
@@ -198,6 +205,22 @@ impl From<GenerateError> for ApiError {
             GenerateError::Tokenizer(_) | GenerateError::Run(_) => {
                 ApiError::internal(e.to_string())
             }
+        }
+    }
+}
+
+impl From<EmbedError> for ApiError {
+    fn from(e: EmbedError) -> Self {
+        match &e {
+            EmbedError::TooLong { index, .. } => {
+                ApiError::input_too_long(&format!("input[{index}]"), e.to_string())
+            }
+            EmbedError::EmptyInput { index } => {
+                ApiError::invalid_param(&format!("input[{index}]"), e.to_string())
+            }
+            EmbedError::QueueFull(_) => ApiError::queue_full(e.to_string()),
+            EmbedError::ShutDown => ApiError::unavailable("the server is shutting down"),
+            _ => ApiError::internal(e.to_string()),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! within one step. A non-streaming client that disconnects drops the handler future, with
 //! the same effect.
 
+pub mod embeddings;
 pub mod error;
 pub mod metrics;
 pub mod openai;
@@ -34,7 +35,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::engine::{Event, GenerateOutput, RequestHandle, Scheduler, TokenLogprob};
+use crate::engine::{Embedder, Event, GenerateOutput, RequestHandle, Scheduler, TokenLogprob};
 use crate::keys::{KeyInfo, KeyStore, Scope};
 use error::ApiError;
 use metrics::Metrics;
@@ -55,6 +56,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/models/{model}"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +69,7 @@ enum Route {
     Model,
     Chat,
     Completions,
+    Embeddings,
 }
 
 impl Route {
@@ -80,6 +83,7 @@ impl Route {
             "/v1/models" => (Route::Models, "/v1/models"),
             "/v1/chat/completions" => (Route::Chat, "/v1/chat/completions"),
             "/v1/completions" => (Route::Completions, "/v1/completions"),
+            "/v1/embeddings" => (Route::Embeddings, "/v1/embeddings"),
             p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
                 (Route::Model, "/v1/models/{model}")
             }
@@ -89,7 +93,7 @@ impl Route {
 
     fn method(self) -> &'static str {
         match self {
-            Route::Chat | Route::Completions => "POST",
+            Route::Chat | Route::Completions | Route::Embeddings => "POST",
             _ => "GET",
         }
     }
@@ -108,6 +112,19 @@ pub enum ModelState {
     Failed(String),
 }
 
+/// The embedding model behind `/v1/embeddings` (and the knowledge base).
+pub enum EmbedState {
+    /// Not loaded and not coming: disabled in the config, or no model found. The cause.
+    Off(String),
+    Loading,
+    Ready {
+        embedder: Embedder,
+        /// Unix seconds when it finished loading (`created` in `/v1/models`).
+        loaded_at: u64,
+    },
+    Failed(String),
+}
+
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
     /// Body limit of the inference routes, bytes.
@@ -120,6 +137,7 @@ pub struct App {
     pub model_name: String,
     pub model_dir: PathBuf,
     state: RwLock<ModelState>,
+    embed: RwLock<EmbedState>,
     keys: KeyStore,
     pub metrics: Metrics,
     cfg: ApiConfig,
@@ -131,6 +149,7 @@ impl App {
             model_name,
             model_dir,
             state: RwLock::new(ModelState::Loading),
+            embed: RwLock::new(EmbedState::Off("no embedding model is configured".into())),
             keys,
             metrics: Metrics::default(),
             cfg,
@@ -170,6 +189,53 @@ impl App {
 
     pub fn keys(&self) -> &KeyStore {
         &self.keys
+    }
+
+    pub fn set_embedder(&self, s: EmbedState) {
+        *self.embed.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// The embedding service, once loaded (cheap to clone).
+    pub fn embedder(&self) -> Option<Embedder> {
+        self.embedder_loaded().map(|(e, _)| e)
+    }
+
+    fn embedder_loaded(&self) -> Option<(Embedder, u64)> {
+        match &*self.embed.read().unwrap_or_else(|p| p.into_inner()) {
+            EmbedState::Ready {
+                embedder,
+                loaded_at,
+            } => Some((embedder.clone(), *loaded_at)),
+            _ => None,
+        }
+    }
+
+    /// Why there is no embedding service, if there is none: `(loading, cause)`.
+    pub fn embedder_problem(&self) -> Option<(bool, String)> {
+        match &*self.embed.read().unwrap_or_else(|p| p.into_inner()) {
+            EmbedState::Ready { .. } => None,
+            EmbedState::Loading => Some((true, "loading".into())),
+            EmbedState::Off(cause) => Some((false, cause.clone())),
+            EmbedState::Failed(msg) => Some((false, format!("failed to load: {msg}"))),
+        }
+    }
+
+    /// `Err` with the 503 to return while embeddings are not serving.
+    fn embedder_ready(&self) -> Result<Embedder, ApiError> {
+        match &*self.embed.read().unwrap_or_else(|p| p.into_inner()) {
+            EmbedState::Ready { embedder, .. } => Ok(embedder.clone()),
+            EmbedState::Loading => {
+                let mut e = ApiError::loading();
+                e.message = "the embedding model is still loading; retry shortly".into();
+                Err(e)
+            }
+            EmbedState::Off(cause) => Err(ApiError::unavailable(format!(
+                "embeddings are not available: {cause}"
+            ))),
+            EmbedState::Failed(msg) => Err(ApiError::unavailable(format!(
+                "embeddings are not available: the embedding model failed to load: {msg}"
+            ))),
+        }
     }
 }
 
@@ -301,11 +367,14 @@ async fn dispatch(
         }
         Route::Models => {
             authenticate(app, &req)?;
-            let data: Vec<Value> = app
+            let mut data: Vec<Value> = app
                 .served()
-                .map(|s| model_json(app, &s))
+                .map(|s| model_json(&app.model_name, s.loaded_at))
                 .into_iter()
                 .collect();
+            if let Some((e, loaded_at)) = app.embedder_loaded() {
+                data.push(model_json(e.name(), loaded_at));
+            }
             Ok(json_response(
                 StatusCode::OK,
                 &json!({"object": "list", "data": data}),
@@ -314,23 +383,29 @@ async fn dispatch(
         Route::Model => {
             authenticate(app, &req)?;
             let id = req.uri().path().trim_start_matches("/v1/models/");
-            match app.served() {
-                Some(s) if id == app.model_name => {
-                    Ok(json_response(StatusCode::OK, &model_json(app, &s)))
-                }
+            match (app.served(), app.embedder_loaded()) {
+                (Some(s), _) if id == app.model_name => Ok(json_response(
+                    StatusCode::OK,
+                    &model_json(&app.model_name, s.loaded_at),
+                )),
+                (_, Some((e, loaded_at))) if id == e.name() => Ok(json_response(
+                    StatusCode::OK,
+                    &model_json(e.name(), loaded_at),
+                )),
                 _ => Err(ApiError::model_not_found(id)),
             }
         }
         Route::Chat => inference(app, Kind::Chat, req, rid).await,
         Route::Completions => inference(app, Kind::Completion, req, rid).await,
+        Route::Embeddings => embeddings::create(app, req, rid).await,
     }
 }
 
-fn model_json(app: &App, s: &Served) -> Value {
+fn model_json(id: &str, loaded_at: u64) -> Value {
     json!({
-        "id": app.model_name,
+        "id": id,
         "object": "model",
-        "created": s.loaded_at,
+        "created": loaded_at,
         "owned_by": "edgeseek",
     })
 }
@@ -713,7 +788,7 @@ mod tests {
             assert_eq!(route.method(), *method, "{path}");
         }
         assert!(Route::find("/v1/models/").is_none());
-        assert!(Route::find("/v1/embeddings").is_none());
+        assert!(Route::find("/v1/embeddings/x").is_none());
         assert!(Route::find("/").is_none());
     }
 
@@ -749,6 +824,7 @@ mod tests {
         for (schema, params) in [
             ("ChatCompletionRequest", openai::CHAT_PARAMS),
             ("CompletionRequest", openai::COMPLETION_PARAMS),
+            ("EmbeddingRequest", embeddings::PARAMS),
         ] {
             let props = doc["components"]["schemas"][schema]["properties"]
                 .as_object()

@@ -2,6 +2,7 @@
 //! generation loop. See `generate.rs` for how one request becomes tokens and text.
 
 pub mod detok;
+pub mod embed;
 pub mod generate;
 pub mod model;
 pub mod ort_env;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use tokenizers::Tokenizer;
 
+pub use embed::{EmbedError, Embedder, EmbedderConfig};
 pub use generate::{
     FinishReason, GenerateError, GenerateOutput, GenerateRequest, Prompt, StreamEvent, TokenLogprob,
 };

@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::ep;
@@ -115,6 +115,9 @@ pub struct Runtime {
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+/// Serialises the first load: the chat model and the embedding model load on two threads,
+/// and only one may create the process-wide environment.
+static INIT: Mutex<()> = Mutex::new(());
 
 /// Candidate library locations, in the documented order.
 pub fn library_candidates(configured: Option<&Path>) -> Vec<PathBuf> {
@@ -161,6 +164,10 @@ fn resolve_in_dir(dir: &Path) -> Option<PathBuf> {
 
 /// Load ONNX Runtime once per process. Later calls return the same runtime.
 pub fn runtime(configured: Option<&Path>) -> Result<&'static Runtime, OrtError> {
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let _init = INIT.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
