@@ -90,7 +90,7 @@ export class AdminView {
     if (!this.canvas.isConnected) return;
     drawChart(this.canvas, this.samples, {
       windowS: this.windowS || 900,
-      labels: { now: t('admin.chart.now'), empty: t('admin.chart.empty') },
+      labels: { now: t('admin.chart.now'), empty: t('admin.chart.empty'), minutes: (n) => t('admin.chart.min', { n }) },
     });
   }
 

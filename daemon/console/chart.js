@@ -39,6 +39,7 @@ export function drawChart(canvas, samples, { windowS = 900, now = Date.now() / 1
   const ph = Math.max(10, hgt - top - bottom);
   const start = now - windowS;
   const pts = samples.filter((s) => s.t >= start - 5);
+  canvas.dataset.points = String(pts.length);
   const max = niceMax(Math.max(0, ...pts.map((s) => s.tokens_per_s)));
   const x = (t) => left + ((t - start) / windowS) * pw;
   const y = (v) => top + ph - (v / max) * ph;
@@ -62,7 +63,8 @@ export function drawChart(canvas, samples, { windowS = 900, now = Date.now() / 1
   ctx.textBaseline = 'top';
   for (let m = windowS / 60; m >= 0; m -= 5) {
     const xx = x(now - m * 60);
-    ctx.fillText(m === 0 ? (labels.now || 'now') : `−${m} min`, Math.min(Math.max(xx, left + 16), left + pw - 14), top + ph + 6);
+    const text = m === 0 ? (labels.now || 'now') : labels.minutes ? labels.minutes(m) : `−${m} min`;
+    ctx.fillText(text, Math.min(Math.max(xx, left + 22), left + pw - 14), top + ph + 6);
   }
   if (pts.length < 2) {
     ctx.textBaseline = 'middle';

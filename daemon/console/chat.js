@@ -58,7 +58,7 @@ export class ChatView {
     // Knowledge popover.
     this.kbPanel = h('div', { class: 'popover', id: nextId('kb'), hidden: true, role: 'group', 'aria-label': t('kb.choose') });
     this.kbBtn = h('button', {
-      type: 'button', class: 'ghost', 'aria-expanded': 'false', 'aria-controls': this.kbPanel.id,
+      type: 'button', 'aria-expanded': 'false', 'aria-controls': this.kbPanel.id,
       'aria-pressed': 'false', onclick: () => this.togglePopover(this.kbPanel, this.kbBtn, () => this.fillKb()),
     }, t('kb.toggle'));
 
@@ -66,7 +66,7 @@ export class ChatView {
     const field = (label, input) => { const id = nextId('set'); input.id = id; return h('div', { class: 'field' }, h('label', { for: id }, label), input); };
     const setting = (k, props) => {
       const el = h(props.tag || 'input', { ...props, tag: undefined, value: this.settings[k] });
-      el.addEventListener('change', () => { this.settings[k] = el.value; localStorage.setItem(SETTINGS, JSON.stringify(this.settings)); });
+      el.addEventListener('input', () => { this.settings[k] = el.value; localStorage.setItem(SETTINGS, JSON.stringify(this.settings)); });
       return el;
     };
     this.setPanel = h('div', { class: 'popover settings', id: nextId('settings'), hidden: true },
@@ -75,7 +75,7 @@ export class ChatView {
       field(t('chat.maxtokens'), setting('maxTokens', { type: 'number', min: 1, step: 1, placeholder: t('chat.default'), name: 'max_tokens' })),
       field(t('chat.budget'), setting('budget', { type: 'number', min: 0, step: 1, placeholder: t('chat.default'), name: 'max_reasoning_tokens' })));
     this.setBtn = h('button', {
-      type: 'button', class: 'ghost', 'aria-expanded': 'false', 'aria-controls': this.setPanel.id,
+      type: 'button', 'aria-expanded': 'false', 'aria-controls': this.setPanel.id,
       onclick: () => this.togglePopover(this.setPanel, this.setBtn),
     }, t('chat.settings'));
 
@@ -298,6 +298,7 @@ export class ChatView {
     r.status.className = 'status';
     if (m.error) { put(r.status, m.error); r.status.classList.add('error'); r.status.setAttribute('role', 'alert'); }
     else if (m.stopped) put(r.status, t('chat.stopped'));
+    else if (!streaming && m.finish === 'length') put(r.status, t('chat.length'));
     else if (streaming && !m.content && !m.reasoning) { put(r.status, t('chat.waiting')); r.status.classList.add('live'); }
     else put(r.status);
     if (streaming) put(r.actions);

@@ -231,7 +231,8 @@ export class KnowledgeView {
       });
       bar.value = 1;
       li.classList.add('ok');
-      put(state, t(doc && doc.replaced ? 'kb.replaced' : 'kb.uploaded', { chunks: fmtNumber(doc && doc.chunks) }));
+      const one = doc && doc.chunks === 1 ? '.1' : '';
+      put(state, t(`${doc && doc.replaced ? 'kb.replaced' : 'kb.uploaded'}${one}`, { chunks: fmtNumber(doc && doc.chunks) }));
       if (col === this.selected) { this.loadDocs(); this.refresh(); }
     } catch (e) {
       li.classList.add('failed');
