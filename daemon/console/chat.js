@@ -330,6 +330,11 @@ export class ChatView {
   async send() {
     const text = this.input.value.trim();
     if (!text || this.busy) return;
+    if (!this.modelSel.value) {
+      toast(t('err.loading'));
+      this.loadModels();
+      return;
+    }
     const c = this.conv;
     if (!c.messages.length) c.title = titleOf(text);
     c.model = this.modelSel.value;
