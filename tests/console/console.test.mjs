@@ -457,45 +457,85 @@ test('admin: status and chart from the daemon; a key is shown once, works, and i
   assert.equal((await d.request('GET', '/v1/models', { key: secret })).status, 401);
 });
 
-test('tablet-sized screen in Chinese: no overflow, labelled controls, keyboard reachable', async () => {
-  const zh = await browser({ locale: 'zh-CN', viewport: { width: 768, height: 1024 } });
+/** At this page's size: no horizontal overflow, no overlapping controls, every control named. */
+async function checkLayout(p, route) {
+  const overflow = await p.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]);
+  assert.ok(overflow[0] <= overflow[1], `${route}: page wider than the screen ${overflow}`);
+  // No control sits on top of another (e.g. a button spilling out of a narrow sidebar).
+  const overlaps = await p.evaluate(() => {
+    const els = [...document.querySelectorAll('main a, main button, main input, main select, main textarea, main label, header a, header button')]
+      .filter((e) => e.offsetParent !== null && !e.closest('.popover, dialog, .sr-only'));
+    const boxes = els.map((e) => [e, e.getBoundingClientRect()]);
+    const out = [];
+    for (let i = 0; i < boxes.length; i += 1) {
+      for (let j = i + 1; j < boxes.length; j += 1) {
+        const [ea, a] = boxes[i];
+        const [eb, b] = boxes[j];
+        if (ea.contains(eb) || eb.contains(ea)) continue;
+        const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+        const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+        if (w > 1 && h > 1) out.push(`${ea.outerHTML.slice(0, 50)} × ${eb.outerHTML.slice(0, 50)}`);
+      }
+    }
+    return out;
+  });
+  assert.deepEqual(overlaps, [], `${route}: overlapping controls`);
+  // Every control has an accessible name.
+  const unnamed = await p.evaluate(() => [...document.querySelectorAll('button, input:not([type=hidden]):not([aria-hidden=true]), select, textarea')]
+    .filter((e) => e.offsetParent !== null)
+    .filter((e) => !(e.getAttribute('aria-label') || e.textContent.trim() || (e.id && document.querySelector(`label[for="${e.id}"]`)) || e.closest('label')))
+    .map((e) => e.outerHTML.slice(0, 80)));
+  assert.deepEqual(unnamed, [], route);
+}
+
+/** Sign in at tablet size in `locale`, visit every page, check the layout, take screenshots. */
+async function tablet(locale, tag, check) {
+  const t = await browser({ locale, viewport: { width: 768, height: 1024 } });
   try {
-    const p = await zh.context.newPage();
-    const zhProblems = watch(p);
+    const p = await t.context.newPage();
+    const seen = watch(p);
     await p.goto(`${d.url}/`);
-    assert.equal(await p.locator('form.signin button[type="submit"]').textContent(), '登录');
+    await check?.signin?.(p);
     await signIn(p, adminKey);
     await p.locator('.chat').waitFor();
-    assert.equal(await p.evaluate(() => document.documentElement.lang), 'zh-CN');
-    assert.deepEqual(await p.locator('nav.tabs a').allTextContents(), ['对话', '知识库', '管理']);
-    for (const [route, name] of [['chat', 'chat'], ['knowledge', 'knowledge'], ['admin', 'admin']]) {
+    await check?.signedIn?.(p);
+    for (const route of ['chat', 'knowledge', 'admin']) {
       await p.locator(`nav.tabs a[data-route="${route}"]`).click();
       await p.waitForTimeout(400);
-      const overflow = await p.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth,
-        ...[...document.querySelectorAll('main, main > *')].map((e) => e.scrollWidth - e.clientWidth)]);
-      assert.ok(overflow[0] <= overflow[1], `${route}: page wider than the screen ${overflow}`);
-      await shot(p, `tablet-zh-${name}`);
-      // Every control has an accessible name.
-      const unnamed = await p.evaluate(() => [...document.querySelectorAll('button, input:not([type=hidden]):not([aria-hidden=true]), select, textarea')]
-        .filter((e) => e.offsetParent !== null)
-        .filter((e) => !(e.getAttribute('aria-label') || e.textContent.trim() || (e.id && document.querySelector(`label[for="${e.id}"]`)) || e.closest('label')))
-        .map((e) => e.outerHTML.slice(0, 80)));
-      assert.deepEqual(unnamed, [], route);
+      await checkLayout(p, `${tag} ${route}`);
+      await shot(p, `tablet-${tag}-${route}`);
     }
-    // Keyboard: from the top of the chat page, Tab reaches the message box.
-    await p.locator('nav.tabs a[data-route="chat"]').click();
-    await p.locator('.composer textarea').waitFor();
-    await p.evaluate(() => document.activeElement.blur());
-    let reached = false;
-    for (let i = 0; i < 40 && !reached; i += 1) {
-      await p.keyboard.press('Tab');
-      reached = await p.evaluate(() => document.activeElement && document.activeElement.matches('.composer textarea'));
-    }
-    assert.ok(reached, 'Tab reaches the message box');
-    assert.deepEqual(zhProblems, []);
+    await check?.after?.(p);
+    assert.deepEqual(seen, []);
   } finally {
-    await zh.close();
+    await t.close();
   }
+}
+
+test('tablet-sized screen in Chinese: no overflow or overlap, labelled controls, keyboard reachable', async () => {
+  await tablet('zh-CN', 'zh', {
+    signin: async (p) => assert.equal(await p.locator('form.signin button[type="submit"]').textContent(), '登录'),
+    signedIn: async (p) => {
+      assert.equal(await p.evaluate(() => document.documentElement.lang), 'zh-CN');
+      assert.deepEqual(await p.locator('nav.tabs a').allTextContents(), ['对话', '知识库', '管理']);
+    },
+    after: async (p) => {
+      // Keyboard: from the top of the chat page, Tab reaches the message box.
+      await p.locator('nav.tabs a[data-route="chat"]').click();
+      await p.locator('.composer textarea').waitFor();
+      await p.evaluate(() => document.activeElement.blur());
+      let reached = false;
+      for (let i = 0; i < 40 && !reached; i += 1) {
+        await p.keyboard.press('Tab');
+        reached = await p.evaluate(() => document.activeElement && document.activeElement.matches('.composer textarea'));
+      }
+      assert.ok(reached, 'Tab reaches the message box');
+    },
+  });
+});
+
+test('tablet-sized screen in English: no overflow or overlap, labelled controls', async () => {
+  await tablet('en-US', 'en');
 });
 
 test('a key without the admin scope sees no admin page; revoking the signed-in key signs out', async () => {
