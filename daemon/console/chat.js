@@ -422,7 +422,8 @@ export class ChatView {
       });
     } catch (e) {
       if (e && e.name === 'AbortError') msg.stopped = true;
-      else msg.error = e instanceof ApiError ? e.friendly : String(e);
+      // Anything else is the connection breaking mid-answer.
+      else msg.error = e instanceof ApiError ? e.friendly : t('chat.cut');
     } finally {
       if (thinkStart !== null && !msg.thinkMs) msg.thinkMs = performance.now() - thinkStart;
       msg.ms = Math.round(performance.now() - started);

@@ -7,8 +7,10 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import zlib from 'node:zlib';
-import { Daemon, browser, watch, shot, load, banEos, MODEL, ROOMY } from './harness.mjs';
+import { Daemon, browser, watch, shot, load, banEos, MODEL, ROOMY, ROOT } from './harness.mjs';
 
 let d;
 let adminKey;
@@ -73,6 +75,22 @@ before(async () => {
 after(async () => {
   await b?.close();
   await d?.stop();
+});
+
+test('every UI text exists in English and in Chinese', () => {
+  const dir = path.join(ROOT, 'daemon', 'console');
+  const src = fs.readFileSync(path.join(dir, 'i18n.js'), 'utf8');
+  const keys = (block) => new Set([...block.matchAll(/^\s*'([\w.]+)':/gm)].map((m) => m[1]));
+  const en = keys(src.slice(src.indexOf('const en = {'), src.indexOf('const zh = {')));
+  const zh = keys(src.slice(src.indexOf('const zh = {'), src.indexOf('const langs')));
+  assert.ok(en.size > 100);
+  assert.deepEqual([...en].filter((k) => !zh.has(k)), []);
+  assert.deepEqual([...zh].filter((k) => !en.has(k)), []);
+  const used = new Set();
+  for (const f of fs.readdirSync(dir).filter((n) => n.endsWith('.js'))) {
+    for (const m of fs.readFileSync(path.join(dir, f), 'utf8').matchAll(/\bt\('([\w.]+)'/g)) used.add(m[1]);
+  }
+  assert.deepEqual([...used].filter((k) => !en.has(k)), []);
 });
 
 test('the daemon serves the console compressed, cacheable and with a strict policy', async () => {
