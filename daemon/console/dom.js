@@ -1,4 +1,4 @@
-// DOM helpers. Text always enters the page as text nodes (never parsed as markup), so model
+// DOM utilities. Text always enters the page as text nodes (never parsed as markup), so model
 // output, document text and user input cannot inject elements or handlers.
 
 const PROPS = new Set(['value', 'checked', 'disabled', 'hidden', 'open', 'selected', 'multiple', 'readOnly', 'required', 'indeterminate']);
