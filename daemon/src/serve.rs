@@ -189,6 +189,9 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         loader: std::sync::Mutex::new(None),
         embed_loader: std::sync::Mutex::new(None),
     });
+    // The HTTPS admin endpoints report the same status object as the admin socket.
+    let backend: std::sync::Weak<dyn AdminBackend> = Arc::downgrade(&daemon) as _;
+    daemon.app.admin.set_backend(backend);
     let result = runtime.block_on(serve(
         &daemon, &config, opts.dev, &state_dir, addr, activated,
     ));
@@ -312,6 +315,8 @@ impl AdminBackend for Daemon {
             "active_sequences": stats.map(|s| s.active),
             "tokens_generated": stats.map(|s| s.tokens_generated),
             "tokens_per_s": stats.map(|s| s.tokens_generated as f64 / uptime.max(1e-9)),
+            "cancellations": stats.map(|s| s.cancellations),
+            "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": uptime.round(),
             "listen": *self.listen_text.lock().unwrap_or_else(|p| p.into_inner()),
             "embeddings": self.embeddings_status(),
@@ -539,6 +544,12 @@ async fn serve(
     };
 
     load_in_background(daemon.clone(), config, state_dir);
+    // tokens/s history for the console's chart; the console's compressed assets.
+    tokio::spawn(crate::api::admin_http::run_sampler(
+        daemon.app.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::task::spawn_blocking(crate::api::console::prepare);
     load_embedder_in_background(daemon, config, state_dir);
 
     // One line a supervisor or test can parse, then the address file (`--listen …:0`).

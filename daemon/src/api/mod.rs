@@ -13,6 +13,8 @@
 //! the same effect.
 
 pub mod embeddings;
+pub mod admin_http;
+pub mod console;
 pub mod error;
 pub mod metrics;
 pub mod openai;
@@ -46,8 +48,10 @@ pub type Body = BoxBody<Bytes, Infallible>;
 /// The committed OpenAPI document; a test checks it lists exactly [`ROUTES`].
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
-/// Every route the server answers: `(method, path)`. `{model}` is a path parameter.
+/// Every route the server answers: `(method, path)`. `{…}` segments are path parameters.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/console/{asset}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -57,10 +61,17 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
     ("POST", "/v1/embeddings"),
+    ("GET", "/v1/admin/status"),
+    ("GET", "/v1/admin/keys"),
+    ("POST", "/v1/admin/keys"),
+    ("DELETE", "/v1/admin/keys/{id}"),
+    ("GET", "/v1/admin/metrics/history"),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
+    Console,
+    ConsoleAsset,
     Healthz,
     Readyz,
     Metrics,
@@ -70,12 +81,17 @@ enum Route {
     Chat,
     Completions,
     Embeddings,
+    AdminStatus,
+    AdminKeys,
+    AdminKey,
+    AdminHistory,
 }
 
 impl Route {
     /// The route for `path`, and its label (the table path, so metric labels stay bounded).
     fn find(path: &str) -> Option<(Route, &'static str)> {
         Some(match path {
+            "/" => (Route::Console, "/"),
             "/healthz" => (Route::Healthz, "/healthz"),
             "/readyz" => (Route::Readyz, "/readyz"),
             "/metrics" => (Route::Metrics, "/metrics"),
@@ -84,18 +100,34 @@ impl Route {
             "/v1/chat/completions" => (Route::Chat, "/v1/chat/completions"),
             "/v1/completions" => (Route::Completions, "/v1/completions"),
             "/v1/embeddings" => (Route::Embeddings, "/v1/embeddings"),
+            "/v1/admin/status" => (Route::AdminStatus, "/v1/admin/status"),
+            "/v1/admin/keys" => (Route::AdminKeys, "/v1/admin/keys"),
+            "/v1/admin/metrics/history" => (Route::AdminHistory, "/v1/admin/metrics/history"),
             p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
                 (Route::Model, "/v1/models/{model}")
+            }
+            p if p.starts_with("/v1/admin/keys/") && p.len() > "/v1/admin/keys/".len() => {
+                (Route::AdminKey, "/v1/admin/keys/{id}")
+            }
+            p if p.starts_with("/console/") && p.len() > "/console/".len() => {
+                (Route::ConsoleAsset, "/console/{asset}")
             }
             _ => return None,
         })
     }
 
-    fn method(self) -> &'static str {
+    /// The methods the route answers, as the `Allow` header lists them.
+    fn methods(self) -> &'static str {
         match self {
             Route::Chat | Route::Completions | Route::Embeddings => "POST",
+            Route::AdminKeys => "GET, POST",
+            Route::AdminKey => "DELETE",
             _ => "GET",
         }
+    }
+
+    fn allows(self, method: &str) -> bool {
+        self.methods().split(", ").any(|m| m == method)
     }
 }
 
@@ -140,6 +172,8 @@ pub struct App {
     embed: RwLock<EmbedState>,
     keys: KeyStore,
     pub metrics: Metrics,
+    /// Admin HTTP endpoints: the status source and the tokens/s history.
+    pub admin: admin_http::AdminHttp,
     cfg: ApiConfig,
 }
 
@@ -152,6 +186,7 @@ impl App {
             embed: RwLock::new(EmbedState::Off("no embedding model is configured".into())),
             keys,
             metrics: Metrics::default(),
+            admin: admin_http::AdminHttp::default(),
             cfg,
         }
     }
@@ -304,8 +339,8 @@ pub async fn handle(
             method,
             req.uri().path()
         ))),
-        Some((route, _)) if method.as_str() != route.method() => {
-            Err(ApiError::method_not_allowed(route.method()))
+        Some((route, _)) if !route.allows(method.as_str()) => {
+            Err(ApiError::method_not_allowed(route.methods()))
         }
         Some((route, _)) => dispatch(&app, route, req, peer, &rid).await,
     };
@@ -321,6 +356,7 @@ pub async fn handle(
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    console::harden(resp.headers_mut());
     let status = resp.status().as_u16();
     app.metrics.request(label, status);
     tracing::info!(
@@ -342,6 +378,8 @@ async fn dispatch(
     rid: &str,
 ) -> Result<Response<Body>, ApiError> {
     match route {
+        Route::Console => Ok(console::index(&req)),
+        Route::ConsoleAsset => console::asset(&req),
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         Route::Readyz => {
             app.ready()?;
@@ -398,6 +436,10 @@ async fn dispatch(
         Route::Chat => inference(app, Kind::Chat, req, rid).await,
         Route::Completions => inference(app, Kind::Completion, req, rid).await,
         Route::Embeddings => embeddings::create(app, req, rid).await,
+        Route::AdminStatus => admin_http::status(app, &req),
+        Route::AdminKeys => admin_http::keys(app, req).await,
+        Route::AdminKey => admin_http::revoke(app, &req).await,
+        Route::AdminHistory => admin_http::history(app, &req),
     }
 }
 
@@ -782,14 +824,30 @@ mod tests {
     #[test]
     fn routes_match_the_table() {
         for (method, path) in ROUTES {
-            let concrete = path.replace("{model}", "some-model");
+            let concrete = path
+                .split('/')
+                .map(|seg| if seg.starts_with('{') { "x-1" } else { seg })
+                .collect::<Vec<_>>()
+                .join("/");
             let (route, label) = Route::find(&concrete).expect(path);
             assert_eq!(label, *path);
-            assert_eq!(route.method(), *method, "{path}");
+            assert!(route.allows(method), "{method} {path}");
+        }
+        // Every method a route allows is in the table (so the OpenAPI check covers it).
+        for (_, path) in ROUTES {
+            let (route, _) = Route::find(&path.replace(['{', '}'], "")).expect(path);
+            for m in route.methods().split(", ") {
+                assert!(
+                    ROUTES.contains(&(m, path)),
+                    "{m} {path} missing from ROUTES"
+                );
+            }
         }
         assert!(Route::find("/v1/models/").is_none());
         assert!(Route::find("/v1/embeddings/x").is_none());
-        assert!(Route::find("/").is_none());
+        assert!(Route::find("/v1/admin/keys/").is_none());
+        assert!(Route::find("/console/").is_none());
+        assert!(Route::find("/index.html").is_none());
     }
 
     /// The committed OpenAPI document lists exactly the routes the router serves.

@@ -1,0 +1,453 @@
+//! Administration over HTTPS for keys with the `admin` scope (the browser console's admin
+//! page). The same operations as the admin socket, on the same sources: the status object is
+//! the one `edgeseek status` prints ([`AdminBackend::status`]), keys go through [`KeyStore`],
+//! engine numbers come from `Scheduler::stats()`.
+//!
+//! - `GET /v1/admin/status`: that status object plus the latest sampled tokens/s.
+//! - `GET /v1/admin/keys`, `POST /v1/admin/keys` (`{"name", "scopes", "rpm", "tpm"}` → 201
+//!   with the secret, shown this once), `DELETE /v1/admin/keys/{id}` (revoke).
+//! - `GET /v1/admin/metrics/history`: tokens/s sampled every [`SAMPLE_INTERVAL`] over the last
+//!   [`HISTORY_SAMPLES`] samples (15 minutes), so a chart has history as soon as it opens.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+use super::error::ApiError;
+use super::{authorize, json_response, read_json_body, unix_now, App, Body};
+use crate::admin::{created_key_json, AdminBackend};
+use crate::engine::SchedulerStats;
+use crate::keys::{KeyError, Scope};
+
+/// How often tokens/s is sampled for the history.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+/// Samples kept: 15 minutes at one every 5 s.
+pub const HISTORY_SAMPLES: usize = 180;
+/// Admin request bodies are a few fields.
+const MAX_BODY: usize = 16 * 1024;
+const CREATE_PARAMS: &[&str] = &["name", "scopes", "rpm", "tpm"];
+
+/// One point of the tokens/s history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    /// Unix seconds at the end of the interval.
+    pub t: u64,
+    /// Tokens the engine generated per second over the interval (cancelled requests included).
+    pub tokens_per_s: f64,
+    pub active: usize,
+    pub queued: usize,
+}
+
+#[derive(Default)]
+struct History {
+    samples: VecDeque<Sample>,
+    /// The previous reading: when, and the engine's generated-token counter then.
+    last: Option<(Instant, u64)>,
+}
+
+impl History {
+    /// Turn a reading of the engine counters into a sample. The first reading is only the
+    /// baseline for the next.
+    fn record(&mut self, t: u64, now: Instant, stats: Option<&SchedulerStats>) {
+        let generated = stats.map_or(0, |s| s.tokens_generated);
+        if let Some((then, before)) = self.last {
+            let secs = now.saturating_duration_since(then).as_secs_f64();
+            let tokens_per_s = if secs > 0.0 {
+                // The counter starts again from zero if the engine was restarted.
+                generated.saturating_sub(before) as f64 / secs
+            } else {
+                0.0
+            };
+            if self.samples.len() == HISTORY_SAMPLES {
+                self.samples.pop_front();
+            }
+            self.samples.push_back(Sample {
+                t,
+                tokens_per_s,
+                active: stats.map_or(0, |s| s.active),
+                queued: stats.map_or(0, |s| s.queued),
+            });
+        }
+        self.last = Some((now, generated));
+    }
+}
+
+/// State of the admin endpoints, owned by [`App`].
+#[derive(Default)]
+pub struct AdminHttp {
+    /// What `edgeseek status` reports; weak, since the daemon that implements it owns the app.
+    backend: OnceLock<Weak<dyn AdminBackend>>,
+    history: Mutex<History>,
+}
+
+impl AdminHttp {
+    /// The source of the status object (set once, by `serve`).
+    pub fn set_backend(&self, backend: Weak<dyn AdminBackend>) {
+        let _ = self.backend.set(backend);
+    }
+
+    /// Take one reading of the engine counters (see [`run_sampler`]).
+    pub fn sample(&self, stats: Option<&SchedulerStats>) {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(unix_now(), Instant::now(), stats);
+    }
+
+    pub fn history(&self) -> Vec<Sample> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.samples.iter().copied().collect()
+    }
+}
+
+/// Sample tokens/s every [`SAMPLE_INTERVAL`] until `stop` turns true (or its sender is gone).
+pub async fn run_sampler(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let stats = app.served().map(|s| s.scheduler.stats());
+                app.admin.sample(stats.as_ref());
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// `GET /v1/admin/status`.
+pub fn status(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(app, req, &Scope::Admin, "admin")?;
+    let mut v = match app.admin.backend.get().and_then(Weak::upgrade) {
+        Some(b) => b.status(),
+        // No daemon around the app (unit tests): what the app itself knows.
+        None => {
+            let stats = app.served().map(|s| s.scheduler.stats());
+            json!({
+                "model": app.model_name,
+                "ready": stats.is_some(),
+                "queue_depth": stats.map(|s| s.queued),
+                "active_sequences": stats.map(|s| s.active),
+                "cancellations": stats.map(|s| s.cancellations),
+                "version": env!("CARGO_PKG_VERSION"),
+            })
+        }
+    };
+    if let Some(o) = v.as_object_mut() {
+        let last = app.admin.history().last().copied();
+        o.insert(
+            "recent_tokens_per_s".into(),
+            json!(last.map(|s| s.tokens_per_s)),
+        );
+        o.insert("sample_interval_s".into(), json!(SAMPLE_INTERVAL.as_secs()));
+    }
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+/// `GET /v1/admin/metrics/history`.
+pub fn history(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(app, req, &Scope::Admin, "admin")?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "object": "list",
+            "interval_s": SAMPLE_INTERVAL.as_secs(),
+            "capacity": HISTORY_SAMPLES,
+            "data": app.admin.history(),
+        }),
+    ))
+}
+
+/// `GET /v1/admin/keys` (list) and `POST /v1/admin/keys` (create).
+pub async fn keys(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let admin = authorize(app, &req, &Scope::Admin, "admin")?;
+    if req.method() != Method::POST {
+        let store = app.keys().clone();
+        let list = blocking(move || store.list()).await?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"object": "list", "data": list}),
+        ));
+    }
+    let body = read_json_body(req, MAX_BODY).await?;
+    let create = parse_create(&body)?;
+    let store = app.keys().clone();
+    let (info, secret) =
+        blocking(move || store.create(&create.name, create.scopes, create.rpm, create.tpm)).await?;
+    tracing::info!(key_id = %info.id, by = %admin.id, "API key created over HTTPS");
+    let mut r = json_response(StatusCode::CREATED, &created_key_json(&info, &secret));
+    // The only time the secret exists outside the client: keep it out of every cache.
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// `DELETE /v1/admin/keys/{id}`: revoke by id (or by name, when one active key has it).
+pub async fn revoke(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let admin = authorize(app, req, &Scope::Admin, "admin")?;
+    let raw = req.uri().path().trim_start_matches("/v1/admin/keys/");
+    let id = percent_decode(raw)
+        .ok_or_else(|| ApiError::invalid_param("id", format!("`{raw}` is not a valid key id")))?;
+    let store = app.keys().clone();
+    let record = blocking(move || store.revoke(&id)).await?;
+    tracing::info!(key_id = %record.id, by = %admin.id, "API key revoked over HTTPS");
+    let v = serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+/// A validated `POST /v1/admin/keys` body.
+#[derive(Debug, PartialEq)]
+struct Create {
+    name: String,
+    scopes: Vec<Scope>,
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+}
+
+fn parse_create(body: &[u8]) -> Result<Create, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("We could not parse the JSON body: {e}")))?;
+    let Value::Object(o) = v else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    if let Some(k) = o.keys().find(|k| !CREATE_PARAMS.contains(&k.as_str())) {
+        return Err(ApiError::unknown_param(k));
+    }
+    let name = match o.get("name") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(ApiError::invalid_param("name", "`name` must be a string")),
+    };
+    let scopes = match o.get("scopes") {
+        Some(Value::Array(a)) if !a.is_empty() => a
+            .iter()
+            .map(|s| match s {
+                Value::String(s) => s
+                    .parse::<Scope>()
+                    .map_err(|e| ApiError::invalid_param("scopes", e.to_string())),
+                _ => Err(ApiError::invalid_param(
+                    "scopes",
+                    "every scope must be a string",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => {
+            return Err(ApiError::invalid_param(
+                "scopes",
+                "`scopes` must be a non-empty array, e.g. [\"chat\"]",
+            ))
+        }
+    };
+    Ok(Create {
+        name,
+        scopes,
+        rpm: limit(&o, "rpm")?,
+        tpm: limit(&o, "tpm")?,
+    })
+}
+
+/// `rpm` / `tpm`: absent or null for no limit, else a whole number from 1.
+fn limit(o: &Map<String, Value>, param: &str) -> Result<Option<u32>, ApiError> {
+    match o.get(param) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid_param(
+                    param,
+                    format!("`{param}` must be a whole number from 1 to 4294967295, or null for no limit"),
+                )
+            }),
+    }
+}
+
+/// Run a key-store call off the reactor (redb writes wait for other writers).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KeyError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("key store task failed: {e}")))?
+        .map_err(key_error)
+}
+
+fn conflict(message: String, code: &'static str, param: Option<&str>) -> ApiError {
+    ApiError {
+        status: StatusCode::CONFLICT,
+        message,
+        kind: "invalid_request_error",
+        param: param.map(str::to_string),
+        code: Some(code),
+        retry_after: None,
+        allow: None,
+    }
+}
+
+fn key_error(e: KeyError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        KeyError::InvalidScope { .. } => ApiError::invalid_param("scopes", msg),
+        KeyError::InvalidName(_) => ApiError::invalid_param("name", msg),
+        KeyError::Invalid(_) => ApiError::bad_request(msg),
+        KeyError::NameTaken(_) => conflict(msg, "name_taken", Some("name")),
+        KeyError::Ambiguous { .. } => conflict(msg, "ambiguous_key", Some("id")),
+        KeyError::AlreadyRevoked(_) => conflict(msg, "already_revoked", Some("id")),
+        KeyError::NotFound(_) => ApiError::not_found(msg),
+        KeyError::Store(_) | KeyError::Corrupt { .. } | KeyError::Random(_) => {
+            ApiError::internal(format!("key store: {msg}"))
+        }
+    }
+}
+
+/// Decode `%XX` escapes of a path segment; `None` for a bad escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().filter(|s| !s.contains('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(tokens: u64) -> SchedulerStats {
+        SchedulerStats {
+            tokens_generated: tokens,
+            active: 2,
+            ..SchedulerStats::default()
+        }
+    }
+
+    #[test]
+    fn history_rates_from_counter_deltas_and_keeps_fifteen_minutes() {
+        let mut h = History::default();
+        let t0 = Instant::now();
+        h.record(100, t0, Some(&stats(0)));
+        assert!(h.samples.is_empty(), "the first reading is a baseline");
+        h.record(105, t0 + Duration::from_secs(5), Some(&stats(50)));
+        h.record(110, t0 + Duration::from_secs(10), Some(&stats(50)));
+        let s: Vec<Sample> = h.samples.iter().copied().collect();
+        assert_eq!(s.len(), 2);
+        assert!((s[0].tokens_per_s - 10.0).abs() < 1e-9, "{s:?}");
+        assert_eq!((s[0].t, s[0].active), (105, 2));
+        assert_eq!(s[1].tokens_per_s, 0.0);
+        // A restarted engine (counter back to 0) gives 0, not a huge number.
+        h.record(115, t0 + Duration::from_secs(15), Some(&stats(3)));
+        assert_eq!(h.samples.back().map(|s| s.tokens_per_s), Some(0.0));
+        for i in 0..400u64 {
+            h.record(
+                120 + i,
+                t0 + Duration::from_secs(20 + i),
+                Some(&stats(3 + i)),
+            );
+        }
+        assert_eq!(h.samples.len(), HISTORY_SAMPLES);
+        assert_eq!(h.samples.back().map(|s| s.t), Some(519));
+        // No model loaded: zero, not an error.
+        h.record(600, t0 + Duration::from_secs(500), None);
+        assert_eq!(h.samples.back().map(|s| s.active), Some(0));
+    }
+
+    #[test]
+    fn create_body_validation() {
+        let ok = parse_create(br#"{"name":"ops","scopes":["chat","kb:read:hr"],"rpm":60}"#)
+            .expect("valid");
+        assert_eq!(ok.name, "ops");
+        assert_eq!(ok.scopes, vec![Scope::Chat, Scope::KbRead("hr".into())]);
+        assert_eq!((ok.rpm, ok.tpm), (Some(60), None));
+        let err = |b: &[u8]| parse_create(b).expect_err("invalid");
+        let e = err(br#"{"name":"a","scopes":["chat"],"admin":true}"#);
+        assert_eq!(
+            (e.param.as_deref(), e.code),
+            (Some("admin"), Some("unknown_parameter"))
+        );
+        assert_eq!(
+            err(br#"{"name":"a","scopes":[]}"#).param.as_deref(),
+            Some("scopes")
+        );
+        assert_eq!(
+            err(br#"{"name":"a","scopes":["root"]}"#).param.as_deref(),
+            Some("scopes")
+        );
+        assert_eq!(
+            err(br#"{"scopes":["chat"]}"#).param.as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            err(br#"{"name":"a","scopes":["chat"],"tpm":0}"#)
+                .param
+                .as_deref(),
+            Some("tpm")
+        );
+        assert_eq!(
+            err(br#"{"name":"a","scopes":["chat"],"rpm":1.5}"#)
+                .param
+                .as_deref(),
+            Some("rpm")
+        );
+        assert_eq!(err(b"[1]").status, StatusCode::BAD_REQUEST);
+        assert_eq!(err(b"{").status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn key_errors_map_to_statuses() {
+        assert_eq!(
+            key_error(KeyError::NameTaken("a".into())).status,
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            key_error(KeyError::AlreadyRevoked("a".into())).status,
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            key_error(KeyError::NotFound("a".into())).status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            key_error(KeyError::InvalidName("a b".into()))
+                .param
+                .as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            key_error(KeyError::Random("x".into())).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn path_ids_are_percent_decoded() {
+        assert_eq!(percent_decode("a1b2").as_deref(), Some("a1b2"));
+        assert_eq!(percent_decode("ops%40hq").as_deref(), Some("ops@hq"));
+        assert_eq!(percent_decode("%E5%8C%97").as_deref(), Some("北"));
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%+F"), None);
+        assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(percent_decode("a%2Fb"), None);
+    }
+}
