@@ -121,7 +121,8 @@ pub struct App {
     state: RwLock<ModelState>,
     keys: KeyStore,
     pub metrics: Metrics,
-    cfg: ApiConfig,
+    /// Replaced by a config reload (SIGHUP); each request reads the current value.
+    cfg: RwLock<ApiConfig>,
 }
 
 impl App {
@@ -132,7 +133,7 @@ impl App {
             state: RwLock::new(ModelState::Loading),
             keys,
             metrics: Metrics::default(),
-            cfg,
+            cfg: RwLock::new(cfg),
         }
     }
 
@@ -169,6 +170,16 @@ impl App {
 
     pub fn keys(&self) -> &KeyStore {
         &self.keys
+    }
+
+    /// The API settings in effect.
+    pub fn config(&self) -> ApiConfig {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// New API settings (config reload); requests that already read their limit keep it.
+    pub fn set_config(&self, cfg: ApiConfig) {
+        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = cfg;
     }
 }
 
@@ -428,7 +439,7 @@ async fn inference(
     rid: &str,
 ) -> Result<Response<Body>, ApiError> {
     let key = authorize(app, &req, &Scope::Chat, "chat")?;
-    let body = read_json_body(req, app.cfg.max_body_bytes).await?;
+    let body = read_json_body(req, app.config().max_body_bytes).await?;
     let parsed = openai::parse(kind, &body)?;
     if parsed.model != app.model_name {
         return Err(ApiError::model_not_found(&parsed.model));
