@@ -340,8 +340,16 @@ impl Config {
             false,
             e.provider_policy != o.provider_policy,
         );
-        diff("engine.intra_threads", false, e.intra_threads != o.intra_threads);
-        diff("engine.tensorrt_fp16", false, e.tensorrt_fp16 != o.tensorrt_fp16);
+        diff(
+            "engine.intra_threads",
+            false,
+            e.intra_threads != o.intra_threads,
+        );
+        diff(
+            "engine.tensorrt_fp16",
+            false,
+            e.tensorrt_fp16 != o.tensorrt_fp16,
+        );
         diff(
             "engine.tensorrt_cache",
             false,
@@ -350,8 +358,16 @@ impl Config {
         diff("engine.device_id", false, e.device_id != o.device_id);
         diff("engine.max_batch", false, e.max_batch != o.max_batch);
         diff("engine.max_queue", false, e.max_queue != o.max_queue);
-        diff("engine.kv_budget_mb", false, e.kv_budget_mb != o.kv_budget_mb);
-        diff("engine.prefill_chunk", false, e.prefill_chunk != o.prefill_chunk);
+        diff(
+            "engine.kv_budget_mb",
+            false,
+            e.kv_budget_mb != o.kv_budget_mb,
+        );
+        diff(
+            "engine.prefill_chunk",
+            false,
+            e.prefill_chunk != o.prefill_chunk,
+        );
         diff(
             "engine.prefix_cache_mb",
             false,
@@ -375,7 +391,11 @@ impl Config {
             s.handshake_timeout_s != o.handshake_timeout_s,
         );
         diff("server.max_headers", true, s.max_headers != o.max_headers);
-        diff("server.max_body_bytes", true, s.max_body_bytes != o.max_body_bytes);
+        diff(
+            "server.max_body_bytes",
+            true,
+            s.max_body_bytes != o.max_body_bytes,
+        );
         diff(
             "server.shutdown_grace_s",
             true,
@@ -645,8 +665,7 @@ mod tests {
         assert_eq!(
             set.runtime.library,
             Some(
-                Path::new(crate::engine::ort_env::SYSTEM_LIB_DIR)
-                    .join("libonnxruntime.so.1.31.1")
+                Path::new(crate::engine::ort_env::SYSTEM_LIB_DIR).join("libonnxruntime.so.1.31.1")
             )
         );
     }

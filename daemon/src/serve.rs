@@ -256,7 +256,10 @@ struct Daemon {
 
 impl Daemon {
     fn server(&self) -> ServerConfig {
-        self.server.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.server
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Re-read the config file: apply the settings that can change live (the `[server]`
@@ -336,6 +339,8 @@ impl AdminBackend for Daemon {
             "model": self.app.model_name,
             "model_dir": self.app.model_dir,
             "ready": served.is_some(),
+            // Why the model failed to load (null while loading or once ready).
+            "model_error": self.app.failure(),
             "provider": provider.map(Provider::as_str),
             "queue_depth": stats.map(|s| s.queued),
             "active_sequences": stats.map(|s| s.active),

@@ -2,10 +2,12 @@
 `edgeseek doctor` with and without a running daemon."""
 
 import json
+import os
 import signal
+import socket
 import time
 
-from conftest import run
+from conftest import FIXTURES, run
 from test_api import MODEL, Server
 from test_tls import peer_fingerprint
 
@@ -81,3 +83,73 @@ def test_tls_init_creates_the_identity_serve_then_uses(tmp_path):
         assert peer_fingerprint(s.url) == fp
     finally:
         s.stop()
+
+
+def doctor(*args):
+    p = run(["doctor", *args])
+    assert p.returncode in (0, 1), p.stderr
+    return p
+
+
+def checks_of(p):
+    report = json.loads(p.stdout)
+    failed = [c for c in report["checks"] if c["status"] == "fail"]
+    # Exit status 1 exactly when a check failed.
+    assert (p.returncode == 1) == bool(failed) == (report["ok"] is False), p.stdout
+    return {c["name"]: c for c in report["checks"]}
+
+
+def test_doctor_with_a_running_daemon_sees_it_on_its_port(tmp_path):
+    s = Server(tmp_path / "state")
+    try:
+        s.wait_ready()
+        addr = s.url.removeprefix("https://")
+        cfg = tmp_path / "doctor.toml"
+        cfg.write_text(f'[server]\nlisten = "{addr}"\n')
+        c = checks_of(doctor("--dev", "--state-dir", str(s.state), "--config", str(cfg),
+                             "--model", str(FIXTURES / "tiny-qwen2-genai"), "--json"))
+        port = addr.rsplit(":", 1)[1]
+        assert c["port"]["status"] == "ok", c["port"]
+        assert c["port"]["detail"] == f"{port} in use by edgeseek: edgeseek (pid {s.proc.pid})"
+        assert c["daemon"]["status"] == "ok", c["daemon"]
+        assert f"{MODEL} ready on cpu" in c["daemon"]["detail"]
+        assert c["tls"]["status"] == "ok" and "generated certificate" in c["tls"]["detail"]
+        assert c["onnxruntime"]["status"] == "ok"
+        assert c["provider.cpu"]["status"] == "ok"
+        assert c[f"model:{MODEL}"]["status"] == "warn"  # the fixture has no manifest.sha256
+        assert c["unit.hardening"]["status"] == "skip"
+    finally:
+        s.stop()
+
+
+def test_doctor_names_the_process_that_holds_the_port(tmp_path):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        cfg = tmp_path / "doctor.toml"
+        cfg.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n')
+        p = doctor("--dev", "--state-dir", str(tmp_path / "state"), "--config", str(cfg), "--json")
+        c = checks_of(p)
+        assert p.returncode == 1
+        assert c["port"]["status"] == "fail"
+        assert f"{port} (127.0.0.1:{port}) is in use by " in c["port"]["detail"]
+        assert f"(pid {os.getpid()})" in c["port"]["detail"]
+        assert c["daemon"]["status"] == "warn" and "not running" in c["daemon"]["detail"]
+
+
+def test_doctor_text_is_one_line_per_check_with_a_fix_on_each_problem(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[engine]\nmax_batch = 0\n")
+    p = doctor("--dev", "--state-dir", str(tmp_path / "state"), "--config", str(cfg))
+    lines = p.stdout.splitlines()
+    assert p.returncode == 1
+    assert lines[-1].startswith("edgeseek doctor: ") and ", 1 fail, " in lines[-1]
+    body = lines[:-1]
+    for line in body:
+        level = line.split()[0]
+        assert level in ("OK", "WARN", "FAIL", "SKIP"), line
+        assert (". Fix: " in line) == (level != "OK"), line
+    config = next(l for l in body if l.split()[1] == "config")
+    assert config.startswith("FAIL") and "`engine.max_batch`" in config and str(cfg) in config
+    assert p.stderr.strip() == "edgeseek: error: 1 check(s) failed (FAIL lines above)"

@@ -278,6 +278,15 @@ fn out(text: &str) -> Result<(), AdminCliError> {
         .map_err(AdminCliError::Output)
 }
 
+/// The running daemon's `status` object, or `None` when no daemon answers on the socket
+/// (`edgeseek doctor`).
+pub fn query_status(t: &Target) -> Result<Option<Value>, AdminCliError> {
+    match connect(t)? {
+        Conn::Up(s) => call(t, s, json!({"cmd": "status"})).map(Some),
+        Conn::Down => Ok(None),
+    }
+}
+
 pub fn status(t: &Target, a: &StatusArgs) -> Result<(), AdminCliError> {
     let v = match connect(t)? {
         Conn::Up(s) => call(t, s, json!({"cmd": "status"}))?,

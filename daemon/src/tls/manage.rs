@@ -22,9 +22,10 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::{
-    certified_key, create_private_dir, der_tlv, ensure_generated, fingerprint, invalid, io_err, is_imported,
-    issue_server, local_names, parse_der_time, read_ca_key, read_certs, replace_pair, utc_string,
-    write_file, IdentityKind, Source, TlsError, IMPORTED_MARKER, RENEW_BEFORE_DAYS,
+    certified_key, create_private_dir, der_tlv, ensure_generated, fingerprint, invalid, io_err,
+    is_imported, issue_server, local_names, parse_der_time, read_ca_key, read_certs, read_key,
+    replace_pair, utc_string, write_file, IdentityKind, Source, TlsError, IMPORTED_MARKER,
+    RENEW_BEFORE_DAYS,
 };
 use crate::config::TlsConfig;
 
@@ -343,6 +344,19 @@ fn describe(source: &Source) -> Result<Shown, TlsError> {
     })
 }
 
+/// The private key of `shown` is readable and belongs to its certificate: what `serve` would
+/// refuse at start (`edgeseek doctor`). Reads only.
+pub fn check_key(shown: &Shown) -> Result<(), TlsError> {
+    let chain = read_certs(&shown.cert_path)?;
+    let key = read_key(&shown.key_path)?;
+    certified_key(chain, key).map(|_| ()).map_err(|e| {
+        invalid(
+            &shown.key_path,
+            format!("does not match {}: {e}", shown.cert_path.display()),
+        )
+    })
+}
+
 /// What `edgeseek tls init` did.
 #[derive(Clone, Debug)]
 pub struct Initialized {
@@ -650,7 +664,10 @@ mod tests {
         let (uid, gid) = if root {
             (4242, 4343)
         } else {
-            (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
         };
         for f in ["", "ca.key", "ca.pem", "server.key", "server.pem"] {
             let m = std::fs::metadata(owned.path().join("tls").join(f)).unwrap();
@@ -673,13 +690,19 @@ mod tests {
         let got = init(&cfg, &state).unwrap();
         assert!(!got.created);
         assert_eq!(got.shown.kind, IdentityKind::Configured);
-        assert!(!state.join("tls").exists(), "nothing generated for a configured cert");
+        assert!(
+            !state.join("tls").exists(),
+            "nothing generated for a configured cert"
+        );
 
         import(&TlsConfig::default(), &state, &cert, &key).unwrap();
         let got = init(&TlsConfig::default(), &state).unwrap();
         assert!(!got.created);
         assert_eq!(got.shown.kind, IdentityKind::Imported);
-        assert!(!state.join("tls/ca.key").exists(), "no CA made next to an import");
+        assert!(
+            !state.join("tls/ca.key").exists(),
+            "no CA made next to an import"
+        );
     }
 
     #[test]
