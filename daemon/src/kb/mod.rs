@@ -18,12 +18,18 @@ pub enum DocKind {
     Docx,
 }
 
-pub const DOCX_MIME: &str = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
+pub const DOCX_MIME: &str =
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
 
 impl DocKind {
     /// From an HTTP `Content-Type` (parameters such as `; charset=utf-8` are ignored).
     pub fn from_content_type(ct: &str) -> Option<DocKind> {
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         Some(match essence.as_str() {
             "text/plain" => DocKind::Text,
             "text/markdown" | "text/x-markdown" => DocKind::Markdown,
@@ -76,7 +82,9 @@ impl fmt::Display for DocKind {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BlockKind {
     /// A heading; level 1 is the outermost.
-    Heading { level: u8 },
+    Heading {
+        level: u8,
+    },
     Paragraph,
     ListItem,
     Code,
