@@ -56,6 +56,9 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
+    /// The model to serve: a directory, or the name of one under `<state_dir>/models`. Unset:
+    /// the first directory (by name) under `<state_dir>/models`. `serve --model` overrides it.
+    pub model: Option<PathBuf>,
     /// Execution providers in order of preference.
     #[serde(default = "default_providers")]
     pub providers: Vec<Provider>,
@@ -186,6 +189,7 @@ fn yes() -> bool {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
+            model: None,
             providers: default_providers(),
             provider_policy: ProviderPolicy::Fallback,
             intra_threads: 0,
@@ -241,6 +245,14 @@ impl Config {
             key: key.to_string(),
             msg: msg.to_string(),
         };
+        if self
+            .engine
+            .model
+            .as_ref()
+            .is_some_and(|m| m.as_os_str().is_empty())
+        {
+            return Err(bad("engine.model", "must name a model directory"));
+        }
         if self.engine.providers.is_empty() {
             return Err(bad("engine.providers", "must name at least one provider"));
         }
@@ -329,6 +341,7 @@ impl Config {
         };
         let (e, o) = (&self.engine, &old.engine);
         diff("state_dir", false, self.state_dir != old.state_dir);
+        diff("engine.model", false, e.model != o.model);
         diff(
             "runtime.library",
             false,
@@ -412,6 +425,7 @@ impl Config {
         rest.state_dir.clone_from(&old.state_dir);
         rest.runtime.library.clone_from(&old.runtime.library);
         let (re, oe) = (&mut rest.engine, &old.engine);
+        re.model.clone_from(&oe.model);
         re.providers.clone_from(&oe.providers);
         re.provider_policy = oe.provider_policy;
         re.intra_threads = oe.intra_threads;
@@ -427,6 +441,16 @@ impl Config {
         rest.tls.clone_from(&old.tls);
         diff("(other settings)", false, rest != *old);
         out
+    }
+
+    /// `engine.model` as a directory: a bare name (no `/`) is `<state_dir>/models/<name>`.
+    pub fn model_dir(&self, state_dir: &Path) -> Option<PathBuf> {
+        let m = self.engine.model.as_ref()?;
+        Some(if m.components().count() == 1 && m.is_relative() {
+            state_dir.join("models").join(m)
+        } else {
+            m.clone()
+        })
     }
 
     pub fn scheduler_config(&self) -> SchedulerConfig {
@@ -639,6 +663,7 @@ mod tests {
             keys,
             vec![
                 "state_dir",
+                "engine.model",
                 "runtime.library",
                 "engine.tensorrt_cache",
                 "server.listen",
@@ -668,6 +693,25 @@ mod tests {
                 Path::new(crate::engine::ort_env::SYSTEM_LIB_DIR).join("libonnxruntime.so.1.31.1")
             )
         );
+    }
+
+    #[test]
+    fn model_by_name_or_path() {
+        let st = Path::new("/var/lib/edgeseek");
+        assert_eq!(parse("").unwrap().model_dir(st), None);
+        let by_name = parse("[engine]\nmodel = \"qwen-7b\"\n").unwrap();
+        assert_eq!(
+            by_name.model_dir(st),
+            Some(PathBuf::from("/var/lib/edgeseek/models/qwen-7b"))
+        );
+        let by_path = parse("[engine]\nmodel = \"/srv/m/qwen\"\n").unwrap();
+        assert_eq!(by_path.model_dir(st), Some(PathBuf::from("/srv/m/qwen")));
+        let relative = parse("[engine]\nmodel = \"m/qwen\"\n").unwrap();
+        assert_eq!(relative.model_dir(st), Some(PathBuf::from("m/qwen")));
+        assert!(parse("[engine]\nmodel = \"\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("engine.model"));
     }
 
     #[test]

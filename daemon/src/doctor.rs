@@ -1083,6 +1083,28 @@ fn check_models(ctx: &Ctx) -> Vec<Check> {
         Err(_) => Vec::new(),
     };
     dirs.sort();
+    if let Some(chosen) = ctx.config.model_dir(&ctx.state_dir) {
+        let name = format!("model:{}", dir_name(&chosen));
+        let mut out = vec![if chosen.is_dir() {
+            check_model(name, &chosen, hash, " (served: engine.model)")
+        } else {
+            Check::fail(
+                name,
+                format!("engine.model: {} is not a directory", chosen.display()),
+                "copy the model there (scripts/install --models DIR) or correct engine.model",
+            )
+        }];
+        let same = |d: &PathBuf| d.canonicalize().ok() == chosen.canonicalize().ok();
+        out.extend(dirs.iter().filter(|d| !same(d)).map(|d| {
+            check_model(
+                format!("model:{}", dir_name(d)),
+                d,
+                hash,
+                " (not served: engine.model names another)",
+            )
+        }));
+        return out;
+    }
     if dirs.is_empty() {
         let detail = format!("no model directory under {}", root.display());
         let fix = format!(

@@ -85,8 +85,13 @@ pub struct ServeOptions {
     pub models: Vec<PathBuf>,
 }
 
-/// The first `--model`, else the first directory (by name) under `<state_dir>/models`.
-fn pick_model(models: &[PathBuf], state_dir: &Path) -> Result<PathBuf, ServeError> {
+/// The first `--model`, else config `engine.model`, else the first directory (by name) under
+/// `<state_dir>/models`.
+fn pick_model(
+    models: &[PathBuf],
+    configured: Option<PathBuf>,
+    state_dir: &Path,
+) -> Result<PathBuf, ServeError> {
     if let Some(m) = models.first() {
         if !m.is_dir() {
             return Err(ServeError::Usage(format!(
@@ -95,6 +100,15 @@ fn pick_model(models: &[PathBuf], state_dir: &Path) -> Result<PathBuf, ServeErro
             )));
         }
         return Ok(m.clone());
+    }
+    if let Some(m) = configured {
+        if !m.is_dir() {
+            return Err(ServeError::Usage(format!(
+                "engine.model: {} is not a directory",
+                m.display()
+            )));
+        }
+        return Ok(m);
     }
     let dir = state_dir.join("models");
     let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -149,7 +163,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     if activated.is_some() && opts.listen.is_some() {
         tracing::info!("socket-activated: --listen is ignored");
     }
-    let model_dir = pick_model(&opts.models, &state_dir)?;
+    let model_dir = pick_model(&opts.models, config.model_dir(&state_dir), &state_dir)?;
     let name = model_name(&model_dir)?;
     if opts.models.len() > 1 {
         tracing::warn!(

@@ -3,11 +3,16 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
+import ssl
+import subprocess
 import time
 
-from conftest import FIXTURES, run
+import httpx
+
+from conftest import BIN, FIXTURES, ROOT, run
 from test_api import MODEL, Server
 from test_tls import peer_fingerprint
 
@@ -153,3 +158,37 @@ def test_doctor_text_is_one_line_per_check_with_a_fix_on_each_problem(tmp_path):
     config = next(l for l in body if l.split()[1] == "config")
     assert config.startswith("FAIL") and "`engine.max_batch`" in config and str(cfg) in config
     assert p.stderr.strip() == "edgeseek: error: 1 check(s) failed (FAIL lines above)"
+
+
+def test_engine_model_picks_the_served_model_and_doctor_agrees(tmp_path):
+    state = tmp_path / "state"
+    models = state / "models"
+    models.mkdir(parents=True)
+    # First by name, and broken: without engine.model this one would be served.
+    (models / "aaa-broken").mkdir()
+    (models / "aaa-broken" / "genai_config.json").write_text("{")
+    shutil.copytree(FIXTURES / "tiny-qwen2-genai", models / "tiny")
+    cfg = tmp_path / "edgeseek.toml"
+    cfg.write_text('[engine]\nmodel = "tiny"\n')
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DYLIB_PATH"}
+    env["EDGESEEK_LOG"] = "warn"
+    proc = subprocess.Popen([str(BIN), "serve", "--dev", "--state-dir", str(state), "--config", str(cfg),
+                             "--listen", "127.0.0.1:0"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split()[-1]
+        ctx = ssl.create_default_context(cafile=str(state / "tls" / "ca.pem"))
+        with httpx.Client(base_url=url, verify=ctx, timeout=30) as http:
+            deadline = time.time() + 60
+            while http.get("/readyz").status_code != 200:
+                assert time.time() < deadline and proc.poll() is None, "not ready"
+                time.sleep(0.1)
+            assert http.get("/readyz").json()["model"] == "tiny"
+        c = checks_of(doctor("--dev", "--state-dir", str(state), "--config", str(cfg), "--json"))
+        assert c["model:tiny"]["status"] == "warn"  # no manifest
+        assert c["model:tiny"]["detail"].endswith("no manifest.sha256: files not verified")
+        assert "(served: engine.model)" in c["model:tiny"]["detail"]
+        assert c["model:aaa-broken"]["status"] == "fail"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
