@@ -671,15 +671,31 @@ fn check_tls(ctx: &Ctx) -> Check {
 
 // --- ONNX Runtime and execution providers -------------------------------------------------------
 
+/// The shared library the dynamic loader could not find, from a message like
+/// `… with error: libcublasLt.so.13: cannot open shared object file: …`.
+pub fn missing_library(cause: &str) -> Option<&str> {
+    let end = cause.find(": cannot open shared object file")?;
+    let start = cause[..end].rfind(' ').map_or(0, |i| i + 1);
+    Some(&cause[start..end]).filter(|s| s.contains(".so"))
+}
+
 /// What to do about an unavailable provider, from its cause.
 fn provider_fix(p: Provider, cause: &str) -> String {
     let l = cause.to_ascii_lowercase();
+    let cuda_libs = "the CUDA 13 runtime libraries and cuDNN 9 (NVIDIA's CUDA repository: \
+                     cuda-libraries-13-0, libcudnn9-cuda-13) where the loader finds them (ldconfig)";
     if l.contains("not enabled in this build") {
-        "install the GPU build of ONNX Runtime: scripts/install --gpu yes (onnxruntime-gpu 1.31.1 into /usr/lib/edgeseek)".into()
+        "install the GPU build of ONNX Runtime: scripts/install --gpu yes (onnxruntime-gpu 1.31.1 into /usr/lib/edgeseek/gpu)".into()
+    } else if let Some(lib) = missing_library(cause) {
+        if lib.starts_with("libnvinfer") || lib.starts_with("libnvonnxparser") {
+            format!("{lib} is missing: install TensorRT 10 for CUDA 13, or drop \"tensorrt\" from engine.providers")
+        } else {
+            format!("{lib} is missing: install {cuda_libs}")
+        }
     } else if l.contains(".so") {
         match p {
             Provider::Tensorrt => "install TensorRT 10 for CUDA 13 (libnvinfer) next to the CUDA libraries, or drop \"tensorrt\" from engine.providers".into(),
-            _ => "install the CUDA 13 runtime libraries (libcudart, libcublas, libcublasLt, libcudnn 9) where the loader finds them".into(),
+            _ => format!("install {cuda_libs}"),
         }
     } else if l.contains("no cuda-capable device") || l.contains("cuda failure") {
         "check the driver and device nodes (nvidia-smi; see gpu.devices / gpu.driver)".into()
@@ -1654,6 +1670,35 @@ mod tests {
         );
         // An unset RTC starts in 1970 (or 2000): a different year is a FAIL.
         assert_eq!(clock_level(SystemTime::UNIX_EPOCH, built), Level::Fail);
+    }
+
+    #[test]
+    fn the_missing_library_is_named_in_the_fix() {
+        // ONNX Runtime 1.31.1's text with the GPU wheel on a machine without CUDA 13.
+        let cuda = "CUDA libraries could not be loaded (NVIDIA driver / CUDA 13 runtime missing?): /onnxruntime_src/onnxruntime/core/session/provider_bridge_ort.cc:2043 onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : FAIL : Failed to load library /usr/lib/edgeseek/gpu/libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: cannot open shared object file: No such file or directory";
+        assert_eq!(missing_library(cuda), Some("libcublasLt.so.13"));
+        let fix = provider_fix(Provider::Cuda, cuda);
+        assert!(
+            fix.starts_with("libcublasLt.so.13 is missing: install the CUDA 13 runtime"),
+            "{fix}"
+        );
+        let trt = "Failed to load library libonnxruntime_providers_tensorrt.so with error: libnvinfer.so.10: cannot open shared object file: No such file or directory";
+        assert!(provider_fix(Provider::Tensorrt, trt)
+            .starts_with("libnvinfer.so.10 is missing: install TensorRT 10"));
+        assert_eq!(
+            missing_library("CUDA failure 100: no CUDA-capable device is detected"),
+            None
+        );
+        assert!(provider_fix(
+            Provider::Cuda,
+            "CUDA failure 100: no CUDA-capable device is detected"
+        )
+        .contains("nvidia-smi"));
+        assert!(provider_fix(
+            Provider::Cuda,
+            "CUDA execution provider is not enabled in this build of ONNX Runtime"
+        )
+        .contains("--gpu yes"));
     }
 
     #[test]
