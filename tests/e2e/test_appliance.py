@@ -192,3 +192,44 @@ def test_engine_model_picks_the_served_model_and_doctor_agrees(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def tls_connect(server):
+    """A TLS connection that has finished its handshake (it holds one connection slot)."""
+    host, port = server.url.removeprefix("https://").rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    return server.tls_context().wrap_socket(raw, server_hostname=host)
+
+
+def refused(server):
+    """True when the server closes a new connection at once (connection cap reached)."""
+    try:
+        s = tls_connect(server)
+    except (ssl.SSLError, ConnectionError, OSError):
+        return True
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return not s.recv(64).startswith(b"HTTP/1.1 200")
+    except (ssl.SSLError, ConnectionError, OSError):
+        return True
+    finally:
+        s.close()
+
+
+def test_the_connection_cap_applies_and_sighup_raises_it_live(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESEEK_TEST_LOG", "warn,edgeseek=info")
+    s = Server(tmp_path / "state", config="[server]\nmax_connections = 1\n")
+    held = None
+    try:
+        held = tls_connect(s)
+        assert refused(s), "a second connection got through a cap of 1"
+        (s.state / "edgeseek.toml").write_text("[server]\nmax_connections = 2\n")
+        s.proc.send_signal(signal.SIGHUP)
+        wait_log(s, "SIGHUP: config: `server.max_connections` changed; applied")
+        assert not refused(s), "the raised cap did not apply"
+        held.close()
+        held = None
+    finally:
+        if held is not None:
+            held.close()
+        s.stop()
