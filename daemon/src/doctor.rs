@@ -1674,7 +1674,8 @@ mod tests {
 
     #[test]
     fn the_missing_library_is_named_in_the_fix() {
-        // ONNX Runtime 1.31.1's text with the GPU wheel on a machine without CUDA 13.
+        // The cause as `edgeseek doctor` printed it after `scripts/install --gpu yes
+        // --ort-gpu-wheel onnxruntime_gpu-1.31.1-….whl` on a machine without CUDA 13.
         let cuda = "CUDA libraries could not be loaded (NVIDIA driver / CUDA 13 runtime missing?): /onnxruntime_src/onnxruntime/core/session/provider_bridge_ort.cc:2043 onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : FAIL : Failed to load library /usr/lib/edgeseek/gpu/libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: cannot open shared object file: No such file or directory";
         assert_eq!(missing_library(cuda), Some("libcublasLt.so.13"));
         let fix = provider_fix(Provider::Cuda, cuda);
