@@ -76,6 +76,9 @@ enum Command {
     ParseWorker(crate::kb::parse::worker::WorkerArgs),
     /// Embed texts with the embedding model (one JSON object), or time it with --bench
     Embed(EmbedArgs),
+    /// Check the installation: ONNX Runtime, providers, GPU, models, TLS, disk, port, daemon,
+    /// unit hardening (one line per check; exit 1 on any FAIL)
+    Doctor(DoctorArgs),
 }
 
 #[derive(Args, Debug)]
@@ -107,6 +110,21 @@ struct EmbedArgs {
     /// Execution providers in order, e.g. `cuda,cpu` (overrides engine.providers)
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     providers: Option<Vec<Provider>>,
+}
+
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Check this model directory instead of those under <state_dir>/models (repeatable)
+    #[arg(long = "model", value_name = "DIR")]
+    models: Vec<PathBuf>,
+    /// Only check that the files a manifest.sha256 lists exist (skip hashing: quicker on big
+    /// models)
+    #[arg(long)]
+    no_hash: bool,
+    /// Print one JSON object: {"ok", "checks": [{"name", "status", "detail", "fix"}], "summary"}
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -266,7 +284,13 @@ impl Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The doctor's report is the output; library log lines (ONNX Runtime's own errors while a
+    // provider is probed) would only repeat it.
+    init_logging(if matches!(cli.command, Command::Doctor(_)) {
+        "off"
+    } else {
+        "warn,edgeseek=info"
+    });
     if let Command::ParseWorker(args) = &cli.command {
         return crate::kb::parse::worker::main(args);
     }
@@ -282,6 +306,7 @@ pub fn main() -> ExitCode {
         Command::BenchKb(args) => crate::kb::bench::main(args).map_err(Failure::runtime),
         Command::ParseWorker(_) => Ok(()),
         Command::Embed(args) => embed(&cli.common, args),
+        Command::Doctor(args) => doctor(&cli.common, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -293,10 +318,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("EDGESEEK_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("warn,edgeseek=info"));
+    let filter =
+        EnvFilter::try_from_env("EDGESEEK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -405,6 +430,29 @@ fn serve(common: &Common, args: &ServeArgs) -> Result<(), Failure> {
         code: e.exit_code(),
         msg: e.to_string(),
     })
+}
+
+/// `edgeseek doctor`: the report on stdout; exit 1 when a check failed (the report says which).
+fn doctor(common: &Common, args: &DoctorArgs) -> Result<(), Failure> {
+    let report = crate::doctor::run(&crate::doctor::Options {
+        config: common.config.clone(),
+        dev: common.dev,
+        state_dir: common.state_dir.clone(),
+        models: args.models.clone(),
+        verify_hashes: !args.no_hash,
+    });
+    match crate::doctor::print(&report, args.json) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Failure::runtime(format!(
+            "{} check(s) failed (FAIL lines above)",
+            report
+                .checks
+                .iter()
+                .filter(|c| c.status == crate::doctor::Level::Fail)
+                .count()
+        ))),
+        Err(e) => Err(Failure::runtime(e)),
+    }
 }
 
 /// Admin commands: resolve the daemon's socket and state directory, then run `f`.

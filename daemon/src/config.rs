@@ -10,6 +10,15 @@ pub const DEFAULT_CONFIG: &str = "/etc/edgeseek/edgeseek.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/edgeseek";
 pub const DEV_STATE_DIR: &str = ".edgeseek";
 
+/// A setting that differs between two configs (see [`Config::changes_from`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// `section.key` as written in the file.
+    pub key: &'static str,
+    /// Applied by a running daemon on reload (SIGHUP); otherwise it needs a restart.
+    pub live: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: {msg}")]
@@ -22,7 +31,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -39,16 +48,19 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Path of `libonnxruntime.so.*` (file or directory). Searched first.
     pub library: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
+    /// The model to serve: a directory, or the name of one under `<state_dir>/models`. Unset:
+    /// the first directory (by name) under `<state_dir>/models`. `serve --model` overrides it.
+    pub model: Option<PathBuf>,
     /// Execution providers in order of preference.
     #[serde(default = "default_providers")]
     pub providers: Vec<Provider>,
@@ -81,7 +93,7 @@ pub struct EngineConfig {
 }
 
 /// `[server]`: the HTTPS listener and its hardening limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address and port to listen on [default: 0.0.0.0:443; `--dev`: 127.0.0.1:8443].
@@ -141,7 +153,7 @@ impl Default for ServerConfig {
 
 /// `[tls]`: a configured certificate (else a local CA and certificate are generated under
 /// `<state_dir>/tls`), and optional client certificates (mTLS).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain (leaf first).
@@ -212,6 +224,7 @@ fn yes() -> bool {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
+            model: None,
             providers: default_providers(),
             provider_policy: ProviderPolicy::Fallback,
             intra_threads: 0,
@@ -267,6 +280,14 @@ impl Config {
             key: key.to_string(),
             msg: msg.to_string(),
         };
+        if self
+            .engine
+            .model
+            .as_ref()
+            .is_some_and(|m| m.as_os_str().is_empty())
+        {
+            return Err(bad("engine.model", "must name a model directory"));
+        }
         if self.engine.providers.is_empty() {
             return Err(bad("engine.providers", "must name at least one provider"));
         }
@@ -346,6 +367,130 @@ impl Config {
             DEV_STATE_DIR
         } else {
             DEFAULT_STATE_DIR
+        })
+    }
+
+    /// The settings that differ between `old` (in effect) and `self` (just read), in file
+    /// order, each with whether a running daemon applies it on reload ([`Change::live`]) or
+    /// only after a restart.
+    pub fn changes_from(&self, old: &Config) -> Vec<Change> {
+        let mut out = Vec::new();
+        let mut diff = |key: &'static str, live: bool, changed: bool| {
+            if changed {
+                out.push(Change { key, live });
+            }
+        };
+        let (e, o) = (&self.engine, &old.engine);
+        diff("state_dir", false, self.state_dir != old.state_dir);
+        diff("engine.model", false, e.model != o.model);
+        diff(
+            "runtime.library",
+            false,
+            self.runtime.library != old.runtime.library,
+        );
+        diff("engine.providers", false, e.providers != o.providers);
+        diff(
+            "engine.provider_policy",
+            false,
+            e.provider_policy != o.provider_policy,
+        );
+        diff(
+            "engine.intra_threads",
+            false,
+            e.intra_threads != o.intra_threads,
+        );
+        diff(
+            "engine.tensorrt_fp16",
+            false,
+            e.tensorrt_fp16 != o.tensorrt_fp16,
+        );
+        diff(
+            "engine.tensorrt_cache",
+            false,
+            e.tensorrt_cache != o.tensorrt_cache,
+        );
+        diff("engine.device_id", false, e.device_id != o.device_id);
+        diff("engine.max_batch", false, e.max_batch != o.max_batch);
+        diff("engine.max_queue", false, e.max_queue != o.max_queue);
+        diff(
+            "engine.kv_budget_mb",
+            false,
+            e.kv_budget_mb != o.kv_budget_mb,
+        );
+        diff(
+            "engine.prefill_chunk",
+            false,
+            e.prefill_chunk != o.prefill_chunk,
+        );
+        diff(
+            "engine.prefix_cache_mb",
+            false,
+            e.prefix_cache_mb != o.prefix_cache_mb,
+        );
+        let (s, o) = (&self.server, &old.server);
+        diff("server.listen", false, s.listen != o.listen);
+        diff(
+            "server.max_connections",
+            true,
+            s.max_connections != o.max_connections,
+        );
+        diff(
+            "server.header_read_timeout_s",
+            true,
+            s.header_read_timeout_s != o.header_read_timeout_s,
+        );
+        diff(
+            "server.handshake_timeout_s",
+            true,
+            s.handshake_timeout_s != o.handshake_timeout_s,
+        );
+        diff("server.max_headers", true, s.max_headers != o.max_headers);
+        diff(
+            "server.max_body_bytes",
+            true,
+            s.max_body_bytes != o.max_body_bytes,
+        );
+        diff(
+            "server.shutdown_grace_s",
+            true,
+            s.shutdown_grace_s != o.shutdown_grace_s,
+        );
+        let (t, o) = (&self.tls, &old.tls);
+        diff("tls.cert", false, t.cert != o.cert);
+        diff("tls.key", false, t.key != o.key);
+        diff("tls.client_ca", false, t.client_ca != o.client_ca);
+        // A setting added to the schema but not to the list above still counts (as needing a
+        // restart): every listed field is copied from `old`, and whatever then still differs
+        // is unlisted.
+        let mut rest = self.clone();
+        rest.state_dir.clone_from(&old.state_dir);
+        rest.runtime.library.clone_from(&old.runtime.library);
+        let (re, oe) = (&mut rest.engine, &old.engine);
+        re.model.clone_from(&oe.model);
+        re.providers.clone_from(&oe.providers);
+        re.provider_policy = oe.provider_policy;
+        re.intra_threads = oe.intra_threads;
+        re.tensorrt_fp16 = oe.tensorrt_fp16;
+        re.tensorrt_cache.clone_from(&oe.tensorrt_cache);
+        re.device_id = oe.device_id;
+        re.max_batch = oe.max_batch;
+        re.max_queue = oe.max_queue;
+        re.kv_budget_mb = oe.kv_budget_mb;
+        re.prefill_chunk = oe.prefill_chunk;
+        re.prefix_cache_mb = oe.prefix_cache_mb;
+        rest.server.clone_from(&old.server);
+        rest.tls.clone_from(&old.tls);
+        diff("(other settings)", false, rest != *old);
+        out
+    }
+
+    /// `engine.model` as a directory: a bare name (no `/`) is `<state_dir>/models/<name>`.
+    pub fn model_dir(&self, state_dir: &Path) -> Option<PathBuf> {
+        let m = self.engine.model.as_ref()?;
+        Some(if m.components().count() == 1 && m.is_relative() {
+            state_dir.join("models").join(m)
+        } else {
+            m.clone()
         })
     }
 
@@ -527,6 +672,122 @@ mod tests {
         }
         let e = parse("[embeddings]\nbatch = 4\n").unwrap_err().to_string();
         assert!(e.contains("batch"), "{e}");
+    }
+
+    #[test]
+    fn changes_name_the_keys_and_which_apply_live() {
+        let old = parse("[server]\nmax_connections = 10\n").unwrap();
+        assert!(old.changes_from(&old).is_empty());
+        let new = parse(
+            "state_dir = \"/srv/x\"\n[engine]\nmax_batch = 2\n[server]\nmax_connections = 20\nmax_body_bytes = 4096\n[tls]\nclient_ca = \"/ca.pem\"\n",
+        )
+        .unwrap();
+        let got: Vec<(&str, bool)> = new
+            .changes_from(&old)
+            .iter()
+            .map(|c| (c.key, c.live))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("state_dir", false),
+                ("engine.max_batch", false),
+                ("server.max_connections", true),
+                ("server.max_body_bytes", true),
+                ("tls.client_ca", false),
+            ]
+        );
+        // Every live key is a [server] limit; the listen address is not live.
+        let listen = parse("[server]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        assert_eq!(
+            listen.changes_from(&old),
+            vec![
+                Change {
+                    key: "server.listen",
+                    live: false
+                },
+                Change {
+                    key: "server.max_connections",
+                    live: true
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn the_shipped_default_config_parses_and_documents_the_defaults() {
+        // packaging/edgeseek.toml becomes /etc/edgeseek/edgeseek.toml: as shipped (everything
+        // commented out) it must give the defaults, and with every `#key = value` line
+        // uncommented it must still parse and give the defaults again (the documented values
+        // are the real ones; examples only for paths that have no fixed default).
+        let text = include_str!("../../packaging/edgeseek.toml");
+        let file = Path::new("packaging/edgeseek.toml");
+        let shipped = Config::parse(text, file).unwrap();
+        assert_eq!(shipped, Config::default());
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let set = Config::parse(&uncommented, file).unwrap();
+        let keys: Vec<&str> = set.changes_from(&shipped).iter().map(|c| c.key).collect();
+        // Only settings whose default is "unset" differ, and each shows the value edgeseek uses.
+        assert_eq!(
+            keys,
+            vec![
+                "state_dir",
+                "engine.model",
+                "runtime.library",
+                "engine.tensorrt_cache",
+                "server.listen",
+                "tls.cert",
+                "tls.key",
+                "tls.client_ca"
+            ]
+        );
+        assert_eq!(
+            set.state_dir(None, false),
+            shipped.state_dir(None, false),
+            "state_dir"
+        );
+        assert_eq!(
+            set.engine.tensorrt_cache,
+            shipped
+                .provider_options(Path::new(DEFAULT_STATE_DIR))
+                .tensorrt_cache
+        );
+        assert_eq!(
+            set.server.listen.as_deref(),
+            Some(crate::serve::DEFAULT_LISTEN)
+        );
+        assert_eq!(
+            set.runtime.library,
+            Some(
+                Path::new(crate::engine::ort_env::SYSTEM_LIB_DIR).join("libonnxruntime.so.1.31.1")
+            )
+        );
+    }
+
+    #[test]
+    fn model_by_name_or_path() {
+        let st = Path::new("/var/lib/edgeseek");
+        assert_eq!(parse("").unwrap().model_dir(st), None);
+        let by_name = parse("[engine]\nmodel = \"qwen-7b\"\n").unwrap();
+        assert_eq!(
+            by_name.model_dir(st),
+            Some(PathBuf::from("/var/lib/edgeseek/models/qwen-7b"))
+        );
+        let by_path = parse("[engine]\nmodel = \"/srv/m/qwen\"\n").unwrap();
+        assert_eq!(by_path.model_dir(st), Some(PathBuf::from("/srv/m/qwen")));
+        let relative = parse("[engine]\nmodel = \"m/qwen\"\n").unwrap();
+        assert_eq!(relative.model_dir(st), Some(PathBuf::from("m/qwen")));
+        assert!(parse("[engine]\nmodel = \"\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("engine.model"));
     }
 
     #[test]

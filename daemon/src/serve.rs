@@ -1,7 +1,9 @@
 //! `edgeseek serve`: wiring. Config → state dir → TLS identity → key store → HTTPS listener
 //! and admin socket, with the model loading on a background thread (inference routes and
-//! `/readyz` answer 503 until it is ready). SIGTERM / ctrl-c drain gracefully; SIGHUP reloads
-//! the certificate and API keys without dropping connections.
+//! `/readyz` answer 503 until it is ready). SIGTERM / ctrl-c drain gracefully; SIGHUP (and the
+//! admin socket's `reload`) re-reads the config file (applying the `[server]` limits live and
+//! logging what needs a restart), the certificate and the API keys without dropping
+//! connections.
 //!
 //! Hardening of the listener: a connection cap (over it, new connections are closed at
 //! once), a TLS handshake timeout, a header-read timeout and a header count limit (HTTP/1.1),
@@ -11,6 +13,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,12 +23,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::AdminBackend;
 use crate::api::{ApiConfig, App, EmbedState, ModelState, Served};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ServerConfig};
 use crate::engine::{embed, Embedder, Engine, Provider, Scheduler};
 use crate::keys::{KeyError, KeyStore};
 use crate::store::{Store, StoreError};
@@ -82,9 +85,13 @@ pub struct ServeOptions {
     pub models: Vec<PathBuf>,
 }
 
-/// The first `--model`, else the first directory (by name) under `<state_dir>/models` that
-/// is not an embedding model.
-fn pick_model(models: &[PathBuf], state_dir: &Path) -> Result<PathBuf, ServeError> {
+/// The first `--model`, else config `engine.model`, else the first directory (by name) under
+/// `<state_dir>/models` that is not an embedding model.
+fn pick_model(
+    models: &[PathBuf],
+    configured: Option<PathBuf>,
+    state_dir: &Path,
+) -> Result<PathBuf, ServeError> {
     if let Some(m) = models.first() {
         if !m.is_dir() {
             return Err(ServeError::Usage(format!(
@@ -93,6 +100,15 @@ fn pick_model(models: &[PathBuf], state_dir: &Path) -> Result<PathBuf, ServeErro
             )));
         }
         return Ok(m.clone());
+    }
+    if let Some(m) = configured {
+        if !m.is_dir() {
+            return Err(ServeError::Usage(format!(
+                "engine.model: {} is not a directory",
+                m.display()
+            )));
+        }
+        return Ok(m);
     }
     let dir = state_dir.join("models");
     let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -147,7 +163,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     if activated.is_some() && opts.listen.is_some() {
         tracing::info!("socket-activated: --listen is ignored");
     }
-    let model_dir = pick_model(&opts.models, &state_dir)?;
+    let model_dir = pick_model(&opts.models, config.model_dir(&state_dir), &state_dir)?;
     let name = model_name(&model_dir)?;
     if opts.models.len() > 1 {
         tracing::warn!(
@@ -183,6 +199,10 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     let daemon = Arc::new(Daemon {
         app,
         tls,
+        config_file: opts.config.clone(),
+        dev: opts.dev,
+        server: std::sync::RwLock::new(config.server.clone()),
+        started_with: config.clone(),
         started: Instant::now(),
         provider: std::sync::Mutex::new(None),
         listen_text: std::sync::Mutex::new(String::new()),
@@ -246,6 +266,13 @@ fn wait_for_loader(
 struct Daemon {
     app: Arc<App>,
     tls: Arc<TlsServer>,
+    /// `--config` and `--dev`: a reload finds the file by the same rules as the start.
+    config_file: Option<PathBuf>,
+    dev: bool,
+    /// The configuration the daemon started with (settings that need a restart stay as here).
+    started_with: Config,
+    /// `[server]` limits in effect; a reload replaces them, each new connection reads them.
+    server: std::sync::RwLock<ServerConfig>,
     started: Instant,
     provider: std::sync::Mutex<Option<Provider>>,
     listen_text: std::sync::Mutex<String>,
@@ -256,6 +283,57 @@ struct Daemon {
 }
 
 impl Daemon {
+    fn server(&self) -> ServerConfig {
+        self.server
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-read the config file: apply the settings that can change live (the `[server]`
+    /// limits; see [`Config::changes_from`]), log each change, and name those that need a
+    /// restart. A file that does not load is logged and the running configuration is kept.
+    fn reload_config(&self, why: &str) {
+        let new = match Config::load(self.config_file.as_deref(), self.dev) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "{why}: the config file does not load; keeping the running configuration");
+                return;
+            }
+        };
+        let current = {
+            let mut c = self.started_with.clone();
+            c.server = self.server();
+            c
+        };
+        let changes = new.changes_from(&current);
+        let restart: Vec<&str> = new
+            .changes_from(&self.started_with)
+            .iter()
+            .filter(|c| !c.live)
+            .map(|c| c.key)
+            .collect();
+        for c in changes.iter().filter(|c| c.live) {
+            tracing::info!(key = c.key, "{why}: config: `{}` changed; applied", c.key);
+        }
+        if changes.iter().any(|c| c.live) {
+            *self.server.write().unwrap_or_else(|p| p.into_inner()) = new.server.clone();
+            self.app.set_config(ApiConfig {
+                max_body_bytes: new.server.max_body_bytes,
+            });
+        }
+        if !restart.is_empty() {
+            tracing::warn!(
+                keys = %restart.join(", "),
+                "{why}: config: changed settings take effect only after a restart (`systemctl restart edgeseek`): {}",
+                restart.join(", ")
+            );
+        }
+        if changes.is_empty() && restart.is_empty() {
+            tracing::info!("{why}: config unchanged");
+        }
+    }
+
     fn snapshot(&self) -> crate::service::Snapshot {
         use crate::service::{ModelPhase, Snapshot};
         let stats = self.app.served().map(|s| s.scheduler.stats());
@@ -310,6 +388,8 @@ impl AdminBackend for Daemon {
             "model": self.app.model_name,
             "model_dir": self.app.model_dir,
             "ready": served.is_some(),
+            // Why the model failed to load (null while loading or once ready).
+            "model_error": self.app.failure(),
             "provider": provider.map(Provider::as_str),
             "queue_depth": stats.map(|s| s.queued),
             "active_sequences": stats.map(|s| s.active),
@@ -361,9 +441,11 @@ impl AdminBackend for Daemon {
         Value::Array(list)
     }
 
-    /// Called off the reactor by the admin plane's `reload` (e.g. after `edgeseek tls rotate`):
-    /// new handshakes get the re-read certificate, established connections keep theirs.
+    /// Called off the reactor by the admin plane's `reload` (e.g. after `edgeseek tls rotate`),
+    /// after it reloaded the API keys: the config as on SIGHUP, then the certificate (new
+    /// handshakes get the re-read certificate, established connections keep theirs).
     fn reload(&self) -> Result<(), String> {
+        self.reload_config("admin reload");
         match self.tls.reload() {
             Ok(id) => {
                 tracing::info!(fingerprint = %id.fingerprint, not_after = %id.not_after_utc(), source = id.kind.as_str(), "admin reload: TLS certificate reloaded");
@@ -572,7 +654,7 @@ async fn serve(
         crate::service::supervise(move || d.snapshot(), stop_rx.clone())
     });
 
-    accept_loop(daemon, config, listener, signals).await;
+    accept_loop(daemon, listener, signals).await;
     let _ = stop_tx.send(true);
     let _ = supervisor.await;
     let _ = admin.await;
@@ -585,17 +667,8 @@ struct Signals {
     hup: tokio::signal::unix::Signal,
 }
 
-async fn accept_loop(
-    daemon: &Arc<Daemon>,
-    config: &Config,
-    listener: TcpListener,
-    signals: Signals,
-) {
-    let Signals { mut term, mut hup } = signals;
-    let sc = &config.server;
-    let acceptor = TlsAcceptor::from(daemon.tls.config());
-    let conns = Arc::new(Semaphore::new(sc.max_connections));
-    let handshake_timeout = Duration::from_secs(sc.handshake_timeout_s);
+/// The HTTP/1.1 + HTTP/2 connection builder for the `[server]` limits in effect.
+fn http_builder(sc: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -607,6 +680,37 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(H2_MAX_HEADER_LIST);
+    builder
+}
+
+/// One open connection counted against `server.max_connections` (released on drop). A
+/// counter rather than a semaphore because a reload may change the cap: lowering it refuses
+/// new connections until enough old ones have closed.
+struct ConnSlot(Arc<AtomicUsize>);
+
+impl ConnSlot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<ConnSlot> {
+        open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| ConnSlot(open.clone()))
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn accept_loop(daemon: &Arc<Daemon>, listener: TcpListener, signals: Signals) {
+    let Signals { mut term, mut hup } = signals;
+    let acceptor = TlsAcceptor::from(daemon.tls.config());
+    let open = Arc::new(AtomicUsize::new(0));
+    // Rebuilt when a reload changes the limits it carries.
+    let mut sc = daemon.server();
+    let mut builder = http_builder(&sc);
     let graceful = GracefulShutdown::new();
 
     loop {
@@ -621,11 +725,17 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let Ok(permit) = conns.clone().try_acquire_owned() else {
+                let now = daemon.server();
+                if now != sc {
+                    builder = http_builder(&now);
+                    sc = now;
+                }
+                let Some(permit) = ConnSlot::take(&open, sc.max_connections) else {
                     tracing::warn!(%peer, max = sc.max_connections, "connection cap reached; closing");
                     drop(stream);
                     continue;
                 };
+                let handshake_timeout = Duration::from_secs(sc.handshake_timeout_s);
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let app = daemon.app.clone();
@@ -663,6 +773,7 @@ async fn accept_loop(
             }
             _ = hup.recv() => {
                 crate::service::reloading();
+                daemon.reload_config("SIGHUP");
                 match daemon.tls.reload() {
                     Ok(id) => tracing::info!(fingerprint = %id.fingerprint, not_after = %id.not_after_utc(), "SIGHUP: TLS certificate reloaded"),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate"),
@@ -675,7 +786,7 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    let grace = Duration::from_secs(config.server.shutdown_grace_s);
+    let grace = Duration::from_secs(daemon.server().shutdown_grace_s);
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()

@@ -61,7 +61,7 @@ pub enum TlsError {
     #[error("TLS configuration: {0}")]
     Config(String),
     #[error(
-        "no TLS identity in {} yet; it is created on the first `edgeseek serve`",
+        "no TLS identity in {} yet; `edgeseek tls init` creates it (so does the first `edgeseek serve`)",
         dir.display()
     )]
     Missing { dir: PathBuf },
@@ -585,8 +585,20 @@ fn server_params(now: OffsetDateTime, names: &[String]) -> Result<CertificatePar
     Ok(p)
 }
 
+/// Like [`crate::util::create_private_dir`]; when root creates it (`sudo edgeseek tls init`
+/// before the first start), the new directory is given to the owner of its parent (the state
+/// directory, owned by the service user), as [`stage_file`] does for the files in it.
 fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
-    crate::util::create_private_dir(dir).map_err(io_err(dir))
+    use std::os::unix::fs::MetadataExt;
+    let existed = dir.is_dir();
+    crate::util::create_private_dir(dir).map_err(io_err(dir))?;
+    if !existed && nix::unistd::geteuid().is_root() {
+        if let Some(owner) = dir.parent().and_then(|d| std::fs::metadata(d).ok()) {
+            std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()))
+                .map_err(io_err(dir))?;
+        }
+    }
+    Ok(())
 }
 
 /// Write through a temporary file and rename, so readers never see half a file; the mode is

@@ -102,6 +102,9 @@ pub struct TlsArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum TlsCmd {
+    /// Create the local CA and server certificate now (what the first `serve` does), without
+    /// serving; idempotent (first boot runs it)
+    Init(JsonFlag),
     /// Show the server certificate: names, fingerprint, validity, CA, where it came from
     /// (reads the files; no daemon needed)
     Show(JsonFlag),
@@ -281,6 +284,15 @@ pub(super) fn out(text: &str) -> Result<(), AdminCliError> {
     o.write_all(text.as_bytes())
         .and_then(|_| o.flush())
         .map_err(AdminCliError::Output)
+}
+
+/// The running daemon's `status` object, or `None` when no daemon answers on the socket
+/// (`edgeseek doctor`).
+pub fn query_status(t: &Target) -> Result<Option<Value>, AdminCliError> {
+    match connect(t)? {
+        Conn::Up(s) => call(t, s, json!({"cmd": "status"})).map(Some),
+        Conn::Down => Ok(None),
+    }
 }
 
 pub fn status(t: &Target, a: &StatusArgs) -> Result<(), AdminCliError> {
@@ -476,6 +488,31 @@ pub fn tls(t: &Target, a: &TlsArgs) -> Result<(), AdminCliError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let (shown, json_out, done) = match &a.cmd {
+        TlsCmd::Init(f) => {
+            // Nothing to reload: a running daemon created (or was given) its identity at start.
+            let i = crate::tls::manage::init(&t.tls, &t.state_dir)?;
+            if f.json {
+                let mut v = i.shown.to_json(now);
+                v["created"] = i.created.into();
+                return out(&format!("{v}\n"));
+            }
+            let done = if i.created {
+                format!(
+                    "created the TLS identity in {}",
+                    t.state_dir.join("tls").display()
+                )
+            } else {
+                format!(
+                    "TLS identity exists ({}); nothing created",
+                    i.shown.kind.as_str()
+                )
+            };
+            return out(&format!(
+                "{done}\n{}fingerprint sha256 {}\n",
+                i.shown.to_text(now),
+                i.shown.fingerprint
+            ));
+        }
         TlsCmd::Show(f) => {
             let s = crate::tls::manage::show(&t.tls, &t.state_dir)?;
             if f.json {

@@ -174,7 +174,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Admin HTTP endpoints: the status source and the tokens/s history.
     pub admin: admin_http::AdminHttp,
-    cfg: ApiConfig,
+    /// Replaced by a config reload (SIGHUP); each request reads the current value.
+    cfg: RwLock<ApiConfig>,
 }
 
 impl App {
@@ -187,7 +188,7 @@ impl App {
             keys,
             metrics: Metrics::default(),
             admin: admin_http::AdminHttp::default(),
-            cfg,
+            cfg: RwLock::new(cfg),
         }
     }
 
@@ -271,6 +272,15 @@ impl App {
                 "embeddings are not available: the embedding model failed to load: {msg}"
             ))),
         }
+
+    /// The API settings in effect.
+    pub fn config(&self) -> ApiConfig {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// New API settings (config reload); requests that already read their limit keep it.
+    pub fn set_config(&self, cfg: ApiConfig) {
+        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = cfg;
     }
 }
 
@@ -546,7 +556,7 @@ async fn inference(
     rid: &str,
 ) -> Result<Response<Body>, ApiError> {
     let key = authorize(app, &req, &Scope::Chat, "chat")?;
-    let body = read_json_body(req, app.cfg.max_body_bytes).await?;
+    let body = read_json_body(req, app.config().max_body_bytes).await?;
     let parsed = openai::parse(kind, &body)?;
     if parsed.model != app.model_name {
         return Err(ApiError::model_not_found(&parsed.model));

@@ -287,12 +287,41 @@ impl Runtime {
         })
     }
 
+    /// Whether `provider` can run a session on this machine, by creating one for a
+    /// one-node graph with exactly the registration `load_session` uses (`edgeseek doctor`).
+    /// `Err` is the cause as `load_session` would report it, e.g. "CUDA execution provider is
+    /// not enabled in this build …" with the CPU build, or a missing `libcublasLt.so.13`.
+    /// Nothing is written: the TensorRT engine cache is not used.
+    pub fn probe_provider(&self, provider: Provider, opts: &ProviderOptions) -> Result<(), String> {
+        let opts = ProviderOptions {
+            tensorrt_cache: None,
+            ..opts.clone()
+        };
+        let mut b = self
+            .session_builder(provider, &opts)
+            .map_err(TryError::into_cause)?;
+        b.commit_from_memory(&probe_model())
+            .map(drop)
+            .map_err(|e| classify_commit(provider, e.to_string()).into_cause())
+    }
+
     fn try_provider(
         &self,
         model: &Path,
         provider: Provider,
         opts: &ProviderOptions,
     ) -> Result<Session, TryError> {
+        let mut b = self.session_builder(provider, opts)?;
+        b.commit_from_file(model)
+            .map_err(|e| classify_commit(provider, e.to_string()))
+    }
+
+    /// A session builder with `provider` registered (error on failure), as every load uses.
+    fn session_builder(
+        &self,
+        provider: Provider,
+        opts: &ProviderOptions,
+    ) -> Result<SessionBuilder, TryError> {
         // `ort` builder errors carry the builder back and are not Send/Sync: keep only text.
         let load = |e: ort::Error<SessionBuilder>| TryError::Load(e.to_string());
         let mut b = Session::builder(&self.env)
@@ -332,20 +361,74 @@ impl Runtime {
                 .with_execution_providers([d])
                 .map_err(|e| TryError::Provider(provider_cause(provider, &e.to_string())))?;
         }
-        b.commit_from_file(model).map_err(|e| {
-            let text = e.to_string();
-            if provider != Provider::Cpu && looks_like_provider_failure(&text) {
-                TryError::Provider(provider_cause(provider, &text))
-            } else {
-                TryError::Load(text)
-            }
-        })
+        Ok(b)
     }
 }
 
 enum TryError {
     Provider(String),
     Load(String),
+}
+
+impl TryError {
+    fn into_cause(self) -> String {
+        match self {
+            TryError::Provider(c) | TryError::Load(c) => c,
+        }
+    }
+}
+
+/// A failed session creation is the provider's fault when the message is about it.
+fn classify_commit(provider: Provider, text: String) -> TryError {
+    if provider != Provider::Cpu && looks_like_provider_failure(&text) {
+        TryError::Provider(provider_cause(provider, &text))
+    } else {
+        TryError::Load(text)
+    }
+}
+
+/// A minimal ONNX model (opset 13): `y = Identity(x)`, `x` and `y` float `[1]`, hand-encoded
+/// protobuf (ModelProto: ir_version 1, graph 7, opset_import 8). Enough for a provider to
+/// initialise its device when a session is created.
+fn probe_model() -> Vec<u8> {
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn int(field: u64, v: u64) -> Vec<u8> {
+        let mut o = Vec::new();
+        varint(field << 3, &mut o);
+        varint(v, &mut o);
+        o
+    }
+    fn bytes(field: u64, b: &[u8]) -> Vec<u8> {
+        let mut o = Vec::new();
+        varint((field << 3) | 2, &mut o);
+        varint(b.len() as u64, &mut o);
+        o.extend_from_slice(b);
+        o
+    }
+    // ValueInfoProto { name, type: TypeProto { tensor_type: { elem_type FLOAT, shape [1] } } }
+    let value_info = |name: &str| {
+        let dim = bytes(1, &int(1, 1));
+        let shape = bytes(2, &dim);
+        let tensor = [int(1, 1), shape].concat();
+        let ty = bytes(1, &tensor);
+        [bytes(1, name.as_bytes()), bytes(2, &ty)].concat()
+    };
+    let node = [bytes(1, b"x"), bytes(2, b"y"), bytes(4, b"Identity")].concat();
+    let graph = [
+        bytes(1, &node),
+        bytes(2, b"probe"),
+        bytes(11, &value_info("x")),
+        bytes(12, &value_info("y")),
+    ]
+    .concat();
+    let opset = [bytes(1, b""), int(2, 13)].concat();
+    [int(1, 8), bytes(7, &graph), bytes(8, &opset)].concat()
 }
 
 /// ONNX Runtime's messages are long and sometimes name the provider oddly; lead with the fact

@@ -22,9 +22,10 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::{
-    certified_key, create_private_dir, der_tlv, fingerprint, invalid, io_err, is_imported,
-    issue_server, local_names, parse_der_time, read_ca_key, read_certs, replace_pair, utc_string,
-    write_file, IdentityKind, Source, TlsError, IMPORTED_MARKER, RENEW_BEFORE_DAYS,
+    certified_key, create_private_dir, der_tlv, ensure_generated, fingerprint, invalid, io_err,
+    is_imported, issue_server, local_names, parse_der_time, read_ca_key, read_certs, read_key,
+    replace_pair, utc_string, write_file, IdentityKind, Source, TlsError, IMPORTED_MARKER,
+    RENEW_BEFORE_DAYS,
 };
 use crate::config::TlsConfig;
 
@@ -343,6 +344,56 @@ fn describe(source: &Source) -> Result<Shown, TlsError> {
     })
 }
 
+/// The private key of `shown` is readable and belongs to its certificate: what `serve` would
+/// refuse at start (`edgeseek doctor`). Reads only.
+pub fn check_key(shown: &Shown) -> Result<(), TlsError> {
+    let chain = read_certs(&shown.cert_path)?;
+    let key = read_key(&shown.key_path)?;
+    certified_key(chain, key).map(|_| ()).map_err(|e| {
+        invalid(
+            &shown.key_path,
+            format!("does not match {}: {e}", shown.cert_path.display()),
+        )
+    })
+}
+
+/// What `edgeseek tls init` did.
+#[derive(Clone, Debug)]
+pub struct Initialized {
+    /// `true` when this call created the server certificate (and the CA, if there was none).
+    pub created: bool,
+    pub shown: Shown,
+}
+
+/// `edgeseek tls init`: create the local CA and server certificate in `<state_dir>/tls` now,
+/// exactly as the first `edgeseek serve` would, without serving (first boot runs it before
+/// the daemon ever starts). Idempotent: an existing identity is kept (and renewed if it is
+/// due, as at every start); a configured or imported certificate is only described.
+pub fn init(cfg: &TlsConfig, state_dir: &Path) -> Result<Initialized, TlsError> {
+    init_at(cfg, state_dir, OffsetDateTime::now_utc(), &local_names())
+}
+
+fn init_at(
+    cfg: &TlsConfig,
+    state_dir: &Path,
+    now: OffsetDateTime,
+    names: &[String],
+) -> Result<Initialized, TlsError> {
+    let source = Source::of(cfg, state_dir)?;
+    let created = match &source {
+        Source::Generated { dir } if !is_imported(dir) => {
+            let existed = dir.join("server.pem").is_file();
+            ensure_generated(dir, now, names)?;
+            !existed
+        }
+        _ => false,
+    };
+    Ok(Initialized {
+        created,
+        shown: describe(&source)?,
+    })
+}
+
 /// `edgeseek tls rotate`: a new server key and certificate from the local CA, in place.
 pub fn rotate(cfg: &TlsConfig, state_dir: &Path) -> Result<Shown, TlsError> {
     let source = Source::of(cfg, state_dir)?;
@@ -502,7 +553,6 @@ fn validate(
 
 #[cfg(test)]
 mod tests {
-    use super::super::ensure_generated;
     use super::*;
     use rcgen::{CertificateParams, KeyPair};
     use rustls::client::danger::ServerCertVerifier;
@@ -576,6 +626,83 @@ mod tests {
         assert_eq!(j["source"], "generated");
         assert_eq!(j["fingerprint_sha256"].as_str().unwrap().len(), 95);
         assert!(s.to_text(0).contains("fingerprint  sha256 "));
+    }
+
+    #[test]
+    fn init_creates_the_identity_once_and_then_keeps_it() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["localhost".to_string(), "127.0.0.1".to_string()];
+        let first = init_at(&TlsConfig::default(), dir.path(), now(), &names).unwrap();
+        assert!(first.created);
+        assert_eq!(first.shown.kind, IdentityKind::Generated);
+        assert_eq!(first.shown.info.sans, names);
+        let tls = dir.path().join("tls");
+        for (f, mode) in [("ca.key", 0o600), ("server.key", 0o600), ("ca.pem", 0o644)] {
+            let m = std::fs::metadata(tls.join(f)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, mode, "{f}");
+        }
+        let dmode = std::fs::metadata(&tls).unwrap().permissions().mode();
+        assert_eq!(dmode & 0o777, 0o700);
+        let files = snapshot(&tls);
+        let again = init_at(&TlsConfig::default(), dir.path(), now(), &names).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.shown.fingerprint, first.shown.fingerprint);
+        assert_eq!(snapshot(&tls), files, "a second init must change nothing");
+        // What `serve` would present is what init made.
+        let served = crate::tls::TlsServer::new(&TlsConfig::default(), dir.path()).unwrap();
+        assert_eq!(served.identity().fingerprint, first.shown.fingerprint);
+
+        // root initialising a state directory that belongs to the service user hands the new
+        // tls/ directory and its files to that user; anyone else owns what they create.
+        let owned = tempfile::tempdir().unwrap();
+        let root = nix::unistd::geteuid().is_root();
+        if root {
+            std::os::unix::fs::chown(owned.path(), Some(4242), Some(4343)).unwrap();
+        }
+        init_at(&TlsConfig::default(), owned.path(), now(), &names).unwrap();
+        let (uid, gid) = if root {
+            (4242, 4343)
+        } else {
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        };
+        for f in ["", "ca.key", "ca.pem", "server.key", "server.pem"] {
+            let m = std::fs::metadata(owned.path().join("tls").join(f)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (uid, gid), "tls/{f}");
+        }
+    }
+
+    #[test]
+    fn init_leaves_a_configured_or_imported_certificate_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed(now() - time::Duration::days(1), 30);
+        let cert = write(dir.path(), "c.pem", &cert);
+        let key = write(dir.path(), "k.pem", &key);
+        let cfg = TlsConfig {
+            cert: Some(cert.clone()),
+            key: Some(key.clone()),
+            client_ca: None,
+        };
+        let state = dir.path().join("state");
+        let got = init(&cfg, &state).unwrap();
+        assert!(!got.created);
+        assert_eq!(got.shown.kind, IdentityKind::Configured);
+        assert!(
+            !state.join("tls").exists(),
+            "nothing generated for a configured cert"
+        );
+
+        import(&TlsConfig::default(), &state, &cert, &key).unwrap();
+        let got = init(&TlsConfig::default(), &state).unwrap();
+        assert!(!got.created);
+        assert_eq!(got.shown.kind, IdentityKind::Imported);
+        assert!(
+            !state.join("tls/ca.key").exists(),
+            "no CA made next to an import"
+        );
     }
 
     #[test]
