@@ -112,7 +112,6 @@ struct EmbedArgs {
     providers: Option<Vec<Provider>>,
 }
 
-
 #[derive(Args, Debug)]
 struct DoctorArgs {
     /// Check this model directory instead of those under <state_dir>/models (repeatable)

@@ -44,6 +44,9 @@ pub struct Config {
     pub tls: TlsConfig,
     #[serde(default)]
     pub embeddings: EmbeddingsConfig,
+    /// `[kb]`: knowledge-base index and search settings (see `kb::base::IndexConfig`).
+    #[serde(default)]
+    pub kb: crate::kb::base::IndexConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
 }
@@ -165,7 +168,7 @@ pub struct TlsConfig {
 }
 
 /// `[embeddings]`: the embedding model behind `/v1/embeddings` and the knowledge base.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingsConfig {
     /// Load an embedding model at all.
@@ -345,6 +348,10 @@ impl Config {
         if self.embeddings.threads > 1024 {
             return Err(bad("embeddings.threads", "must be 0..=1024"));
         }
+        if let Err(e) = self.kb.validate() {
+            let msg = e.to_string();
+            return Err(bad("kb", msg.trim_start_matches("kb config: ")));
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(bad(
                 "tls.cert",
@@ -455,6 +462,11 @@ impl Config {
             true,
             s.shutdown_grace_s != o.shutdown_grace_s,
         );
+        let (m, o) = (&self.embeddings, &old.embeddings);
+        diff("embeddings.enabled", false, m.enabled != o.enabled);
+        diff("embeddings.model", false, m.model != o.model);
+        diff("embeddings.batch_size", false, m.batch_size != o.batch_size);
+        diff("embeddings.threads", false, m.threads != o.threads);
         let (t, o) = (&self.tls, &old.tls);
         diff("tls.cert", false, t.cert != o.cert);
         diff("tls.key", false, t.key != o.key);
@@ -462,8 +474,11 @@ impl Config {
         // A setting added to the schema but not to the list above still counts (as needing a
         // restart): every listed field is copied from `old`, and whatever then still differs
         // is unlisted.
+        diff("kb", false, self.kb != old.kb);
         let mut rest = self.clone();
         rest.state_dir.clone_from(&old.state_dir);
+        rest.kb.clone_from(&old.kb);
+        rest.embeddings.clone_from(&old.embeddings);
         rest.runtime.library.clone_from(&old.runtime.library);
         let (re, oe) = (&mut rest.engine, &old.engine);
         re.model.clone_from(&oe.model);

@@ -27,9 +27,14 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::AdminBackend;
-use crate::api::{ApiConfig, App, EmbedState, ModelState, Served};
+use crate::api::{ApiConfig, App, EmbedState, KbState, ModelState, Served};
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::engine::{embed, Embedder, Engine, Provider, Scheduler};
+use crate::kb::base::{IndexConfig, KnowledgeBase};
+use crate::kb::chunk::ChunkOptions;
+use crate::kb::ingest::Ingestor;
+use crate::kb::parse::ParseOptions;
+use crate::kb::Embed;
 use crate::keys::{KeyError, KeyStore};
 use crate::store::{Store, StoreError};
 use crate::tls::{TlsError, TlsServer};
@@ -378,6 +383,63 @@ impl Daemon {
 }
 
 impl AdminBackend for Daemon {
+    fn kb(&self, cmd: &str, req: &Value) -> Result<Value, String> {
+        let kb = self.app.kb().map_err(|e| e.message)?;
+        let base = kb.base();
+        let text = |k: &str| -> Result<String, String> {
+            req.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| format!("`{cmd}` needs `{k}` (a string)"))
+        };
+        let coll_json = |c: &crate::kb::base::CollectionInfo| {
+            json!({"name": c.name, "created_at": c.created, "documents": c.documents,
+                   "chunks": c.chunks})
+        };
+        match cmd {
+            "kb.collections" => Ok(json!({
+                "data": base.list_collections().iter().map(coll_json).collect::<Vec<_>>()
+            })),
+            "kb.create" => base
+                .create_collection(&text("name")?)
+                .map(|c| coll_json(&c))
+                .map_err(|e| e.to_string()),
+            "kb.delete" => {
+                let name = text("name")?;
+                base.delete_collection(&name).map_err(|e| e.to_string())?;
+                Ok(json!({"name": name, "deleted": true}))
+            }
+            "kb.ingest" => {
+                use base64::Engine as _;
+                let collection = text("collection")?;
+                let filename = text("filename")?;
+                let ct = text("content_type")?;
+                let kind = crate::kb::DocKind::from_content_type(&ct)
+                    .ok_or_else(|| format!("unsupported content type `{ct}`"))?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text("data")?)
+                    .map_err(|e| format!("`data` is not base64: {e}"))?;
+                if req.get("create").and_then(Value::as_bool) == Some(true)
+                    && base.collection(&collection).is_err()
+                {
+                    match base.create_collection(&collection) {
+                        // Another client created it in between: fine.
+                        Ok(_) | Err(crate::kb::base::KbError::Conflict(_)) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                let (doc, replaced) = kb
+                    .ingest(&collection, &filename, kind, &bytes)
+                    .map_err(|e| e.to_string())?;
+                Ok(
+                    json!({"id": doc.id, "collection": doc.collection, "filename": doc.filename,
+                          "chunks": doc.chunks, "pages": doc.pages, "replaced": replaced}),
+                )
+            }
+            other => Err(format!("unknown knowledge-base command `{other}`")),
+        }
+    }
+
     fn status(&self) -> Value {
         let id = self.tls.identity();
         let served = self.app.served();
@@ -506,6 +568,35 @@ fn load_in_background(daemon: Arc<Daemon>, config: &Config, state_dir: &Path) {
 /// Find and load the embedding model on its own thread (the chat model does not wait for
 /// it, nor it for the chat model). No model, or a failed load, leaves `/v1/embeddings` at
 /// 503 with the cause; chat is unaffected.
+/// Open the knowledge base over the daemon's database with the loaded embedding model:
+/// reads every collection into memory (BM25, vectors; HNSW graphs build in the background).
+fn open_kb(app: &App, embedder: &Embedder, cfg: IndexConfig) -> KbState {
+    let t = Instant::now();
+    let embed: Arc<dyn Embed> = Arc::new(embedder.clone());
+    // Chunks leave room for the model's [CLS]/[SEP] within its limit.
+    let chunk = ChunkOptions {
+        max_tokens: ChunkOptions::default()
+            .max_tokens
+            .min(embed.max_tokens().saturating_sub(2)),
+        ..ChunkOptions::default()
+    };
+    match KnowledgeBase::open(app.keys().store().clone(), embed, cfg) {
+        Ok(kb) => {
+            let n = kb.list_collections().len();
+            tracing::info!(
+                collections = n,
+                secs = t.elapsed().as_secs_f64(),
+                "knowledge base ready"
+            );
+            KbState::Ready(Arc::new(Ingestor::new(kb, ParseOptions::default(), chunk)))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "knowledge base failed to open");
+            KbState::Off(format!("it failed to open: {e}"))
+        }
+    }
+}
+
 fn load_embedder_in_background(daemon: &Arc<Daemon>, config: &Config, state_dir: &Path) {
     let ec = &config.embeddings;
     let app = &daemon.app;
@@ -513,12 +604,16 @@ fn load_embedder_in_background(daemon: &Arc<Daemon>, config: &Config, state_dir:
         app.set_embedder(EmbedState::Off(
             "embeddings are disabled in the configuration (embeddings.enabled = false)".into(),
         ));
+        app.set_kb(KbState::Off(
+            "it needs the embedding model (embeddings.enabled = false)".into(),
+        ));
         return;
     }
     let dir = match embed::locate(ec.model.as_deref(), state_dir) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %e, "no embedding model; /v1/embeddings answers 503");
+            app.set_kb(KbState::Off(format!("it needs the embedding model: {e}")));
             app.set_embedder(if ec.model.is_some() {
                 EmbedState::Failed(e.to_string())
             } else {
@@ -532,6 +627,7 @@ fn load_embedder_in_background(daemon: &Arc<Daemon>, config: &Config, state_dir:
     let library = config.runtime.library.clone();
     let opts = config.provider_options(state_dir);
     let cfg = config.embedder_config();
+    let kb_cfg = config.kb.clone();
     let spawned = std::thread::Builder::new()
         .name("edgeseek-embed-load".into())
         .spawn(move || {
@@ -556,7 +652,15 @@ fn load_embedder_in_background(daemon: &Arc<Daemon>, config: &Config, state_dir:
                     EmbedState::Failed(e.to_string())
                 }
             };
+            let kb = match &state {
+                EmbedState::Ready { embedder, .. } => open_kb(&owner.app, embedder, kb_cfg),
+                EmbedState::Failed(e) | EmbedState::Off(e) => {
+                    KbState::Off(format!("the embedding model failed to load: {e}"))
+                }
+                EmbedState::Loading => KbState::Loading,
+            };
             owner.app.set_embedder(state);
+            owner.app.set_kb(kb);
         });
     match spawned {
         Ok(handle) => *daemon_loader(&daemon.embed_loader) = Some(handle),

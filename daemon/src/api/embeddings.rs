@@ -275,7 +275,7 @@ pub(super) async fn create(
     rid: &str,
 ) -> Result<Response<Body>, ApiError> {
     let key = authorize(app, &req, &Scope::Embeddings, "embeddings")?;
-    let body = read_json_body(req, app.cfg.max_body_bytes).await?;
+    let body = read_json_body(req, app.config().max_body_bytes).await?;
     let parsed = parse(&body)?;
     let embedder: Embedder = app.embedder_ready()?;
     if parsed.model != embedder.name() {

@@ -12,10 +12,11 @@
 //! within one step. A non-streaming client that disconnects drops the handler future, with
 //! the same effect.
 
-pub mod embeddings;
 pub mod admin_http;
 pub mod console;
+pub mod embeddings;
 pub mod error;
+pub mod kb;
 pub mod metrics;
 pub mod openai;
 pub mod rag;
@@ -66,6 +67,21 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/keys"),
     ("DELETE", "/v1/admin/keys/{id}"),
     ("GET", "/v1/admin/metrics/history"),
+    ("GET", "/v1/kb/collections"),
+    ("POST", "/v1/kb/collections"),
+    ("GET", "/v1/kb/collections/{collection}"),
+    ("DELETE", "/v1/kb/collections/{collection}"),
+    ("GET", "/v1/kb/collections/{collection}/documents"),
+    ("POST", "/v1/kb/collections/{collection}/documents"),
+    (
+        "GET",
+        "/v1/kb/collections/{collection}/documents/{document}",
+    ),
+    (
+        "DELETE",
+        "/v1/kb/collections/{collection}/documents/{document}",
+    ),
+    ("POST", "/v1/kb/search"),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +101,11 @@ enum Route {
     AdminKeys,
     AdminKey,
     AdminHistory,
+    KbCollections,
+    KbCollection,
+    KbDocuments,
+    KbDocument,
+    KbSearch,
 }
 
 impl Route {
@@ -112,6 +133,17 @@ impl Route {
             p if p.starts_with("/console/") && p.len() > "/console/".len() => {
                 (Route::ConsoleAsset, "/console/{asset}")
             }
+            p if p.starts_with("/v1/kb/") => {
+                let kp = kb::KbPath::parse(p)?;
+                let route = match kp {
+                    kb::KbPath::Collections => Route::KbCollections,
+                    kb::KbPath::Collection(_) => Route::KbCollection,
+                    kb::KbPath::Documents(_) => Route::KbDocuments,
+                    kb::KbPath::Document(..) => Route::KbDocument,
+                    kb::KbPath::Search => Route::KbSearch,
+                };
+                (route, kp.label())
+            }
             _ => return None,
         })
     }
@@ -122,6 +154,9 @@ impl Route {
             Route::Chat | Route::Completions | Route::Embeddings => "POST",
             Route::AdminKeys => "GET, POST",
             Route::AdminKey => "DELETE",
+            Route::KbCollections | Route::KbDocuments => "GET, POST",
+            Route::KbCollection | Route::KbDocument => "GET, DELETE",
+            Route::KbSearch => "POST",
             _ => "GET",
         }
     }
@@ -142,6 +177,14 @@ pub enum ModelState {
     Loading,
     Ready(Arc<Served>),
     Failed(String),
+}
+
+/// The knowledge base: it opens once the embedding model has loaded.
+pub enum KbState {
+    Loading,
+    Ready(Arc<crate::kb::ingest::Ingestor>),
+    /// Not available, and why (no embedding model, or the store failed to open).
+    Off(String),
 }
 
 /// The embedding model behind `/v1/embeddings` (and the knowledge base).
@@ -170,6 +213,7 @@ pub struct App {
     pub model_dir: PathBuf,
     state: RwLock<ModelState>,
     embed: RwLock<EmbedState>,
+    kb: RwLock<KbState>,
     keys: KeyStore,
     pub metrics: Metrics,
     /// Admin HTTP endpoints: the status source and the tokens/s history.
@@ -185,6 +229,7 @@ impl App {
             model_dir,
             state: RwLock::new(ModelState::Loading),
             embed: RwLock::new(EmbedState::Off("no embedding model is configured".into())),
+            kb: RwLock::new(KbState::Loading),
             keys,
             metrics: Metrics::default(),
             admin: admin_http::AdminHttp::default(),
@@ -272,6 +317,35 @@ impl App {
                 "embeddings are not available: the embedding model failed to load: {msg}"
             ))),
         }
+    }
+
+    pub fn set_kb(&self, s: KbState) {
+        *self.kb.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// The knowledge base, if it is open.
+    pub fn kb_ready(&self) -> Option<Arc<crate::kb::ingest::Ingestor>> {
+        match &*self.kb.read().unwrap_or_else(|p| p.into_inner()) {
+            KbState::Ready(k) => Some(k.clone()),
+            _ => None,
+        }
+    }
+
+    /// The knowledge base, or the 503 that says why it is not there.
+    pub fn kb(&self) -> Result<Arc<crate::kb::ingest::Ingestor>, ApiError> {
+        match &*self.kb.read().unwrap_or_else(|p| p.into_inner()) {
+            KbState::Ready(k) => Ok(k.clone()),
+            KbState::Loading => {
+                let mut e = ApiError::loading();
+                e.message =
+                    "the knowledge base is still loading (embedding model); retry shortly".into();
+                Err(e)
+            }
+            KbState::Off(cause) => Err(ApiError::unavailable(format!(
+                "the knowledge base is not available: {cause}"
+            ))),
+        }
+    }
 
     /// The API settings in effect.
     pub fn config(&self) -> ApiConfig {
@@ -450,6 +524,14 @@ async fn dispatch(
         Route::AdminKeys => admin_http::keys(app, req).await,
         Route::AdminKey => admin_http::revoke(app, &req).await,
         Route::AdminHistory => admin_http::history(app, &req),
+        Route::KbCollections
+        | Route::KbCollection
+        | Route::KbDocuments
+        | Route::KbDocument
+        | Route::KbSearch => match kb::KbPath::parse(req.uri().path()) {
+            Some(path) => kb::handle(app, path, req).await,
+            None => Err(ApiError::not_found("no such knowledge-base route")),
+        },
     }
 }
 
@@ -557,11 +639,25 @@ async fn inference(
 ) -> Result<Response<Body>, ApiError> {
     let key = authorize(app, &req, &Scope::Chat, "chat")?;
     let body = read_json_body(req, app.config().max_body_bytes).await?;
-    let parsed = openai::parse(kind, &body)?;
+    let mut parsed = openai::parse(kind, &body)?;
     if parsed.model != app.model_name {
         return Err(ApiError::model_not_found(&parsed.model));
     }
+    // Scopes of the knowledge collections first: a key must not learn anything about a
+    // collection it may not read, not even whether the model is loaded.
+    if let Some(k) = &parsed.knowledge {
+        for c in &k.collections {
+            let scope = Scope::KbRead(c.clone());
+            if !key.allows(&scope) {
+                return Err(ApiError::forbidden(&scope.to_string()));
+            }
+        }
+    }
     let served = app.ready()?;
+    let citations = match parsed.knowledge.clone() {
+        Some(k) => Some(retrieve(app, k, &mut parsed).await?),
+        None => None,
+    };
     // Requests are admitted on the request budget and any token debt; the tokens are
     // charged when known (after generation), see `KeyStore::charge_tokens`.
     app.keys
@@ -601,12 +697,57 @@ async fn inference(
         created: unix_now(),
         started: Instant::now(),
         prompt_tokens,
+        citations,
     };
     if ctx.parsed.stream {
         Ok(stream_response(ctx, rx))
     } else {
         whole_response(ctx, rx).await
     }
+}
+
+/// Retrieve for a knowledge-grounded chat: search the collections for the last user message,
+/// put the hits into that message as numbered sources, and return the `citations`.
+async fn retrieve(
+    app: &Arc<App>,
+    k: rag::Knowledge,
+    parsed: &mut Parsed,
+) -> Result<Value, ApiError> {
+    let kb = app.kb()?;
+    let crate::engine::Prompt::Messages(messages) = &mut parsed.request.prompt else {
+        return Err(ApiError::invalid_param(
+            "knowledge",
+            "knowledge is only supported on chat completions",
+        ));
+    };
+    let query = rag::query_of(messages)
+        .ok_or_else(|| {
+            ApiError::invalid_param("knowledge", "knowledge needs a user message to search for")
+        })?
+        .to_string();
+    let req = crate::kb::base::SearchRequest {
+        collections: k.collections,
+        query,
+        top_k: k.top_k,
+        mode: crate::kb::base::SearchMode::Hybrid,
+    };
+    let hits = tokio::task::spawn_blocking(move || kb.base().search(&req))
+        .await
+        .map_err(|e| ApiError::internal(format!("search task failed: {e}")))??;
+    let sources: Vec<rag::Source> = hits
+        .into_iter()
+        .map(|h| rag::Source {
+            document_id: h.document_id,
+            filename: h.filename,
+            collection: h.collection,
+            chunk_id: h.chunk_id,
+            page: h.page,
+            heading: h.heading,
+            text: h.text,
+        })
+        .collect();
+    rag::augment(messages, &sources);
+    Ok(rag::citations_json(&sources))
 }
 
 /// Forward one request's events from the scheduler's std channel into tokio, on a blocking
@@ -647,6 +788,8 @@ struct Ctx {
     created: u64,
     started: Instant,
     prompt_tokens: usize,
+    /// `citations` of a knowledge-grounded chat answer (see `rag`).
+    citations: Option<Value>,
 }
 
 impl Ctx {
@@ -702,7 +845,10 @@ async fn whole_response(
     }
     let outs: Vec<GenerateOutput> = outs.into_iter().flatten().collect();
     ctx.account(&outs.iter().collect::<Vec<_>>());
-    let v = openai::response(&ctx.parsed, &ctx.id, ctx.created, &outs);
+    let mut v = openai::response(&ctx.parsed, &ctx.id, ctx.created, &outs);
+    if let (Some(c), Some(o)) = (&ctx.citations, v.as_object_mut()) {
+        o.insert("citations".into(), c.clone());
+    }
     Ok(json_response(StatusCode::OK, &v))
 }
 
@@ -757,7 +903,13 @@ async fn pump(ctx: Ctx, mut rx: mpsc::Receiver<(usize, Event)>, out: mpsc::Sende
                 content: Some(""),
                 ..Delta::default()
             };
-            send!(chunks.delta(i, &first, 0));
+            let mut v = chunks.delta(i, &first, 0);
+            // The sources come with the first chunk, so a client can show them while the
+            // answer streams.
+            if let (0, Some(c), Some(o)) = (i, &ctx.citations, v.as_object_mut()) {
+                o.insert("citations".into(), c.clone());
+            }
+            send!(v);
         }
     }
     while state.iter().any(|s| s.done.is_none()) {

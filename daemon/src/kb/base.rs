@@ -958,6 +958,45 @@ impl KnowledgeBase {
         Ok(())
     }
 
+    /// A document and all its chunks in order, read in one transaction (so they agree).
+    pub fn document_chunks(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<(DocInfo, Vec<ChunkInfo>), KbError> {
+        self.coll(collection)?;
+        let missing = || not_found(format!("document `{id}` in collection `{collection}`"));
+        if !kbstore::valid_doc_id(id) {
+            return Err(missing());
+        }
+        let tx = self.inner.store.db().begin_read()?;
+        let rec: DocRecord = match tx.open_table(DOCUMENTS)?.get(id)? {
+            Some(b) => decode_json(id, b.value())?,
+            None => return Err(missing()),
+        };
+        if rec.collection != collection {
+            return Err(missing());
+        }
+        let (lo, hi) = kbstore::doc_chunk_range(id);
+        let mut chunks = Vec::new();
+        for row in tx.open_table(CHUNKS)?.range(lo.as_str()..hi.as_str())? {
+            let (k, v) = row?;
+            let c: ChunkRecord = decode_json(k.value(), v.value())?;
+            chunks.push(ChunkInfo {
+                id: k.value().to_string(),
+                document_id: rec.id.clone(),
+                collection: rec.collection.clone(),
+                filename: rec.filename.clone(),
+                ordinal: c.ordinal,
+                page: c.page,
+                heading: (!c.heading.is_empty()).then(|| c.heading.join(" > ")),
+                text: c.text,
+            });
+        }
+        chunks.sort_by_key(|c| c.ordinal);
+        Ok((rec.into(), chunks))
+    }
+
     /// A chunk by id, for citations.
     pub fn chunk(&self, chunk_id: &str) -> Result<ChunkInfo, KbError> {
         let missing = || not_found(format!("chunk `{chunk_id}`"));

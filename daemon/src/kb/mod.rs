@@ -16,6 +16,7 @@ pub mod bm25;
 pub mod fuse;
 pub mod hashembed;
 pub mod hnsw;
+pub mod ingest;
 pub mod store;
 pub mod text;
 pub mod vector;
