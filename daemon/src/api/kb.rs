@@ -147,19 +147,16 @@ pub async fn handle(
     let method = req.method().clone();
     let key = authenticate(app, &req)?;
     // Scope checks come before the knowledge base is consulted (and before it is ready).
-    match (&path, &method) {
-        (KbPath::Collection(c) | KbPath::Documents(c) | KbPath::Document(c, _), m) => {
-            let write = *m == Method::POST || *m == Method::DELETE;
-            need(
-                &key,
-                if write {
-                    Scope::KbWrite(c.clone())
-                } else {
-                    Scope::KbRead(c.clone())
-                },
-            )?;
-        }
-        _ => {}
+    if let KbPath::Collection(c) | KbPath::Documents(c) | KbPath::Document(c, _) = &path {
+        let write = method == Method::POST || method == Method::DELETE;
+        need(
+            &key,
+            if write {
+                Scope::KbWrite(c.clone())
+            } else {
+                Scope::KbRead(c.clone())
+            },
+        )?;
     }
     let kb = app.kb()?;
     match (path, method) {
