@@ -55,6 +55,9 @@ class Ledger:
         self.version = {}
         self.ids = {}  # name -> document id of the acknowledged version
         self.errors = []  # unexpected answers seen by the client threads
+        self.acks = 0  # uploads and deletes the server acknowledged, over the whole run
+        self.inflight_at_kill = 0  # operations cut off by a kill ...
+        self.inflight_applied = 0  # ... of which the restart showed the result
 
 
 def uploader(srv, key, ledger, stop, rng_seed, names):
@@ -93,6 +96,7 @@ def uploader(srv, key, ledger, stop, rng_seed, names):
                 ledger.acked[name] = markers
                 ledger.ids[name] = r.json()["id"]
                 del ledger.inflight[name]
+                ledger.acks += 1
     except (httpx.TransportError, httpx.TimeoutException):
         pass  # the daemon was killed under us: the operation stays in flight
     except AssertionError as e:
@@ -149,6 +153,10 @@ def check(srv, key, ledger):
             if observed is not None and observed is ledger.acked.get(name):
                 present += 1
             # The crash resolved the in-flight operation one way or the other.
+            if name in ledger.inflight:
+                ledger.inflight_at_kill += 1
+                if observed is not ledger.acked.get(name):
+                    ledger.inflight_applied += 1
             ledger.acked[name] = observed
             if observed is None:
                 ledger.ids.pop(name, None)
@@ -228,6 +236,9 @@ def main():
         srv.stop()
     elapsed = time.time() - started
     summary = {"iterations": a.iterations, "acknowledged_documents": n,
+               "acknowledged_operations": ledger.acks,
+               "in_flight_at_kill": ledger.inflight_at_kill,
+               "in_flight_committed": ledger.inflight_applied,
                "lost_or_partial": len(total_problems), "seconds": round(elapsed, 1)}
     print(json.dumps(summary))
     for p in total_problems:
