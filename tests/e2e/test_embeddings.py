@@ -5,6 +5,7 @@ tokenizers + numpy, one input at a time, no padding) computed here on the same i
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, error_line, run
 from test_api import MODEL, Server, chat, err, post
 
 EMBED = "all-minilm-l6-v2"
@@ -241,3 +242,38 @@ def test_serve_without_an_embedding_model(tmp_path, config, cause):
         assert ids == [MODEL]
     finally:
         s.stop()
+
+
+def broken_copy(tmp_path, onnx=None, drop=()):
+    """A copy of the embedding model directory with `model.onnx` replaced or files removed."""
+    d = tmp_path / "broken-embed"
+    shutil.copytree(EMBED_DIR, d)
+    for name in drop:
+        (d / name).unlink()
+    if onnx is not None:
+        (d / "model.onnx").unlink()
+        if isinstance(onnx, bytes):
+            (d / "model.onnx").write_bytes(onnx)
+        else:
+            shutil.copy(onnx, d / "model.onnx")
+    return d
+
+
+@pytest.mark.parametrize("case", ["corrupt-onnx", "decoder-graph", "no-tokenizer", "no-config"])
+def test_broken_model_directory_names_the_file(tmp_path, case):
+    d = {
+        "corrupt-onnx": lambda: broken_copy(tmp_path, onnx=b"not an onnx file"),
+        # A chat model's graph: inputs an encoder does not have.
+        "decoder-graph": lambda: broken_copy(
+            tmp_path, onnx=ROOT / "tests" / "fixtures" / "tiny-qwen2-onnx" / "onnx" / "model.onnx"),
+        "no-tokenizer": lambda: broken_copy(tmp_path, drop=["tokenizer.json"]),
+        "no-config": lambda: broken_copy(tmp_path, drop=["config.json"]),
+    }[case]()
+    p = run(["embed", "--model", str(d), "--text", "hello"])
+    assert p.returncode == 2, p.stderr
+    line = error_line(p)
+    expect = {"corrupt-onnx": "model.onnx", "decoder-graph": "model.onnx",
+              "no-tokenizer": "tokenizer.json", "no-config": "config.json"}[case]
+    assert str(d / expect) in line, line
+    if case == "decoder-graph":
+        assert "is not one of input_ids, attention_mask, token_type_ids" in line, line

@@ -1050,17 +1050,31 @@ impl Embedder {
     }
 
     /// Stop the worker after the jobs already queued; later calls fail with
-    /// [`EmbedError::ShutDown`]. Returns when the thread has exited.
+    /// [`EmbedError::ShutDown`]. Returns when the thread has exited. (Dropping the last
+    /// clone does the same.)
     pub fn shutdown(&self) {
-        let sh = &self.shared;
+        self.shared.stop();
+    }
+}
+
+impl Shared {
+    fn stop(&self) {
         // Dropping the last sender ends the worker's `recv` once the queue is drained.
-        drop(sh.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let thread = sh.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = thread {
             if t.join().is_err() {
                 tracing::error!("embedding thread panicked");
             }
         }
+    }
+}
+
+impl Drop for Shared {
+    /// Join the worker, so its ONNX Runtime session is released before the process exits
+    /// (the worker holds no reference to `Shared`, so this cannot wait on itself).
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
