@@ -235,8 +235,9 @@ export class KnowledgeView {
       put(state, t(`${doc && doc.replaced ? 'kb.replaced' : 'kb.uploaded'}${one}`, { chunks: fmtNumber(doc && doc.chunks) }));
       if (col === this.selected) { this.loadDocs(); this.refresh(); }
     } catch (e) {
+      // The bar keeps its grid cell (hidden by CSS), so a long error stays in the last column
+      // instead of squeezing the file name out.
       li.classList.add('failed');
-      bar.hidden = true;
       put(state, e.friendly || String(e));
       state.setAttribute('role', 'alert');
     }
