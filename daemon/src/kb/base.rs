@@ -272,6 +272,8 @@ pub struct SearchTuning {
     pub exact: bool,
     /// Override [`IndexConfig::ann_ef_search`].
     pub ef_search: Option<usize>,
+    /// Override [`IndexConfig::candidates`] (each ranker's depth; at least `top_k`).
+    pub candidates: Option<usize>,
 }
 
 /// A search result.
@@ -713,6 +715,17 @@ impl KnowledgeBase {
         &self.inner.embed
     }
 
+    /// Take a collection's writer gate. A collection deleted meanwhile (perhaps re-created
+    /// under the same name, as a new `Coll`) is not found: writing through the old handle
+    /// would put rows in the file that the new index never sees.
+    fn gate<'a>(&self, coll: &'a Coll) -> Result<MutexGuard<'a, ()>, KbError> {
+        let g = lock(&coll.gate);
+        if read(&coll.idx).deleted {
+            return Err(not_found(format!("collection `{}`", coll.name)));
+        }
+        Ok(g)
+    }
+
     fn coll(&self, name: &str) -> Result<Arc<Coll>, KbError> {
         read(&self.inner.colls)
             .get(name)
@@ -770,7 +783,7 @@ impl KnowledgeBase {
     /// Delete a collection and everything in it, in one transaction.
     pub fn delete_collection(&self, name: &str) -> Result<(), KbError> {
         let coll = self.coll(name)?;
-        let _gate = lock(&coll.gate);
+        let _gate = self.gate(&coll)?;
         let tx = self.inner.store.db().begin_write()?;
         {
             let mut t = tx.open_table(COLLECTIONS)?;
@@ -803,7 +816,11 @@ impl KnowledgeBase {
                 ..CollIndex::new(idx.record.clone(), false)
             };
         }
-        write(&self.inner.colls).remove(name);
+        let mut colls = write(&self.inner.colls);
+        // Only this collection: the name may already belong to a new one.
+        if colls.get(name).is_some_and(|c| Arc::ptr_eq(c, &coll)) {
+            colls.remove(name);
+        }
         Ok(())
     }
 
@@ -824,7 +841,7 @@ impl KnowledgeBase {
         let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
         let vectors = self.embed_all(&texts)?;
 
-        let _gate = lock(&coll.gate);
+        let _gate = self.gate(&coll)?;
         let tx = self.inner.store.db().begin_write()?;
         let crec = self.collection_record(&tx, collection)?;
         if crec.model_id != self.inner.embed.model_id() || crec.dim != self.inner.embed.dim() {
@@ -936,7 +953,7 @@ impl KnowledgeBase {
         if !kbstore::valid_doc_id(id) {
             return Err(missing());
         }
-        let _gate = lock(&coll.gate);
+        let _gate = self.gate(&coll)?;
         let tx = self.inner.store.db().begin_write()?;
         let belongs = match tx.open_table(DOCUMENTS)?.get(id)? {
             Some(b) => decode_json::<DocRecord>(id, b.value())?.collection == collection,
@@ -1075,7 +1092,7 @@ impl KnowledgeBase {
         } else {
             None
         };
-        let depth = cfg.candidates.max(req.top_k);
+        let depth = tuning.candidates.unwrap_or(cfg.candidates).max(req.top_k);
         let ef = tuning.ef_search.unwrap_or(cfg.ann_ef_search);
 
         // Read locks in name order (see module docs); held until the texts are read.
@@ -1187,7 +1204,7 @@ impl KnowledgeBase {
     /// meanwhile; writes to the collection wait.
     pub fn reembed(&self, collection: &str) -> Result<usize, KbError> {
         let coll = self.coll(collection)?;
-        let _gate = lock(&coll.gate);
+        let _gate = self.gate(&coll)?;
         let mut ids = Vec::new();
         let mut texts = Vec::new();
         {

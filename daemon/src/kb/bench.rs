@@ -519,6 +519,13 @@ fn latency(mut ms: Vec<f64>) -> Latency {
 }
 
 #[derive(Debug, Serialize)]
+pub struct StrictRecall {
+    pub ef: usize,
+    pub recall_at_10: f64,
+    pub p50_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct SizeReport {
     pub chunks: usize,
     pub ingest_chunks_per_s: f64,
@@ -528,6 +535,9 @@ pub struct SizeReport {
     /// `mode/engine` → latency: hybrid/ann, hybrid/exact, bm25, vector/ann, vector/exact.
     pub latency: Vec<(String, Latency)>,
     pub ann_recall_at_10: f64,
+    /// Recall@10 and latency of the graph searched with only `top_k` candidates and ef 10,
+    /// 20, 40 (vs exact).
+    pub strict: Vec<StrictRecall>,
     /// Share of queries whose source chunk is in the hybrid top-k (a sanity check of the
     /// synthetic queries, not a quality figure).
     pub hybrid_source_in_top_k: f64,
@@ -694,12 +704,12 @@ fn measure(
         mode,
     };
     let ann = SearchTuning {
-        exact: false,
         ef_search: args.ef_search,
+        ..SearchTuning::default()
     };
     let exact = SearchTuning {
         exact: true,
-        ef_search: None,
+        ..SearchTuning::default()
     };
     let runs = [
         ("hybrid/ann", SearchMode::Hybrid, ann),
@@ -736,6 +746,31 @@ fn measure(
         }
         found as f64 / total.max(1) as f64
     };
+    // The graph alone, without the facade's deeper candidate list: top_k candidates and a
+    // small ef, the settings where an approximate index shows its misses.
+    let mut strict = Vec::new();
+    for ef in [10usize, 20, 40] {
+        let tuning = SearchTuning {
+            ef_search: Some(ef),
+            candidates: Some(args.top_k),
+            ..SearchTuning::default()
+        };
+        let mut found = 0usize;
+        let mut total = 0usize;
+        let mut ms = Vec::with_capacity(queries.len());
+        for (q, e) in queries.iter().zip(&results["vector/exact"]) {
+            let t = Instant::now();
+            let hits = kb.search_tuned(&req(q, SearchMode::Vector), &tuning)?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            found += hits.iter().filter(|h| e.contains(&h.chunk_id)).count();
+            total += e.len();
+        }
+        strict.push(StrictRecall {
+            ef,
+            recall_at_10: found as f64 / total.max(1) as f64,
+            p50_ms: latency(ms).p50_ms,
+        });
+    }
     // Source check: does the hybrid top-k contain the chunk the query was made from?
     let mut src_hits = 0usize;
     for (q, src) in queries.iter().zip(&sources) {
@@ -750,6 +785,7 @@ fn measure(
         ann_rows: info.ann_rows,
         latency: lat,
         ann_recall_at_10: recall,
+        strict,
         hybrid_source_in_top_k: src_hits as f64 / queries.len() as f64,
     })
 }
@@ -792,6 +828,15 @@ fn print_table(r: &BenchReport) {
             s.ann_catch_up_s
         );
     }
+    eprintln!("\n| chunks | ANN alone (candidates = top_k): ef → recall@10, p50 ms |\n|---:|---|");
+    for s in &r.sizes {
+        let cells: Vec<String> = s
+            .strict
+            .iter()
+            .map(|x| format!("ef {}: {:.4}, {:.3} ms", x.ef, x.recall_at_10, x.p50_ms))
+            .collect();
+        eprintln!("| {} | {} |", s.chunks, cells.join("; "));
+    }
     eprintln!(
         "\nreopen: indexes rebuilt from redb in {:.2} s, ANN ready after {:.2} s\n",
         r.reopen_s, r.reopen_ann_s
@@ -809,14 +854,15 @@ pub fn churn(dir: &Path) -> Result<(), KbError> {
     if kb.collection("c").is_err() {
         kb.create_collection("c")?;
     }
-    // Continue numbering after an earlier (killed) run, so generations stay unique: the
-    // counter file is written before each operation begins.
-    let mut gen = churn_start(dir);
+    // Generations stay unique across (killed) runs: run r numbers its operations from
+    // r × 1 000 000 + 1, with r counted in a file written once at start.
+    let run = churn_run(dir) + 1;
+    std::fs::write(dir.join("churn.run"), run.to_string())
+        .map_err(|e| KbError::Invalid(format!("{}: {e}", dir.display())))?;
+    let mut gen = run * 1_000_000;
     let stdout = std::io::stdout();
     loop {
         gen += 1;
-        std::fs::write(dir.join("churn.gen"), gen.to_string())
-            .map_err(|e| KbError::Invalid(format!("{}: {e}", dir.display())))?;
         let file = format!("doc{}.txt", gen % FILES);
         let delete = gen.is_multiple_of(5);
         let op = if delete { "delete" } else { "ingest" };
@@ -863,8 +909,8 @@ pub fn churn(dir: &Path) -> Result<(), KbError> {
     }
 }
 
-fn churn_start(dir: &Path) -> u64 {
-    std::fs::read_to_string(dir.join("churn.gen"))
+fn churn_run(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("churn.run"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)

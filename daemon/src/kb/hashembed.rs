@@ -36,11 +36,14 @@ impl HashEmbed {
                 self.add(&mut v, tri.as_bytes(), 0.5);
             }
         }
-        if !any {
-            // Every text gets a unit vector; an empty one points along the first axis.
+        let mut n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if !any || n == 0.0 {
+            // Every text gets a unit vector; an empty one (or one whose hashed features
+            // cancel out) points along the first axis.
+            v.iter_mut().for_each(|x| *x = 0.0);
             v[0] = 1.0;
+            n = 1.0;
         }
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         v.iter_mut().for_each(|x| *x /= n);
         v
     }

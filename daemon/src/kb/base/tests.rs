@@ -529,7 +529,7 @@ fn ann_takes_over_past_the_threshold_and_compaction_drops_deleted_rows() {
     assert_eq!(kb.collection("big").unwrap().ann_rows, 300);
     let exact = SearchTuning {
         exact: true,
-        ef_search: None,
+        ..SearchTuning::default()
     };
     let ann = SearchTuning::default();
     let agree = |kb: &KnowledgeBase| {
@@ -734,4 +734,23 @@ fn migrates_a_v1_database_with_keys_to_the_kb_schema() {
 fn knowledge_base_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<KnowledgeBase>();
+}
+
+#[test]
+fn a_deleted_and_recreated_collection_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let kb = open(dir.path());
+    kb.create_collection("x").unwrap();
+    let old = kb.coll("x").unwrap();
+    kb.ingest_chunks("x", doc("a.txt"), chunks(&["first life"]))
+        .unwrap();
+    kb.delete_collection("x").unwrap();
+    kb.create_collection("x").unwrap();
+    // A writer still holding the old handle is refused rather than writing into the new one.
+    assert!(matches!(kb.gate(&old), Err(KbError::NotFound { .. })));
+    kb.ingest_chunks("x", doc("b.txt"), chunks(&["second life"]))
+        .unwrap();
+    let hits = kb.search(&req(&["x"], "life", SearchMode::Hybrid)).unwrap();
+    assert_eq!(files(&hits), ["b.txt"]);
+    assert_eq!(row_counts(&kb), [1, 1, 1, 1, 1]);
 }
