@@ -8,8 +8,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
@@ -17,7 +15,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::{authenticate, json_response, read_json_body, App, Body};
+use super::{authenticate, json_response, read_body, read_json_body, App, Body};
 use crate::kb::base::{CollectionInfo, DocInfo, KbError, SearchMode, SearchRequest};
 use crate::kb::ingest::{IngestError, Ingestor};
 use crate::kb::DocKind;
@@ -174,15 +172,7 @@ pub async fn handle(
             ))
         }
         (KbPath::Collections, _) => {
-            let body = read_json_body(req, 64 * 1024).await?;
-            let v: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-            let obj = v
-                .as_object()
-                .ok_or_else(|| ApiError::bad_request("body must be a JSON object"))?;
-            if let Some(k) = obj.keys().find(|k| k.as_str() != "name") {
-                return Err(ApiError::unknown_param(k));
-            }
+            let obj = json_object(req, &["name"]).await?;
             let name = obj
                 .get("name")
                 .and_then(Value::as_str)
@@ -315,7 +305,7 @@ async fn upload(
         ))
     })?;
     let limit = kb.max_document_bytes();
-    let bytes = read_limited(req, limit).await?;
+    let bytes = read_body(req, limit).await?;
     let (doc, replaced) =
         blocking(move || Ok(kb.ingest(&collection, &filename, kind, &bytes)?)).await?;
     let mut m = document_json(&doc);
@@ -323,25 +313,21 @@ async fn upload(
     Ok(json_response(StatusCode::CREATED, &Value::Object(m)))
 }
 
-/// The body, at most `limit` bytes (413 beyond).
-async fn read_limited(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::payload_too_large(limit));
+/// A small JSON object body with only the `allowed` keys (400 naming any other).
+async fn json_object(
+    req: Request<Incoming>,
+    allowed: &[&str],
+) -> Result<Map<String, Value>, ApiError> {
+    let body = read_json_body(req, 64 * 1024).await?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    let Value::Object(obj) = v else {
+        return Err(ApiError::bad_request("body must be a JSON object"));
+    };
+    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::unknown_param(k));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::payload_too_large(limit))
-        }
-        Err(e) => Err(ApiError::bad_request(format!(
-            "could not read the request body: {e}"
-        ))),
-    }
+    Ok(obj)
 }
 
 /// `POST /v1/kb/search`.
@@ -350,18 +336,7 @@ async fn search(
     key: KeyInfo,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let body = read_json_body(req, 64 * 1024).await?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("body must be a JSON object"))?;
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "collections" | "query" | "top_k" | "mode"))
-    {
-        return Err(ApiError::unknown_param(k));
-    }
+    let obj = json_object(req, &["collections", "query", "top_k", "mode"]).await?;
     let knowledge = super::rag::parse_knowledge(&json!({
         "collections": obj.get("collections").cloned().unwrap_or(Value::Null),
         "top_k": obj.get("top_k").cloned().unwrap_or(Value::Null),

@@ -599,6 +599,11 @@ async fn read_json_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, A
             "Content-Type must be application/json (got `{ct}`)"
         )));
     }
+    read_body(req, limit).await
+}
+
+/// The body, whatever its type, at most `limit` bytes (413 beyond).
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)

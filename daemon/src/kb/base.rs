@@ -931,12 +931,23 @@ impl KnowledgeBase {
     }
 
     pub fn document(&self, collection: &str, id: &str) -> Result<DocInfo, KbError> {
+        let tx = self.inner.store.db().begin_read()?;
+        Ok(self.doc_record(&tx, collection, id)?.into())
+    }
+
+    /// The record of document `id` if it exists in `collection` (404 otherwise, also for a
+    /// malformed id or a document of another collection).
+    fn doc_record(
+        &self,
+        tx: &redb::ReadTransaction,
+        collection: &str,
+        id: &str,
+    ) -> Result<DocRecord, KbError> {
         self.coll(collection)?;
         let missing = || not_found(format!("document `{id}` in collection `{collection}`"));
         if !kbstore::valid_doc_id(id) {
             return Err(missing());
         }
-        let tx = self.inner.store.db().begin_read()?;
         let rec: DocRecord = match tx.open_table(DOCUMENTS)?.get(id)? {
             Some(b) => decode_json(id, b.value())?,
             None => return Err(missing()),
@@ -944,7 +955,7 @@ impl KnowledgeBase {
         if rec.collection != collection {
             return Err(missing());
         }
-        Ok(rec.into())
+        Ok(rec)
     }
 
     pub fn delete_document(&self, collection: &str, id: &str) -> Result<(), KbError> {
@@ -981,19 +992,8 @@ impl KnowledgeBase {
         collection: &str,
         id: &str,
     ) -> Result<(DocInfo, Vec<ChunkInfo>), KbError> {
-        self.coll(collection)?;
-        let missing = || not_found(format!("document `{id}` in collection `{collection}`"));
-        if !kbstore::valid_doc_id(id) {
-            return Err(missing());
-        }
         let tx = self.inner.store.db().begin_read()?;
-        let rec: DocRecord = match tx.open_table(DOCUMENTS)?.get(id)? {
-            Some(b) => decode_json(id, b.value())?,
-            None => return Err(missing()),
-        };
-        if rec.collection != collection {
-            return Err(missing());
-        }
+        let rec = self.doc_record(&tx, collection, id)?;
         let (lo, hi) = kbstore::doc_chunk_range(id);
         let mut chunks = Vec::new();
         for row in tx.open_table(CHUNKS)?.range(lo.as_str()..hi.as_str())? {
