@@ -487,11 +487,7 @@ pub(crate) mod tests {
         let doc = parse_in_process(&bytes, DocKind::Docx, &ParseOptions::default()).unwrap();
         assert_eq!(doc.title.as_deref(), Some("员工手册 & 制度"));
         use BlockKind::*;
-        let got: Vec<(BlockKind, &str)> = doc
-            .blocks
-            .iter()
-            .map(|b| (b.kind.clone(), b.text.as_str()))
-            .collect();
+        let got = crate::kb::parse::outline(&doc);
         assert_eq!(
             got,
             vec![

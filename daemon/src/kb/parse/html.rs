@@ -295,11 +295,7 @@ mod tests {
         );
         assert_eq!(doc.title.as_deref(), Some("Travel & expenses"));
         use BlockKind::*;
-        let got: Vec<(BlockKind, &str)> = doc
-            .blocks
-            .iter()
-            .map(|b| (b.kind.clone(), b.text.as_str()))
-            .collect();
+        let got = crate::kb::parse::outline(&doc);
         assert_eq!(
             got,
             vec![

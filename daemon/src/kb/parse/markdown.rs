@@ -172,11 +172,7 @@ mod tests {
              ### Notes &amp; caveats\n\n> Quoted text.\n",
         );
         use BlockKind::*;
-        let got: Vec<(BlockKind, &str)> = doc
-            .blocks
-            .iter()
-            .map(|b| (b.kind.clone(), b.text.as_str()))
-            .collect();
+        let got = crate::kb::parse::outline(&doc);
         assert_eq!(
             got,
             vec![

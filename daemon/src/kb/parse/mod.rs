@@ -417,6 +417,15 @@ fn is_cn_numeral(c: char) -> bool {
     )
 }
 
+/// Test helper: a parsed document as (kind, text) pairs, to compare with an expected outline.
+#[cfg(test)]
+fn outline(doc: &ParsedDoc) -> Vec<(BlockKind, &str)> {
+    doc.blocks
+        .iter()
+        .map(|b| (b.kind.clone(), b.text.as_str()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
