@@ -795,6 +795,8 @@ struct Shared {
     counter: Tokenizer,
     tx: Mutex<Option<SyncSender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set by [`Embedder::shutdown`]: the worker fails what is left instead of running it.
+    stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
 }
 
@@ -878,10 +880,12 @@ impl Embedder {
         };
         let (tx, rx) = mpsc::sync_channel(cfg.max_queue);
         let counters = Arc::new(Counters::default());
+        let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             model,
             rx,
             batch_size: cfg.batch_size,
+            stop: stop.clone(),
             counters: counters.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -900,6 +904,7 @@ impl Embedder {
                 counter,
                 tx: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
+                stop,
                 counters,
             }),
         })
@@ -1049,9 +1054,9 @@ impl Embedder {
         sent
     }
 
-    /// Stop the worker after the jobs already queued; later calls fail with
-    /// [`EmbedError::ShutDown`]. Returns when the thread has exited. (Dropping the last
-    /// clone does the same.)
+    /// Stop the worker: the batch running finishes, every input not yet embedded fails with
+    /// [`EmbedError::ShutDown`], and so do later calls. Returns when the thread has exited
+    /// (at most one batch later). Dropping the last clone does the same.
     pub fn shutdown(&self) {
         self.shared.stop();
     }
@@ -1059,6 +1064,7 @@ impl Embedder {
 
 impl Shared {
     fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
         // Dropping the last sender ends the worker's `recv` once the queue is drained.
         drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -1082,6 +1088,7 @@ struct Worker {
     model: Model,
     rx: Receiver<Job>,
     batch_size: usize,
+    stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
 }
 
@@ -1119,6 +1126,12 @@ impl Worker {
             .map(|j| Ok(vec![Vec::new(); j.rows.len()]))
             .collect();
         for batch in order.chunks(self.batch_size) {
+            if self.stop.load(Ordering::Relaxed) {
+                for r in results.iter_mut() {
+                    *r = Err(EmbedError::ShutDown);
+                }
+                break;
+            }
             let live: Vec<(usize, usize)> = batch
                 .iter()
                 .copied()
@@ -1154,7 +1167,7 @@ impl Worker {
             }
         }
         for (job, result) in jobs.into_iter().zip(results) {
-            let result = if job.cancelled() {
+            let result = if job.cancelled() && result.is_ok() {
                 Err(EmbedError::Cancelled)
             } else {
                 result
