@@ -54,21 +54,7 @@ pub enum KeyError {
     Random(String),
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for KeyError {
-            fn from(e: $t) -> Self {
-                KeyError::Store(StoreError::Db(e.to_string()))
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+crate::store::redb_errors_into!(KeyError, KeyError::Store);
 
 /// What a key may do. Text form: `chat`, `embeddings`, `kb:read:COLLECTION`,
 /// `kb:write:COLLECTION`, `admin`; COLLECTION may be `*` (every collection).

@@ -53,6 +53,23 @@ pub enum StoreError {
     Db(String),
 }
 
+/// `From` every redb error type for an error enum that wraps [`StoreError`] in `$variant`
+/// (`keys::KeyError::Store`, `kb::KbError::Store`), so `?` works on redb calls there too.
+macro_rules! redb_errors_into {
+    ($target:ty, $variant:path) => {
+        $crate::store::redb_errors_into!(@each $target, $variant;
+            redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+    };
+    (@each $target:ty, $variant:path; $($t:ty),*) => {$(
+        impl From<$t> for $target {
+            fn from(e: $t) -> Self {
+                $variant($crate::store::StoreError::from(e))
+            }
+        }
+    )*};
+}
+pub(crate) use redb_errors_into;
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {

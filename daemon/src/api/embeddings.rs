@@ -55,19 +55,7 @@ impl Parsed {
 
 /// Parse and validate a request body.
 pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| ApiError::bad_request(format!("request body is not valid UTF-8: {e}")))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        ApiError::bad_request(format!(
-            "We could not parse the JSON body of your request: {e}"
-        ))
-    })?;
-    let Value::Object(map) = value else {
-        return Err(ApiError::bad_request("request body must be a JSON object"));
-    };
-    if let Some(k) = map.keys().find(|k| !PARAMS.contains(&k.as_str())) {
-        return Err(ApiError::unknown_param(k));
-    }
+    let map = super::openai::object_body(body, PARAMS)?;
     let model = match map.get("model") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Null) | None => {

@@ -319,15 +319,7 @@ async fn json_object(
     allowed: &[&str],
 ) -> Result<Map<String, Value>, ApiError> {
     let body = read_json_body(req, 64 * 1024).await?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-    let Value::Object(obj) = v else {
-        return Err(ApiError::bad_request("body must be a JSON object"));
-    };
-    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::unknown_param(k));
-    }
-    Ok(obj)
+    super::openai::object_body(&body, allowed)
 }
 
 /// `POST /v1/kb/search`.

@@ -102,8 +102,9 @@ impl Parsed {
     }
 }
 
-/// Parse and validate a request body.
-pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
+/// A request body that must be a JSON object whose keys are all in `allowed` (400 naming the
+/// first other key, or saying what is wrong with the body).
+pub fn object_body(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid UTF-8: {e}")))?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
@@ -114,13 +115,21 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
     let Value::Object(map) = value else {
         return Err(ApiError::bad_request("request body must be a JSON object"));
     };
-    let allowed = match kind {
-        Kind::Chat => CHAT_PARAMS,
-        Kind::Completion => COMPLETION_PARAMS,
-    };
     if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(ApiError::unknown_param(k));
     }
+    Ok(map)
+}
+
+/// Parse and validate a request body.
+pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
+    let map = object_body(
+        body,
+        match kind {
+            Kind::Chat => CHAT_PARAMS,
+            Kind::Completion => COMPLETION_PARAMS,
+        },
+    )?;
 
     let model = match get(&map, "model") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),

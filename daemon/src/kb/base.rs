@@ -69,21 +69,7 @@ pub enum KbError {
     Corrupt { key: String, msg: String },
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for KbError {
-            fn from(e: $t) -> Self {
-                KbError::Store(StoreError::Db(e.to_string()))
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+crate::store::redb_errors_into!(KbError, KbError::Store);
 
 fn not_found(what: impl std::fmt::Display) -> KbError {
     KbError::NotFound {
@@ -184,38 +170,8 @@ pub struct CollectionInfo {
     pub ann_rows: usize,
 }
 
-/// A stored document.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct DocInfo {
-    pub id: String,
-    pub collection: String,
-    pub filename: String,
-    pub kind: DocKind,
-    pub title: Option<String>,
-    pub sha256: String,
-    pub size_bytes: u64,
-    pub pages: Option<u32>,
-    pub chunks: u32,
-    /// Unix seconds.
-    pub created: u64,
-}
-
-impl From<DocRecord> for DocInfo {
-    fn from(r: DocRecord) -> Self {
-        DocInfo {
-            id: r.id,
-            collection: r.collection,
-            filename: r.filename,
-            kind: r.kind,
-            title: r.title,
-            sha256: r.sha256,
-            size_bytes: r.size_bytes,
-            pages: r.pages,
-            chunks: r.chunks,
-            created: r.created,
-        }
-    }
-}
+/// A stored document: the stored record itself.
+pub use super::store::DocRecord as DocInfo;
 
 /// What describes a document being ingested (its chunks come separately).
 #[derive(Clone, Debug, PartialEq)]
@@ -905,7 +861,7 @@ impl KnowledgeBase {
         }
         drop(_gate);
         self.inner.schedule_if_needed(collection);
-        Ok(record.into())
+        Ok(record)
     }
 
     /// Documents of a collection, by filename.
@@ -924,7 +880,7 @@ impl KnowledgeBase {
             }
             let id = v.value();
             if let Some(b) = docs.get(id)? {
-                out.push(decode_json::<DocRecord>(id, b.value())?.into());
+                out.push(decode_json::<DocRecord>(id, b.value())?);
             }
         }
         Ok(out)
@@ -932,7 +888,7 @@ impl KnowledgeBase {
 
     pub fn document(&self, collection: &str, id: &str) -> Result<DocInfo, KbError> {
         let tx = self.inner.store.db().begin_read()?;
-        Ok(self.doc_record(&tx, collection, id)?.into())
+        self.doc_record(&tx, collection, id)
     }
 
     /// The record of document `id` if it exists in `collection` (404 otherwise, also for a
@@ -1011,7 +967,7 @@ impl KnowledgeBase {
             });
         }
         chunks.sort_by_key(|c| c.ordinal);
-        Ok((rec.into(), chunks))
+        Ok((rec, chunks))
     }
 
     /// A chunk by id, for citations.
