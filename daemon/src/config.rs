@@ -47,8 +47,37 @@ pub struct Config {
     /// `[kb]`: knowledge-base index and search settings (see `kb::base::IndexConfig`).
     #[serde(default)]
     pub kb: crate::kb::base::IndexConfig,
+    /// `[limits]`: fairness between API keys.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
+}
+
+/// `[limits]`: how much of the server one API key may hold. Rate limits (`rpm`, `tpm`) are
+/// per key, set when the key is made; this is the cap on concurrent work that keeps one key
+/// (a runaway script, a client retrying in a loop) from filling the queue for everyone.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Share of the engine's capacity (`engine.max_batch + engine.max_queue` sequences) that
+    /// one key may have in flight at once; a chat request with `n` choices holds `n`. Past it
+    /// the key gets 429 with `Retry-After`. A request larger than the share still runs when the
+    /// key has nothing else in flight. 1 = no per-key cap.
+    #[serde(default = "default_key_queue_share")]
+    pub key_queue_share: f64,
+}
+
+fn default_key_queue_share() -> f64 {
+    0.25
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            key_queue_share: default_key_queue_share(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -301,6 +330,13 @@ impl Config {
             }
             seen.push(*p);
         }
+        let share = self.limits.key_queue_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(bad(
+                "limits.key_queue_share",
+                "must be more than 0 and at most 1",
+            ));
+        }
         if self.engine.intra_threads > 1024 {
             return Err(bad("engine.intra_threads", "must be 0..=1024"));
         }
@@ -475,7 +511,13 @@ impl Config {
         // restart): every listed field is copied from `old`, and whatever then still differs
         // is unlisted.
         diff("kb", false, self.kb != old.kb);
+        diff(
+            "limits.key_queue_share",
+            true,
+            self.limits.key_queue_share != old.limits.key_queue_share,
+        );
         let mut rest = self.clone();
+        rest.limits.clone_from(&old.limits);
         rest.state_dir.clone_from(&old.state_dir);
         rest.kb.clone_from(&old.kb);
         rest.embeddings.clone_from(&old.embeddings);
@@ -507,6 +549,17 @@ impl Config {
         } else {
             m.clone()
         })
+    }
+
+    /// Sequences one key may have in flight: `limits.key_queue_share` of the engine's capacity
+    /// (running batch plus queue), at least 1; a share of 1 is no per-key cap (one key may fill
+    /// the queue, and then gets the engine's `queue_full`).
+    pub fn max_inflight_per_key(&self) -> usize {
+        if self.limits.key_queue_share >= 1.0 {
+            return usize::MAX;
+        }
+        let capacity = (self.engine.max_batch + self.engine.max_queue) as f64;
+        ((capacity * self.limits.key_queue_share).floor() as usize).max(1)
     }
 
     pub fn scheduler_config(&self) -> SchedulerConfig {
@@ -661,6 +714,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("certificate"), "{e}");
+    }
+
+    #[test]
+    fn limits_section() {
+        let d = parse("").unwrap();
+        // Defaults: (8 + 64) * 0.25.
+        assert_eq!(d.max_inflight_per_key(), 18);
+        let c = parse("[limits]\nkey_queue_share = 0.001\n").unwrap();
+        assert_eq!(c.max_inflight_per_key(), 1);
+        let c = parse("[limits]\nkey_queue_share = 1\n").unwrap();
+        assert_eq!(c.max_inflight_per_key(), usize::MAX);
+        for text in [
+            "[limits]\nkey_queue_share = 0",
+            "[limits]\nkey_queue_share = 1.5",
+            "[limits]\nkey_queue_share = nan",
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains("limits.key_queue_share"), "{e}");
+        }
+        let e = parse("[limits]\nper_key = 1").unwrap_err().to_string();
+        assert!(e.contains("per_key"), "{e}");
+        let changed = parse("[limits]\nkey_queue_share = 0.5").unwrap();
+        let diffs = changed.changes_from(&d);
+        assert!(
+            diffs
+                .iter()
+                .any(|c| c.key == "limits.key_queue_share" && c.live),
+            "{diffs:?}"
+        );
+        assert!(
+            !diffs.iter().any(|c| c.key == "(other settings)"),
+            "{diffs:?}"
+        );
     }
 
     #[test]

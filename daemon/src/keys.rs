@@ -696,12 +696,19 @@ impl KeyStore {
         Ok(Some(key.info.clone()))
     }
 
-    /// Admit one request costing `tokens` for `key`, or say how long to wait. Requests per
-    /// minute and tokens per minute are token buckets (burst = the per-minute limit, refilled
-    /// continuously), kept in memory. A request larger than the whole token budget passes only on
-    /// a full bucket and leaves it in debt, so the key waits as long as that many tokens take to
-    /// earn. Nothing is charged when the request is refused.
+    /// Admit one request costing `tokens` for `key`, or say how long to wait. See
+    /// [`check_cost`](Self::check_cost).
     pub fn check_rate(&self, key: &KeyInfo, tokens: u64) -> Result<(), RateLimited> {
+        self.check_cost(key, 1, tokens)
+    }
+
+    /// Admit `requests` requests costing `tokens` together for `key` (a chat request with `n`
+    /// choices is `n` requests), or say how long to wait. Requests per minute and tokens per
+    /// minute are token buckets (burst = the per-minute limit, refilled continuously), kept in
+    /// memory. A cost larger than a whole budget passes only on a full bucket and leaves it in
+    /// debt, so the key waits as long as that much takes to earn. Nothing is charged when the
+    /// request is refused.
+    pub fn check_cost(&self, key: &KeyInfo, requests: u32, tokens: u64) -> Result<(), RateLimited> {
         if key.rpm.is_none() && key.tpm.is_none() {
             return Ok(());
         }
@@ -713,7 +720,7 @@ impl KeyStore {
         let mut wait: f64 = 0.0;
         if let Some(b) = &mut l.requests {
             b.refill(now);
-            wait = wait.max(b.wait_s(1.0));
+            wait = wait.max(b.wait_s(f64::from(requests)));
         }
         if let Some(b) = &mut l.tokens {
             b.refill(now);
@@ -725,7 +732,7 @@ impl KeyStore {
             });
         }
         if let Some(b) = &mut l.requests {
-            b.level -= 1.0;
+            b.level -= f64::from(requests);
         }
         if let Some(b) = &mut l.tokens {
             b.level -= tokens as f64;
@@ -1116,6 +1123,19 @@ mod tests {
         // tokens refuse: the request budget must not be spent
         assert!(ks.check_rate(&k, 50).is_err());
         ks.check_rate(&k, 10).unwrap();
+        assert!(ks.check_rate(&k, 0).is_err());
+    }
+
+    #[test]
+    fn several_requests_at_once_count_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ks, _) = open(dir.path());
+        let (k, _) = ks.create("a", scopes("chat"), Some(10), None).unwrap();
+        ks.check_cost(&k, 4, 0).unwrap();
+        ks.check_cost(&k, 4, 0).unwrap();
+        // Two left: a request of three choices waits, a single one passes.
+        assert!(ks.check_cost(&k, 3, 0).is_err());
+        ks.check_cost(&k, 2, 0).unwrap();
         assert!(ks.check_rate(&k, 0).is_err());
     }
 

@@ -193,6 +193,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         keys,
         ApiConfig {
             max_body_bytes: config.server.max_body_bytes,
+            max_inflight_per_key: config.max_inflight_per_key(),
         },
     ));
 
@@ -325,6 +326,7 @@ impl Daemon {
             *self.server.write().unwrap_or_else(|p| p.into_inner()) = new.server.clone();
             self.app.set_config(ApiConfig {
                 max_body_bytes: new.server.max_body_bytes,
+                max_inflight_per_key: new.max_inflight_per_key(),
             });
         }
         if !restart.is_empty() {

@@ -69,11 +69,21 @@ fn config(max_batch: usize) -> SchedulerConfig {
 }
 
 /// Wait for the first text of a request (it is then decoding in the batch).
-fn first_text(h: &RequestHandle) {
-    match h.events().recv_timeout(Duration::from_secs(60)) {
-        Ok(Event::Content(_) | Event::Reasoning(_)) => {}
-        Ok(other) => panic!("unexpected event before text: {other:?}"),
-        Err(e) => panic!("no event: {e}"),
+fn first_text(h: &mut RequestHandle) {
+    let t = Instant::now();
+    loop {
+        match h.try_recv() {
+            Ok(Some(Event::Content(_) | Event::Reasoning(_))) => return,
+            Ok(Some(other)) => panic!("unexpected event before text: {other:?}"),
+            Ok(None) => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "no event within 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(()) => panic!("the request ended without an event"),
+        }
     }
 }
 
@@ -106,10 +116,10 @@ fn batched_equals_single(fixture: &str) {
     let mut handles = Vec::new();
     for (i, m) in prompts().into_iter().enumerate() {
         // Different lengths so rows also leave at different steps.
-        let h = sched.submit(greedy(m, TOKENS - 3 * i)).expect("submit");
+        let mut h = sched.submit(greedy(m, TOKENS - 3 * i)).expect("submit");
         if i % 2 == 0 {
             // Join while the others are mid-decode.
-            first_text(&h);
+            first_text(&mut h);
         }
         handles.push(h);
     }
@@ -173,8 +183,8 @@ fn full_queue_fails_at_once_and_the_rest_complete() {
         },
     )
     .expect("start");
-    let first = sched.submit(long(200)).expect("first");
-    first_text(&first);
+    let mut first = sched.submit(long(200)).expect("first");
+    first_text(&mut first);
     // One running; two may wait; the fourth is refused without blocking.
     let a = sched.submit(long(5)).expect("second");
     let b = sched.submit(long(5)).expect("third");
@@ -259,8 +269,8 @@ fn dropping_a_handle_frees_its_slot_and_others_are_unaffected() {
         .token_ids;
     let sched = Scheduler::start(engine, config(8)).expect("start");
     let keep = sched.submit(greedy(messages, 120)).expect("keep");
-    let drop_me = sched.submit(long(400)).expect("drop");
-    first_text(&drop_me);
+    let mut drop_me = sched.submit(long(400)).expect("drop");
+    first_text(&mut drop_me);
     wait_until("both decoding", || sched.stats().max_batch_seen == 2);
     drop(drop_me);
     wait_until("slot freed", || {
@@ -306,8 +316,8 @@ fn invalid_requests_fail_at_submit() {
 #[test]
 fn shutdown_ends_running_requests_with_an_error() {
     let sched = Scheduler::start(load("tiny-qwen2-genai"), config(2)).expect("start");
-    let h = sched.submit(long(400)).expect("submit");
-    first_text(&h);
+    let mut h = sched.submit(long(400)).expect("submit");
+    first_text(&mut h);
     let s2 = sched.clone();
     s2.shutdown();
     assert!(h.wait().is_err());

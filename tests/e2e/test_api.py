@@ -28,11 +28,11 @@ class Server:
     """One `edgeseek serve --dev` process."""
 
     def __init__(self, state: Path, model: Path = QWEN, config: str | None = None,
-                 client_cert: tuple[Path, Path] | None = None):
+                 client_cert: tuple[Path, Path] | None = None, listen: str = "127.0.0.1:0"):
         self.state = state
         self.client_cert = client_cert
         state.mkdir(parents=True, exist_ok=True)
-        args = [str(BIN), "serve", "--dev", "--state-dir", str(state), "--listen", "127.0.0.1:0",
+        args = [str(BIN), "serve", "--dev", "--state-dir", str(state), "--listen", listen,
                 "--model", str(model)]
         if config is not None:
             cfg = state / "edgeseek.toml"
@@ -442,7 +442,9 @@ def test_openssl_refuses_tls_1_0_and_1_1(server):
 # --- separate servers: backpressure, loading failure -----------------------------------------
 
 def test_full_queue_is_429(tmp_path):
-    s = Server(tmp_path / "state", config="[engine]\nmax_batch = 1\nmax_queue = 1\n")
+    # One key fills the engine's queue: no per-key share (test_gate.py tests that one).
+    s = Server(tmp_path / "state",
+               config="[engine]\nmax_batch = 1\nmax_queue = 1\n[limits]\nkey_queue_share = 1\n")
     try:
         s.wait_ready()
         k = s.key("load")

@@ -13,15 +13,15 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use super::error::ApiError;
-use super::{authorize, json_response, read_json_body, unix_now, App, Body};
+use super::gate::Call;
+use super::{json_response, unix_now, App, Body};
 use crate::admin::{created_key_json, AdminBackend};
 use crate::engine::SchedulerStats;
 use crate::keys::{KeyError, Scope};
@@ -30,8 +30,6 @@ use crate::keys::{KeyError, Scope};
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// Samples kept: 15 minutes at one every 5 s.
 pub const HISTORY_SAMPLES: usize = 180;
-/// Admin request bodies are a few fields.
-const MAX_BODY: usize = 16 * 1024;
 const CREATE_PARAMS: &[&str] = &["name", "scopes", "rpm", "tpm"];
 
 /// One point of the tokens/s history.
@@ -123,8 +121,8 @@ pub async fn run_sampler(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 }
 
 /// `GET /v1/admin/status`.
-pub fn status(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    authorize(app, req, &Scope::Admin, "admin")?;
+pub async fn status(c: Call) -> Result<Response<Body>, ApiError> {
+    let app = &c.app;
     let mut v = match app.admin.backend.get().and_then(Weak::upgrade) {
         Some(b) => b.status(),
         // No daemon around the app (unit tests): what the app itself knows.
@@ -152,8 +150,8 @@ pub fn status(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>,
 }
 
 /// `GET /v1/admin/metrics/history`.
-pub fn history(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    authorize(app, req, &Scope::Admin, "admin")?;
+pub async fn history(c: Call) -> Result<Response<Body>, ApiError> {
+    let app = &c.app;
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -165,19 +163,21 @@ pub fn history(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>
     ))
 }
 
-/// `GET /v1/admin/keys` (list) and `POST /v1/admin/keys` (create).
-pub async fn keys(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let admin = authorize(app, &req, &Scope::Admin, "admin")?;
-    if req.method() != Method::POST {
-        let store = app.keys().clone();
-        let list = blocking(move || store.list()).await?;
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({"object": "list", "data": list}),
-        ));
-    }
-    let body = read_json_body(req, MAX_BODY).await?;
-    let create = parse_create(&body)?;
+/// `GET /v1/admin/keys`.
+pub async fn list_keys(c: Call) -> Result<Response<Body>, ApiError> {
+    let store = c.app.keys().clone();
+    let list = blocking(move || store.list()).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": list}),
+    ))
+}
+
+/// `POST /v1/admin/keys`.
+pub async fn create_key(c: Call) -> Result<Response<Body>, ApiError> {
+    let admin = c.key()?;
+    let app = &c.app;
+    let create = parse_create(&c.body)?;
     let store = app.keys().clone();
     let (info, secret) =
         blocking(move || store.create(&create.name, create.scopes, create.rpm, create.tpm)).await?;
@@ -190,12 +190,10 @@ pub async fn keys(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
 }
 
 /// `DELETE /v1/admin/keys/{id}`: revoke by id (or by name, when one active key has it).
-pub async fn revoke(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let admin = authorize(app, req, &Scope::Admin, "admin")?;
-    let raw = req.uri().path().trim_start_matches("/v1/admin/keys/");
-    let id = percent_decode(raw)
-        .ok_or_else(|| ApiError::invalid_param("id", format!("`{raw}` is not a valid key id")))?;
-    let store = app.keys().clone();
+pub async fn revoke(c: Call) -> Result<Response<Body>, ApiError> {
+    let admin = c.key()?;
+    let id = c.param("id")?.to_string();
+    let store = c.app.keys().clone();
     let record = blocking(move || store.revoke(&id)).await?;
     tracing::info!(key_id = %record.id, by = %admin.id, "API key revoked over HTTPS");
     let v = serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -308,28 +306,6 @@ fn key_error(e: KeyError) -> ApiError {
     }
 }
 
-/// Decode `%XX` escapes of a path segment; `None` for a bad escape or non-UTF-8 result.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok().filter(|s| !s.contains('/'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,17 +413,5 @@ mod tests {
             key_error(KeyError::Random("x".into())).status,
             StatusCode::INTERNAL_SERVER_ERROR
         );
-    }
-
-    #[test]
-    fn path_ids_are_percent_decoded() {
-        assert_eq!(percent_decode("a1b2").as_deref(), Some("a1b2"));
-        assert_eq!(percent_decode("ops%40hq").as_deref(), Some("ops@hq"));
-        assert_eq!(percent_decode("%E5%8C%97").as_deref(), Some("北"));
-        assert_eq!(percent_decode("%4"), None);
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%+F"), None);
-        assert_eq!(percent_decode("%FF"), None);
-        assert_eq!(percent_decode("a%2Fb"), None);
     }
 }

@@ -16,14 +16,14 @@ use std::sync::OnceLock;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use hyper::body::Incoming;
 use hyper::header::{
     HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_ENCODING, ETAG, IF_NONE_MATCH, VARY,
 };
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
+use super::gate::Call;
 use super::{full, Body};
 
 /// Policy of console pages: everything from this origin only, no inline code, no plugins,
@@ -170,20 +170,20 @@ pub fn first_load_bytes() -> usize {
 }
 
 /// `GET /`.
-pub fn index(req: &Request<Incoming>) -> Response<Body> {
-    match assets().iter().find(|a| a.name == INDEX) {
-        Some(a) => send(a, req.headers()),
+pub async fn index(c: Call) -> Result<Response<Body>, ApiError> {
+    Ok(match assets().iter().find(|a| a.name == INDEX) {
+        Some(a) => send(a, &c.head.headers),
         None => full(StatusCode::NOT_FOUND, "text/plain", "console missing"),
-    }
+    })
 }
 
 /// `GET /console/{asset}`: only the embedded files; anything else is a 404.
-pub fn asset(req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let name = req.uri().path().trim_start_matches("/console/");
+pub async fn asset(c: Call) -> Result<Response<Body>, ApiError> {
+    let name = c.param("asset")?;
     assets()
         .iter()
         .find(|a| a.name == name && a.name != INDEX)
-        .map(|a| send(a, req.headers()))
+        .map(|a| send(a, &c.head.headers))
         .ok_or_else(|| ApiError::not_found(format!("no console file `{name}`")))
 }
 

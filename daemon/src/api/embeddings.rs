@@ -16,15 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use super::{authorize, full, read_json_body, App, Body};
+use super::gate::{self, Call, Cost};
+use super::{full, Body};
 use crate::engine::embed::{EmbedError, EmbedRequest, Embedder, Overflow};
-use crate::keys::Scope;
 
 /// Parameters of `POST /v1/embeddings`.
 pub const PARAMS: &[&str] = &["model", "input", "encoding_format", "dimensions", "user"];
@@ -257,14 +256,17 @@ fn input_error(p: &Parsed, e: EmbedError) -> ApiError {
     }
 }
 
-pub(super) async fn create(
-    app: &Arc<App>,
-    req: Request<Incoming>,
-    rid: &str,
-) -> Result<Response<Body>, ApiError> {
-    let key = authorize(app, &req, &Scope::Embeddings, "embeddings")?;
-    let body = read_json_body(req, app.config().max_body_bytes).await?;
-    let parsed = parse(&body)?;
+pub(super) async fn create(mut c: Call) -> Result<Response<Body>, ApiError> {
+    let app = c.app.clone();
+    let key = c.key()?.clone();
+    let parsed = parse(&c.body)?;
+    // Every input is embedded: the body's text counts against the token budget before any
+    // work, the exact count is settled after.
+    c.admit(Cost {
+        requests: 1,
+        tokens: gate::estimate_tokens(c.body.len()),
+        inflight: 1,
+    })?;
     let embedder: Embedder = app.embedder_ready()?;
     if parsed.model != embedder.name() {
         let mut e = ApiError::model_not_found(&parsed.model);
@@ -287,10 +289,7 @@ pub(super) async fn create(
             ));
         }
     }
-    app.keys
-        .check_rate(&key, 0)
-        .map_err(|r| ApiError::rate_limited(r.retry_after_s))?;
-    tracing::debug!(request_id = rid, key_id = %key.id, inputs = parsed.inputs.len(), "embeddings");
+    tracing::debug!(request_id = %c.rid, key_id = %key.id, inputs = parsed.inputs.len(), "embeddings");
 
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancel.clone());
@@ -308,7 +307,10 @@ pub(super) async fn create(
         .map_err(|e| ApiError::internal(format!("embedding task failed: {e}")))?;
     drop(guard);
     let out = result.map_err(|e| input_error(&parsed, e))?;
-    app.keys.charge_tokens(&key, out.tokens as u64);
+    app.keys.charge_tokens(
+        &key,
+        (out.tokens as u64).saturating_sub(c.admitted_tokens()),
+    );
     let body = response_body(embedder.name(), &out.vectors, parsed.base64, out.tokens)?;
     Ok(full(StatusCode::OK, "application/json", body))
 }

@@ -1,70 +1,25 @@
 //! `/v1/kb/…`: collections, documents and search over HTTPS.
 //!
-//! Every route checks the key's `kb:read:C` / `kb:write:C` scope for the collection it names
-//! before looking the collection up, so a key cannot learn which collections exist outside
-//! its scopes (a 403 either way). Listing collections shows only the readable ones.
+//! The gate checks the key's `kb:read:C` / `kb:write:C` scope for the collection a path names,
+//! and the handlers check collections named in a body the same way ([`gate::require`]), before
+//! the collection is looked up, so a key cannot learn which collections exist outside its
+//! scopes (a 403 either way). Listing collections shows only the readable ones.
 //! Ingestion (parse, chunk, embed, commit) runs on a blocking thread; the 201 is sent after
 //! the document's transaction has committed.
 
-use std::sync::Arc;
-
-use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::http::request::Parts;
+use hyper::{Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::{authenticate, json_response, read_body, read_json_body, App, Body};
+use super::gate::{self, Call};
+use super::{json_response, Body};
 use crate::kb::base::{CollectionInfo, DocInfo, KbError, SearchMode, SearchRequest};
-use crate::kb::ingest::{IngestError, Ingestor};
+use crate::kb::ingest::IngestError;
 use crate::kb::DocKind;
-use crate::keys::{KeyInfo, Scope};
-
-/// What a `/v1/kb` path names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KbPath {
-    Collections,
-    Collection(String),
-    Documents(String),
-    Document(String, String),
-    Search,
-}
-
-impl KbPath {
-    /// Parse `path` (still percent-encoded); `None` if it is not a KB route.
-    pub fn parse(path: &str) -> Option<KbPath> {
-        if path == "/v1/kb/search" {
-            return Some(KbPath::Search);
-        }
-        let rest = path.strip_prefix("/v1/kb/collections")?;
-        if rest.is_empty() {
-            return Some(KbPath::Collections);
-        }
-        let segs: Vec<&str> = rest.strip_prefix('/')?.split('/').collect();
-        let dec = |s: &str| -> Option<String> {
-            let d = percent_decode_str(s).decode_utf8().ok()?.into_owned();
-            (!d.is_empty()).then_some(d)
-        };
-        match segs.as_slice() {
-            [c] => Some(KbPath::Collection(dec(c)?)),
-            [c, "documents"] => Some(KbPath::Documents(dec(c)?)),
-            [c, "documents", id] => Some(KbPath::Document(dec(c)?, dec(id)?)),
-            _ => None,
-        }
-    }
-
-    /// The route's pattern (metric label).
-    pub fn label(&self) -> &'static str {
-        match self {
-            KbPath::Collections => "/v1/kb/collections",
-            KbPath::Collection(_) => "/v1/kb/collections/{collection}",
-            KbPath::Documents(_) => "/v1/kb/collections/{collection}/documents",
-            KbPath::Document(..) => "/v1/kb/collections/{collection}/documents/{document}",
-            KbPath::Search => "/v1/kb/search",
-        }
-    }
-}
+use crate::keys::Scope;
 
 impl From<KbError> for ApiError {
     fn from(e: KbError) -> ApiError {
@@ -87,14 +42,6 @@ impl From<IngestError> for ApiError {
             IngestError::TooLarge { limit, .. } => ApiError::payload_too_large(limit),
             other => ApiError::bad_request(other.to_string()),
         }
-    }
-}
-
-fn need(key: &KeyInfo, scope: Scope) -> Result<(), ApiError> {
-    if key.allows(&scope) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(&scope.to_string()))
     }
 }
 
@@ -136,119 +83,114 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("knowledge base task failed: {e}")))?
 }
 
-pub async fn handle(
-    app: &Arc<App>,
-    path: KbPath,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
-    // The router has checked the method against the route's `Allow` list.
-    let method = req.method().clone();
-    let key = authenticate(app, &req)?;
-    // Scope checks come before the knowledge base is consulted (and before it is ready).
-    if let KbPath::Collection(c) | KbPath::Documents(c) | KbPath::Document(c, _) = &path {
-        let write = method == Method::POST || method == Method::DELETE;
-        need(
-            &key,
-            if write {
-                Scope::KbWrite(c.clone())
-            } else {
-                Scope::KbRead(c.clone())
-            },
-        )?;
-    }
-    let kb = app.kb()?;
-    match (path, method) {
-        (KbPath::Collections, Method::GET) => {
-            let k = kb.clone();
-            let list = blocking(move || Ok(k.base().list_collections())).await?;
-            let data: Vec<Value> = list
+/// `GET /v1/kb/collections`: the collections this key may read.
+pub async fn list_collections(c: Call) -> Result<Response<Body>, ApiError> {
+    let kb = c.app.kb()?;
+    let key = c.key()?;
+    let list = blocking(move || Ok(kb.base().list_collections())).await?;
+    let data: Vec<Value> = list
+        .iter()
+        .filter(|col| key.allows(&Scope::KbRead(col.name.clone())))
+        .map(collection_json)
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": data}),
+    ))
+}
+
+/// `POST /v1/kb/collections` (`kb:write:NAME`, checked before the knowledge base is consulted).
+pub async fn create_collection(c: Call) -> Result<Response<Body>, ApiError> {
+    let obj = json_object(&c.body, &["name"])?;
+    let name = obj
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid_param("name", "name is required (a string)"))?
+        .to_string();
+    gate::require(c.key()?, &Scope::KbWrite(name.clone()))?;
+    let kb = c.app.kb()?;
+    let col = blocking(move || Ok(kb.base().create_collection(&name)?)).await?;
+    Ok(json_response(StatusCode::CREATED, &collection_json(&col)))
+}
+
+/// `GET /v1/kb/collections/{collection}`.
+pub async fn get_collection(c: Call) -> Result<Response<Body>, ApiError> {
+    let kb = c.app.kb()?;
+    let name = c.param("collection")?.to_string();
+    let info = blocking(move || Ok(kb.base().collection(&name)?)).await?;
+    Ok(json_response(StatusCode::OK, &collection_json(&info)))
+}
+
+/// `DELETE /v1/kb/collections/{collection}`.
+pub async fn delete_collection(c: Call) -> Result<Response<Body>, ApiError> {
+    let kb = c.app.kb()?;
+    let name = c.param("collection")?.to_string();
+    let n = name.clone();
+    blocking(move || Ok(kb.base().delete_collection(&n)?)).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"name": name, "deleted": true}),
+    ))
+}
+
+/// `GET /v1/kb/collections/{collection}/documents`.
+pub async fn list_documents(c: Call) -> Result<Response<Body>, ApiError> {
+    let kb = c.app.kb()?;
+    let name = c.param("collection")?.to_string();
+    let docs = blocking(move || Ok(kb.base().list_documents(&name)?)).await?;
+    let data: Vec<Value> = docs
+        .iter()
+        .map(|d| Value::Object(document_json(d)))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": data}),
+    ))
+}
+
+/// `GET /v1/kb/collections/{collection}/documents/{document}`: the document with its chunks.
+pub async fn get_document(c: Call) -> Result<Response<Body>, ApiError> {
+    let kb = c.app.kb()?;
+    let name = c.param("collection")?.to_string();
+    let id = c.param("document")?.to_string();
+    let (doc, chunks) = blocking(move || Ok(kb.base().document_chunks(&name, &id)?)).await?;
+    let mut m = document_json(&doc);
+    m.insert(
+        "chunks".into(),
+        Value::Array(
+            chunks
                 .iter()
-                .filter(|c| key.allows(&Scope::KbRead(c.name.clone())))
-                .map(collection_json)
-                .collect();
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"object": "list", "data": data}),
-            ))
-        }
-        (KbPath::Collections, _) => {
-            let obj = json_object(req, &["name"]).await?;
-            let name = obj
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::invalid_param("name", "name is required (a string)"))?
-                .to_string();
-            need(&key, Scope::KbWrite(name.clone()))?;
-            let k = kb.clone();
-            let c = blocking(move || Ok(k.base().create_collection(&name)?)).await?;
-            Ok(json_response(StatusCode::CREATED, &collection_json(&c)))
-        }
-        (KbPath::Collection(c), Method::GET) => {
-            let k = kb.clone();
-            let info = blocking(move || Ok(k.base().collection(&c)?)).await?;
-            Ok(json_response(StatusCode::OK, &collection_json(&info)))
-        }
-        (KbPath::Collection(c), _) => {
-            let k = kb.clone();
-            let name = c.clone();
-            blocking(move || Ok(k.base().delete_collection(&name)?)).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"name": c, "deleted": true}),
-            ))
-        }
-        (KbPath::Documents(c), Method::GET) => {
-            let k = kb.clone();
-            let docs = blocking(move || Ok(k.base().list_documents(&c)?)).await?;
-            let data: Vec<Value> = docs
-                .iter()
-                .map(|d| Value::Object(document_json(d)))
-                .collect();
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"object": "list", "data": data}),
-            ))
-        }
-        (KbPath::Documents(c), _) => upload(kb, c, req).await,
-        (KbPath::Document(c, id), Method::GET) => {
-            let k = kb.clone();
-            let (doc, chunks) = blocking(move || Ok(k.base().document_chunks(&c, &id)?)).await?;
-            let mut m = document_json(&doc);
-            m.insert(
-                "chunks".into(),
-                Value::Array(
-                    chunks
-                        .iter()
-                        .map(|ch| {
-                            json!({
-                                "chunk_id": ch.id,
-                                "ordinal": ch.ordinal,
-                                "text": ch.text,
-                                "page": ch.page,
-                                "heading": ch.heading,
-                            })
-                        })
-                        .collect(),
-                ),
-            );
-            Ok(json_response(StatusCode::OK, &Value::Object(m)))
-        }
-        (KbPath::Document(c, id), _) => {
-            let k = kb.clone();
-            let i = id.clone();
-            blocking(move || Ok(k.base().delete_document(&c, &i)?)).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"id": id, "deleted": true}),
-            ))
-        }
-        (KbPath::Search, _) => search(kb, key, req).await,
-    }
+                .map(|ch| {
+                    json!({
+                        "chunk_id": ch.id,
+                        "ordinal": ch.ordinal,
+                        "text": ch.text,
+                        "page": ch.page,
+                        "heading": ch.heading,
+                    })
+                })
+                .collect(),
+        ),
+    );
+    Ok(json_response(StatusCode::OK, &Value::Object(m)))
+}
+
+/// `DELETE /v1/kb/collections/{collection}/documents/{document}`.
+pub async fn delete_document(c: Call) -> Result<Response<Body>, ApiError> {
+    let kb = c.app.kb()?;
+    let name = c.param("collection")?.to_string();
+    let id = c.param("document")?.to_string();
+    let i = id.clone();
+    blocking(move || Ok(kb.base().delete_document(&name, &i)?)).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"id": id, "deleted": true}),
+    ))
 }
 
 /// `filename` from the query string or the `X-Filename` header (percent-encoded UTF-8).
-fn filename_of(req: &Request<Incoming>) -> Result<String, ApiError> {
-    let from_query = req.uri().query().and_then(|q| {
+fn filename_of(head: &Parts) -> Result<String, ApiError> {
+    let from_query = head.uri.query().and_then(|q| {
         q.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=')?;
             (k == "filename").then(|| v.replace('+', " "))
@@ -256,7 +198,7 @@ fn filename_of(req: &Request<Incoming>) -> Result<String, ApiError> {
     });
     let raw = match from_query {
         Some(v) => v,
-        None => match req.headers().get("x-filename") {
+        None => match head.headers.get("x-filename") {
             Some(h) => h
                 .to_str()
                 .map_err(|_| {
@@ -285,14 +227,14 @@ fn filename_of(req: &Request<Incoming>) -> Result<String, ApiError> {
     Ok(name)
 }
 
-async fn upload(
-    kb: Arc<Ingestor>,
-    collection: String,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
-    let filename = filename_of(&req)?;
-    let ct = req
-        .headers()
+/// `POST /v1/kb/collections/{collection}/documents`: the raw document; 201 once committed.
+pub async fn upload(mut c: Call) -> Result<Response<Body>, ApiError> {
+    let kb = c.app.kb()?;
+    let collection = c.param("collection")?.to_string();
+    let filename = filename_of(&c.head)?;
+    let ct = c
+        .head
+        .headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
@@ -305,7 +247,11 @@ async fn upload(
         ))
     })?;
     let limit = kb.max_document_bytes();
-    let bytes = read_body(req, limit).await?;
+    let body = c
+        .stream
+        .take()
+        .ok_or_else(|| ApiError::internal("upload route without a body stream"))?;
+    let bytes = gate::read_limited(&c.head, body, limit).await?;
     let (doc, replaced) =
         blocking(move || Ok(kb.ingest(&collection, &filename, kind, &bytes)?)).await?;
     let mut m = document_json(&doc);
@@ -314,21 +260,14 @@ async fn upload(
 }
 
 /// A small JSON object body with only the `allowed` keys (400 naming any other).
-async fn json_object(
-    req: Request<Incoming>,
-    allowed: &[&str],
-) -> Result<Map<String, Value>, ApiError> {
-    let body = read_json_body(req, 64 * 1024).await?;
-    super::openai::object_body(&body, allowed)
+fn json_object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    super::openai::object_body(body, allowed)
 }
 
-/// `POST /v1/kb/search`.
-async fn search(
-    kb: Arc<Ingestor>,
-    key: KeyInfo,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
-    let obj = json_object(req, &["collections", "query", "top_k", "mode"]).await?;
+/// `POST /v1/kb/search` (`kb:read:C` for every collection named).
+pub async fn search(c: Call) -> Result<Response<Body>, ApiError> {
+    let key = c.key()?;
+    let obj = json_object(&c.body, &["collections", "query", "top_k", "mode"])?;
     let knowledge = super::rag::parse_knowledge(&json!({
         "collections": obj.get("collections").cloned().unwrap_or(Value::Null),
         "top_k": obj.get("top_k").cloned().unwrap_or(Value::Null),
@@ -355,9 +294,10 @@ async fn search(
             ApiError::invalid_param("mode", "mode must be `hybrid`, `bm25` or `vector`")
         })?,
     };
-    for c in &knowledge.collections {
-        need(&key, Scope::KbRead(c.clone()))?;
+    for col in &knowledge.collections {
+        gate::require(key, &Scope::KbRead(col.clone()))?;
     }
+    let kb = c.app.kb()?;
     let req = SearchRequest {
         collections: knowledge.collections,
         query,
@@ -383,41 +323,4 @@ async fn search(
         })
         .collect();
     Ok(json_response(StatusCode::OK, &json!({"results": results})))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths() {
-        assert_eq!(
-            KbPath::parse("/v1/kb/collections"),
-            Some(KbPath::Collections)
-        );
-        assert_eq!(KbPath::parse("/v1/kb/search"), Some(KbPath::Search));
-        assert_eq!(
-            KbPath::parse("/v1/kb/collections/hr"),
-            Some(KbPath::Collection("hr".into()))
-        );
-        assert_eq!(
-            KbPath::parse("/v1/kb/collections/%E4%BA%BA%E4%BA%8B/documents"),
-            Some(KbPath::Documents("人事".into()))
-        );
-        assert_eq!(
-            KbPath::parse("/v1/kb/collections/hr/documents/d_01"),
-            Some(KbPath::Document("hr".into(), "d_01".into()))
-        );
-        for bad in [
-            "/v1/kb",
-            "/v1/kb/collections/",
-            "/v1/kb/collections//documents",
-            "/v1/kb/collections/hr/documents/x/y",
-            "/v1/kb/collections/hr/other",
-            "/v1/kb/collectionsx",
-            "/v1/kb/collections/%FF",
-        ] {
-            assert_eq!(KbPath::parse(bad), None, "{bad}");
-        }
-    }
 }

@@ -1,170 +1,49 @@
-//! The HTTP API: routing, authentication and scopes, the OpenAI endpoints (JSON and SSE),
-//! health, metrics and the OpenAPI document.
+//! The HTTP API: one route table ([`routes`]), one request gate ([`gate`]: authentication,
+//! scope, rate limits and in-flight share, body), then the handlers — OpenAI endpoints (JSON
+//! and SSE, [`chat`], [`embeddings`]), the knowledge base ([`kb`]), admin ([`admin_http`]),
+//! health, metrics and the API description ([`basic`]), and the console's files.
 //!
-//! Request path: `handle` → route table → auth (bearer key, scope) → body (content type,
-//! size limit) → `openai::parse` → model checks → `Scheduler::submit` (on a blocking thread:
-//! it renders the template and tokenizes) → events bridged from the scheduler's std channel
-//! into tokio by one blocking thread per choice → JSON or SSE.
-//!
-//! Cancellation: the response side owns the receiving end of the bridge. When a streaming
-//! client disconnects, hyper drops the body, the pump notices, drops its receiver, and each
-//! bridge thread then drops its `RequestHandle`, which makes the scheduler free the slot
-//! within one step. A non-streaming client that disconnects drops the handler future, with
-//! the same effect.
+//! Request path: `handle` → `routes::find` (404 / 405 with `Allow`) → `gate::pass` (401 / 403 /
+//! 429 / 400 / 413) → handler. Every response gets the request id and the hardening headers,
+//! and is counted in the metrics by route pattern.
 
 pub mod admin_http;
+pub mod basic;
+pub mod chat;
 pub mod console;
 pub mod embeddings;
 pub mod error;
+pub mod gate;
 pub mod kb;
 pub mod metrics;
 pub mod openai;
 pub mod rag;
+pub mod routes;
 pub mod sse;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use serde_json::Value;
 
-use crate::engine::{Embedder, Event, GenerateOutput, RequestHandle, Scheduler, TokenLogprob};
-use crate::keys::{KeyInfo, KeyStore, Scope};
+use crate::engine::{Embedder, Scheduler};
+use crate::keys::KeyStore;
 use error::ApiError;
 use metrics::Metrics;
-use openai::{Chunks, Delta, Kind, Parsed};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// The committed OpenAPI document; a test checks it lists exactly [`ROUTES`].
+/// The committed OpenAPI document; a test checks it lists exactly the route table.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
-
-/// Every route the server answers: `(method, path)`. `{…}` segments are path parameters.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/"),
-    ("GET", "/console/{asset}"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-    ("GET", "/openapi.json"),
-    ("GET", "/v1/models"),
-    ("GET", "/v1/models/{model}"),
-    ("POST", "/v1/chat/completions"),
-    ("POST", "/v1/completions"),
-    ("POST", "/v1/embeddings"),
-    ("GET", "/v1/admin/status"),
-    ("GET", "/v1/admin/keys"),
-    ("POST", "/v1/admin/keys"),
-    ("DELETE", "/v1/admin/keys/{id}"),
-    ("GET", "/v1/admin/metrics/history"),
-    ("GET", "/v1/kb/collections"),
-    ("POST", "/v1/kb/collections"),
-    ("GET", "/v1/kb/collections/{collection}"),
-    ("DELETE", "/v1/kb/collections/{collection}"),
-    ("GET", "/v1/kb/collections/{collection}/documents"),
-    ("POST", "/v1/kb/collections/{collection}/documents"),
-    (
-        "GET",
-        "/v1/kb/collections/{collection}/documents/{document}",
-    ),
-    (
-        "DELETE",
-        "/v1/kb/collections/{collection}/documents/{document}",
-    ),
-    ("POST", "/v1/kb/search"),
-];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Route {
-    Console,
-    ConsoleAsset,
-    Healthz,
-    Readyz,
-    Metrics,
-    OpenApi,
-    Models,
-    Model,
-    Chat,
-    Completions,
-    Embeddings,
-    AdminStatus,
-    AdminKeys,
-    AdminKey,
-    AdminHistory,
-    KbCollections,
-    KbCollection,
-    KbDocuments,
-    KbDocument,
-    KbSearch,
-}
-
-impl Route {
-    /// The route for `path`, and its label (the table path, so metric labels stay bounded).
-    fn find(path: &str) -> Option<(Route, &'static str)> {
-        Some(match path {
-            "/" => (Route::Console, "/"),
-            "/healthz" => (Route::Healthz, "/healthz"),
-            "/readyz" => (Route::Readyz, "/readyz"),
-            "/metrics" => (Route::Metrics, "/metrics"),
-            "/openapi.json" => (Route::OpenApi, "/openapi.json"),
-            "/v1/models" => (Route::Models, "/v1/models"),
-            "/v1/chat/completions" => (Route::Chat, "/v1/chat/completions"),
-            "/v1/completions" => (Route::Completions, "/v1/completions"),
-            "/v1/embeddings" => (Route::Embeddings, "/v1/embeddings"),
-            "/v1/admin/status" => (Route::AdminStatus, "/v1/admin/status"),
-            "/v1/admin/keys" => (Route::AdminKeys, "/v1/admin/keys"),
-            "/v1/admin/metrics/history" => (Route::AdminHistory, "/v1/admin/metrics/history"),
-            p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
-                (Route::Model, "/v1/models/{model}")
-            }
-            p if p.starts_with("/v1/admin/keys/") && p.len() > "/v1/admin/keys/".len() => {
-                (Route::AdminKey, "/v1/admin/keys/{id}")
-            }
-            p if p.starts_with("/console/") && p.len() > "/console/".len() => {
-                (Route::ConsoleAsset, "/console/{asset}")
-            }
-            p if p.starts_with("/v1/kb/") => {
-                let kp = kb::KbPath::parse(p)?;
-                let route = match kp {
-                    kb::KbPath::Collections => Route::KbCollections,
-                    kb::KbPath::Collection(_) => Route::KbCollection,
-                    kb::KbPath::Documents(_) => Route::KbDocuments,
-                    kb::KbPath::Document(..) => Route::KbDocument,
-                    kb::KbPath::Search => Route::KbSearch,
-                };
-                (route, kp.label())
-            }
-            _ => return None,
-        })
-    }
-
-    /// The methods the route answers, as the `Allow` header lists them.
-    fn methods(self) -> &'static str {
-        match self {
-            Route::Chat | Route::Completions | Route::Embeddings => "POST",
-            Route::AdminKeys => "GET, POST",
-            Route::AdminKey => "DELETE",
-            Route::KbCollections | Route::KbDocuments => "GET, POST",
-            Route::KbCollection | Route::KbDocument => "GET, DELETE",
-            Route::KbSearch => "POST",
-            _ => "GET",
-        }
-    }
-
-    fn allows(self, method: &str) -> bool {
-        self.methods().split(", ").any(|m| m == method)
-    }
-}
 
 /// A loaded model, serving.
 pub struct Served {
@@ -173,6 +52,7 @@ pub struct Served {
     pub loaded_at: u64,
 }
 
+#[derive(Clone)]
 pub enum ModelState {
     Loading,
     Ready(Arc<Served>),
@@ -204,6 +84,9 @@ pub enum EmbedState {
 pub struct ApiConfig {
     /// Body limit of the inference routes, bytes.
     pub max_body_bytes: usize,
+    /// Sequences one key may have in flight (`limits.key_queue_share` of the engine's
+    /// capacity).
+    pub max_inflight_per_key: usize,
 }
 
 /// Shared state of every connection.
@@ -220,6 +103,8 @@ pub struct App {
     pub admin: admin_http::AdminHttp,
     /// Replaced by a config reload (SIGHUP); each request reads the current value.
     cfg: RwLock<ApiConfig>,
+    /// Work each key has in flight (the gate's per-key share).
+    pub inflight: Arc<gate::InFlight>,
 }
 
 impl App {
@@ -234,11 +119,17 @@ impl App {
             metrics: Metrics::default(),
             admin: admin_http::AdminHttp::default(),
             cfg: RwLock::new(cfg),
+            inflight: Arc::default(),
         }
     }
 
     pub fn set_state(&self, s: ModelState) {
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// Loading, ready or failed (with the cause).
+    pub fn model_state(&self) -> ModelState {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The serving model, if loaded.
@@ -415,18 +306,24 @@ pub async fn handle(
     let started = Instant::now();
     let rid = request_id(&req);
     let method = req.method().clone();
-    let found = Route::find(req.uri().path());
-    let label = found.map_or("other", |(_, l)| l);
+    let (head, body) = req.into_parts();
+    let found = routes::find(method.as_str(), head.uri.path());
+    let label = match &found {
+        routes::Found::Route(r, _) => r.path,
+        routes::Found::WrongMethod(_, p) => p,
+        routes::Found::NotFound => "other",
+    };
     let result = match found {
-        None => Err(ApiError::not_found(format!(
+        routes::Found::NotFound => Err(ApiError::not_found(format!(
             "no route for {} {}",
             method,
-            req.uri().path()
+            head.uri.path()
         ))),
-        Some((route, _)) if !route.allows(method.as_str()) => {
-            Err(ApiError::method_not_allowed(route.methods()))
+        routes::Found::WrongMethod(allow, _) => Err(ApiError::method_not_allowed(allow)),
+        routes::Found::Route(route, params) => {
+            let call = gate::Call::new(app.clone(), rid.clone(), peer, head, params);
+            gate::pass(route, call, body).await
         }
-        Some((route, _)) => dispatch(&app, route, req, peer, &rid).await,
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -454,568 +351,9 @@ pub async fn handle(
     Ok(resp)
 }
 
-async fn dispatch(
-    app: &Arc<App>,
-    route: Route,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    rid: &str,
-) -> Result<Response<Body>, ApiError> {
-    match route {
-        Route::Console => Ok(console::index(&req)),
-        Route::ConsoleAsset => console::asset(&req),
-        Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        Route::Readyz => {
-            app.ready()?;
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"status": "ready", "model": app.model_name}),
-            ))
-        }
-        Route::OpenApi => Ok(full(StatusCode::OK, "application/json", OPENAPI)),
-        Route::Metrics => {
-            // Prometheus on the appliance itself scrapes over loopback without a key; from
-            // the network the numbers (load, traffic) are for admins only.
-            if !peer.ip().is_loopback() {
-                authorize(app, &req, &Scope::Admin, "admin")?;
-            }
-            let served = app.served();
-            let stats = served.as_ref().map(|s| s.scheduler.stats());
-            Ok(full(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                app.metrics.render(stats.as_ref(), served.is_some()),
-            ))
-        }
-        Route::Models => {
-            authenticate(app, &req)?;
-            let mut data: Vec<Value> = app
-                .served()
-                .map(|s| model_json(&app.model_name, s.loaded_at))
-                .into_iter()
-                .collect();
-            if let Some((e, loaded_at)) = app.embedder_loaded() {
-                data.push(model_json(e.name(), loaded_at));
-            }
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"object": "list", "data": data}),
-            ))
-        }
-        Route::Model => {
-            authenticate(app, &req)?;
-            let id = req.uri().path().trim_start_matches("/v1/models/");
-            match (app.served(), app.embedder_loaded()) {
-                (Some(s), _) if id == app.model_name => Ok(json_response(
-                    StatusCode::OK,
-                    &model_json(&app.model_name, s.loaded_at),
-                )),
-                (_, Some((e, loaded_at))) if id == e.name() => Ok(json_response(
-                    StatusCode::OK,
-                    &model_json(e.name(), loaded_at),
-                )),
-                _ => Err(ApiError::model_not_found(id)),
-            }
-        }
-        Route::Chat => inference(app, Kind::Chat, req, rid).await,
-        Route::Completions => inference(app, Kind::Completion, req, rid).await,
-        Route::Embeddings => embeddings::create(app, req, rid).await,
-        Route::AdminStatus => admin_http::status(app, &req),
-        Route::AdminKeys => admin_http::keys(app, req).await,
-        Route::AdminKey => admin_http::revoke(app, &req).await,
-        Route::AdminHistory => admin_http::history(app, &req),
-        Route::KbCollections
-        | Route::KbCollection
-        | Route::KbDocuments
-        | Route::KbDocument
-        | Route::KbSearch => match kb::KbPath::parse(req.uri().path()) {
-            Some(path) => kb::handle(app, path, req).await,
-            None => Err(ApiError::not_found("no such knowledge-base route")),
-        },
-    }
-}
-
-fn model_json(id: &str, loaded_at: u64) -> Value {
-    json!({
-        "id": id,
-        "object": "model",
-        "created": loaded_at,
-        "owned_by": "edgeseek",
-    })
-}
-
-/// The key of the request's bearer token, or 401.
-fn authenticate(app: &App, req: &Request<Incoming>) -> Result<KeyInfo, ApiError> {
-    let header = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::unauthorized(
-                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
-            )
-        })?;
-    let secret = header
-        .to_str()
-        .ok()
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <key>`"))?;
-    match app.keys.authenticate(secret) {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(ApiError::unauthorized(
-            "Incorrect API key provided (unknown or revoked).",
-        )),
-        Err(e) => Err(ApiError::internal(format!("key store: {e}"))),
-    }
-}
-
-/// The key, if it carries `scope` (401 / 403 otherwise).
-fn authorize(
-    app: &App,
-    req: &Request<Incoming>,
-    scope: &Scope,
-    scope_name: &str,
-) -> Result<KeyInfo, ApiError> {
-    let key = authenticate(app, req)?;
-    if !key.allows(scope) {
-        return Err(ApiError::forbidden(scope_name));
-    }
-    Ok(key)
-}
-
-/// The body of an inference request: JSON content type and at most `limit` bytes.
-async fn read_json_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let ct = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::bad_request(format!(
-            "Content-Type must be application/json (got `{ct}`)"
-        )));
-    }
-    read_body(req, limit).await
-}
-
-/// The body, whatever its type, at most `limit` bytes (413 beyond).
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        drain(req.into_body(), limit.saturating_mul(2)).await;
-        return Err(ApiError::payload_too_large(limit));
-    }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::payload_too_large(limit))
-        }
-        Err(e) => Err(ApiError::bad_request(format!(
-            "could not read the request body: {e}"
-        ))),
-    }
-}
-
-/// Read and discard up to `cap` bytes so a client that sent a moderately oversized body
-/// gets to read the 413 instead of a reset connection; beyond `cap` the connection closes.
-async fn drain(mut body: Incoming, cap: usize) {
-    let mut seen = 0usize;
-    while seen <= cap {
-        match body.frame().await {
-            Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len()),
-            _ => return,
-        }
-    }
-}
-
-async fn inference(
-    app: &Arc<App>,
-    kind: Kind,
-    req: Request<Incoming>,
-    rid: &str,
-) -> Result<Response<Body>, ApiError> {
-    let key = authorize(app, &req, &Scope::Chat, "chat")?;
-    let body = read_json_body(req, app.config().max_body_bytes).await?;
-    let mut parsed = openai::parse(kind, &body)?;
-    if parsed.model != app.model_name {
-        return Err(ApiError::model_not_found(&parsed.model));
-    }
-    // Scopes of the knowledge collections first: a key must not learn anything about a
-    // collection it may not read, not even whether the model is loaded.
-    if let Some(k) = &parsed.knowledge {
-        for c in &k.collections {
-            let scope = Scope::KbRead(c.clone());
-            if !key.allows(&scope) {
-                return Err(ApiError::forbidden(&scope.to_string()));
-            }
-        }
-    }
-    let served = app.ready()?;
-    let citations = match parsed.knowledge.clone() {
-        Some(k) => Some(retrieve(app, k, &mut parsed).await?),
-        None => None,
-    };
-    // Requests are admitted on the request budget and any token debt; the tokens are
-    // charged when known (after generation), see `KeyStore::charge_tokens`.
-    app.keys
-        .check_rate(&key, 0)
-        .map_err(|r| ApiError::rate_limited(r.retry_after_s))?;
-    tracing::debug!(request_id = rid, key_id = %key.id, n = parsed.n, stream = parsed.stream, "inference");
-
-    let sched = served.scheduler.clone();
-    let p = parsed.clone();
-    // Submitting renders the chat template and tokenizes: CPU work, off the reactor. If one
-    // of n choices is refused, the handles already made are dropped (cancelled).
-    let handles = tokio::task::spawn_blocking(move || {
-        (0..p.n)
-            .map(|i| sched.submit(p.request_for(i)))
-            .collect::<Result<Vec<RequestHandle>, _>>()
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("submit task failed: {e}")))??;
-
-    let prompt_tokens = handles.first().map_or(0, RequestHandle::prompt_tokens);
-    let (tx, rx) = mpsc::channel(64);
-    for (i, h) in handles.into_iter().enumerate() {
-        bridge(h, i, tx.clone());
-    }
-    drop(tx);
-    let ctx = Ctx {
-        app: app.clone(),
-        key,
-        parsed,
-        id: format!(
-            "{}-{rid}",
-            match kind {
-                Kind::Chat => "chatcmpl",
-                Kind::Completion => "cmpl",
-            }
-        ),
-        created: unix_now(),
-        started: Instant::now(),
-        prompt_tokens,
-        citations,
-    };
-    if ctx.parsed.stream {
-        Ok(stream_response(ctx, rx))
-    } else {
-        whole_response(ctx, rx).await
-    }
-}
-
-/// Retrieve for a knowledge-grounded chat: search the collections for the last user message,
-/// put the hits into that message as numbered sources, and return the `citations`.
-async fn retrieve(
-    app: &Arc<App>,
-    k: rag::Knowledge,
-    parsed: &mut Parsed,
-) -> Result<Value, ApiError> {
-    let kb = app.kb()?;
-    let crate::engine::Prompt::Messages(messages) = &mut parsed.request.prompt else {
-        return Err(ApiError::invalid_param(
-            "knowledge",
-            "knowledge is only supported on chat completions",
-        ));
-    };
-    let query = rag::query_of(messages)
-        .ok_or_else(|| {
-            ApiError::invalid_param("knowledge", "knowledge needs a user message to search for")
-        })?
-        .to_string();
-    let req = crate::kb::base::SearchRequest {
-        collections: k.collections,
-        query,
-        top_k: k.top_k,
-        mode: crate::kb::base::SearchMode::Hybrid,
-    };
-    let hits = tokio::task::spawn_blocking(move || kb.base().search(&req))
-        .await
-        .map_err(|e| ApiError::internal(format!("search task failed: {e}")))??;
-    let sources: Vec<rag::Source> = hits
-        .into_iter()
-        .map(|h| rag::Source {
-            document_id: h.document_id,
-            filename: h.filename,
-            collection: h.collection,
-            chunk_id: h.chunk_id,
-            page: h.page,
-            heading: h.heading,
-            text: h.text,
-        })
-        .collect();
-    rag::augment(messages, &sources);
-    Ok(rag::citations_json(&sources))
-}
-
-/// Forward one request's events from the scheduler's std channel into tokio, on a blocking
-/// thread. It ends at the last event, or when the receiver is gone (client disconnected):
-/// dropping the handle then cancels the request in the engine.
-fn bridge(handle: RequestHandle, index: usize, tx: mpsc::Sender<(usize, Event)>) {
-    tokio::task::spawn_blocking(move || loop {
-        match handle.events().recv_timeout(Duration::from_millis(200)) {
-            Ok(ev) => {
-                let last = matches!(ev, Event::Done(_) | Event::Error(_));
-                if tx.blocking_send((index, ev)).is_err() || last {
-                    return;
-                }
-            }
-            // A queued request produces no events; notice a gone client anyway.
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if tx.is_closed() {
-                    return;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = tx.blocking_send((
-                    index,
-                    Event::Error("the engine stopped before the request finished".into()),
-                ));
-                return;
-            }
-        }
-    });
-}
-
-/// One inference response in flight.
-struct Ctx {
-    app: Arc<App>,
-    key: KeyInfo,
-    parsed: Parsed,
-    id: String,
-    created: u64,
-    started: Instant,
-    prompt_tokens: usize,
-    /// `citations` of a knowledge-grounded chat answer (see `rag`).
-    citations: Option<Value>,
-}
-
-impl Ctx {
-    /// Time-to-first-token and inter-token latency from text events of choice `i`.
-    fn observe_text(&self, last: &mut [Option<Instant>], i: usize) {
-        let now = Instant::now();
-        let m = &self.app.metrics;
-        if let Some(slot) = last.get_mut(i) {
-            match slot {
-                None => m.ttft.observe(now - self.started),
-                Some(prev) => m.itl.observe(now - *prev),
-            }
-            *slot = Some(now);
-        }
-    }
-
-    fn account(&self, outs: &[&GenerateOutput]) {
-        let completion: usize = outs.iter().map(|o| o.completion_tokens).sum();
-        let m = &self.app.metrics;
-        m.prompt_tokens
-            .fetch_add(self.prompt_tokens as u64, Ordering::Relaxed);
-        m.completion_tokens
-            .fetch_add(completion as u64, Ordering::Relaxed);
-        self.app
-            .keys
-            .charge_tokens(&self.key, (self.prompt_tokens + completion) as u64);
-    }
-}
-
-async fn whole_response(
-    ctx: Ctx,
-    mut rx: mpsc::Receiver<(usize, Event)>,
-) -> Result<Response<Body>, ApiError> {
-    let n = ctx.parsed.n;
-    let mut outs: Vec<Option<GenerateOutput>> = vec![None; n];
-    let mut last = vec![None; n];
-    while outs.iter().any(Option::is_none) {
-        let Some((i, ev)) = rx.recv().await else {
-            return Err(ApiError::internal(
-                "the engine stopped before the request finished",
-            ));
-        };
-        match ev {
-            Event::Reasoning(_) | Event::Content(_) => ctx.observe_text(&mut last, i),
-            Event::Logprob(_) => {}
-            Event::Done(out) => {
-                if let Some(slot) = outs.get_mut(i) {
-                    *slot = Some(out);
-                }
-            }
-            Event::Error(msg) => return Err(ApiError::internal(msg)),
-        }
-    }
-    let outs: Vec<GenerateOutput> = outs.into_iter().flatten().collect();
-    ctx.account(&outs.iter().collect::<Vec<_>>());
-    let mut v = openai::response(&ctx.parsed, &ctx.id, ctx.created, &outs);
-    if let (Some(c), Some(o)) = (&ctx.citations, v.as_object_mut()) {
-        o.insert("citations".into(), c.clone());
-    }
-    Ok(json_response(StatusCode::OK, &v))
-}
-
-fn stream_response(ctx: Ctx, rx: mpsc::Receiver<(usize, Event)>) -> Response<Body> {
-    let (body_tx, body) = sse::channel(32);
-    tokio::spawn(pump(ctx, rx, body_tx));
-    let mut r = Response::new(BoxBody::new(body));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
-}
-
-/// Per-choice state of a stream.
-#[derive(Default)]
-struct ChoiceState {
-    logprobs: Vec<TokenLogprob>,
-    text_len: usize,
-    done: Option<GenerateOutput>,
-}
-
-/// Turn engine events into SSE chunks until every choice is done or the client is gone.
-async fn pump(ctx: Ctx, mut rx: mpsc::Receiver<(usize, Event)>, out: mpsc::Sender<Bytes>) {
-    let chunks = Chunks {
-        parsed: &ctx.parsed,
-        id: &ctx.id,
-        created: ctx.created,
-    };
-    let n = ctx.parsed.n;
-    let mut state: Vec<ChoiceState> = (0..n).map(|_| ChoiceState::default()).collect();
-    let mut last = vec![None; n];
-    let gone = |ctx: &Ctx| {
-        ctx.app
-            .metrics
-            .client_disconnects
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(id = %ctx.id, "client disconnected; generation cancelled");
-    };
-    macro_rules! send {
-        ($v:expr) => {
-            if out.send(sse::data(&$v)).await.is_err() {
-                gone(&ctx);
-                return;
-            }
-        };
-    }
-    if ctx.parsed.kind == Kind::Chat {
-        for i in 0..n {
-            let first = Delta {
-                role: true,
-                content: Some(""),
-                ..Delta::default()
-            };
-            let mut v = chunks.delta(i, &first, 0);
-            // The sources come with the first chunk, so a client can show them while the
-            // answer streams.
-            if let (0, Some(c), Some(o)) = (i, &ctx.citations, v.as_object_mut()) {
-                o.insert("citations".into(), c.clone());
-            }
-            send!(v);
-        }
-    }
-    while state.iter().any(|s| s.done.is_none()) {
-        let next = tokio::select! {
-            ev = rx.recv() => ev,
-            // Waiting in the queue produces no events: notice a disconnect anyway.
-            _ = out.closed() => {
-                gone(&ctx);
-                return;
-            }
-        };
-        let Some((i, ev)) = next else {
-            send!(sse::error_chunk(&ApiError::internal(
-                "the engine stopped before the request finished"
-            )));
-            let _ = out.send(sse::done()).await;
-            return;
-        };
-        let Some(st) = state.get_mut(i) else { continue };
-        match ev {
-            Event::Logprob(l) => st.logprobs.push(l),
-            Event::Reasoning(t) | Event::Content(t) if t.is_empty() => {}
-            ev @ (Event::Reasoning(_) | Event::Content(_)) => {
-                let (content, reasoning) = match &ev {
-                    Event::Content(t) => (Some(t.as_str()), None),
-                    Event::Reasoning(t) => (None, Some(t.as_str())),
-                    _ => (None, None),
-                };
-                let lps = std::mem::take(&mut st.logprobs);
-                let offset = st.text_len;
-                st.text_len += content.map_or(0, str::len) + reasoning.map_or(0, str::len);
-                let d = Delta {
-                    content,
-                    reasoning,
-                    logprobs: &lps,
-                    ..Delta::default()
-                };
-                let v = chunks.delta(i, &d, offset);
-                ctx.observe_text(&mut last, i);
-                send!(v);
-            }
-            Event::Done(o) => {
-                let lps = std::mem::take(&mut st.logprobs);
-                let d = Delta {
-                    // Chat's final delta is empty; completions carry an empty text.
-                    content: None,
-                    logprobs: &lps,
-                    finish: Some(o.finish_reason),
-                    ..Delta::default()
-                };
-                let v = chunks.delta(i, &d, st.text_len);
-                st.done = Some(o);
-                send!(v);
-            }
-            Event::Error(msg) => {
-                send!(sse::error_chunk(&ApiError::internal(msg)));
-                let _ = out.send(sse::done()).await;
-                return;
-            }
-        }
-    }
-    let outs: Vec<&GenerateOutput> = state.iter().filter_map(|s| s.done.as_ref()).collect();
-    ctx.account(&outs);
-    if ctx.parsed.include_usage {
-        send!(chunks.usage(ctx.prompt_tokens, &outs));
-    }
-    let _ = out.send(sse::done()).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_match_the_table() {
-        for (method, path) in ROUTES {
-            let concrete = path
-                .split('/')
-                .map(|seg| if seg.starts_with('{') { "x-1" } else { seg })
-                .collect::<Vec<_>>()
-                .join("/");
-            let (route, label) = Route::find(&concrete).expect(path);
-            assert_eq!(label, *path);
-            assert!(route.allows(method), "{method} {path}");
-        }
-        // Every method a route allows is in the table (so the OpenAPI check covers it).
-        for (_, path) in ROUTES {
-            let (route, _) = Route::find(&path.replace(['{', '}'], "")).expect(path);
-            for m in route.methods().split(", ") {
-                assert!(
-                    ROUTES.contains(&(m, path)),
-                    "{m} {path} missing from ROUTES"
-                );
-            }
-        }
-        assert!(Route::find("/v1/models/").is_none());
-        assert!(Route::find("/v1/embeddings/x").is_none());
-        assert!(Route::find("/v1/admin/keys/").is_none());
-        assert!(Route::find("/console/").is_none());
-        assert!(Route::find("/index.html").is_none());
-    }
 
     /// The committed OpenAPI document lists exactly the routes the router serves.
     #[test]
@@ -1035,8 +373,8 @@ mod tests {
             }
         }
         documented.sort();
-        let mut served: Vec<(String, String)> = ROUTES
-            .iter()
+        let mut served: Vec<(String, String)> = routes::list()
+            .into_iter()
             .map(|(m, p)| (m.to_string(), p.to_string()))
             .collect();
         served.sort();

@@ -45,6 +45,9 @@ pub enum GenerateError {
     Run(#[from] RunError),
 }
 
+/// Longest stop string accepted, bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+
 /// What to generate from.
 #[derive(Clone, Debug)]
 pub enum Prompt {
@@ -204,6 +207,17 @@ pub fn plan_request(
             param: e.param.to_string(),
             message: e.to_string(),
         })?;
+    // The stop matcher compares held-back text against every stop string after each token:
+    // bounded strings keep that work per token small on the scheduler thread.
+    if let Some(s) = req.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(GenerateError::InvalidParam {
+            param: "stop".into(),
+            message: format!(
+                "stop strings are limited to {MAX_STOP_BYTES} bytes (got one of {})",
+                s.len()
+            ),
+        });
+    }
     let prompt = prepare_prompt(tokenizer, template, &req.prompt)?;
     if let Some(&bad) = prompt
         .ids

@@ -28,14 +28,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{
-    self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError,
-};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokenizers::Tokenizer;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::generate::{plan_request, GenerateError, Next, Sequence, TokenLogprob};
 use super::model::ModelSpec;
@@ -106,20 +105,39 @@ pub enum Event {
 }
 
 /// A submitted request. Dropping it cancels the request.
+///
+/// Events travel through a tokio channel: the engine thread sends without blocking (unbounded:
+/// one request's events are bounded by its `max_tokens`), and the API's response body awaits
+/// them directly, so no thread is parked per stream. Blocking callers (CLI, bench, tests) use
+/// [`recv`](Self::recv) / [`wait`](Self::wait) outside any async runtime.
 pub struct RequestHandle {
-    rx: Receiver<Event>,
+    rx: UnboundedReceiver<Event>,
     cancel: Arc<AtomicBool>,
     prompt_tokens: usize,
 }
 
 impl RequestHandle {
-    /// Next event; `None` once the request is over and every event was read.
-    pub fn recv(&self) -> Option<Event> {
-        self.rx.recv().ok()
+    /// Next event; `None` once the request is over and every event was read. Must not be
+    /// called from inside an async runtime (use [`next`](Self::next) there).
+    pub fn recv(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
     }
 
-    pub fn events(&self) -> &Receiver<Event> {
-        &self.rx
+    /// Next event without waiting: `Ok(None)` when none is ready yet, `Err(())` once the
+    /// request is over and every event was read.
+    #[allow(clippy::result_unit_err)]
+    pub fn try_recv(&mut self) -> Result<Option<Event>, ()> {
+        use tokio::sync::mpsc::error::TryRecvError as E;
+        match self.rx.try_recv() {
+            Ok(ev) => Ok(Some(ev)),
+            Err(E::Empty) => Ok(None),
+            Err(E::Disconnected) => Err(()),
+        }
+    }
+
+    /// Next event, awaited; `None` once the request is over and every event was read.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
     }
 
     pub fn prompt_tokens(&self) -> usize {
@@ -127,8 +145,8 @@ impl RequestHandle {
     }
 
     /// Read to the end: the output, or the error the engine reported.
-    pub fn wait(self) -> Result<GenerateOutput, String> {
-        while let Ok(ev) = self.rx.recv() {
+    pub fn wait(mut self) -> Result<GenerateOutput, String> {
+        while let Some(ev) = self.rx.blocking_recv() {
             match ev {
                 Event::Done(out) => return Ok(out),
                 Event::Error(e) => return Err(e),
@@ -198,7 +216,7 @@ pub const IDLE_HEARTBEAT: Duration = Duration::from_millis(500);
 /// A request on its way to the loop.
 struct Job {
     seq: Sequence,
-    tx: Sender<Event>,
+    tx: UnboundedSender<Event>,
     cancel: Arc<AtomicBool>,
     /// Tokens of KV this sequence may need.
     reserve: usize,
@@ -317,7 +335,7 @@ impl Scheduler {
         }
         let prompt_tokens = plan.prompt.ids.len();
         let seq = Sequence::new(sh.tokenizer.clone(), &sh.spec, &req, plan)?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let job = Job {
             seq,
@@ -398,7 +416,7 @@ struct Slot {
     seq: Option<Sequence>,
     /// Finished, failed or cancelled: dropped from the batch at the next rebuild.
     gone: bool,
-    tx: Sender<Event>,
+    tx: UnboundedSender<Event>,
     cancel: Arc<AtomicBool>,
     reserve: usize,
     /// Ids to feed, one per decode step (the sampled token, then any forced `</think>` ids,
@@ -437,7 +455,7 @@ impl Slot {
     }
 }
 
-fn send_text(tx: &Sender<Event>, ev: StreamEvent<'_>) -> bool {
+fn send_text(tx: &UnboundedSender<Event>, ev: StreamEvent<'_>) -> bool {
     let ev = match ev {
         StreamEvent::Reasoning(t) => Event::Reasoning(t.to_string()),
         StreamEvent::Content(t) => Event::Content(t.to_string()),

@@ -1,0 +1,88 @@
+//! Health, readiness, metrics, the API description and the model list.
+
+use hyper::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::gate::Call;
+use super::{full, json_response, Body, ModelState, OPENAPI};
+
+/// `GET /healthz`: the process answers.
+pub async fn healthz(_: Call) -> Result<Response<Body>, ApiError> {
+    Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+}
+
+/// `GET /readyz`: the model serves. Anonymous, so a failed load says only that it failed; the
+/// cause (paths, library messages) is for admins: `edgeseek status`, `/v1/admin/status`, the
+/// service log.
+pub async fn readyz(c: Call) -> Result<Response<Body>, ApiError> {
+    match c.app.model_state() {
+        ModelState::Ready(_) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"status": "ready", "model": c.app.model_name}),
+        )),
+        ModelState::Loading => Err(ApiError::loading()),
+        ModelState::Failed(_) => Err(ApiError::unavailable(
+            "the model failed to load; the cause is in `edgeseek status` and the service log",
+        )),
+    }
+}
+
+/// `GET /metrics`: Prometheus text (the gate admits loopback, or an admin key).
+pub async fn metrics(c: Call) -> Result<Response<Body>, ApiError> {
+    let served = c.app.served();
+    let stats = served.as_ref().map(|s| s.scheduler.stats());
+    Ok(full(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        c.app.metrics.render(stats.as_ref(), served.is_some()),
+    ))
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi(_: Call) -> Result<Response<Body>, ApiError> {
+    Ok(full(StatusCode::OK, "application/json", OPENAPI))
+}
+
+/// `GET /v1/models`: the chat model and the embedding model, once loaded.
+pub async fn models(c: Call) -> Result<Response<Body>, ApiError> {
+    let app = &c.app;
+    let mut data: Vec<Value> = app
+        .served()
+        .map(|s| model_json(&app.model_name, s.loaded_at))
+        .into_iter()
+        .collect();
+    if let Some((e, loaded_at)) = app.embedder_loaded() {
+        data.push(model_json(e.name(), loaded_at));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": data}),
+    ))
+}
+
+/// `GET /v1/models/{model}`.
+pub async fn model(c: Call) -> Result<Response<Body>, ApiError> {
+    let app = &c.app;
+    let id = c.param("model")?;
+    match (app.served(), app.embedder_loaded()) {
+        (Some(s), _) if id == app.model_name => Ok(json_response(
+            StatusCode::OK,
+            &model_json(&app.model_name, s.loaded_at),
+        )),
+        (_, Some((e, loaded_at))) if id == e.name() => Ok(json_response(
+            StatusCode::OK,
+            &model_json(e.name(), loaded_at),
+        )),
+        _ => Err(ApiError::model_not_found(id)),
+    }
+}
+
+fn model_json(id: &str, loaded_at: u64) -> Value {
+    json!({
+        "id": id,
+        "object": "model",
+        "created": loaded_at,
+        "owned_by": "edgeseek",
+    })
+}

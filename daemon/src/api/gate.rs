@@ -1,0 +1,446 @@
+//! The request gate: everything a request passes before a handler does work.
+//!
+//! Order, for every route (the route table in [`super::routes`] says what each route needs):
+//! 1. **authentication** — the bearer key (401), unless the route is public;
+//! 2. **scope** — the route's scope, derived from its path parameters (403);
+//! 3. **admission** — the key's rate limits (requests and tokens per minute) and its share of
+//!    in-flight work (429 with `Retry-After`); nothing is charged when refused;
+//! 4. **body** — content type and size limit (400 / 413), read once.
+//!
+//! Routes whose cost depends on the body (a chat request with `n` choices and a long prompt)
+//! are admitted by their handler right after parsing — still before retrieval, templating or
+//! the engine — through the same [`Call::admit`]; the gate checks that such a handler did.
+//! Scopes named in a body (collections in `knowledge`, in a search) go through [`require`],
+//! the one scope check of the API.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::http::request::Parts;
+
+use super::error::ApiError;
+use super::routes::{Access, Admit, Params, Route};
+use super::App;
+use crate::keys::{KeyInfo, Scope};
+
+/// One request after the gate: who sent it, what it names, its body.
+pub struct Call {
+    pub app: Arc<App>,
+    pub rid: String,
+    pub peer: SocketAddr,
+    pub head: Parts,
+    pub params: Params,
+    /// The authenticated key (`None` only on public routes).
+    pub key: Option<KeyInfo>,
+    /// The body, read and size-checked by the gate (empty when the route takes none or
+    /// streams it).
+    pub body: Bytes,
+    /// The unread body of a streaming route (uploads), else `None`.
+    pub stream: Option<Incoming>,
+    /// Work admitted for this request; released when the response is complete.
+    admission: Option<Admission>,
+    /// Set once admitted (shared with the gate, which checks it after the handler).
+    admitted_flag: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The gate's view of whether a handler admitted its request.
+pub(super) struct AdmissionProbe(Arc<std::sync::atomic::AtomicBool>);
+
+impl AdmissionProbe {
+    fn admitted(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Call {
+    pub(super) fn new(
+        app: Arc<App>,
+        rid: String,
+        peer: SocketAddr,
+        head: Parts,
+        params: Params,
+    ) -> Call {
+        Call {
+            app,
+            rid,
+            peer,
+            head,
+            params,
+            key: None,
+            body: Bytes::new(),
+            stream: None,
+            admission: None,
+            admitted_flag: Arc::default(),
+        }
+    }
+
+    fn admission_probe(&self) -> AdmissionProbe {
+        AdmissionProbe(self.admitted_flag.clone())
+    }
+
+    /// The authenticated key. Only public routes have none, and they do not ask.
+    pub fn key(&self) -> Result<&KeyInfo, ApiError> {
+        self.key
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("route declared public but asked for a key"))
+    }
+
+    /// The path parameter `name` (decoded), as declared in the route's pattern.
+    pub fn param(&self, name: &str) -> Result<&str, ApiError> {
+        self.params
+            .get(name)
+            .ok_or_else(|| ApiError::internal(format!("route has no `{name}` parameter")))
+    }
+
+    /// A request header as text, if present and visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Admit `cost` for this request's key: rate limits first, then the key's in-flight
+    /// share. Idempotent per request: a second call is refused as a programming error.
+    pub fn admit(&mut self, cost: Cost) -> Result<(), ApiError> {
+        if self.admission.is_some() {
+            return Err(ApiError::internal("request admitted twice"));
+        }
+        let key = self.key()?.clone();
+        self.admission = Some(admit(&self.app, &key, cost)?);
+        self.admitted_flag
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The admitted work, to keep alive as long as the response runs (streaming bodies).
+    pub fn take_admission(&mut self) -> Option<Admission> {
+        self.admission.take()
+    }
+
+    /// Tokens charged at admission (the estimate), so the final charge can settle the rest.
+    pub fn admitted_tokens(&self) -> u64 {
+        self.admission.as_ref().map_or(0, |a| a.tokens)
+    }
+}
+
+/// Run the gate for `route`, then its handler.
+pub(super) async fn pass(
+    route: &'static Route,
+    mut call: Call,
+    body: Incoming,
+) -> Result<hyper::Response<super::Body>, ApiError> {
+    let app = call.app.clone();
+    call.key = match route.access {
+        Access::Public => None,
+        Access::LoopbackOrAdmin if is_loopback(&call.peer) => None,
+        Access::LoopbackOrAdmin => {
+            let key = authenticate(&app, &call.head)?;
+            require(&key, &Scope::Admin)?;
+            Some(key)
+        }
+        Access::Key => Some(authenticate(&app, &call.head)?),
+        Access::Scope(scope_of) => {
+            let key = authenticate(&app, &call.head)?;
+            require(&key, &scope_of(&call.params))?;
+            Some(key)
+        }
+    };
+    if route.admit == Admit::One {
+        call.admit(Cost::ONE)?;
+    }
+    match route.body {
+        BodyRule::None => drop(body),
+        BodyRule::Json(limit) => call.body = read_json(&call.head, body, limit.bytes(&app)).await?,
+        BodyRule::Stream => call.stream = Some(body),
+    }
+    if route.admit != Admit::ByHandler {
+        return (route.handler)(call).await;
+    }
+    // The handler admits after parsing; hold it to that.
+    let check = call.admission_probe();
+    let resp = (route.handler)(call).await?;
+    if !check.admitted() {
+        tracing::error!(
+            route = route.path,
+            "handler answered without admitting the request"
+        );
+        return Err(ApiError::internal("request was not admitted"));
+    }
+    Ok(resp)
+}
+
+/// What a request costs against its key's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cost {
+    /// Requests (a chat request with `n` choices costs `n`: each is a sequence in the engine).
+    pub requests: u32,
+    /// Tokens known or estimated before any work (the prompt, times `n`).
+    pub tokens: u64,
+    /// Units of in-flight work this request holds while it runs (`n` sequences for
+    /// inference, 1 otherwise).
+    pub inflight: usize,
+}
+
+impl Cost {
+    pub const ONE: Cost = Cost {
+        requests: 1,
+        tokens: 0,
+        inflight: 1,
+    };
+}
+
+/// Rough token count of `text` before tokenizing it: the gate admits on it, the exact count is
+/// charged once known. Four bytes a token is the usual BPE average for English; CJK text is
+/// about three bytes a character and one to two characters a token, so it is not undercounted
+/// by much either.
+pub fn estimate_tokens(text_bytes: usize) -> u64 {
+    text_bytes.div_ceil(4) as u64
+}
+
+/// The key of the request's bearer token, or 401.
+pub(super) fn authenticate(app: &App, head: &Parts) -> Result<KeyInfo, ApiError> {
+    let header = head.headers.get(AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized(
+            "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+        )
+    })?;
+    let secret = header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <key>`"))?;
+    match app.keys().authenticate(secret) {
+        Ok(Some(key)) => Ok(key),
+        Ok(None) => Err(ApiError::unauthorized(
+            "Incorrect API key provided (unknown or revoked).",
+        )),
+        Err(e) => Err(ApiError::internal(format!("key store: {e}"))),
+    }
+}
+
+/// The one scope check: 403 naming the scope unless `key` carries it.
+pub fn require(key: &KeyInfo, scope: &Scope) -> Result<(), ApiError> {
+    if key.allows(scope) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(&scope.to_string()))
+    }
+}
+
+/// Work a key has in flight, per key id. A request's [`Admission`] holds its units and gives
+/// them back when dropped (response finished, client gone, or error).
+#[derive(Default)]
+pub struct InFlight {
+    by_key: Mutex<HashMap<String, usize>>,
+}
+
+impl InFlight {
+    fn try_take(self: &Arc<Self>, key_id: &str, units: usize, cap: usize) -> Result<(), usize> {
+        let mut m = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        let held = m.get(key_id).copied().unwrap_or(0);
+        // A request larger than the whole share still runs when the key has nothing else in
+        // flight, so a cap below `n` cannot make a request impossible.
+        if held > 0 && held + units > cap {
+            return Err(held);
+        }
+        *m.entry(key_id.to_string()).or_insert(0) += units;
+        Ok(())
+    }
+
+    fn give_back(&self, key_id: &str, units: usize) {
+        let mut m = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(key_id) {
+            *n = n.saturating_sub(units);
+            if *n == 0 {
+                m.remove(key_id);
+            }
+        }
+    }
+
+    /// Units `key_id` holds now.
+    pub fn held(&self, key_id: &str) -> usize {
+        let m = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(key_id).copied().unwrap_or(0)
+    }
+}
+
+/// Admitted work of one request; dropping it returns the key's in-flight units.
+pub struct Admission {
+    inflight: Arc<InFlight>,
+    key_id: String,
+    units: usize,
+    tokens: u64,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.inflight.give_back(&self.key_id, self.units);
+    }
+}
+
+/// Rate limits, then the in-flight share; nothing is charged or held when refused.
+fn admit(app: &App, key: &KeyInfo, cost: Cost) -> Result<Admission, ApiError> {
+    let cap = app.config().max_inflight_per_key;
+    let inflight = app.inflight.clone();
+    if let Err(held) = inflight.try_take(&key.id, cost.inflight, cap) {
+        let mut e = ApiError::rate_limited(1);
+        e.message = format!(
+            "this API key already has {held} requests in flight (its share of the server is \
+             {cap}; limits.key_queue_share); retry when one finishes"
+        );
+        e.code = Some("too_many_requests_in_flight");
+        return Err(e);
+    }
+    let admission = Admission {
+        inflight,
+        key_id: key.id.clone(),
+        units: cost.inflight,
+        tokens: cost.tokens,
+    };
+    // Refused by the rate limit: `admission` drops here and gives the units back.
+    app.keys()
+        .check_cost(key, cost.requests, cost.tokens)
+        .map_err(|r| ApiError::rate_limited(r.retry_after_s))?;
+    Ok(admission)
+}
+
+/// How a route takes its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyRule {
+    /// None (GET, DELETE): anything sent is ignored.
+    None,
+    /// JSON (`Content-Type: application/json`) up to a limit.
+    Json(Limit),
+    /// Streamed by the handler (uploads): it applies its own limit.
+    Stream,
+}
+
+/// Body size limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `server.max_body_bytes` (inference, embeddings).
+    Inference,
+    /// Small control bodies (KB, admin): 64 KiB.
+    Small,
+}
+
+impl Limit {
+    pub(super) fn bytes(self, app: &App) -> usize {
+        match self {
+            Limit::Inference => app.config().max_body_bytes,
+            Limit::Small => 64 * 1024,
+        }
+    }
+}
+
+/// The body as the route's rule says: JSON content type checked, at most `limit` bytes.
+pub(super) async fn read_json(
+    head: &Parts,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let ct = head
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::bad_request(format!(
+            "Content-Type must be application/json (got `{ct}`)"
+        )));
+    }
+    read_limited(head, body, limit).await
+}
+
+/// The body, whatever its type, at most `limit` bytes (413 beyond).
+pub async fn read_limited(head: &Parts, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = head
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(body, limit.saturating_mul(2)).await;
+        return Err(ApiError::payload_too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+/// Read and discard up to `cap` bytes so a client that sent a moderately oversized body
+/// before reading the answer still gets the 413 (instead of a reset connection); past `cap`
+/// the connection is closed.
+async fn drain(mut body: Incoming, cap: usize) {
+    use hyper::body::Body as _;
+    let mut seen = 0usize;
+    while seen < cap {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+            _ => return,
+        }
+    }
+}
+
+/// The 401/403 for `/metrics` from the network; loopback (including IPv4-mapped loopback,
+/// as a dual-stack listener reports it) scrapes without a key.
+pub(super) fn is_loopback(peer: &SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inflight_share_is_held_and_given_back() {
+        let f = Arc::new(InFlight::default());
+        f.try_take("k", 3, 4).unwrap();
+        assert_eq!(f.try_take("k", 2, 4), Err(3));
+        f.try_take("other", 4, 4).unwrap();
+        f.give_back("k", 3);
+        assert_eq!(f.held("k"), 0);
+        // A request larger than the share runs alone.
+        f.try_take("k", 9, 4).unwrap();
+        assert_eq!(f.try_take("k", 1, 4), Err(9));
+        f.give_back("k", 9);
+        assert!(f.by_key.lock().unwrap().get("k").is_none());
+    }
+
+    #[test]
+    fn mapped_loopback_counts_as_loopback() {
+        for (addr, want) in [
+            ("127.0.0.1:1", true),
+            ("[::1]:1", true),
+            ("[::ffff:127.0.0.1]:1", true),
+            ("[::ffff:10.0.0.1]:1", false),
+            ("10.0.0.1:1", false),
+        ] {
+            assert_eq!(is_loopback(&addr.parse().unwrap()), want, "{addr}");
+        }
+    }
+
+    #[test]
+    fn token_estimate_rounds_up() {
+        assert_eq!(estimate_tokens(0), 0);
+        assert_eq!(estimate_tokens(1), 1);
+        assert_eq!(estimate_tokens(8), 2);
+    }
+}
