@@ -1,5 +1,5 @@
 """Connection limits of `edgeseek serve` with the real binary: the first-request deadline, the
-idle timeout, the global cap with eviction of idle connections (a flood from one loopback
+idle timeout (HTTP/1.1 and HTTP/2), HTTP/2 keep-alive PINGs, the global cap with eviction of idle connections (a flood from one loopback
 address while another address is served), the per-address cap, the request-body rate, live
 reload of the limits, mTLS client CA + CRL reload, and the local CA's name constraints.
 
@@ -380,3 +380,142 @@ def subprocess_out(args):
     p = subprocess_run(args)
     assert p.returncode == 0, p.stderr
     return p.stdout
+
+
+# --- HTTP/2 (frames by hand: the test venv has no HTTP/2 client) ---------------------------
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x4, 0x6, 0x7
+END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
+
+
+def h2_frame(kind, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def hpack_literal(index, value):
+    """A literal header field without indexing, name from the static table (RFC 7541 6.2.2)."""
+    assert len(value) < 127
+    head = bytes([index]) if index < 15 else bytes([0x0F, index - 15])
+    return head + bytes([len(value)]) + value
+
+
+def h2_request(path, extra=(), body=False):
+    block = bytes([0x83 if body else 0x82, 0x87])  # :method POST/GET, :scheme https
+    block += hpack_literal(4, path.encode()) + hpack_literal(1, b"localhost")  # :path, :authority
+    for index, value in extra:
+        block += hpack_literal(index, value.encode())
+    return h2_frame(HEADERS, END_HEADERS | (0 if body else END_STREAM), 1, block)
+
+
+class H2:
+    def __init__(self, server, answer_pings=True):
+        self.answer_pings = answer_pings
+        ctx = server.tls_context()
+        ctx.set_alpn_protocols(["h2"])
+        sock = socket.create_connection(host_port(server), timeout=10)
+        self.sock = ctx.wrap_socket(sock, server_hostname="localhost")
+        assert self.sock.selected_alpn_protocol() == "h2"
+        self.sock.sendall(H2_PREFACE + h2_frame(SETTINGS, 0, 0))
+        self.buf = b""
+
+    def frame(self, timeout):
+        """The next frame (kind, flags, stream), answering SETTINGS (and PINGs, as clients
+        do, unless told not to); "closed" at EOF, None at the timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self.buf) >= 9:
+                n = int.from_bytes(self.buf[:3], "big")
+                if len(self.buf) >= 9 + n:
+                    kind, flags = self.buf[3], self.buf[4]
+                    stream = int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF
+                    payload = self.buf[9:9 + n]
+                    self.buf = self.buf[9 + n:]
+                    if kind == SETTINGS and not flags & ACK:
+                        self.sock.sendall(h2_frame(SETTINGS, ACK, 0))
+                    if kind == PING and not flags & ACK and self.answer_pings:
+                        self.sock.sendall(h2_frame(PING, ACK, 0, payload))
+                    return kind, flags, stream
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except (socket.timeout, TimeoutError):
+                return None
+            except (ssl.SSLError, ConnectionError, OSError):
+                return "closed"
+            if not data:
+                return "closed"
+            self.buf += data
+
+    def until(self, want, timeout):
+        """Frames until `want(frame)`; returns (frame, seconds, kinds seen) or (None, …)."""
+        start = time.monotonic()
+        seen = []
+        while time.monotonic() - start < timeout:
+            f = self.frame(timeout - (time.monotonic() - start))
+            if f is None:
+                break
+            seen.append(f if f == "closed" else f[0])
+            if want(f):
+                return f, time.monotonic() - start, seen
+            if f == "closed":
+                break
+        return None, time.monotonic() - start, seen
+
+
+def answered(f):
+    return f != "closed" and f[2] == 1 and f[0] in (DATA, HEADERS) and f[1] & END_STREAM
+
+
+def test_http2_idle_connection_gets_goaway_and_unanswered_pings_close_it(tmp_path):
+    s = start(tmp_path, "idle_timeout_s = 1\nh2_keepalive_interval_s = 0")
+    try:
+        s.wait_ready()
+        c = H2(s)
+        c.sock.sendall(h2_request("/healthz"))
+        assert c.until(answered, 5)[0] is not None
+        f, took, seen = c.until(lambda f: f == "closed", 6)
+        print(f"\nHTTP/2 idle connection: {seen} within {took:.2f} s (idle_timeout_s = 1)")
+        assert GOAWAY in seen and f == "closed" and 0.9 <= took <= 3, (seen, took)
+    finally:
+        s.stop()
+    # Keep-alive: idle timers far away; a client that never answers PINGs is closed.
+    s = start(tmp_path / "ka", "idle_timeout_s = 60\nh2_keepalive_interval_s = 1\nh2_keepalive_timeout_s = 1")
+    try:
+        s.wait_ready()
+        c = H2(s, answer_pings=False)
+        c.sock.sendall(h2_request("/healthz"))
+        assert c.until(answered, 5)[0] is not None
+        f, took, seen = c.until(lambda f: f == "closed", 8)
+        print(f"HTTP/2 PINGs unanswered: {seen} within {took:.2f} s (interval 1 s, timeout 1 s)")
+        assert PING in seen and f == "closed", seen
+    finally:
+        s.stop()
+
+
+def test_http2_slow_body_is_cut(tmp_path):
+    s = start(tmp_path, "body_timeout_s = 1\nbody_min_bytes_per_s = 100")
+    try:
+        s.wait_ready()
+        key = s.key("h2body")
+        c = H2(s)
+        c.sock.sendall(h2_request("/v1/chat/completions", body=True, extra=[
+            (23, f"Bearer {key}"), (31, "application/json"), (28, "10000")]))
+        start_t = time.monotonic()
+        cut = None
+        for _ in range(40):  # one-byte DATA frames at 5 per second
+            try:
+                c.sock.sendall(h2_frame(DATA, 0, 1, b" "))
+            except (ssl.SSLError, ConnectionError, OSError):
+                cut = time.monotonic() - start_t
+                break
+            if c.until(lambda f: f == "closed", 0.2)[0] == "closed":
+                cut = time.monotonic() - start_t
+                break
+        print(f"\nHTTP/2 body at 5 B/s (min 100 B/s over 1 s windows): cut after {cut}")
+        assert cut is not None and cut <= 4, cut
+    finally:
+        s.stop()
