@@ -221,7 +221,13 @@ def test_the_connection_cap_applies_and_sighup_raises_it_live(tmp_path, monkeypa
     s = Server(tmp_path / "state", config="[server]\nmax_connections = 1\n")
     held = None
     try:
+        key = s.key("cap")
+        # A busy connection (a request waiting for the rest of its body): an idle one would
+        # be evicted to make room (test_conn.py).
         held = tls_connect(s)
+        held.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}"
+                     "\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode())
+        time.sleep(0.3)
         assert refused(s), "a second connection got through a cap of 1"
         (s.state / "edgeseek.toml").write_text("[server]\nmax_connections = 2\n")
         s.proc.send_signal(signal.SIGHUP)
