@@ -12,11 +12,16 @@ use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
-use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
+use super::wire::chat::KnowledgeParam;
+use super::wire::kb::{
+    CollectionDeleted, CreateCollection, DocumentDeleted, KbChunk, KbCollection, KbDocument,
+    KbDocumentChunks, KbSearchRequest, KbSearchResults, KbUploaded,
+};
+use super::wire::List;
 use super::{authenticate, json_response, read_body, read_json_body, App, Body};
-use crate::kb::base::{CollectionInfo, DocInfo, KbError, SearchMode, SearchRequest};
+use crate::kb::base::{KbError, SearchMode, SearchRequest};
 use crate::kb::ingest::{IngestError, Ingestor};
 use crate::kb::DocKind;
 use crate::keys::{KeyInfo, Scope};
@@ -98,35 +103,6 @@ fn need(key: &KeyInfo, scope: Scope) -> Result<(), ApiError> {
     }
 }
 
-fn collection_json(c: &CollectionInfo) -> Value {
-    json!({
-        "name": c.name,
-        "created_at": c.created,
-        "documents": c.documents,
-        "chunks": c.chunks,
-        "vectors_current": c.vectors_current,
-    })
-}
-
-fn document_json(d: &DocInfo) -> Map<String, Value> {
-    let v = json!({
-        "id": d.id,
-        "collection": d.collection,
-        "filename": d.filename,
-        "kind": d.kind,
-        "title": d.title,
-        "bytes": d.size_bytes,
-        "sha256": d.sha256,
-        "chunks": d.chunks,
-        "pages": d.pages,
-        "created_at": d.created,
-    });
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
 /// Run blocking knowledge-base work (redb, embedding) off the reactor.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -161,85 +137,63 @@ pub async fn handle(
         (KbPath::Collections, Method::GET) => {
             let k = kb.clone();
             let list = blocking(move || Ok(k.base().list_collections())).await?;
-            let data: Vec<Value> = list
+            let data: Vec<KbCollection> = list
                 .iter()
                 .filter(|c| key.allows(&Scope::KbRead(c.name.clone())))
-                .map(collection_json)
+                .map(KbCollection::from)
                 .collect();
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"object": "list", "data": data}),
-            ))
+            Ok(answer(StatusCode::OK, &List::new(data)))
         }
         (KbPath::Collections, _) => {
-            let obj = json_object(req, &["name"]).await?;
-            let name = obj
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::invalid_param("name", "name is required (a string)"))?
-                .to_string();
+            let body: CreateCollection = json_body(req, |_| name_required()).await?;
+            let name = body.name.ok_or_else(name_required)?;
             need(&key, Scope::KbWrite(name.clone()))?;
             let k = kb.clone();
             let c = blocking(move || Ok(k.base().create_collection(&name)?)).await?;
-            Ok(json_response(StatusCode::CREATED, &collection_json(&c)))
+            Ok(answer(StatusCode::CREATED, &KbCollection::from(&c)))
         }
         (KbPath::Collection(c), Method::GET) => {
             let k = kb.clone();
             let info = blocking(move || Ok(k.base().collection(&c)?)).await?;
-            Ok(json_response(StatusCode::OK, &collection_json(&info)))
+            Ok(answer(StatusCode::OK, &KbCollection::from(&info)))
         }
         (KbPath::Collection(c), _) => {
             let k = kb.clone();
             let name = c.clone();
             blocking(move || Ok(k.base().delete_collection(&name)?)).await?;
-            Ok(json_response(
+            Ok(answer(
                 StatusCode::OK,
-                &json!({"name": c, "deleted": true}),
+                &CollectionDeleted {
+                    name: c,
+                    deleted: true,
+                },
             ))
         }
         (KbPath::Documents(c), Method::GET) => {
             let k = kb.clone();
             let docs = blocking(move || Ok(k.base().list_documents(&c)?)).await?;
-            let data: Vec<Value> = docs
-                .iter()
-                .map(|d| Value::Object(document_json(d)))
-                .collect();
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"object": "list", "data": data}),
-            ))
+            let data: Vec<KbDocument> = docs.iter().map(KbDocument::from).collect();
+            Ok(answer(StatusCode::OK, &List::new(data)))
         }
         (KbPath::Documents(c), _) => upload(kb, c, req).await,
         (KbPath::Document(c, id), Method::GET) => {
             let k = kb.clone();
             let (doc, chunks) = blocking(move || Ok(k.base().document_chunks(&c, &id)?)).await?;
-            let mut m = document_json(&doc);
-            m.insert(
-                "chunks".into(),
-                Value::Array(
-                    chunks
-                        .iter()
-                        .map(|ch| {
-                            json!({
-                                "chunk_id": ch.id,
-                                "ordinal": ch.ordinal,
-                                "text": ch.text,
-                                "page": ch.page,
-                                "heading": ch.heading,
-                            })
-                        })
-                        .collect(),
-                ),
-            );
-            Ok(json_response(StatusCode::OK, &Value::Object(m)))
+            Ok(answer(
+                StatusCode::OK,
+                &KbDocumentChunks {
+                    doc: (&doc).into(),
+                    chunks: chunks.iter().map(KbChunk::from).collect(),
+                },
+            ))
         }
         (KbPath::Document(c, id), _) => {
             let k = kb.clone();
             let i = id.clone();
             blocking(move || Ok(k.base().delete_document(&c, &i)?)).await?;
-            Ok(json_response(
+            Ok(answer(
                 StatusCode::OK,
-                &json!({"id": id, "deleted": true}),
+                &DocumentDeleted { id, deleted: true },
             ))
         }
         (KbPath::Search, _) => search(kb, key, req).await,
@@ -308,18 +262,49 @@ async fn upload(
     let bytes = read_body(req, limit).await?;
     let (doc, replaced) =
         blocking(move || Ok(kb.ingest(&collection, &filename, kind, &bytes)?)).await?;
-    let mut m = document_json(&doc);
-    m.insert("replaced".into(), Value::Bool(replaced));
-    Ok(json_response(StatusCode::CREATED, &Value::Object(m)))
+    Ok(answer(
+        StatusCode::CREATED,
+        &KbUploaded {
+            doc: (&doc).into(),
+            replaced,
+        },
+    ))
 }
 
-/// A small JSON object body with only the `allowed` keys (400 naming any other).
-async fn json_object(
+fn name_required() -> ApiError {
+    ApiError::invalid_param("name", "name is required (a string)")
+}
+
+fn answer(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+    json_response(status, &super::wire::value(body))
+}
+
+/// A small JSON body of type `T` (400 naming any unknown key; `invalid` words the others).
+async fn json_body<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
-    allowed: &[&str],
-) -> Result<Map<String, Value>, ApiError> {
+    invalid: impl Fn(&str) -> ApiError,
+) -> Result<T, ApiError> {
     let body = read_json_body(req, 64 * 1024).await?;
-    super::openai::object_body(&body, allowed)
+    super::wire::parse(&body, invalid)
+}
+
+/// The 400 for a value of the wrong JSON type in a search request.
+fn search_type_error(path: &str) -> ApiError {
+    match super::wire::top(path) {
+        "query" => ApiError::invalid_param("query", "query must be a non-empty string"),
+        "mode" => ApiError::invalid_param("mode", "mode must be `hybrid`, `bm25` or `vector`"),
+        // The same rules as chat's `knowledge`, named as this route's parameters.
+        _ => unprefixed(super::rag::knowledge_type_error(&format!(
+            "knowledge.{path}"
+        ))),
+    }
+}
+
+fn unprefixed(mut e: ApiError) -> ApiError {
+    e.param = e
+        .param
+        .map(|p| p.trim_start_matches("knowledge.").to_string());
+    e
 }
 
 /// `POST /v1/kb/search`.
@@ -328,20 +313,14 @@ async fn search(
     key: KeyInfo,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let obj = json_object(req, &["collections", "query", "top_k", "mode"]).await?;
-    let knowledge = super::rag::parse_knowledge(&json!({
-        "collections": obj.get("collections").cloned().unwrap_or(Value::Null),
-        "top_k": obj.get("top_k").cloned().unwrap_or(Value::Null),
-    }))
-    .map_err(|mut e| {
-        // The same rules as chat's `knowledge`, named as this route's parameters.
-        e.param = e
-            .param
-            .map(|p| p.trim_start_matches("knowledge.").to_string());
-        e
-    })?;
-    let query = match obj.get("query") {
-        Some(Value::String(q)) if !q.trim().is_empty() => q.clone(),
+    let body: KbSearchRequest = json_body(req, search_type_error).await?;
+    let knowledge = super::rag::knowledge(KnowledgeParam {
+        collections: body.collections,
+        top_k: body.top_k,
+    })
+    .map_err(unprefixed)?;
+    let query = match body.query {
+        Some(q) if !q.trim().is_empty() => q,
         _ => {
             return Err(ApiError::invalid_param(
                 "query",
@@ -349,9 +328,9 @@ async fn search(
             ))
         }
     };
-    let mode = match obj.get("mode") {
-        None | Some(Value::Null) => SearchMode::Hybrid,
-        Some(m) => serde_json::from_value(m.clone()).map_err(|_| {
+    let mode = match body.mode {
+        None => SearchMode::Hybrid,
+        Some(m) => serde_json::from_value(serde_json::Value::String(m)).map_err(|_| {
             ApiError::invalid_param("mode", "mode must be `hybrid`, `bm25` or `vector`")
         })?,
     };
@@ -364,25 +343,8 @@ async fn search(
         top_k: knowledge.top_k,
         mode,
     };
-    let hits = blocking(move || Ok(kb.base().search(&req)?)).await?;
-    let results: Vec<Value> = hits
-        .iter()
-        .map(|h| {
-            json!({
-                "document_id": h.document_id,
-                "filename": h.filename,
-                "collection": h.collection,
-                "chunk_id": h.chunk_id,
-                "text": h.text,
-                "score": h.score,
-                "page": h.page,
-                "heading": h.heading,
-                "bm25_rank": h.bm25_rank,
-                "dense_rank": h.dense_rank,
-            })
-        })
-        .collect();
-    Ok(json_response(StatusCode::OK, &json!({"results": results})))
+    let results = blocking(move || Ok(kb.base().search(&req)?)).await?;
+    Ok(answer(StatusCode::OK, &KbSearchResults { results }))
 }
 
 #[cfg(test)]

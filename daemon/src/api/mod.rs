@@ -19,8 +19,10 @@ pub mod error;
 pub mod kb;
 pub mod metrics;
 pub mod openai;
+pub mod openapi;
 pub mod rag;
 pub mod sse;
+pub mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,7 +37,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::engine::{Embedder, Event, GenerateOutput, RequestHandle, Scheduler, TokenLogprob};
@@ -464,12 +466,18 @@ async fn dispatch(
     match route {
         Route::Console => Ok(console::index(&req)),
         Route::ConsoleAsset => console::asset(&req),
-        Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        Route::Healthz => Ok(json_response(
+            StatusCode::OK,
+            &wire::value(&wire::models::Health { status: "ok" }),
+        )),
         Route::Readyz => {
             app.ready()?;
             Ok(json_response(
                 StatusCode::OK,
-                &json!({"status": "ready", "model": app.model_name}),
+                &wire::value(&wire::models::Ready {
+                    status: "ready",
+                    model: app.model_name.clone(),
+                }),
             ))
         }
         Route::OpenApi => Ok(full(StatusCode::OK, "application/json", OPENAPI)),
@@ -489,7 +497,7 @@ async fn dispatch(
         }
         Route::Models => {
             authenticate(app, &req)?;
-            let mut data: Vec<Value> = app
+            let mut data: Vec<wire::models::Model> = app
                 .served()
                 .map(|s| model_json(&app.model_name, s.loaded_at))
                 .into_iter()
@@ -499,7 +507,7 @@ async fn dispatch(
             }
             Ok(json_response(
                 StatusCode::OK,
-                &json!({"object": "list", "data": data}),
+                &wire::value(&wire::List::new(data)),
             ))
         }
         Route::Model => {
@@ -508,11 +516,11 @@ async fn dispatch(
             match (app.served(), app.embedder_loaded()) {
                 (Some(s), _) if id == app.model_name => Ok(json_response(
                     StatusCode::OK,
-                    &model_json(&app.model_name, s.loaded_at),
+                    &wire::value(&model_json(&app.model_name, s.loaded_at)),
                 )),
                 (_, Some((e, loaded_at))) if id == e.name() => Ok(json_response(
                     StatusCode::OK,
-                    &model_json(e.name(), loaded_at),
+                    &wire::value(&model_json(e.name(), loaded_at)),
                 )),
                 _ => Err(ApiError::model_not_found(id)),
             }
@@ -535,13 +543,8 @@ async fn dispatch(
     }
 }
 
-fn model_json(id: &str, loaded_at: u64) -> Value {
-    json!({
-        "id": id,
-        "object": "model",
-        "created": loaded_at,
-        "owned_by": "edgeseek",
-    })
+fn model_json(id: &str, loaded_at: u64) -> wire::models::Model {
+    wire::models::Model::new(id, loaded_at)
 }
 
 /// The key of the request's bearer token, or 401.
@@ -739,20 +742,8 @@ async fn retrieve(
     let hits = tokio::task::spawn_blocking(move || kb.base().search(&req))
         .await
         .map_err(|e| ApiError::internal(format!("search task failed: {e}")))??;
-    let sources: Vec<rag::Source> = hits
-        .into_iter()
-        .map(|h| rag::Source {
-            document_id: h.document_id,
-            filename: h.filename,
-            collection: h.collection,
-            chunk_id: h.chunk_id,
-            page: h.page,
-            heading: h.heading,
-            text: h.text,
-        })
-        .collect();
-    rag::augment(messages, &sources);
-    Ok(rag::citations_json(&sources))
+    rag::augment(messages, &hits);
+    Ok(rag::citations_json(&hits))
 }
 
 /// Forward one request's events from the scheduler's std channel into tokio, on a blocking
@@ -1045,19 +1036,36 @@ mod tests {
 
     #[test]
     fn documented_parameters_match_the_parser() {
+        use wire::tests::accepted_fields;
         let doc: Value = serde_json::from_str(OPENAPI).unwrap();
-        for (schema, params) in [
-            ("ChatCompletionRequest", openai::CHAT_PARAMS),
-            ("CompletionRequest", openai::COMPLETION_PARAMS),
-            ("EmbeddingRequest", embeddings::PARAMS),
+        for (schema, parsed) in [
+            (
+                "ChatCompletionRequest",
+                accepted_fields::<wire::chat::ChatCompletionRequest>(),
+            ),
+            (
+                "CompletionRequest",
+                accepted_fields::<wire::chat::CompletionRequest>(),
+            ),
+            (
+                "EmbeddingRequest",
+                accepted_fields::<wire::embeddings::EmbeddingRequest>(),
+            ),
+            ("ChatMessage", accepted_fields::<wire::chat::ChatMessage>()),
+            (
+                "KbSearchRequest",
+                accepted_fields::<wire::kb::KbSearchRequest>(),
+            ),
+            (
+                "ApiKeyCreate",
+                accepted_fields::<wire::admin::ApiKeyCreate>(),
+            ),
         ] {
             let props = doc["components"]["schemas"][schema]["properties"]
                 .as_object()
                 .unwrap_or_else(|| panic!("{schema}"));
             let mut documented: Vec<&str> = props.keys().map(String::as_str).collect();
             documented.sort();
-            let mut parsed: Vec<&str> = params.to_vec();
-            parsed.sort();
             assert_eq!(documented, parsed, "{schema}");
         }
     }

@@ -1,0 +1,557 @@
+//! The OpenAPI 3.1 document of the API, generated from the wire types (`api::wire`) and a
+//! table of operations ([`OPS`]): what is documented is what the server parses and sends.
+//!
+//! `daemon/openapi.json` is this document, committed so that it can be read without building
+//! and served as is by `GET /openapi.json`. A unit test fails when it differs from what
+//! [`document`] generates; `EDGESEEK_BLESS=1 cargo test --lib api::openapi` rewrites it.
+
+use serde_json::Value;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{ComponentsBuilder, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ContentBuilder, InfoBuilder, KnownFormat, OpenApiBuilder, PathItem, PathsBuilder, Ref, RefOr,
+    Required, ResponseBuilder, ServerBuilder,
+};
+use utoipa::ToSchema;
+
+use super::wire::{self, admin, chat, embeddings, kb, models, List};
+
+type Schemas = Vec<(String, RefOr<Schema>)>;
+
+/// A body's schema and the named schemas it refers to.
+#[derive(Clone, Copy)]
+pub struct BodyDoc {
+    schema: fn() -> RefOr<Schema>,
+    refs: fn(&mut Schemas),
+}
+
+/// A body of the wire type `T`, referenced by name (`#/components/schemas/T`).
+pub const fn named<T: ToSchema>() -> BodyDoc {
+    BodyDoc {
+        schema: ref_to::<T>,
+        refs: named_refs::<T>,
+    }
+}
+
+/// A body of the wire type `T`, written out in place (generic types such as `List<T>`).
+pub const fn inline<T: ToSchema>() -> BodyDoc {
+    BodyDoc {
+        schema: T::schema,
+        refs: T::schemas,
+    }
+}
+
+/// Text (server-sent events, Prometheus, HTML, ...).
+pub const TEXT: BodyDoc = BodyDoc {
+    schema: text,
+    refs: no_refs,
+};
+
+/// Raw bytes (uploaded documents).
+pub const BINARY: BodyDoc = BodyDoc {
+    schema: binary,
+    refs: no_refs,
+};
+
+/// Any JSON object (this document).
+pub const OBJECT: BodyDoc = BodyDoc {
+    schema: object,
+    refs: no_refs,
+};
+
+fn ref_to<T: ToSchema>() -> RefOr<Schema> {
+    RefOr::Ref(Ref::from_schema_name(T::name()))
+}
+
+fn named_refs<T: ToSchema>(out: &mut Schemas) {
+    out.push((T::name().into_owned(), T::schema()));
+    T::schemas(out);
+}
+
+fn no_refs(_: &mut Schemas) {}
+
+fn text() -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(Type::String).into()
+}
+
+fn binary() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+        .into()
+}
+
+fn object() -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(Type::Object).into()
+}
+
+/// Who may call an operation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// No key.
+    Open,
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+    /// No key from loopback, a key from elsewhere.
+    LoopbackOrBearer,
+}
+
+/// A path, query or header parameter.
+pub struct ParamDoc {
+    pub name: &'static str,
+    pub location: ParameterIn,
+    pub description: Option<&'static str>,
+}
+
+const fn path_param(name: &'static str, description: Option<&'static str>) -> ParamDoc {
+    ParamDoc {
+        name,
+        location: ParameterIn::Path,
+        description,
+    }
+}
+
+/// What the document says about one operation (method and path are given with it).
+pub struct OpDoc {
+    pub operation_id: Option<&'static str>,
+    pub summary: &'static str,
+    pub description: Option<&'static str>,
+    /// The scope the key needs (`chat`, `kb:read:{collection}`), said first in the
+    /// description.
+    pub scope: Option<&'static str>,
+    pub auth: Auth,
+    pub params: &'static [ParamDoc],
+    /// The request body by media type.
+    pub request: &'static [(&'static str, BodyDoc)],
+    /// The success status, its description and its bodies by media type.
+    pub ok: (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, BodyDoc)],
+    ),
+    /// Other answers without a body (304).
+    pub other: &'static [(&'static str, &'static str)],
+    /// Statuses answered with the error body.
+    pub errors: &'static [&'static str],
+}
+
+const JSON: &str = "application/json";
+const KB_ERRORS: &[&str] = &["400", "401", "403", "404", "503"];
+const INFERENCE_ERRORS: &[&str] = &["400", "401", "403", "404", "413", "429", "500", "503"];
+const COLLECTION: ParamDoc = path_param(
+    "collection",
+    Some("collection name (percent-encoded UTF-8)"),
+);
+const DOCUMENT: ParamDoc = path_param("document", None);
+
+const fn op(summary: &'static str) -> OpDoc {
+    OpDoc {
+        operation_id: None,
+        summary,
+        description: None,
+        scope: None,
+        auth: Auth::Bearer,
+        params: &[],
+        request: &[],
+        ok: ("200", "", &[]),
+        other: &[],
+        errors: &[],
+    }
+}
+
+/// Every operation of the API: `(method, path, doc)`.
+pub static OPS: &[(&str, &str, OpDoc)] = &[
+    ("GET", "/", OpDoc {
+        operation_id: Some("console"),
+        description: Some("The web console (chat, knowledge, admin), embedded in the binary. gzip when the client accepts it; ETag with `Cache-Control: no-cache` (304 on a match); a strict Content-Security-Policy."),
+        auth: Auth::Open,
+        ok: ("200", "index.html", &[("text/html", TEXT)]),
+        other: &[("304", "Not modified (If-None-Match)")],
+        ..op("Browser console")
+    }),
+    ("GET", "/console/{asset}", OpDoc {
+        operation_id: Some("consoleAsset"),
+        description: Some("A file of the console (ES modules, CSS, icon), with the same caching and compression as `/`."),
+        auth: Auth::Open,
+        params: &[path_param("asset", Some("File name, e.g. `app.js`"))],
+        ok: ("200", "The file", &[("text/javascript", TEXT), ("text/css", TEXT), ("image/svg+xml", TEXT)]),
+        other: &[("304", "Not modified (If-None-Match)")],
+        errors: &["404"],
+        ..op("Console asset")
+    }),
+    ("GET", "/healthz", OpDoc {
+        operation_id: Some("healthz"),
+        auth: Auth::Open,
+        ok: ("200", "The process is alive", &[(JSON, named::<models::Health>())]),
+        ..op("Liveness")
+    }),
+    ("GET", "/readyz", OpDoc {
+        operation_id: Some("readyz"),
+        auth: Auth::Open,
+        ok: ("200", "Serving", &[(JSON, named::<models::Ready>())]),
+        errors: &["503"],
+        ..op("Readiness: the model is loaded")
+    }),
+    ("GET", "/metrics", OpDoc {
+        operation_id: Some("metrics"),
+        description: Some("Without a key from loopback; from elsewhere an admin-scoped key is required."),
+        auth: Auth::LoopbackOrBearer,
+        ok: ("200", "Prometheus text format 0.0.4", &[("text/plain", TEXT)]),
+        errors: &["401", "403"],
+        ..op("Prometheus metrics")
+    }),
+    ("GET", "/openapi.json", OpDoc {
+        operation_id: Some("openapi"),
+        auth: Auth::Open,
+        ok: ("200", "OpenAPI 3.1", &[(JSON, OBJECT)]),
+        ..op("This document")
+    }),
+    ("GET", "/v1/models", OpDoc {
+        operation_id: Some("listModels"),
+        ok: ("200", "Models loaded and serving (empty while loading)", &[(JSON, inline::<List<models::Model>>())]),
+        errors: &["401"],
+        ..op("Loaded models")
+    }),
+    ("GET", "/v1/models/{model}", OpDoc {
+        operation_id: Some("retrieveModel"),
+        params: &[path_param("model", None)],
+        ok: ("200", "The model", &[(JSON, named::<models::Model>())]),
+        errors: &["401", "404"],
+        ..op("One loaded model")
+    }),
+    ("POST", "/v1/chat/completions", OpDoc {
+        operation_id: Some("createChatCompletion"),
+        scope: Some("chat"),
+        description: Some("R1 models return the reasoning in `reasoning_content` (alias `reasoning`) and the answer in `content`, in messages and stream deltas. With stream: true each event is a `ChatCompletionChunk`."),
+        request: &[(JSON, named::<chat::ChatCompletionRequest>())],
+        ok: ("200", "A chat.completion object, or with stream: true a text/event-stream of chat.completion.chunk objects ending with `data: [DONE]`", &[(JSON, named::<chat::ChatCompletion>()), ("text/event-stream", named::<chat::ChatCompletionChunk>())]),
+        errors: INFERENCE_ERRORS,
+        ..op("Chat completion (JSON or server-sent events)")
+    }),
+    ("POST", "/v1/completions", OpDoc {
+        operation_id: Some("createCompletion"),
+        scope: Some("chat"),
+        description: Some("The prompt is tokenized as is (no chat template). With stream: true each event is a `CompletionChunk`."),
+        request: &[(JSON, named::<chat::CompletionRequest>())],
+        ok: ("200", "A text_completion object, or with stream: true a text/event-stream ending with `data: [DONE]`", &[(JSON, named::<chat::Completion>()), ("text/event-stream", named::<chat::CompletionChunk>())]),
+        errors: INFERENCE_ERRORS,
+        ..op("Text completion (JSON or server-sent events)")
+    }),
+    ("POST", "/v1/embeddings", OpDoc {
+        operation_id: Some("createEmbedding"),
+        scope: Some("embeddings"),
+        description: Some("The model is the embedding model's directory name (default `all-minilm-l6-v2`, English only). An input over the model's token limit is refused (400, `param` names it, e.g. `input[3]`), never truncated. Token-id inputs are refused: they would be another tokenizer's ids. 503 when no embedding model is loaded (the message says why)."),
+        request: &[(JSON, named::<embeddings::EmbeddingRequest>())],
+        ok: ("200", "A list of embedding objects", &[(JSON, named::<embeddings::EmbeddingList>())]),
+        errors: INFERENCE_ERRORS,
+        ..op("Embeddings (unit-length vectors of the embedding model)")
+    }),
+    ("GET", "/v1/admin/status", OpDoc {
+        operation_id: Some("adminStatus"),
+        scope: Some("admin"),
+        description: Some("The object `edgeseek status` prints, plus `recent_tokens_per_s` (the latest sample of the history) and `sample_interval_s`."),
+        ok: ("200", "Status", &[(JSON, named::<admin::AdminStatusAnswer>())]),
+        errors: &["401", "403"],
+        ..op("Daemon status")
+    }),
+    ("GET", "/v1/admin/keys", OpDoc {
+        operation_id: Some("adminListKeys"),
+        scope: Some("admin"),
+        description: Some("Every key, revoked ones included, oldest first; never a secret or its hash."),
+        ok: ("200", "Keys", &[(JSON, inline::<List<admin::ApiKey>>())]),
+        errors: &["401", "403"],
+        ..op("List API keys")
+    }),
+    ("POST", "/v1/admin/keys", OpDoc {
+        operation_id: Some("adminCreateKey"),
+        scope: Some("admin"),
+        description: Some("The answer carries the secret, this once (`Cache-Control: no-store`); only its SHA-256 is stored."),
+        request: &[(JSON, named::<admin::ApiKeyCreate>())],
+        ok: ("201", "The key and its secret", &[(JSON, named::<admin::ApiKeyCreated>())]),
+        errors: &["400", "401", "403", "409", "413"],
+        ..op("Create an API key")
+    }),
+    ("DELETE", "/v1/admin/keys/{id}", OpDoc {
+        operation_id: Some("adminRevokeKey"),
+        scope: Some("admin"),
+        description: Some("Takes effect at once. `id` is the key id (or a name that one active key has)."),
+        params: &[path_param("id", None)],
+        ok: ("200", "The revoked key", &[(JSON, named::<admin::ApiKey>())]),
+        errors: &["401", "403", "404", "409"],
+        ..op("Revoke an API key")
+    }),
+    ("GET", "/v1/admin/metrics/history", OpDoc {
+        operation_id: Some("adminMetricsHistory"),
+        scope: Some("admin"),
+        description: Some("Tokens generated per second, sampled every `interval_s` seconds (5), the last `capacity` samples (15 minutes), oldest first."),
+        ok: ("200", "Samples", &[(JSON, named::<admin::History>())]),
+        errors: &["401", "403"],
+        ..op("Tokens/s history")
+    }),
+    ("GET", "/v1/kb/collections", OpDoc {
+        operation_id: Some("kbListCollections"),
+        description: Some("Only the collections the key may read (`kb:read:C`)."),
+        ok: ("200", "collections", &[(JSON, inline::<List<kb::KbCollection>>())]),
+        errors: KB_ERRORS,
+        ..op("Collections the key may read (kb:read)")
+    }),
+    ("POST", "/v1/kb/collections", OpDoc {
+        operation_id: Some("kbCreateCollection"),
+        scope: Some("kb:write:{name}"),
+        request: &[(JSON, named::<kb::CreateCollection>())],
+        ok: ("201", "created", &[(JSON, named::<kb::KbCollection>())]),
+        errors: &["400", "401", "403", "404", "409", "503"],
+        ..op("Create a collection (kb:write:NAME)")
+    }),
+    ("GET", "/v1/kb/collections/{collection}", OpDoc {
+        operation_id: Some("kbGetCollection"),
+        scope: Some("kb:read:{collection}"),
+        params: &[COLLECTION],
+        ok: ("200", "the collection", &[(JSON, named::<kb::KbCollection>())]),
+        errors: KB_ERRORS,
+        ..op("One collection (kb:read)")
+    }),
+    ("DELETE", "/v1/kb/collections/{collection}", OpDoc {
+        operation_id: Some("kbDeleteCollection"),
+        scope: Some("kb:write:{collection}"),
+        params: &[COLLECTION],
+        ok: ("200", "deleted", &[(JSON, named::<kb::CollectionDeleted>())]),
+        errors: KB_ERRORS,
+        ..op("Delete a collection and all its documents (kb:write)")
+    }),
+    ("GET", "/v1/kb/collections/{collection}/documents", OpDoc {
+        operation_id: Some("kbListDocuments"),
+        scope: Some("kb:read:{collection}"),
+        params: &[COLLECTION],
+        ok: ("200", "documents", &[(JSON, inline::<List<kb::KbDocument>>())]),
+        errors: KB_ERRORS,
+        ..op("Documents of a collection (kb:read)")
+    }),
+    ("POST", "/v1/kb/collections/{collection}/documents", OpDoc {
+        operation_id: Some("kbUploadDocument"),
+        scope: Some("kb:write:{collection}"),
+        description: Some("Parsed, chunked, embedded and committed before the answer; the same filename replaces the stored version atomically."),
+        params: &[
+            COLLECTION,
+            ParamDoc {
+                name: "filename",
+                location: ParameterIn::Query,
+                description: Some("the document's file name (or the X-Filename header, percent-encoded UTF-8)"),
+            },
+            ParamDoc {
+                name: "X-Filename",
+                location: ParameterIn::Header,
+                description: None,
+            },
+        ],
+        request: &[
+            ("text/plain", BINARY),
+            ("text/markdown", BINARY),
+            ("text/html", BINARY),
+            ("application/pdf", BINARY),
+            (crate::kb::DOCX_MIME, BINARY),
+        ],
+        ok: ("201", "stored", &[(JSON, named::<kb::KbUploaded>())]),
+        errors: &["400", "401", "403", "404", "413", "415", "503"],
+        ..op("Upload a document (kb:write)")
+    }),
+    ("GET", "/v1/kb/collections/{collection}/documents/{document}", OpDoc {
+        operation_id: Some("kbGetDocument"),
+        scope: Some("kb:read:{collection}"),
+        params: &[COLLECTION, DOCUMENT],
+        ok: ("200", "the document", &[(JSON, named::<kb::KbDocumentChunks>())]),
+        errors: KB_ERRORS,
+        ..op("A document with its chunks (kb:read)")
+    }),
+    ("DELETE", "/v1/kb/collections/{collection}/documents/{document}", OpDoc {
+        operation_id: Some("kbDeleteDocument"),
+        scope: Some("kb:write:{collection}"),
+        params: &[COLLECTION, DOCUMENT],
+        ok: ("200", "deleted", &[(JSON, named::<kb::DocumentDeleted>())]),
+        errors: KB_ERRORS,
+        ..op("Delete a document (kb:write)")
+    }),
+    ("POST", "/v1/kb/search", OpDoc {
+        operation_id: Some("kbSearch"),
+        description: Some("Needs `kb:read` on every collection searched."),
+        request: &[(JSON, named::<kb::KbSearchRequest>())],
+        ok: ("200", "results", &[(JSON, named::<kb::KbSearchResults>())]),
+        errors: KB_ERRORS,
+        ..op("Hybrid search (BM25 with jieba for Chinese + embeddings, fused)")
+    }),
+];
+
+fn method(m: &str) -> HttpMethod {
+    match m {
+        "POST" => HttpMethod::Post,
+        "PUT" => HttpMethod::Put,
+        "DELETE" => HttpMethod::Delete,
+        "PATCH" => HttpMethod::Patch,
+        "HEAD" => HttpMethod::Head,
+        "OPTIONS" => HttpMethod::Options,
+        _ => HttpMethod::Get,
+    }
+}
+
+fn operation(doc: &OpDoc, schemas: &mut Schemas) -> utoipa::openapi::path::Operation {
+    let description = match (doc.scope, doc.description) {
+        (Some(s), Some(d)) => Some(format!("Needs the `{s}` scope. {d}")),
+        (Some(s), None) => Some(format!("Needs the `{s}` scope.")),
+        (None, d) => d.map(str::to_string),
+    };
+    let mut b = OperationBuilder::new()
+        .summary(Some(doc.summary))
+        .description(description)
+        .operation_id(doc.operation_id);
+    b = match doc.auth {
+        Auth::Open => b.securities(Some(Vec::new())),
+        Auth::Bearer => b.security(SecurityRequirement::new("bearer", Vec::<String>::new())),
+        Auth::LoopbackOrBearer => b.securities(Some([
+            SecurityRequirement::default(),
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+        ])),
+    };
+    for p in doc.params {
+        let required = if p.location == ParameterIn::Path {
+            Required::True
+        } else {
+            Required::False
+        };
+        b = b.parameter(
+            ParameterBuilder::new()
+                .name(p.name)
+                .parameter_in(p.location.clone())
+                .required(required)
+                .description(p.description)
+                .schema(Some(text())),
+        );
+    }
+    if !doc.request.is_empty() {
+        let mut r = RequestBodyBuilder::new().required(Some(Required::True));
+        for (media, body) in doc.request {
+            (body.refs)(schemas);
+            r = r.content(
+                *media,
+                ContentBuilder::new().schema(Some((body.schema)())).build(),
+            );
+        }
+        b = b.request_body(Some(r.build()));
+    }
+    let (status, what, bodies) = doc.ok;
+    let mut ok = ResponseBuilder::new().description(what);
+    for (media, body) in bodies {
+        (body.refs)(schemas);
+        ok = ok.content(
+            *media,
+            ContentBuilder::new().schema(Some((body.schema)())).build(),
+        );
+    }
+    b = b.response(status, ok.build());
+    for (status, what) in doc.other {
+        b = b.response(*status, ResponseBuilder::new().description(*what).build());
+    }
+    for status in doc.errors {
+        b = b.response(*status, RefOr::Ref(Ref::from_response_name("Error")));
+    }
+    b.build()
+}
+
+/// The OpenAPI document of `ops` (`(method, path, doc)`, e.g. [`OPS`]).
+pub fn document<'a>(ops: impl IntoIterator<Item = (&'a str, &'a str, &'a OpDoc)>) -> Value {
+    let mut schemas: Schemas = Vec::new();
+    let mut paths = PathsBuilder::new().build();
+    for (m, path, doc) in ops {
+        let item = PathItem::new(method(m), operation(doc, &mut schemas));
+        paths
+            .paths
+            .entry(path.to_string())
+            .or_default()
+            .merge_operations(item);
+    }
+    (named::<wire::error::ErrorBody<'static>>().refs)(&mut schemas);
+    let bearer = {
+        let mut h = Http::new(HttpAuthScheme::Bearer);
+        h.description = Some("An API key from `edgeseek keys create`.".into());
+        SecurityScheme::Http(h)
+    };
+    let error = ResponseBuilder::new()
+        .description("An error (429 and 503 carry Retry-After; 405 carries Allow)")
+        .content(
+            JSON,
+            ContentBuilder::new()
+                .schema(Some((named::<wire::error::ErrorBody<'static>>().schema)()))
+                .build(),
+        )
+        .build();
+    let components = ComponentsBuilder::new()
+        .security_scheme("bearer", bearer)
+        .response("Error", error)
+        .schemas_from_iter(schemas)
+        .build();
+    let info = InfoBuilder::new()
+        .title("edgeseek API")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "OpenAI-compatible HTTPS API of an edgeseek appliance. Every route under /v1 needs \
+             `Authorization: Bearer <key>`. Errors are `{\"error\": {\"message\", \"type\", \
+             \"param\", \"code\"}}`. Unknown request parameters are rejected with 400 naming \
+             the parameter.",
+        ))
+        .build();
+    let doc = OpenApiBuilder::new()
+        .info(info)
+        .servers(Some([ServerBuilder::new()
+            .url("https://127.0.0.1:8443")
+            .description(Some("edgeseek serve --dev"))
+            .build()]))
+        .paths(paths)
+        .components(Some(components))
+        .build();
+    serde_json::to_value(&doc).unwrap_or(Value::Null)
+}
+
+/// The document as committed in `daemon/openapi.json`: pretty-printed, one final newline.
+pub fn pretty(doc: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(doc).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generated() -> String {
+        pretty(&document(OPS.iter().map(|(m, p, d)| (*m, *p, d))))
+    }
+
+    /// The committed document is the generated one. After changing a wire type or [`OPS`]:
+    /// `EDGESEEK_BLESS=1 cargo test --lib api::openapi` rewrites `daemon/openapi.json`.
+    #[test]
+    fn committed_document_is_generated() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        let want = generated();
+        if std::env::var_os("EDGESEEK_BLESS").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap();
+        assert!(
+            have == want,
+            "daemon/openapi.json is stale; run EDGESEEK_BLESS=1 cargo test --lib api::openapi"
+        );
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document(OPS.iter().map(|(m, p, d)| (*m, *p, d)));
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for part in text.split("\"#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap();
+            assert!(schemas.contains_key(name), "dangling $ref {name}");
+        }
+        assert!(schemas.contains_key("Error") && schemas.contains_key("KbHit"));
+    }
+}
