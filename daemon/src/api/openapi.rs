@@ -105,7 +105,7 @@ pub struct ParamDoc {
     pub description: Option<&'static str>,
 }
 
-const fn path_param(name: &'static str, description: Option<&'static str>) -> ParamDoc {
+pub const fn path_param(name: &'static str, description: Option<&'static str>) -> ParamDoc {
     ParamDoc {
         name,
         location: ParameterIn::Path,
@@ -137,27 +137,36 @@ pub struct OpDoc {
     pub errors: &'static [&'static str],
 }
 
-const JSON: &str = "application/json";
-const KB_ERRORS: &[&str] = &["400", "401", "403", "404", "503"];
-const INFERENCE_ERRORS: &[&str] = &["400", "401", "403", "404", "413", "429", "500", "503"];
-const COLLECTION: ParamDoc = path_param(
+/// The JSON media type.
+pub const JSON: &str = "application/json";
+/// Error statuses of the knowledge-base routes.
+pub const KB_ERRORS: &[&str] = &["400", "401", "403", "404", "503"];
+/// Error statuses of the inference routes.
+pub const INFERENCE_ERRORS: &[&str] = &["400", "401", "403", "404", "413", "429", "500", "503"];
+/// The `{collection}` path parameter.
+pub const COLLECTION: ParamDoc = path_param(
     "collection",
     Some("collection name (percent-encoded UTF-8)"),
 );
-const DOCUMENT: ParamDoc = path_param("document", None);
+/// The `{document}` path parameter.
+pub const DOCUMENT: ParamDoc = path_param("document", None);
 
-const fn op(summary: &'static str) -> OpDoc {
-    OpDoc {
-        operation_id: None,
-        summary,
-        description: None,
-        scope: None,
-        auth: Auth::Bearer,
-        params: &[],
-        request: &[],
-        ok: ("200", "", &[]),
-        other: &[],
-        errors: &[],
+impl OpDoc {
+    /// An operation for keys (`Authorization: Bearer`) with only a summary; the other fields
+    /// are given with `..OpDoc::new(summary)`.
+    pub const fn new(summary: &'static str) -> OpDoc {
+        OpDoc {
+            operation_id: None,
+            summary,
+            description: None,
+            scope: None,
+            auth: Auth::Bearer,
+            params: &[],
+            request: &[],
+            ok: ("200", "", &[]),
+            other: &[],
+            errors: &[],
+        }
     }
 }
 
@@ -169,7 +178,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         auth: Auth::Open,
         ok: ("200", "index.html", &[("text/html", TEXT)]),
         other: &[("304", "Not modified (If-None-Match)")],
-        ..op("Browser console")
+        ..OpDoc::new("Browser console")
     }),
     ("GET", "/console/{asset}", OpDoc {
         operation_id: Some("consoleAsset"),
@@ -179,20 +188,20 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         ok: ("200", "The file", &[("text/javascript", TEXT), ("text/css", TEXT), ("image/svg+xml", TEXT)]),
         other: &[("304", "Not modified (If-None-Match)")],
         errors: &["404"],
-        ..op("Console asset")
+        ..OpDoc::new("Console asset")
     }),
     ("GET", "/healthz", OpDoc {
         operation_id: Some("healthz"),
         auth: Auth::Open,
         ok: ("200", "The process is alive", &[(JSON, named::<models::Health>())]),
-        ..op("Liveness")
+        ..OpDoc::new("Liveness")
     }),
     ("GET", "/readyz", OpDoc {
         operation_id: Some("readyz"),
         auth: Auth::Open,
         ok: ("200", "Serving", &[(JSON, named::<models::Ready>())]),
         errors: &["503"],
-        ..op("Readiness: the model is loaded")
+        ..OpDoc::new("Readiness: the model is loaded")
     }),
     ("GET", "/metrics", OpDoc {
         operation_id: Some("metrics"),
@@ -200,26 +209,26 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         auth: Auth::LoopbackOrBearer,
         ok: ("200", "Prometheus text format 0.0.4", &[("text/plain", TEXT)]),
         errors: &["401", "403"],
-        ..op("Prometheus metrics")
+        ..OpDoc::new("Prometheus metrics")
     }),
     ("GET", "/openapi.json", OpDoc {
         operation_id: Some("openapi"),
         auth: Auth::Open,
         ok: ("200", "OpenAPI 3.1", &[(JSON, OBJECT)]),
-        ..op("This document")
+        ..OpDoc::new("This document")
     }),
     ("GET", "/v1/models", OpDoc {
         operation_id: Some("listModels"),
         ok: ("200", "Models loaded and serving (empty while loading)", &[(JSON, inline::<List<models::Model>>())]),
         errors: &["401"],
-        ..op("Loaded models")
+        ..OpDoc::new("Loaded models")
     }),
     ("GET", "/v1/models/{model}", OpDoc {
         operation_id: Some("retrieveModel"),
         params: &[path_param("model", None)],
         ok: ("200", "The model", &[(JSON, named::<models::Model>())]),
         errors: &["401", "404"],
-        ..op("One loaded model")
+        ..OpDoc::new("One loaded model")
     }),
     ("POST", "/v1/chat/completions", OpDoc {
         operation_id: Some("createChatCompletion"),
@@ -228,7 +237,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         request: &[(JSON, named::<chat::ChatCompletionRequest>())],
         ok: ("200", "A chat.completion object, or with stream: true a text/event-stream of chat.completion.chunk objects ending with `data: [DONE]`", &[(JSON, named::<chat::ChatCompletion>()), ("text/event-stream", named::<chat::ChatCompletionChunk>())]),
         errors: INFERENCE_ERRORS,
-        ..op("Chat completion (JSON or server-sent events)")
+        ..OpDoc::new("Chat completion (JSON or server-sent events)")
     }),
     ("POST", "/v1/completions", OpDoc {
         operation_id: Some("createCompletion"),
@@ -237,7 +246,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         request: &[(JSON, named::<chat::CompletionRequest>())],
         ok: ("200", "A text_completion object, or with stream: true a text/event-stream ending with `data: [DONE]`", &[(JSON, named::<chat::Completion>()), ("text/event-stream", named::<chat::CompletionChunk>())]),
         errors: INFERENCE_ERRORS,
-        ..op("Text completion (JSON or server-sent events)")
+        ..OpDoc::new("Text completion (JSON or server-sent events)")
     }),
     ("POST", "/v1/embeddings", OpDoc {
         operation_id: Some("createEmbedding"),
@@ -246,7 +255,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         request: &[(JSON, named::<embeddings::EmbeddingRequest>())],
         ok: ("200", "A list of embedding objects", &[(JSON, named::<embeddings::EmbeddingList>())]),
         errors: INFERENCE_ERRORS,
-        ..op("Embeddings (unit-length vectors of the embedding model)")
+        ..OpDoc::new("Embeddings (unit-length vectors of the embedding model)")
     }),
     ("GET", "/v1/admin/status", OpDoc {
         operation_id: Some("adminStatus"),
@@ -254,7 +263,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         description: Some("The object `edgeseek status` prints, plus `recent_tokens_per_s` (the latest sample of the history) and `sample_interval_s`."),
         ok: ("200", "Status", &[(JSON, named::<admin::AdminStatusAnswer>())]),
         errors: &["401", "403"],
-        ..op("Daemon status")
+        ..OpDoc::new("Daemon status")
     }),
     ("GET", "/v1/admin/keys", OpDoc {
         operation_id: Some("adminListKeys"),
@@ -262,7 +271,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         description: Some("Every key, revoked ones included, oldest first; never a secret or its hash."),
         ok: ("200", "Keys", &[(JSON, inline::<List<admin::ApiKey>>())]),
         errors: &["401", "403"],
-        ..op("List API keys")
+        ..OpDoc::new("List API keys")
     }),
     ("POST", "/v1/admin/keys", OpDoc {
         operation_id: Some("adminCreateKey"),
@@ -271,7 +280,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         request: &[(JSON, named::<admin::ApiKeyCreate>())],
         ok: ("201", "The key and its secret", &[(JSON, named::<admin::ApiKeyCreated>())]),
         errors: &["400", "401", "403", "409", "413"],
-        ..op("Create an API key")
+        ..OpDoc::new("Create an API key")
     }),
     ("DELETE", "/v1/admin/keys/{id}", OpDoc {
         operation_id: Some("adminRevokeKey"),
@@ -280,7 +289,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         params: &[path_param("id", None)],
         ok: ("200", "The revoked key", &[(JSON, named::<admin::ApiKey>())]),
         errors: &["401", "403", "404", "409"],
-        ..op("Revoke an API key")
+        ..OpDoc::new("Revoke an API key")
     }),
     ("GET", "/v1/admin/metrics/history", OpDoc {
         operation_id: Some("adminMetricsHistory"),
@@ -288,14 +297,14 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         description: Some("Tokens generated per second, sampled every `interval_s` seconds (5), the last `capacity` samples (15 minutes), oldest first."),
         ok: ("200", "Samples", &[(JSON, named::<admin::History>())]),
         errors: &["401", "403"],
-        ..op("Tokens/s history")
+        ..OpDoc::new("Tokens/s history")
     }),
     ("GET", "/v1/kb/collections", OpDoc {
         operation_id: Some("kbListCollections"),
         description: Some("Only the collections the key may read (`kb:read:C`)."),
         ok: ("200", "collections", &[(JSON, inline::<List<kb::KbCollection>>())]),
         errors: KB_ERRORS,
-        ..op("Collections the key may read (kb:read)")
+        ..OpDoc::new("Collections the key may read (kb:read)")
     }),
     ("POST", "/v1/kb/collections", OpDoc {
         operation_id: Some("kbCreateCollection"),
@@ -303,7 +312,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         request: &[(JSON, named::<kb::CreateCollection>())],
         ok: ("201", "created", &[(JSON, named::<kb::KbCollection>())]),
         errors: &["400", "401", "403", "404", "409", "503"],
-        ..op("Create a collection (kb:write:NAME)")
+        ..OpDoc::new("Create a collection (kb:write:NAME)")
     }),
     ("GET", "/v1/kb/collections/{collection}", OpDoc {
         operation_id: Some("kbGetCollection"),
@@ -311,7 +320,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         params: &[COLLECTION],
         ok: ("200", "the collection", &[(JSON, named::<kb::KbCollection>())]),
         errors: KB_ERRORS,
-        ..op("One collection (kb:read)")
+        ..OpDoc::new("One collection (kb:read)")
     }),
     ("DELETE", "/v1/kb/collections/{collection}", OpDoc {
         operation_id: Some("kbDeleteCollection"),
@@ -319,7 +328,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         params: &[COLLECTION],
         ok: ("200", "deleted", &[(JSON, named::<kb::CollectionDeleted>())]),
         errors: KB_ERRORS,
-        ..op("Delete a collection and all its documents (kb:write)")
+        ..OpDoc::new("Delete a collection and all its documents (kb:write)")
     }),
     ("GET", "/v1/kb/collections/{collection}/documents", OpDoc {
         operation_id: Some("kbListDocuments"),
@@ -327,7 +336,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         params: &[COLLECTION],
         ok: ("200", "documents", &[(JSON, inline::<List<kb::KbDocument>>())]),
         errors: KB_ERRORS,
-        ..op("Documents of a collection (kb:read)")
+        ..OpDoc::new("Documents of a collection (kb:read)")
     }),
     ("POST", "/v1/kb/collections/{collection}/documents", OpDoc {
         operation_id: Some("kbUploadDocument"),
@@ -355,7 +364,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         ],
         ok: ("201", "stored", &[(JSON, named::<kb::KbUploaded>())]),
         errors: &["400", "401", "403", "404", "413", "415", "503"],
-        ..op("Upload a document (kb:write)")
+        ..OpDoc::new("Upload a document (kb:write)")
     }),
     ("GET", "/v1/kb/collections/{collection}/documents/{document}", OpDoc {
         operation_id: Some("kbGetDocument"),
@@ -363,7 +372,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         params: &[COLLECTION, DOCUMENT],
         ok: ("200", "the document", &[(JSON, named::<kb::KbDocumentChunks>())]),
         errors: KB_ERRORS,
-        ..op("A document with its chunks (kb:read)")
+        ..OpDoc::new("A document with its chunks (kb:read)")
     }),
     ("DELETE", "/v1/kb/collections/{collection}/documents/{document}", OpDoc {
         operation_id: Some("kbDeleteDocument"),
@@ -371,7 +380,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         params: &[COLLECTION, DOCUMENT],
         ok: ("200", "deleted", &[(JSON, named::<kb::DocumentDeleted>())]),
         errors: KB_ERRORS,
-        ..op("Delete a document (kb:write)")
+        ..OpDoc::new("Delete a document (kb:write)")
     }),
     ("POST", "/v1/kb/search", OpDoc {
         operation_id: Some("kbSearch"),
@@ -379,7 +388,7 @@ pub static OPS: &[(&str, &str, OpDoc)] = &[
         request: &[(JSON, named::<kb::KbSearchRequest>())],
         ok: ("200", "results", &[(JSON, named::<kb::KbSearchResults>())]),
         errors: KB_ERRORS,
-        ..op("Hybrid search (BM25 with jieba for Chinese + embeddings, fused)")
+        ..OpDoc::new("Hybrid search (BM25 with jieba for Chinese + embeddings, fused)")
     }),
 ];
 
@@ -509,7 +518,25 @@ pub fn document<'a>(ops: impl IntoIterator<Item = (&'a str, &'a str, &'a OpDoc)>
         .paths(paths)
         .components(Some(components))
         .build();
-    serde_json::to_value(&doc).unwrap_or(Value::Null)
+    let mut v = serde_json::to_value(&doc).unwrap_or(Value::Null);
+    unwrap_descriptions(&mut v);
+    v
+}
+
+/// Doc comments become descriptions with their line breaks; a description is one paragraph.
+fn unwrap_descriptions(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x {
+                    Value::String(s) if k == "description" => *s = s.replace('\n', " "),
+                    x => unwrap_descriptions(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
 }
 
 /// The document as committed in `daemon/openapi.json`: pretty-printed, one final newline.
