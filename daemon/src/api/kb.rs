@@ -352,6 +352,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn search_errors_name_this_routes_parameters() {
+        let parse = |b: &str| {
+            crate::api::wire::parse::<KbSearchRequest>(b.as_bytes(), search_type_error).unwrap_err()
+        };
+        for (body, param) in [
+            (r#"{"collections":"hr","query":"x"}"#, "collections"),
+            (r#"{"collections":[1],"query":"x"}"#, "collections"),
+            (r#"{"collections":["hr"],"top_k":"5"}"#, "top_k"),
+            (r#"{"collections":["hr"],"query":5}"#, "query"),
+            (r#"{"collections":["hr"],"mode":1}"#, "mode"),
+            (r#"{"collections":["hr"],"bogus":1}"#, "bogus"),
+        ] {
+            assert_eq!(parse(body).param.as_deref(), Some(param), "{body}");
+        }
+    }
+
+    #[test]
     fn paths() {
         assert_eq!(
             KbPath::parse("/v1/kb/collections"),

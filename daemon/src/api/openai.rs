@@ -810,6 +810,64 @@ mod tests {
     }
 
     #[test]
+    fn nested_unknown_and_wrong_types_are_named_by_path() {
+        for (extra, param, code) in [
+            (
+                r#""knowledge":{"collections":["hr"],"filter":1}"#,
+                "knowledge.filter",
+                "unknown_parameter",
+            ),
+            (
+                r#""knowledge":{"collections":[1]}"#,
+                "knowledge.collections",
+                "invalid_value",
+            ),
+            (r#""knowledge":[]"#, "knowledge", "invalid_value"),
+            (
+                r#""stream":true,"stream_options":{"include_usage":1}"#,
+                "stream_options.include_usage",
+                "invalid_value",
+            ),
+            (r#""logit_bias":{"5":"x"}"#, "logit_bias", "invalid_value"),
+            (
+                r#""max_reasoning_tokens":1.5"#,
+                "max_reasoning_tokens",
+                "invalid_value",
+            ),
+        ] {
+            let e = chat(&format!("{{{MSG},{extra}}}")).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{extra}: {e:?}");
+            assert_eq!(e.code, Some(code), "{extra}");
+        }
+        for (body, param) in [
+            (
+                r#"{"model":"m","messages":[{"role":1,"content":"x"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content",
+            ),
+            (r#"{"model":"m","messages":[7]}"#, "messages[0]"),
+            (r#"{"model":"m","messages":{}}"#, "messages"),
+            (r#"{"model":7,"messages":[]}"#, "model"),
+        ] {
+            assert_eq!(
+                chat(body).unwrap_err().param.as_deref(),
+                Some(param),
+                "{body}"
+            );
+        }
+        // A name passed through to the template keeps its value, null included.
+        let p = chat(r#"{"model":"m","messages":[{"role":"user","content":"x","name":null}]}"#)
+            .unwrap();
+        let Prompt::Messages(m) = p.request.prompt else {
+            panic!()
+        };
+        assert_eq!(m[0].extra.get("name"), Some(&Value::Null));
+    }
+
+    #[test]
     fn bad_values_name_their_parameter() {
         for (extra, param) in [
             (r#""temperature":3"#, "temperature"),
