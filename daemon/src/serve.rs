@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -355,21 +355,22 @@ impl Daemon {
 
 impl Daemon {
     /// The embedding model's state for `status`.
-    fn embeddings_status(&self) -> Value {
+    fn embeddings_status(&self) -> crate::api::wire::admin::EmbeddingsStatus {
         match (self.app.embedder(), self.app.embedder_problem()) {
-            (Some(e), _) => json!({
-                "model": e.name(),
-                "model_id": e.model_id(),
-                "ready": true,
-                "provider": e.provider().as_str(),
-                "inputs": e.stats().inputs,
-            }),
-            (None, Some((loading, cause))) => json!({
-                "ready": false,
-                "loading": loading,
-                "cause": cause,
-            }),
-            (None, None) => json!({"ready": false}),
+            (Some(e), _) => crate::api::wire::admin::EmbeddingsStatus {
+                ready: true,
+                model: Some(e.name().to_string()),
+                model_id: Some(e.model_id().to_string()),
+                provider: Some(e.provider().as_str()),
+                inputs: Some(e.stats().inputs),
+                ..Default::default()
+            },
+            (None, Some((loading, cause))) => crate::api::wire::admin::EmbeddingsStatus {
+                loading: Some(loading),
+                cause: Some(cause),
+                ..Default::default()
+            },
+            (None, None) => Default::default(),
         }
     }
 }
@@ -384,22 +385,25 @@ impl AdminBackend for Daemon {
                 .map(str::to_string)
                 .ok_or_else(|| format!("`{cmd}` needs `{k}` (a string)"))
         };
-        let coll_json = |c: &crate::kb::base::CollectionInfo| {
-            json!({"name": c.name, "created_at": c.created, "documents": c.documents,
-                   "chunks": c.chunks})
-        };
         match cmd {
-            "kb.collections" => Ok(json!({
-                "data": base.list_collections().iter().map(coll_json).collect::<Vec<_>>()
-            })),
+            "kb.collections" => Ok(crate::api::wire::value(
+                &crate::api::wire::kb::CollectionList {
+                    data: base.list_collections().iter().map(Into::into).collect(),
+                },
+            )),
             "kb.create" => base
                 .create_collection(&text("name")?)
-                .map(|c| coll_json(&c))
+                .map(|c| crate::api::wire::value(&crate::api::wire::kb::KbCollection::from(&c)))
                 .map_err(|e| e.to_string()),
             "kb.delete" => {
                 let name = text("name")?;
                 base.delete_collection(&name).map_err(|e| e.to_string())?;
-                Ok(json!({"name": name, "deleted": true}))
+                Ok(crate::api::wire::value(
+                    &crate::api::wire::kb::CollectionDeleted {
+                        name,
+                        deleted: true,
+                    },
+                ))
             }
             "kb.ingest" => {
                 use base64::Engine as _;
@@ -423,10 +427,10 @@ impl AdminBackend for Daemon {
                 let (doc, replaced) = kb
                     .ingest(&collection, &filename, kind, &bytes)
                     .map_err(|e| e.to_string())?;
-                Ok(
-                    json!({"id": doc.id, "collection": doc.collection, "filename": doc.filename,
-                          "chunks": doc.chunks, "pages": doc.pages, "replaced": replaced}),
-                )
+                Ok(crate::api::wire::value(&crate::api::wire::kb::KbUploaded {
+                    doc: (&doc).into(),
+                    replaced,
+                }))
             }
             other => Err(format!("unknown knowledge-base command `{other}`")),
         }
@@ -438,61 +442,62 @@ impl AdminBackend for Daemon {
         let stats = served.as_ref().map(|s| s.scheduler.stats());
         let uptime = self.started.elapsed().as_secs_f64();
         let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
-        json!({
-            "model": self.app.model_name,
-            "model_dir": self.app.model_dir,
-            "ready": served.is_some(),
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        crate::api::wire::value(&crate::api::wire::admin::AdminStatus {
+            model: self.app.model_name.clone(),
+            model_dir: path(&self.app.model_dir),
+            ready: served.is_some(),
             // Why the model failed to load (null while loading or once ready).
-            "model_error": self.app.failure(),
-            "provider": provider.map(Provider::as_str),
-            "queue_depth": stats.map(|s| s.queued),
-            "active_sequences": stats.map(|s| s.active),
-            "tokens_generated": stats.map(|s| s.tokens_generated),
-            "tokens_per_s": stats.map(|s| s.tokens_generated as f64 / uptime.max(1e-9)),
-            "cancellations": stats.map(|s| s.cancellations),
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_s": uptime.round(),
-            "listen": *self.listen_text.lock().unwrap_or_else(|p| p.into_inner()),
-            "embeddings": self.embeddings_status(),
-            "tls": {
-                "source": id.kind.as_str(),
-                "fingerprint_sha256": id.fingerprint,
-                "not_after": id.not_after_utc(),
-                "ca": id.ca_path,
-                "cert": id.cert_path,
+            model_error: self.app.failure(),
+            provider: provider.map(Provider::as_str),
+            queue_depth: stats.map(|s| s.queued),
+            active_sequences: stats.map(|s| s.active),
+            tokens_generated: stats.map(|s| s.tokens_generated),
+            tokens_per_s: stats.map(|s| s.tokens_generated as f64 / uptime.max(1e-9)),
+            cancellations: stats.map(|s| s.cancellations),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_s: uptime.round(),
+            listen: self
+                .listen_text
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            embeddings: self.embeddings_status(),
+            tls: crate::api::wire::admin::TlsStatus {
+                source: id.kind.as_str(),
+                fingerprint_sha256: id.fingerprint.clone(),
+                not_after: id.not_after_utc(),
+                ca: id.ca_path.as_deref().map(path),
+                cert: path(&id.cert_path),
             },
         })
     }
 
     fn models(&self) -> Value {
         let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
-        let mut list = vec![match self.app.served() {
-            Some(s) => json!({
-                "id": self.app.model_name,
-                "kind": "chat",
-                "dir": self.app.model_dir,
-                "provider": provider.map(Provider::as_str),
-                "context": s.scheduler.spec().context_length,
-                "ready": true,
-            }),
-            None => json!({
-                "id": self.app.model_name,
-                "kind": "chat",
-                "dir": self.app.model_dir,
-                "ready": false,
-            }),
+        let dir = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let mut list = vec![crate::api::wire::admin::AdminModel {
+            id: self.app.model_name.clone(),
+            kind: "chat",
+            dir: dir(&self.app.model_dir),
+            provider: self
+                .app
+                .served()
+                .and_then(|_| provider.map(Provider::as_str)),
+            context: self.app.served().map(|s| s.scheduler.spec().context_length),
+            ready: self.app.served().is_some(),
         }];
         if let Some(e) = self.app.embedder() {
-            list.push(json!({
-                "id": e.name(),
-                "kind": "embedding",
-                "dir": e.spec().dir,
-                "provider": e.provider().as_str(),
-                "context": e.max_tokens(),
-                "ready": true,
-            }));
+            list.push(crate::api::wire::admin::AdminModel {
+                id: e.name().to_string(),
+                kind: "embedding",
+                dir: dir(&e.spec().dir),
+                provider: Some(e.provider().as_str()),
+                context: Some(e.max_tokens()),
+                ready: true,
+            });
         }
-        Value::Array(list)
+        crate::api::wire::value(&list)
     }
 
     /// Called off the reactor by the admin plane's `reload` (e.g. after `edgeseek tls rotate`),

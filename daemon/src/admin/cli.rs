@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use crate::api::wire::admin::AdminRequest as Req;
 use crate::config::TlsConfig;
 use crate::keys::{parse_scopes, KeyRecord, KeyStore};
 use crate::store::{Store, StoreError};
@@ -217,6 +218,11 @@ pub(super) fn connect(t: &Target) -> Result<Conn, AdminCliError> {
 }
 
 /// One request/response over the socket.
+/// A request line as JSON.
+pub(super) fn req(r: &Req<'_>) -> Value {
+    crate::api::wire::value(r)
+}
+
 fn call(t: &Target, stream: UnixStream, req: Value) -> Result<Value, AdminCliError> {
     call_timeout(t, stream, req, REPLY_TIMEOUT)
 }
@@ -290,14 +296,14 @@ pub(super) fn out(text: &str) -> Result<(), AdminCliError> {
 /// (`edgeseek doctor`).
 pub fn query_status(t: &Target) -> Result<Option<Value>, AdminCliError> {
     match connect(t)? {
-        Conn::Up(s) => call(t, s, json!({"cmd": "status"})).map(Some),
+        Conn::Up(s) => call(t, s, req(&Req::Status)).map(Some),
         Conn::Down => Ok(None),
     }
 }
 
 pub fn status(t: &Target, a: &StatusArgs) -> Result<(), AdminCliError> {
     let v = match connect(t)? {
-        Conn::Up(s) => call(t, s, json!({"cmd": "status"}))?,
+        Conn::Up(s) => call(t, s, req(&Req::Status))?,
         Conn::Down => return Err(AdminCliError::NotRunning(t.socket.clone())),
     };
     if a.json {
@@ -316,7 +322,7 @@ pub fn status(t: &Target, a: &StatusArgs) -> Result<(), AdminCliError> {
 pub fn models(t: &Target, a: &ModelsArgs) -> Result<(), AdminCliError> {
     let ModelsCmd::List(flags) = &a.cmd;
     let v = match connect(t)? {
-        Conn::Up(s) => call(t, s, json!({"cmd": "models.list"}))?,
+        Conn::Up(s) => call(t, s, req(&Req::ModelsList))?,
         Conn::Down => return Err(AdminCliError::NotRunning(t.socket.clone())),
     };
     if flags.json {
@@ -363,12 +369,11 @@ fn create(t: &Target, c: &CreateArgs) -> Result<(), AdminCliError> {
         Conn::Up(s) => call(
             t,
             s,
-            json!({
-                "cmd": "keys.create",
-                "name": c.name,
-                "scopes": scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-                "rpm": c.rpm,
-                "tpm": c.tpm,
+            req(&Req::KeysCreate {
+                name: &c.name,
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                rpm: c.rpm,
+                tpm: c.tpm,
             }),
         )?,
         Conn::Down => {
@@ -409,7 +414,7 @@ fn limit(v: &Value) -> String {
 fn list(t: &Target, json_out: bool) -> Result<(), AdminCliError> {
     let records: Vec<KeyRecord> = match connect(t)? {
         Conn::Up(s) => {
-            let v = call(t, s, json!({"cmd": "keys.list"}))?;
+            let v = call(t, s, req(&Req::KeysList))?;
             serde_json::from_value(v).map_err(|e| AdminCliError::Socket {
                 path: t.socket.clone(),
                 msg: format!("unreadable key list: {e}"),
@@ -465,7 +470,7 @@ fn list(t: &Target, json_out: bool) -> Result<(), AdminCliError> {
 fn revoke(t: &Target, r: &RevokeArgs) -> Result<(), AdminCliError> {
     let rec: KeyRecord = match connect(t)? {
         Conn::Up(s) => {
-            let v = call(t, s, json!({"cmd": "keys.revoke", "key": r.key}))?;
+            let v = call(t, s, req(&Req::KeysRevoke { key: &r.key }))?;
             serde_json::from_value(v).map_err(|e| AdminCliError::Socket {
                 path: t.socket.clone(),
                 msg: format!("unreadable answer: {e}"),
@@ -562,9 +567,9 @@ fn reload_daemon(t: &Target, shown: &Shown) -> Result<bool, AdminCliError> {
         Conn::Up(s) => s,
         Conn::Down => return Ok(false),
     };
-    call(t, stream, json!({"cmd": "reload"})).map_err(|e| failed(e.to_string()))?;
+    call(t, stream, req(&Req::Reload)).map_err(|e| failed(e.to_string()))?;
     let status = match connect(t).map_err(|e| failed(e.to_string()))? {
-        Conn::Up(s) => call(t, s, json!({"cmd": "status"})).map_err(|e| failed(e.to_string()))?,
+        Conn::Up(s) => call(t, s, req(&Req::Status)).map_err(|e| failed(e.to_string()))?,
         Conn::Down => return Err(failed("it stopped during the reload".into())),
     };
     match status["tls"]["fingerprint_sha256"].as_str() {
@@ -672,6 +677,7 @@ pub fn target(dev: bool, state_dir: &Path, tls: &TlsConfig) -> Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn utc_dates() {

@@ -11,9 +11,15 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::cli::{call_timeout, connect, out, render_table, scalar, AdminCliError, Conn, Target};
+use super::cli::{
+    call_timeout, connect, out, render_table, req, scalar, AdminCliError, Conn, Target,
+};
+use crate::api::wire::{
+    self,
+    admin::{AdminRequest as Req, IngestLine},
+};
 use crate::kb::DocKind;
 
 /// Ingesting one large PDF (parse, hundreds of chunks embedded on CPU) can take minutes.
@@ -65,11 +71,11 @@ pub fn kb(t: &Target, a: &KbArgs) -> Result<(), AdminCliError> {
         KbCmd::Ingest(i) => ingest(t, i),
         KbCmd::Collections(f) => collections(t, f.json),
         KbCmd::Create(n) => {
-            let v = request(t, json!({"cmd": "kb.create", "name": n.name}))?;
+            let v = request(t, req(&Req::KbCreate { name: &n.name }))?;
             out(&format!("created collection {}\n", scalar(&v["name"])))
         }
         KbCmd::Delete(n) => {
-            request(t, json!({"cmd": "kb.delete", "name": n.name}))?;
+            request(t, req(&Req::KbDelete { name: &n.name }))?;
             out(&format!("deleted collection {}\n", n.name))
         }
     }
@@ -83,7 +89,7 @@ fn request(t: &Target, req: Value) -> Result<Value, AdminCliError> {
 }
 
 fn collections(t: &Target, json_out: bool) -> Result<(), AdminCliError> {
-    let v = request(t, json!({"cmd": "kb.collections"}))?;
+    let v = request(t, req(&Req::KbCollections))?;
     if json_out {
         return out(&format!("{v}\n"));
     }
@@ -182,7 +188,12 @@ fn ingest(t: &Target, a: &IngestArgs) -> Result<(), AdminCliError> {
                 if a.json {
                     out(&format!(
                         "{}\n",
-                        json!({"path": f, "ok": true, "document": v})
+                        wire::value(&IngestLine {
+                            path: f,
+                            ok: true,
+                            document: Some(&v),
+                            error: None,
+                        })
                     ))?;
                 }
             }
@@ -197,7 +208,12 @@ fn ingest(t: &Target, a: &IngestArgs) -> Result<(), AdminCliError> {
                 if a.json {
                     out(&format!(
                         "{}\n",
-                        json!({"path": f, "ok": false, "error": e.to_string()})
+                        wire::value(&IngestLine {
+                            path: f,
+                            ok: false,
+                            document: None,
+                            error: Some(e.to_string()),
+                        })
                     ))?;
                 }
                 failed.push((f.clone(), e.to_string()));
@@ -248,13 +264,12 @@ fn ingest_one(t: &Target, collection: &str, path: &Path) -> Result<Value, AdminC
     let bytes = std::fs::read(path).map_err(|e| AdminCliError::Daemon(e.to_string()))?;
     request(
         t,
-        json!({
-            "cmd": "kb.ingest",
-            "collection": collection,
-            "create": true,
-            "filename": filename,
-            "content_type": kind.mime(),
-            "data": base64::engine::general_purpose::STANDARD.encode(bytes),
+        req(&Req::KbIngest {
+            collection,
+            create: true,
+            filename: &filename,
+            content_type: kind.mime(),
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
         }),
     )
 }

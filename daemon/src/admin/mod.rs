@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -39,13 +39,13 @@ use crate::keys::{KeyInfo, KeyStore, Scope};
 
 /// The answer to `keys.create`, from the daemon or offline: the secret appears only here.
 pub fn created_key_json(info: &KeyInfo, secret: &str) -> Value {
-    json!({
-        "id": info.id,
-        "name": info.name,
-        "scopes": info.scopes,
-        "rpm": info.rpm,
-        "tpm": info.tpm,
-        "secret": secret,
+    crate::api::wire::value(&crate::api::wire::admin::ApiKeyCreated {
+        id: info.id.clone(),
+        name: info.name.clone(),
+        scopes: info.scopes.iter().map(ToString::to_string).collect(),
+        rpm: info.rpm,
+        tpm: info.tpm,
+        secret: secret.to_string(),
     })
 }
 
@@ -561,7 +561,9 @@ async fn dispatch(
             blocking(move || k.reload().map_err(|e| e.to_string())).await?;
             let b = backend.clone();
             blocking(move || b.reload()).await?;
-            Ok(json!({"reloaded": true}))
+            Ok(crate::api::wire::value(
+                &crate::api::wire::admin::Reloaded { reloaded: true },
+            ))
         }
         kb @ ("kb.ingest" | "kb.collections" | "kb.create" | "kb.delete") => {
             let req: Value = serde_json::from_slice(line).map_err(|e| parse(&e.to_string()))?;

@@ -15,12 +15,14 @@ use std::time::{Duration, Instant};
 
 use hyper::header::{HeaderValue, CACHE_CONTROL};
 use hyper::{Response, StatusCode};
-use serde::Serialize;
-use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use super::error::ApiError;
 use super::gate::Call;
+use super::wire::admin::{
+    AdminStatusAnswer, ApiKey, ApiKeyCreate, AppStatus, History as HistoryAnswer, Sample,
+};
+use super::wire::{self, List};
 use super::{json_response, unix_now, App, Body};
 use crate::admin::{created_key_json, AdminBackend};
 use crate::engine::SchedulerStats;
@@ -30,18 +32,6 @@ use crate::keys::{KeyError, Scope};
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// Samples kept: 15 minutes at one every 5 s.
 pub const HISTORY_SAMPLES: usize = 180;
-const CREATE_PARAMS: &[&str] = &["name", "scopes", "rpm", "tpm"];
-
-/// One point of the tokens/s history.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Sample {
-    /// Unix seconds at the end of the interval.
-    pub t: u64,
-    /// Tokens the engine generated per second over the interval (cancelled requests included).
-    pub tokens_per_s: f64,
-    pub active: usize,
-    pub queued: usize,
-}
 
 #[derive(Default)]
 struct History {
@@ -123,43 +113,47 @@ pub async fn run_sampler(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 /// `GET /v1/admin/status`.
 pub async fn status(c: Call) -> Result<Response<Body>, ApiError> {
     let app = &c.app;
-    let mut v = match app.admin.backend.get().and_then(Weak::upgrade) {
+    let status = match app.admin.backend.get().and_then(Weak::upgrade) {
         Some(b) => b.status(),
         // No daemon around the app (unit tests): what the app itself knows.
         None => {
             let stats = app.served().map(|s| s.scheduler.stats());
-            json!({
-                "model": app.model_name,
-                "ready": stats.is_some(),
-                "queue_depth": stats.map(|s| s.queued),
-                "active_sequences": stats.map(|s| s.active),
-                "cancellations": stats.map(|s| s.cancellations),
-                "version": env!("CARGO_PKG_VERSION"),
+            wire::value(&AppStatus {
+                model: app.model_name.clone(),
+                ready: stats.is_some(),
+                queue_depth: stats.map(|s| s.queued),
+                active_sequences: stats.map(|s| s.active),
+                cancellations: stats.map(|s| s.cancellations),
+                version: env!("CARGO_PKG_VERSION"),
             })
         }
     };
-    if let Some(o) = v.as_object_mut() {
-        let last = app.admin.history().last().copied();
-        o.insert(
-            "recent_tokens_per_s".into(),
-            json!(last.map(|s| s.tokens_per_s)),
-        );
-        o.insert("sample_interval_s".into(), json!(SAMPLE_INTERVAL.as_secs()));
-    }
-    Ok(json_response(StatusCode::OK, &v))
+    let last = app.admin.history().last().copied();
+    Ok(answer(
+        StatusCode::OK,
+        &AdminStatusAnswer {
+            status,
+            recent_tokens_per_s: last.map(|s| s.tokens_per_s),
+            sample_interval_s: SAMPLE_INTERVAL.as_secs(),
+        },
+    ))
+}
+
+fn answer(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+    json_response(status, &wire::value(body))
 }
 
 /// `GET /v1/admin/metrics/history`.
 pub async fn history(c: Call) -> Result<Response<Body>, ApiError> {
     let app = &c.app;
-    Ok(json_response(
+    Ok(answer(
         StatusCode::OK,
-        &json!({
-            "object": "list",
-            "interval_s": SAMPLE_INTERVAL.as_secs(),
-            "capacity": HISTORY_SAMPLES,
-            "data": app.admin.history(),
-        }),
+        &HistoryAnswer {
+            object: "list",
+            interval_s: SAMPLE_INTERVAL.as_secs(),
+            capacity: HISTORY_SAMPLES,
+            data: app.admin.history(),
+        },
     ))
 }
 
@@ -167,18 +161,15 @@ pub async fn history(c: Call) -> Result<Response<Body>, ApiError> {
 pub async fn list_keys(c: Call) -> Result<Response<Body>, ApiError> {
     let store = c.app.keys().clone();
     let list = blocking(move || store.list()).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"object": "list", "data": list}),
-    ))
+    let data: Vec<ApiKey> = list.into_iter().map(ApiKey::from).collect();
+    Ok(answer(StatusCode::OK, &List::new(data)))
 }
 
 /// `POST /v1/admin/keys`.
 pub async fn create_key(c: Call) -> Result<Response<Body>, ApiError> {
     let admin = c.key()?;
-    let app = &c.app;
     let create = parse_create(&c.body)?;
-    let store = app.keys().clone();
+    let store = c.app.keys().clone();
     let (info, secret) =
         blocking(move || store.create(&create.name, create.scopes, create.rpm, create.tpm)).await?;
     tracing::info!(key_id = %info.id, by = %admin.id, "API key created over HTTPS");
@@ -196,8 +187,7 @@ pub async fn revoke(c: Call) -> Result<Response<Body>, ApiError> {
     let store = c.app.keys().clone();
     let record = blocking(move || store.revoke(&id)).await?;
     tracing::info!(key_id = %record.id, by = %admin.id, "API key revoked over HTTPS");
-    let v = serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(json_response(StatusCode::OK, &v))
+    Ok(answer(StatusCode::OK, &ApiKey::from(record)))
 }
 
 /// A validated `POST /v1/admin/keys` body.
@@ -209,63 +199,63 @@ struct Create {
     tpm: Option<u32>,
 }
 
-fn parse_create(body: &[u8]) -> Result<Create, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("We could not parse the JSON body: {e}")))?;
-    let Value::Object(o) = v else {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
-    };
-    if let Some(k) = o.keys().find(|k| !CREATE_PARAMS.contains(&k.as_str())) {
-        return Err(ApiError::unknown_param(k));
+/// The 400 for a value of the wrong JSON type at `path`.
+fn create_type_error(path: &str) -> ApiError {
+    match wire::top(path) {
+        "name" => ApiError::invalid_param("name", "`name` must be a string"),
+        "scopes" if path == "scopes" => scopes_required(),
+        "scopes" => ApiError::invalid_param("scopes", "every scope must be a string"),
+        p @ ("rpm" | "tpm") => limit_error(p),
+        p => ApiError::invalid_param(p, "invalid value"),
     }
-    let name = match o.get("name") {
-        Some(Value::String(s)) => s.clone(),
-        _ => return Err(ApiError::invalid_param("name", "`name` must be a string")),
-    };
-    let scopes = match o.get("scopes") {
-        Some(Value::Array(a)) if !a.is_empty() => a
+}
+
+fn scopes_required() -> ApiError {
+    ApiError::invalid_param(
+        "scopes",
+        "`scopes` must be a non-empty array, e.g. [\"chat\"]",
+    )
+}
+
+fn limit_error(param: &str) -> ApiError {
+    ApiError::invalid_param(
+        param,
+        format!("`{param}` must be a whole number from 1 to 4294967295, or null for no limit"),
+    )
+}
+
+fn parse_create(body: &[u8]) -> Result<Create, ApiError> {
+    let r: ApiKeyCreate = wire::parse(body, create_type_error)?;
+    let name = r
+        .name
+        .ok_or_else(|| ApiError::invalid_param("name", "`name` must be a string"))?;
+    let scopes = match r.scopes {
+        Some(a) if !a.is_empty() => a
             .iter()
-            .map(|s| match s {
-                Value::String(s) => s
-                    .parse::<Scope>()
-                    .map_err(|e| ApiError::invalid_param("scopes", e.to_string())),
-                _ => Err(ApiError::invalid_param(
-                    "scopes",
-                    "every scope must be a string",
-                )),
+            .map(|s| {
+                s.parse::<Scope>()
+                    .map_err(|e| ApiError::invalid_param("scopes", e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?,
-        _ => {
-            return Err(ApiError::invalid_param(
-                "scopes",
-                "`scopes` must be a non-empty array, e.g. [\"chat\"]",
-            ))
-        }
+        _ => return Err(scopes_required()),
     };
     Ok(Create {
         name,
         scopes,
-        rpm: limit(&o, "rpm")?,
-        tpm: limit(&o, "tpm")?,
+        rpm: limit(r.rpm, "rpm")?,
+        tpm: limit(r.tpm, "tpm")?,
     })
 }
 
 /// `rpm` / `tpm`: absent or null for no limit, else a whole number from 1.
-fn limit(o: &Map<String, Value>, param: &str) -> Result<Option<u32>, ApiError> {
-    match o.get(param) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
+fn limit(v: Option<u64>, param: &str) -> Result<Option<u32>, ApiError> {
+    v.map(|n| {
+        u32::try_from(n)
+            .ok()
             .filter(|n| *n >= 1)
-            .and_then(|n| u32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::invalid_param(
-                    param,
-                    format!("`{param}` must be a whole number from 1 to 4294967295, or null for no limit"),
-                )
-            }),
-    }
+            .ok_or_else(|| limit_error(param))
+    })
+    .transpose()
 }
 
 /// Run a key-store call off the reactor (redb writes wait for other writers).

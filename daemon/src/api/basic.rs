@@ -1,15 +1,17 @@
 //! Health, readiness, metrics, the API description and the model list.
 
-use hyper::{Response, StatusCode};
-use serde_json::{json, Value};
-
 use super::error::ApiError;
 use super::gate::Call;
+use super::wire::{self, models::Model};
 use super::{full, json_response, Body, ModelState, OPENAPI};
+use hyper::{Response, StatusCode};
 
 /// `GET /healthz`: the process answers.
 pub async fn healthz(_: Call) -> Result<Response<Body>, ApiError> {
-    Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::value(&wire::models::Health { status: "ok" }),
+    ))
 }
 
 /// `GET /readyz`: the model serves. Anonymous, so a failed load says only that it failed; the
@@ -19,7 +21,10 @@ pub async fn readyz(c: Call) -> Result<Response<Body>, ApiError> {
     match c.app.model_state() {
         ModelState::Ready(_) => Ok(json_response(
             StatusCode::OK,
-            &json!({"status": "ready", "model": c.app.model_name}),
+            &wire::value(&wire::models::Ready {
+                status: "ready",
+                model: c.app.model_name.clone(),
+            }),
         )),
         ModelState::Loading => Err(ApiError::loading()),
         ModelState::Failed(_) => Err(ApiError::unavailable(
@@ -47,17 +52,17 @@ pub async fn openapi(_: Call) -> Result<Response<Body>, ApiError> {
 /// `GET /v1/models`: the chat model and the embedding model, once loaded.
 pub async fn models(c: Call) -> Result<Response<Body>, ApiError> {
     let app = &c.app;
-    let mut data: Vec<Value> = app
+    let mut data: Vec<Model> = app
         .served()
-        .map(|s| model_json(&app.model_name, s.loaded_at))
+        .map(|s| Model::new(&app.model_name, s.loaded_at))
         .into_iter()
         .collect();
     if let Some((e, loaded_at)) = app.embedder_loaded() {
-        data.push(model_json(e.name(), loaded_at));
+        data.push(Model::new(e.name(), loaded_at));
     }
     Ok(json_response(
         StatusCode::OK,
-        &json!({"object": "list", "data": data}),
+        &wire::value(&wire::List::new(data)),
     ))
 }
 
@@ -68,21 +73,12 @@ pub async fn model(c: Call) -> Result<Response<Body>, ApiError> {
     match (app.served(), app.embedder_loaded()) {
         (Some(s), _) if id == app.model_name => Ok(json_response(
             StatusCode::OK,
-            &model_json(&app.model_name, s.loaded_at),
+            &wire::value(&Model::new(&app.model_name, s.loaded_at)),
         )),
         (_, Some((e, loaded_at))) if id == e.name() => Ok(json_response(
             StatusCode::OK,
-            &model_json(e.name(), loaded_at),
+            &wire::value(&Model::new(e.name(), loaded_at)),
         )),
         _ => Err(ApiError::model_not_found(id)),
     }
-}
-
-fn model_json(id: &str, loaded_at: u64) -> Value {
-    json!({
-        "id": id,
-        "object": "model",
-        "created": loaded_at,
-        "owned_by": "edgeseek",
-    })
 }

@@ -137,20 +137,8 @@ async fn retrieve(
     let hits = tokio::task::spawn_blocking(move || kb.base().search(&req))
         .await
         .map_err(|e| ApiError::internal(format!("search task failed: {e}")))??;
-    let sources: Vec<rag::Source> = hits
-        .into_iter()
-        .map(|h| rag::Source {
-            document_id: h.document_id,
-            filename: h.filename,
-            collection: h.collection,
-            chunk_id: h.chunk_id,
-            page: h.page,
-            heading: h.heading,
-            text: h.text,
-        })
-        .collect();
-    rag::augment(messages, &sources);
-    Ok(rag::citations_json(&sources))
+    rag::augment(messages, &hits);
+    Ok(rag::citations_json(&hits))
 }
 
 /// Move one choice's events from the engine into the response's channel. It ends at the last

@@ -17,16 +17,15 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use hyper::{Response, StatusCode};
-use serde::Serialize;
-use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::gate::{self, Call, Cost};
+use super::wire::embeddings::{
+    Embedding, EmbeddingInput, EmbeddingList, EmbeddingRequest, EmbeddingUsage, InputItem, Vector,
+};
 use super::{full, Body};
 use crate::engine::embed::{EmbedError, EmbedRequest, Embedder, Overflow};
 
-/// Parameters of `POST /v1/embeddings`.
-pub const PARAMS: &[&str] = &["model", "input", "encoding_format", "dimensions", "user"];
 /// Most inputs per request (OpenAI's limit).
 pub const MAX_INPUTS: usize = 2048;
 
@@ -52,12 +51,27 @@ impl Parsed {
     }
 }
 
+/// The 400 for a value of the wrong JSON type at `path`.
+fn type_error(path: &str) -> ApiError {
+    let (param, msg) = match super::wire::top(path) {
+        "model" => ("model", "must be a non-empty string"),
+        "encoding_format" => (
+            "encoding_format",
+            "encoding_format must be `float` or `base64`",
+        ),
+        "dimensions" => ("dimensions", "dimensions must be a positive integer"),
+        "user" => ("user", "user must be a string"),
+        _ => ("input", "input must be a string or an array of strings"),
+    };
+    ApiError::invalid_param(param, msg)
+}
+
 /// Parse and validate a request body.
 pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
-    let map = super::openai::object_body(body, PARAMS)?;
-    let model = match map.get("model") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::Null) | None => {
+    let r: EmbeddingRequest = super::wire::parse(body, type_error)?;
+    let model = match r.model {
+        Some(s) if !s.is_empty() => s,
+        None => {
             return Err(ApiError::invalid_param(
                 "model",
                 "you must provide a model parameter",
@@ -70,11 +84,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
             ))
         }
     };
-    let (inputs, single) = inputs(&map)?;
-    let base64 = match map.get("encoding_format") {
-        None | Some(Value::Null) => false,
-        Some(Value::String(s)) if s == "float" => false,
-        Some(Value::String(s)) if s == "base64" => true,
+    let (inputs, single) = inputs(r.input)?;
+    let base64 = match r.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
         Some(_) => {
             return Err(ApiError::invalid_param(
                 "encoding_format",
@@ -82,22 +95,15 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
             ))
         }
     };
-    let dimensions = match map.get("dimensions") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(d) if d >= 1 => Some(d),
-            _ => {
-                return Err(ApiError::invalid_param(
-                    "dimensions",
-                    "dimensions must be a positive integer",
-                ))
-            }
-        },
+    let dimensions = match r.dimensions {
+        Some(0) => {
+            return Err(ApiError::invalid_param(
+                "dimensions",
+                "dimensions must be a positive integer",
+            ))
+        }
+        d => d,
     };
-    match map.get("user") {
-        None | Some(Value::Null) | Some(Value::String(_)) => {}
-        Some(_) => return Err(ApiError::invalid_param("user", "user must be a string")),
-    }
     Ok(Parsed {
         model,
         inputs,
@@ -107,44 +113,44 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
     })
 }
 
-fn inputs(map: &Map<String, Value>) -> Result<(Vec<String>, bool), ApiError> {
-    let token_ids = || {
-        ApiError::invalid_param(
-            "input",
-            "token-id inputs are not supported (they would be another tokenizer's ids); send text",
-        )
-    };
-    match map.get("input") {
-        None | Some(Value::Null) => Err(ApiError::invalid_param(
+fn inputs(input: Option<EmbeddingInput>) -> Result<(Vec<String>, bool), ApiError> {
+    match input {
+        None => Err(ApiError::invalid_param(
             "input",
             "you must provide an input",
         )),
-        Some(Value::String(s)) if s.is_empty() => Err(ApiError::invalid_param(
+        Some(EmbeddingInput::Text(s)) if s.is_empty() => Err(ApiError::invalid_param(
             "input",
             "input must not be an empty string",
         )),
-        Some(Value::String(s)) => Ok((vec![s.clone()], true)),
-        Some(Value::Array(a)) if a.is_empty() => Err(ApiError::invalid_param(
+        Some(EmbeddingInput::Text(s)) => Ok((vec![s], true)),
+        Some(EmbeddingInput::Texts(a)) if a.is_empty() => Err(ApiError::invalid_param(
             "input",
             "input must not be an empty array",
         )),
-        Some(Value::Array(a)) if a.len() > MAX_INPUTS => Err(ApiError::invalid_param(
+        Some(EmbeddingInput::Texts(a)) if a.len() > MAX_INPUTS => Err(ApiError::invalid_param(
             "input",
             format!("at most {MAX_INPUTS} inputs per request (got {})", a.len()),
         )),
-        Some(Value::Array(a)) => {
+        Some(EmbeddingInput::Texts(a)) => {
             let mut out = Vec::with_capacity(a.len());
-            for (i, v) in a.iter().enumerate() {
-                match v {
-                    Value::String(s) if s.is_empty() => {
+            for (i, item) in a.into_iter().enumerate() {
+                match item {
+                    InputItem::Text(s) if s.is_empty() => {
                         return Err(ApiError::invalid_param(
                             &format!("input[{i}]"),
                             format!("input[{i}] must not be an empty string"),
                         ))
                     }
-                    Value::String(s) => out.push(s.clone()),
-                    Value::Number(_) | Value::Array(_) => return Err(token_ids()),
-                    _ => {
+                    InputItem::Text(s) => out.push(s),
+                    InputItem::TokenId(_) | InputItem::TokenIds(_) => {
+                        return Err(ApiError::invalid_param(
+                            "input",
+                            "token-id inputs are not supported (they would be another \
+                             tokenizer's ids); send text",
+                        ))
+                    }
+                    InputItem::Other(_) => {
                         return Err(ApiError::invalid_param(
                             &format!("input[{i}]"),
                             format!("input[{i}] must be a string"),
@@ -154,40 +160,7 @@ fn inputs(map: &Map<String, Value>) -> Result<(Vec<String>, bool), ApiError> {
             }
             Ok((out, false))
         }
-        Some(_) => Err(ApiError::invalid_param(
-            "input",
-            "input must be a string or an array of strings",
-        )),
     }
-}
-
-/// The vector of one item: floats, or base64 of their little-endian bytes.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Vector<'a> {
-    Float(&'a [f32]),
-    Base64(String),
-}
-
-#[derive(Serialize)]
-struct Item<'a> {
-    object: &'static str,
-    index: usize,
-    embedding: Vector<'a>,
-}
-
-#[derive(Serialize)]
-struct Usage {
-    prompt_tokens: usize,
-    total_tokens: usize,
-}
-
-#[derive(Serialize)]
-struct List<'a> {
-    object: &'static str,
-    data: Vec<Item<'a>>,
-    model: &'a str,
-    usage: Usage,
 }
 
 /// Base64 (standard alphabet, padded) of the little-endian bytes of `v`, as OpenAI sends
@@ -207,7 +180,7 @@ pub fn response_body(
     let data = vectors
         .iter()
         .enumerate()
-        .map(|(index, v)| Item {
+        .map(|(index, v)| Embedding {
             object: "embedding",
             index,
             embedding: if base64 {
@@ -217,11 +190,11 @@ pub fn response_body(
             },
         })
         .collect();
-    let list = List {
+    let list = EmbeddingList {
         object: "list",
         data,
         model,
-        usage: Usage {
+        usage: EmbeddingUsage {
             prompt_tokens: tokens,
             total_tokens: tokens,
         },
@@ -318,6 +291,7 @@ pub(super) async fn create(mut c: Call) -> Result<Response<Body>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn err(body: &str) -> ApiError {
         parse(body.as_bytes()).unwrap_err()

@@ -4,8 +4,8 @@
 //! in one place, so status codes stay consistent across routes.
 
 use hyper::StatusCode;
-use serde_json::json;
 
+use super::wire::error::{ErrorBody, ErrorDetail};
 use crate::engine::{EmbedError, GenerateError, SchedulerError};
 
 /// An API error: what the client is told.
@@ -179,13 +179,13 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
-        json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
+        super::wire::value(&ErrorBody {
+            error: ErrorDetail {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
         })
     }
 }

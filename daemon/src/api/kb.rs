@@ -11,12 +11,17 @@ use hyper::header::CONTENT_TYPE;
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 use percent_encoding::percent_decode_str;
-use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::gate::{self, Call};
+use super::wire::chat::KnowledgeParam;
+use super::wire::kb::{
+    CollectionDeleted, CreateCollection, DocumentDeleted, KbChunk, KbCollection, KbDocument,
+    KbDocumentChunks, KbSearchRequest, KbSearchResults, KbUploaded,
+};
+use super::wire::List;
 use super::{json_response, Body};
-use crate::kb::base::{CollectionInfo, DocInfo, KbError, SearchMode, SearchRequest};
+use crate::kb::base::{KbError, SearchMode, SearchRequest};
 use crate::kb::ingest::IngestError;
 use crate::kb::DocKind;
 use crate::keys::Scope;
@@ -45,35 +50,6 @@ impl From<IngestError> for ApiError {
     }
 }
 
-fn collection_json(c: &CollectionInfo) -> Value {
-    json!({
-        "name": c.name,
-        "created_at": c.created,
-        "documents": c.documents,
-        "chunks": c.chunks,
-        "vectors_current": c.vectors_current,
-    })
-}
-
-fn document_json(d: &DocInfo) -> Map<String, Value> {
-    let v = json!({
-        "id": d.id,
-        "collection": d.collection,
-        "filename": d.filename,
-        "kind": d.kind,
-        "title": d.title,
-        "bytes": d.size_bytes,
-        "sha256": d.sha256,
-        "chunks": d.chunks,
-        "pages": d.pages,
-        "created_at": d.created,
-    });
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
 /// Run blocking knowledge-base work (redb, embedding) off the reactor.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -88,29 +64,22 @@ pub async fn list_collections(c: Call) -> Result<Response<Body>, ApiError> {
     let kb = c.app.kb()?;
     let key = c.key()?;
     let list = blocking(move || Ok(kb.base().list_collections())).await?;
-    let data: Vec<Value> = list
+    let data: Vec<KbCollection> = list
         .iter()
         .filter(|col| key.allows(&Scope::KbRead(col.name.clone())))
-        .map(collection_json)
+        .map(KbCollection::from)
         .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"object": "list", "data": data}),
-    ))
+    Ok(answer(StatusCode::OK, &List::new(data)))
 }
 
 /// `POST /v1/kb/collections` (`kb:write:NAME`, checked before the knowledge base is consulted).
 pub async fn create_collection(c: Call) -> Result<Response<Body>, ApiError> {
-    let obj = json_object(&c.body, &["name"])?;
-    let name = obj
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid_param("name", "name is required (a string)"))?
-        .to_string();
+    let body: CreateCollection = super::wire::parse(&c.body, |_| name_required())?;
+    let name = body.name.ok_or_else(name_required)?;
     gate::require(c.key()?, &Scope::KbWrite(name.clone()))?;
     let kb = c.app.kb()?;
     let col = blocking(move || Ok(kb.base().create_collection(&name)?)).await?;
-    Ok(json_response(StatusCode::CREATED, &collection_json(&col)))
+    Ok(answer(StatusCode::CREATED, &KbCollection::from(&col)))
 }
 
 /// `GET /v1/kb/collections/{collection}`.
@@ -118,7 +87,7 @@ pub async fn get_collection(c: Call) -> Result<Response<Body>, ApiError> {
     let kb = c.app.kb()?;
     let name = c.param("collection")?.to_string();
     let info = blocking(move || Ok(kb.base().collection(&name)?)).await?;
-    Ok(json_response(StatusCode::OK, &collection_json(&info)))
+    Ok(answer(StatusCode::OK, &KbCollection::from(&info)))
 }
 
 /// `DELETE /v1/kb/collections/{collection}`.
@@ -127,9 +96,12 @@ pub async fn delete_collection(c: Call) -> Result<Response<Body>, ApiError> {
     let name = c.param("collection")?.to_string();
     let n = name.clone();
     blocking(move || Ok(kb.base().delete_collection(&n)?)).await?;
-    Ok(json_response(
+    Ok(answer(
         StatusCode::OK,
-        &json!({"name": name, "deleted": true}),
+        &CollectionDeleted {
+            name,
+            deleted: true,
+        },
     ))
 }
 
@@ -138,14 +110,8 @@ pub async fn list_documents(c: Call) -> Result<Response<Body>, ApiError> {
     let kb = c.app.kb()?;
     let name = c.param("collection")?.to_string();
     let docs = blocking(move || Ok(kb.base().list_documents(&name)?)).await?;
-    let data: Vec<Value> = docs
-        .iter()
-        .map(|d| Value::Object(document_json(d)))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"object": "list", "data": data}),
-    ))
+    let data: Vec<KbDocument> = docs.iter().map(KbDocument::from).collect();
+    Ok(answer(StatusCode::OK, &List::new(data)))
 }
 
 /// `GET /v1/kb/collections/{collection}/documents/{document}`: the document with its chunks.
@@ -154,25 +120,13 @@ pub async fn get_document(c: Call) -> Result<Response<Body>, ApiError> {
     let name = c.param("collection")?.to_string();
     let id = c.param("document")?.to_string();
     let (doc, chunks) = blocking(move || Ok(kb.base().document_chunks(&name, &id)?)).await?;
-    let mut m = document_json(&doc);
-    m.insert(
-        "chunks".into(),
-        Value::Array(
-            chunks
-                .iter()
-                .map(|ch| {
-                    json!({
-                        "chunk_id": ch.id,
-                        "ordinal": ch.ordinal,
-                        "text": ch.text,
-                        "page": ch.page,
-                        "heading": ch.heading,
-                    })
-                })
-                .collect(),
-        ),
-    );
-    Ok(json_response(StatusCode::OK, &Value::Object(m)))
+    Ok(answer(
+        StatusCode::OK,
+        &KbDocumentChunks {
+            doc: (&doc).into(),
+            chunks: chunks.iter().map(KbChunk::from).collect(),
+        },
+    ))
 }
 
 /// `DELETE /v1/kb/collections/{collection}/documents/{document}`.
@@ -182,9 +136,9 @@ pub async fn delete_document(c: Call) -> Result<Response<Body>, ApiError> {
     let id = c.param("document")?.to_string();
     let i = id.clone();
     blocking(move || Ok(kb.base().delete_document(&name, &i)?)).await?;
-    Ok(json_response(
+    Ok(answer(
         StatusCode::OK,
-        &json!({"id": id, "deleted": true}),
+        &DocumentDeleted { id, deleted: true },
     ))
 }
 
@@ -254,33 +208,53 @@ pub async fn upload(mut c: Call) -> Result<Response<Body>, ApiError> {
     let bytes = gate::read_limited(&c.head, body, limit).await?;
     let (doc, replaced) =
         blocking(move || Ok(kb.ingest(&collection, &filename, kind, &bytes)?)).await?;
-    let mut m = document_json(&doc);
-    m.insert("replaced".into(), Value::Bool(replaced));
-    Ok(json_response(StatusCode::CREATED, &Value::Object(m)))
+    Ok(answer(
+        StatusCode::CREATED,
+        &KbUploaded {
+            doc: (&doc).into(),
+            replaced,
+        },
+    ))
 }
 
-/// A small JSON object body with only the `allowed` keys (400 naming any other).
-fn json_object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
-    super::openai::object_body(body, allowed)
+fn name_required() -> ApiError {
+    ApiError::invalid_param("name", "name is required (a string)")
+}
+
+fn answer(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+    json_response(status, &super::wire::value(body))
+}
+
+/// The 400 for a value of the wrong JSON type in a search request.
+fn search_type_error(path: &str) -> ApiError {
+    match super::wire::top(path) {
+        "query" => ApiError::invalid_param("query", "query must be a non-empty string"),
+        "mode" => ApiError::invalid_param("mode", "mode must be `hybrid`, `bm25` or `vector`"),
+        // The same rules as chat's `knowledge`, named as this route's parameters.
+        _ => unprefixed(super::rag::knowledge_type_error(&format!(
+            "knowledge.{path}"
+        ))),
+    }
+}
+
+fn unprefixed(mut e: ApiError) -> ApiError {
+    e.param = e
+        .param
+        .map(|p| p.trim_start_matches("knowledge.").to_string());
+    e
 }
 
 /// `POST /v1/kb/search` (`kb:read:C` for every collection named).
 pub async fn search(c: Call) -> Result<Response<Body>, ApiError> {
     let key = c.key()?;
-    let obj = json_object(&c.body, &["collections", "query", "top_k", "mode"])?;
-    let knowledge = super::rag::parse_knowledge(&json!({
-        "collections": obj.get("collections").cloned().unwrap_or(Value::Null),
-        "top_k": obj.get("top_k").cloned().unwrap_or(Value::Null),
-    }))
-    .map_err(|mut e| {
-        // The same rules as chat's `knowledge`, named as this route's parameters.
-        e.param = e
-            .param
-            .map(|p| p.trim_start_matches("knowledge.").to_string());
-        e
-    })?;
-    let query = match obj.get("query") {
-        Some(Value::String(q)) if !q.trim().is_empty() => q.clone(),
+    let body: KbSearchRequest = super::wire::parse(&c.body, search_type_error)?;
+    let knowledge = super::rag::knowledge(KnowledgeParam {
+        collections: body.collections,
+        top_k: body.top_k,
+    })
+    .map_err(unprefixed)?;
+    let query = match body.query {
+        Some(q) if !q.trim().is_empty() => q,
         _ => {
             return Err(ApiError::invalid_param(
                 "query",
@@ -288,9 +262,9 @@ pub async fn search(c: Call) -> Result<Response<Body>, ApiError> {
             ))
         }
     };
-    let mode = match obj.get("mode") {
-        None | Some(Value::Null) => SearchMode::Hybrid,
-        Some(m) => serde_json::from_value(m.clone()).map_err(|_| {
+    let mode = match body.mode {
+        None => SearchMode::Hybrid,
+        Some(m) => serde_json::from_value(serde_json::Value::String(m)).map_err(|_| {
             ApiError::invalid_param("mode", "mode must be `hybrid`, `bm25` or `vector`")
         })?,
     };
@@ -304,23 +278,28 @@ pub async fn search(c: Call) -> Result<Response<Body>, ApiError> {
         top_k: knowledge.top_k,
         mode,
     };
-    let hits = blocking(move || Ok(kb.base().search(&req)?)).await?;
-    let results: Vec<Value> = hits
-        .iter()
-        .map(|h| {
-            json!({
-                "document_id": h.document_id,
-                "filename": h.filename,
-                "collection": h.collection,
-                "chunk_id": h.chunk_id,
-                "text": h.text,
-                "score": h.score,
-                "page": h.page,
-                "heading": h.heading,
-                "bm25_rank": h.bm25_rank,
-                "dense_rank": h.dense_rank,
-            })
-        })
-        .collect();
-    Ok(json_response(StatusCode::OK, &json!({"results": results})))
+    let results = blocking(move || Ok(kb.base().search(&req)?)).await?;
+    Ok(answer(StatusCode::OK, &KbSearchResults { results }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_errors_name_this_routes_parameters() {
+        let parse = |b: &str| {
+            crate::api::wire::parse::<KbSearchRequest>(b.as_bytes(), search_type_error).unwrap_err()
+        };
+        for (body, param) in [
+            (r#"{"collections":"hr","query":"x"}"#, "collections"),
+            (r#"{"collections":[1],"query":"x"}"#, "collections"),
+            (r#"{"collections":["hr"],"top_k":"5"}"#, "top_k"),
+            (r#"{"collections":["hr"],"query":5}"#, "query"),
+            (r#"{"collections":["hr"],"mode":1}"#, "mode"),
+            (r#"{"collections":["hr"],"bogus":1}"#, "bogus"),
+        ] {
+            assert_eq!(parse(body).param.as_deref(), Some(param), "{body}");
+        }
+    }
 }

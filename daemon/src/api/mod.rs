@@ -17,9 +17,11 @@ pub mod gate;
 pub mod kb;
 pub mod metrics;
 pub mod openai;
+pub mod openapi;
 pub mod rag;
 pub mod routes;
 pub mod sse;
+pub mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -383,19 +385,36 @@ mod tests {
 
     #[test]
     fn documented_parameters_match_the_parser() {
+        use wire::tests::accepted_fields;
         let doc: Value = serde_json::from_str(OPENAPI).unwrap();
-        for (schema, params) in [
-            ("ChatCompletionRequest", openai::CHAT_PARAMS),
-            ("CompletionRequest", openai::COMPLETION_PARAMS),
-            ("EmbeddingRequest", embeddings::PARAMS),
+        for (schema, parsed) in [
+            (
+                "ChatCompletionRequest",
+                accepted_fields::<wire::chat::ChatCompletionRequest>(),
+            ),
+            (
+                "CompletionRequest",
+                accepted_fields::<wire::chat::CompletionRequest>(),
+            ),
+            (
+                "EmbeddingRequest",
+                accepted_fields::<wire::embeddings::EmbeddingRequest>(),
+            ),
+            ("ChatMessage", accepted_fields::<wire::chat::ChatMessage>()),
+            (
+                "KbSearchRequest",
+                accepted_fields::<wire::kb::KbSearchRequest>(),
+            ),
+            (
+                "ApiKeyCreate",
+                accepted_fields::<wire::admin::ApiKeyCreate>(),
+            ),
         ] {
             let props = doc["components"]["schemas"][schema]["properties"]
                 .as_object()
                 .unwrap_or_else(|| panic!("{schema}"));
             let mut documented: Vec<&str> = props.keys().map(String::as_str).collect();
             documented.sort();
-            let mut parsed: Vec<&str> = params.to_vec();
-            parsed.sort();
             assert_eq!(documented, parsed, "{schema}");
         }
     }

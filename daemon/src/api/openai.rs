@@ -1,68 +1,26 @@
 //! OpenAI wire format: request validation into engine requests, and response / stream chunk
-//! JSON.
+//! bodies. The bodies themselves are the types of [`wire::chat`](super::wire::chat).
 //!
-//! Requests are parsed into a `serde_json::Map` first and every key is checked against the
-//! route's list of supported parameters, so a parameter this server does not implement is a
-//! 400 that names it instead of being silently ignored (a client relying on e.g. `tools`
-//! must find out). Values are then read one by one, each error naming its parameter.
+//! Requests are deserialized into types that deny unknown fields, so a parameter this server
+//! does not implement is a 400 that names it instead of being silently ignored (a client
+//! relying on e.g. `tools` must find out). Values are then checked one by one, each error
+//! naming its parameter.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::wire::chat::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
+    ChatCompletionRequest, ChatDelta, ChatLogprobs, ChatMessage as WireMessage, Completion,
+    CompletionChoice, CompletionChunk, CompletionChunkChoice, CompletionLogprobs,
+    CompletionRequest, CompletionTokensDetails, Content, PromptInput, Stop, StreamOptions,
+    TopLogprob, Usage,
+};
+use super::wire::{self, top};
 use crate::engine::generate::Prompt;
 use crate::engine::sampler::SamplingParams;
 use crate::engine::template::ChatMessage;
 use crate::engine::{FinishReason, GenerateOutput, GenerateRequest, TokenLogprob};
-
-/// Parameters of `POST /v1/chat/completions`.
-pub const CHAT_PARAMS: &[&str] = &[
-    "model",
-    "messages",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "stop",
-    "max_tokens",
-    "max_completion_tokens",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "n",
-    "stream",
-    "stream_options",
-    "user",
-    "max_reasoning_tokens",
-    "knowledge",
-];
-
-/// Parameters of `POST /v1/completions`.
-pub const COMPLETION_PARAMS: &[&str] = &[
-    "model",
-    "prompt",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "stop",
-    "max_tokens",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "logit_bias",
-    "logprobs",
-    "n",
-    "stream",
-    "stream_options",
-    "user",
-    "max_reasoning_tokens",
-    "echo",
-];
 
 /// Most choices per request; each is a sequence in the batch.
 pub const MAX_N: u64 = 16;
@@ -102,81 +60,197 @@ impl Parsed {
     }
 }
 
-/// A request body that must be a JSON object whose keys are all in `allowed` (400 naming the
-/// first other key, or saying what is wrong with the body).
-pub fn object_body(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| ApiError::bad_request(format!("request body is not valid UTF-8: {e}")))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        ApiError::bad_request(format!(
-            "We could not parse the JSON body of your request: {e}"
-        ))
-    })?;
-    let Value::Object(map) = value else {
-        return Err(ApiError::bad_request("request body must be a JSON object"));
+/// The parameters both routes share, moved out of either request type.
+struct Common {
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<u64>,
+    min_p: Option<f64>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    repetition_penalty: Option<f64>,
+    logit_bias: Option<std::collections::BTreeMap<String, f64>>,
+    n: Option<u64>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    max_reasoning_tokens: Option<u64>,
+}
+
+macro_rules! common {
+    ($r:expr) => {
+        Common {
+            temperature: $r.temperature,
+            top_p: $r.top_p,
+            top_k: $r.top_k,
+            min_p: $r.min_p,
+            seed: $r.seed,
+            stop: $r.stop,
+            presence_penalty: $r.presence_penalty,
+            frequency_penalty: $r.frequency_penalty,
+            repetition_penalty: $r.repetition_penalty,
+            logit_bias: $r.logit_bias,
+            n: $r.n,
+            stream: $r.stream,
+            stream_options: $r.stream_options,
+            max_reasoning_tokens: $r.max_reasoning_tokens,
+        }
     };
-    if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::unknown_param(k));
+}
+
+/// The 400 for a value of the wrong JSON type at `path`, worded per parameter.
+fn type_error(kind: Kind, path: &str) -> ApiError {
+    let key = top(path);
+    let msg = match key {
+        "model" | "user" => "must be a string".to_string(),
+        "temperature" | "top_p" | "min_p" | "presence_penalty" | "frequency_penalty"
+        | "repetition_penalty" => format!("`{key}` must be a number"),
+        "logprobs" if kind == Kind::Chat => format!("`{key}` must be a boolean"),
+        "stream" | "echo" => format!("`{key}` must be a boolean"),
+        "top_k"
+        | "seed"
+        | "max_tokens"
+        | "max_completion_tokens"
+        | "top_logprobs"
+        | "n"
+        | "max_reasoning_tokens"
+        | "logprobs" => {
+            format!("`{key}` must be a non-negative integer")
+        }
+        "stop" => "stop must be a string or an array of strings".to_string(),
+        "logit_bias" => "logit_bias must map token ids to biases (numbers in -100..100)".into(),
+        "stream_options" if path == "stream_options" => {
+            "stream_options must be an object".to_string()
+        }
+        "stream_options" => {
+            return ApiError::invalid_param(
+                "stream_options.include_usage",
+                "include_usage must be a boolean",
+            )
+        }
+        "knowledge" => return super::rag::knowledge_type_error(path),
+        "messages" => return message_type_error(path),
+        "prompt" => {
+            "prompt must be a string, an array with one string, or an array of token ids".into()
+        }
+        _ => "invalid value".to_string(),
+    };
+    ApiError::invalid_param(key, msg)
+}
+
+/// Type errors inside `messages`, named down to the message's field.
+fn message_type_error(path: &str) -> ApiError {
+    let Some(rest) = path.strip_prefix("messages[") else {
+        return ApiError::invalid_param("messages", "messages must be an array");
+    };
+    let Some((i, field)) = rest.split_once(']') else {
+        return ApiError::invalid_param("messages", "messages must be an array");
+    };
+    let at = |k: &str| format!("messages[{i}].{k}");
+    match field.trim_start_matches('.').split(['.', '[']).next() {
+        Some("role") => ApiError::invalid_param(&at("role"), "role must be a string"),
+        Some("content") => ApiError::invalid_param(
+            &at("content"),
+            "content must be a string or an array of text parts",
+        ),
+        _ => ApiError::invalid_param(&format!("messages[{i}]"), "must be an object"),
     }
-    Ok(map)
 }
 
 /// Parse and validate a request body.
 pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
-    let map = object_body(
-        body,
-        match kind {
-            Kind::Chat => CHAT_PARAMS,
-            Kind::Completion => COMPLETION_PARAMS,
-        },
-    )?;
-
-    let model = match get(&map, "model") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => return Err(ApiError::invalid_param("model", "must be a string")),
-        None => {
-            return Err(ApiError::invalid_param(
-                "model",
-                "you must provide a model parameter",
-            ))
+    let invalid = |p: &str| type_error(kind, p);
+    let (model, common, prompt, max_tokens, logprobs, knowledge) = match kind {
+        Kind::Chat => {
+            let r: ChatCompletionRequest = wire::parse(body, invalid)?;
+            let model = model_name(r.model)?;
+            let messages = messages(r.messages)?;
+            let logprobs = match (r.logprobs.unwrap_or(false), r.top_logprobs) {
+                (false, Some(_)) => {
+                    return Err(ApiError::invalid_param(
+                        "top_logprobs",
+                        "top_logprobs requires logprobs: true",
+                    ))
+                }
+                (true, top) => Some(range(
+                    "top_logprobs",
+                    top.unwrap_or(0),
+                    0,
+                    MAX_TOP_LOGPROBS,
+                )?),
+                (false, None) => None,
+            };
+            let max_tokens = match (r.max_tokens, r.max_completion_tokens) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(ApiError::invalid_param(
+                        "max_tokens",
+                        "set max_completion_tokens or max_tokens, not both",
+                    ))
+                }
+                (a, b) => b.or(a),
+            };
+            let knowledge = r.knowledge.map(super::rag::knowledge).transpose()?;
+            let max_tokens = opt_range(
+                if r.max_completion_tokens.is_some() {
+                    "max_completion_tokens"
+                } else {
+                    "max_tokens"
+                },
+                max_tokens,
+                1,
+                u64::from(u32::MAX),
+            )?;
+            let c = common!(r);
+            (
+                model,
+                c,
+                Prompt::Messages(messages),
+                max_tokens,
+                logprobs,
+                knowledge,
+            )
+        }
+        Kind::Completion => {
+            let r: CompletionRequest = wire::parse(body, invalid)?;
+            let model = model_name(r.model)?;
+            let prompt = completion_prompt(r.prompt)?;
+            if r.echo == Some(true) {
+                return Err(ApiError::invalid_param(
+                    "echo",
+                    "echo is not supported; the prompt is not repeated in the output",
+                ));
+            }
+            let logprobs = opt_range("logprobs", r.logprobs, 0, MAX_COMPLETION_LOGPROBS)?;
+            let max_tokens = opt_range("max_tokens", r.max_tokens, 1, u64::from(u32::MAX))?;
+            (model, common!(r), prompt, max_tokens, logprobs, None)
         }
     };
-    let prompt = match kind {
-        Kind::Chat => Prompt::Messages(messages(&map)?),
-        Kind::Completion => completion_prompt(&map)?,
-    };
-    if let Kind::Completion = kind {
-        if boolean(&map, "echo")? == Some(true) {
-            return Err(ApiError::invalid_param(
-                "echo",
-                "echo is not supported; the prompt is not repeated in the output",
-            ));
-        }
-    }
+    let c = common;
 
     let mut sampling = SamplingParams::r1_defaults();
-    if let Some(t) = number(&map, "temperature", 0.0, 2.0)? {
+    if let Some(t) = number("temperature", c.temperature, 0.0, 2.0)? {
         sampling.temperature = t;
     }
-    if let Some(p) = number(&map, "top_p", 0.0, 1.0)? {
+    if let Some(p) = number("top_p", c.top_p, 0.0, 1.0)? {
         if p <= 0.0 {
             return Err(ApiError::invalid_param("top_p", "must be in (0, 1]"));
         }
         sampling.top_p = p;
     }
-    if let Some(k) = integer(&map, "top_k", 0, u64::from(u32::MAX))? {
-        sampling.top_k = k as usize;
+    if let Some(k) = opt_range("top_k", c.top_k, 0, u64::from(u32::MAX))? {
+        sampling.top_k = k;
     }
-    if let Some(p) = number(&map, "min_p", 0.0, 1.0)? {
+    if let Some(p) = number("min_p", c.min_p, 0.0, 1.0)? {
         sampling.min_p = p;
     }
-    if let Some(p) = number(&map, "presence_penalty", -2.0, 2.0)? {
+    if let Some(p) = number("presence_penalty", c.presence_penalty, -2.0, 2.0)? {
         sampling.presence_penalty = p;
     }
-    if let Some(p) = number(&map, "frequency_penalty", -2.0, 2.0)? {
+    if let Some(p) = number("frequency_penalty", c.frequency_penalty, -2.0, 2.0)? {
         sampling.frequency_penalty = p;
     }
-    if let Some(p) = number(&map, "repetition_penalty", 0.0, 10.0)? {
+    if let Some(p) = number("repetition_penalty", c.repetition_penalty, 0.0, 10.0)? {
         if p <= 0.0 {
             return Err(ApiError::invalid_param(
                 "repetition_penalty",
@@ -185,68 +259,27 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
         }
         sampling.repetition_penalty = p;
     }
-    sampling.seed = integer(&map, "seed", 0, u64::MAX)?;
-    sampling.logit_bias = logit_bias(&map)?;
+    sampling.seed = c.seed;
+    sampling.logit_bias = logit_bias(c.logit_bias)?;
 
-    let max_tokens = match kind {
-        Kind::Chat => {
-            let a = integer(&map, "max_tokens", 1, u64::from(u32::MAX))?;
-            let b = integer(&map, "max_completion_tokens", 1, u64::from(u32::MAX))?;
-            match (a, b) {
-                (Some(a), Some(b)) if a != b => {
-                    return Err(ApiError::invalid_param(
-                        "max_tokens",
-                        "set max_completion_tokens or max_tokens, not both",
-                    ))
-                }
-                (a, b) => b.or(a),
-            }
-        }
-        Kind::Completion => integer(&map, "max_tokens", 1, u64::from(u32::MAX))?,
-    };
-
-    let logprobs = match kind {
-        Kind::Chat => {
-            let on = boolean(&map, "logprobs")?.unwrap_or(false);
-            let top = integer(&map, "top_logprobs", 0, MAX_TOP_LOGPROBS)?;
-            match (on, top) {
-                (false, Some(_)) => {
-                    return Err(ApiError::invalid_param(
-                        "top_logprobs",
-                        "top_logprobs requires logprobs: true",
-                    ))
-                }
-                (true, top) => Some(top.unwrap_or(0) as usize),
-                (false, None) => None,
-            }
-        }
-        Kind::Completion => {
-            integer(&map, "logprobs", 0, MAX_COMPLETION_LOGPROBS)?.map(|k| k as usize)
-        }
-    };
-
-    let n = integer(&map, "n", 1, MAX_N)?.unwrap_or(1) as usize;
-    let stream = boolean(&map, "stream")?.unwrap_or(false);
-    let include_usage = stream_options(&map, stream)?;
-    if let Some(v) = get(&map, "user") {
-        if !v.is_string() {
-            return Err(ApiError::invalid_param("user", "must be a string"));
-        }
-    }
-    let max_reasoning_tokens =
-        integer(&map, "max_reasoning_tokens", 0, u64::from(u32::MAX))?.map(|v| v as usize);
-    let knowledge = get(&map, "knowledge")
-        .map(super::rag::parse_knowledge)
-        .transpose()?;
+    let n = opt_range("n", c.n, 1, MAX_N)?.unwrap_or(1);
+    let stream = c.stream.unwrap_or(false);
+    let include_usage = stream_options(c.stream_options, stream)?;
+    let max_reasoning_tokens = opt_range(
+        "max_reasoning_tokens",
+        c.max_reasoning_tokens,
+        0,
+        u64::from(u32::MAX),
+    )?;
 
     Ok(Parsed {
         kind,
         model,
         request: GenerateRequest {
             prompt,
-            max_tokens: max_tokens.map(|v| v as usize),
+            max_tokens,
             sampling,
-            stop: stops(&map)?,
+            stop: stops(c.stop)?,
             max_reasoning_tokens,
             min_tokens: 0,
             logprobs,
@@ -258,18 +291,21 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
     })
 }
 
-/// A present, non-null value (`null` means "default", as in OpenAI's API).
-fn get<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    map.get(key).filter(|v| !v.is_null())
+fn model_name(model: Option<String>) -> Result<String, ApiError> {
+    match model {
+        Some(s) if !s.is_empty() => Ok(s),
+        Some(_) => Err(ApiError::invalid_param("model", "must be a string")),
+        None => Err(ApiError::invalid_param(
+            "model",
+            "you must provide a model parameter",
+        )),
+    }
 }
 
-fn number(map: &Map<String, Value>, key: &str, lo: f32, hi: f32) -> Result<Option<f32>, ApiError> {
-    let Some(v) = get(map, key) else {
+fn number(key: &str, v: Option<f64>, lo: f32, hi: f32) -> Result<Option<f32>, ApiError> {
+    let Some(x) = v else {
         return Ok(None);
     };
-    let x = v
-        .as_f64()
-        .ok_or_else(|| ApiError::invalid_param(key, format!("`{key}` must be a number")))?;
     if !(f64::from(lo)..=f64::from(hi)).contains(&x) {
         return Err(ApiError::invalid_param(
             key,
@@ -279,48 +315,25 @@ fn number(map: &Map<String, Value>, key: &str, lo: f32, hi: f32) -> Result<Optio
     Ok(Some(x as f32))
 }
 
-fn integer(map: &Map<String, Value>, key: &str, lo: u64, hi: u64) -> Result<Option<u64>, ApiError> {
-    let Some(v) = get(map, key) else {
-        return Ok(None);
-    };
-    let x = v.as_u64().ok_or_else(|| {
-        ApiError::invalid_param(key, format!("`{key}` must be a non-negative integer"))
-    })?;
+fn range(key: &str, x: u64, lo: u64, hi: u64) -> Result<usize, ApiError> {
     if !(lo..=hi).contains(&x) {
         return Err(ApiError::invalid_param(
             key,
             format!("`{key}` must be between {lo} and {hi}, got {x}"),
         ));
     }
-    Ok(Some(x))
+    Ok(x as usize)
 }
 
-fn boolean(map: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
-    match get(map, key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ApiError::invalid_param(
-            key,
-            format!("`{key}` must be a boolean"),
-        )),
-    }
+fn opt_range(key: &str, v: Option<u64>, lo: u64, hi: u64) -> Result<Option<usize>, ApiError> {
+    v.map(|x| range(key, x, lo, hi)).transpose()
 }
 
-fn stops(map: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
-    let list = match get(map, "stop") {
+fn stops(stop: Option<Stop>) -> Result<Vec<String>, ApiError> {
+    let list = match stop {
         None => return Ok(Vec::new()),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ApiError::invalid_param("stop", "stop must be strings"))?,
-        Some(_) => {
-            return Err(ApiError::invalid_param(
-                "stop",
-                "stop must be a string or an array of strings",
-            ))
-        }
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(l)) => l,
     };
     if list.len() > MAX_STOP {
         return Err(ApiError::invalid_param(
@@ -337,38 +350,32 @@ fn stops(map: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     Ok(list)
 }
 
-fn logit_bias(map: &Map<String, Value>) -> Result<Vec<(u32, f32)>, ApiError> {
-    let Some(v) = get(map, "logit_bias") else {
-        return Ok(Vec::new());
-    };
-    let obj = v.as_object().ok_or_else(|| {
-        ApiError::invalid_param("logit_bias", "logit_bias must map token ids to biases")
-    })?;
-    obj.iter()
-        .map(|(id, bias)| {
+fn logit_bias(
+    map: Option<std::collections::BTreeMap<String, f64>>,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    map.unwrap_or_default()
+        .into_iter()
+        .map(|(id, b)| {
             let id: u32 = id.parse().map_err(|_| {
                 ApiError::invalid_param(
                     "logit_bias",
                     format!("logit_bias key `{id}` is not a token id"),
                 )
             })?;
-            let b = bias
-                .as_f64()
-                .filter(|b| (-100.0..=100.0).contains(b))
-                .ok_or_else(|| {
-                    ApiError::invalid_param(
-                        "logit_bias",
-                        format!("bias of token {id} must be a number in -100..100"),
-                    )
-                })?;
+            if !(-100.0..=100.0).contains(&b) {
+                return Err(ApiError::invalid_param(
+                    "logit_bias",
+                    format!("bias of token {id} must be a number in -100..100"),
+                ));
+            }
             Ok((id, b as f32))
         })
         .collect()
 }
 
 /// `stream_options.include_usage`; the object is only valid with `stream: true`.
-fn stream_options(map: &Map<String, Value>, stream: bool) -> Result<bool, ApiError> {
-    let Some(v) = get(map, "stream_options") else {
+fn stream_options(o: Option<StreamOptions>, stream: bool) -> Result<bool, ApiError> {
+    let Some(o) = o else {
         return Ok(false);
     };
     if !stream {
@@ -377,59 +384,30 @@ fn stream_options(map: &Map<String, Value>, stream: bool) -> Result<bool, ApiErr
             "stream_options is only allowed when stream is true",
         ));
     }
-    let obj = v.as_object().ok_or_else(|| {
-        ApiError::invalid_param("stream_options", "stream_options must be an object")
-    })?;
-    if let Some(k) = obj.keys().find(|k| k.as_str() != "include_usage") {
-        return Err(ApiError::unknown_param(&format!("stream_options.{k}")));
+    Ok(o.include_usage.unwrap_or(false))
+}
+
+fn messages(list: Option<Vec<WireMessage>>) -> Result<Vec<ChatMessage>, ApiError> {
+    match list {
+        Some(l) if !l.is_empty() => l
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| message(i, m))
+            .collect(),
+        Some(_) => Err(ApiError::invalid_param(
+            "messages",
+            "messages must not be empty",
+        )),
+        None => Err(ApiError::invalid_param(
+            "messages",
+            "you must provide messages",
+        )),
     }
-    Ok(boolean(obj, "include_usage")
-        .map_err(|_| {
-            ApiError::invalid_param(
-                "stream_options.include_usage",
-                "include_usage must be a boolean",
-            )
-        })?
-        .unwrap_or(false))
 }
 
-/// Message keys passed to the chat template as they are (tool-aware templates read them).
-const MESSAGE_PASSTHROUGH: &[&str] = &["name", "tool_calls", "tool_call_id"];
-/// Message keys accepted and dropped: DeepSeek-R1 guidance is to not feed earlier reasoning
-/// back into the conversation, and clients echo it from our own responses.
-const MESSAGE_DROPPED: &[&str] = &["reasoning_content", "reasoning", "refusal"];
-
-fn messages(map: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
-    let arr = match get(map, "messages") {
-        Some(Value::Array(a)) if !a.is_empty() => a,
-        Some(Value::Array(_)) => {
-            return Err(ApiError::invalid_param(
-                "messages",
-                "messages must not be empty",
-            ))
-        }
-        Some(_) => {
-            return Err(ApiError::invalid_param(
-                "messages",
-                "messages must be an array",
-            ))
-        }
-        None => {
-            return Err(ApiError::invalid_param(
-                "messages",
-                "you must provide messages",
-            ))
-        }
-    };
-    arr.iter().enumerate().map(|(i, m)| message(i, m)).collect()
-}
-
-fn message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
+fn message(i: usize, m: WireMessage) -> Result<ChatMessage, ApiError> {
     let at = |k: &str| format!("messages[{i}].{k}");
-    let obj = m
-        .as_object()
-        .ok_or_else(|| ApiError::invalid_param(&format!("messages[{i}]"), "must be an object"))?;
-    let role = match obj.get("role").and_then(Value::as_str) {
+    let role = match m.role.as_deref() {
         // OpenAI's newer name for the system role; chat templates only know `system`.
         Some("developer") => "system",
         Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
@@ -441,15 +419,14 @@ fn message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
         }
         None => return Err(ApiError::invalid_param(&at("role"), "role is required")),
     };
-    let content = match obj.get("content") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Array(parts)) => {
+    let content = match m.content {
+        None => None,
+        Some(Content::Text(s)) => Some(s),
+        Some(Content::Parts(parts)) => {
             let mut text = String::new();
-            for (j, p) in parts.iter().enumerate() {
-                let kind = p.get("type").and_then(Value::as_str);
-                match (kind, p.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(t)) => text.push_str(t),
+            for (j, p) in parts.into_iter().enumerate() {
+                match (p.kind.as_str(), p.text) {
+                    ("text", Some(t)) => text.push_str(&t),
                     _ => {
                         return Err(ApiError::invalid_param(
                             &format!("messages[{i}].content[{j}]"),
@@ -460,28 +437,24 @@ fn message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
             }
             Some(text)
         }
-        Some(_) => {
-            return Err(ApiError::invalid_param(
-                &at("content"),
-                "content must be a string or an array of text parts",
-            ))
-        }
     };
-    if content.is_none() && !(role == "assistant" && obj.contains_key("tool_calls")) {
+    if content.is_none() && !(role == "assistant" && m.tool_calls.is_some()) {
         return Err(ApiError::invalid_param(
             &at("content"),
             "content is required",
         ));
     }
+    // Passed to the chat template as they are (tool-aware templates read them). Earlier
+    // reasoning (`reasoning_content`, `reasoning`) and `refusal` are dropped: DeepSeek-R1
+    // guidance is to not feed earlier reasoning back, and clients echo it from our answers.
     let mut extra = Map::new();
-    for (k, v) in obj {
-        match k.as_str() {
-            "role" | "content" => {}
-            k if MESSAGE_PASSTHROUGH.contains(&k) => {
-                extra.insert(k.to_string(), v.clone());
-            }
-            k if MESSAGE_DROPPED.contains(&k) => {}
-            k => return Err(ApiError::unknown_param(&at(k))),
+    for (k, v) in [
+        ("name", m.name),
+        ("tool_calls", m.tool_calls),
+        ("tool_call_id", m.tool_call_id),
+    ] {
+        if let Some(v) = v {
+            extra.insert(k.to_string(), v);
         }
     }
     Ok(ChatMessage {
@@ -491,35 +464,31 @@ fn message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
     })
 }
 
-fn completion_prompt(map: &Map<String, Value>) -> Result<Prompt, ApiError> {
+fn completion_prompt(p: Option<PromptInput>) -> Result<Prompt, ApiError> {
     let bad = || {
         ApiError::invalid_param(
             "prompt",
             "prompt must be a string, an array with one string, or an array of token ids",
         )
     };
-    match get(map, "prompt") {
+    match p {
         None => Err(ApiError::invalid_param(
             "prompt",
             "you must provide a prompt",
         )),
-        Some(Value::String(s)) => Ok(Prompt::Text(s.clone())),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-            Ok(Prompt::Text(a[0].as_str().unwrap_or_default().to_string()))
-        }
-        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => a
-            .iter()
-            .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
+        Some(PromptInput::Text(s)) => Ok(Prompt::Text(s)),
+        Some(PromptInput::Texts(mut a)) if a.len() == 1 => Ok(Prompt::Text(a.remove(0))),
+        Some(PromptInput::Texts(a)) if a.len() > 1 => Err(ApiError::invalid_param(
+            "prompt",
+            "batched prompts are not supported; send one prompt per request (or use n)",
+        )),
+        Some(PromptInput::Texts(_)) => Err(bad()),
+        Some(PromptInput::Ids(ids)) => ids
+            .into_iter()
+            .map(|x| u32::try_from(x).ok())
             .collect::<Option<Vec<u32>>>()
             .map(Prompt::Ids)
             .ok_or_else(bad),
-        Some(Value::Array(a)) if a.len() > 1 && a.iter().all(Value::is_string) => {
-            Err(ApiError::invalid_param(
-                "prompt",
-                "batched prompts are not supported; send one prompt per request (or use n)",
-            ))
-        }
-        Some(_) => Err(bad()),
     }
 }
 
@@ -533,23 +502,22 @@ pub fn finish_reason(r: FinishReason) -> &'static str {
 }
 
 /// `usage` of a response: the prompt counted once, completions summed over the choices.
-pub fn usage(prompt_tokens: usize, outs: &[&GenerateOutput]) -> Value {
+fn usage_of(prompt_tokens: usize, outs: &[&GenerateOutput]) -> Usage {
     let completion: usize = outs.iter().map(|o| o.completion_tokens).sum();
     let reasoning: usize = outs.iter().map(|o| o.reasoning_tokens).sum();
-    json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-        "completion_tokens_details": {"reasoning_tokens": reasoning},
-    })
+    Usage {
+        prompt_tokens,
+        completion_tokens: completion,
+        total_tokens: prompt_tokens + completion,
+        completion_tokens_details: CompletionTokensDetails {
+            reasoning_tokens: reasoning,
+        },
+    }
 }
 
-fn chat_logprob_entry(token: &str, logprob: f32) -> Value {
-    json!({
-        "token": token,
-        "logprob": finite(logprob),
-        "bytes": token.as_bytes(),
-    })
+/// `usage` of a response as JSON.
+pub fn usage(prompt_tokens: usize, outs: &[&GenerateOutput]) -> Value {
+    wire::value(&usage_of(prompt_tokens, outs))
 }
 
 /// `-inf` is not JSON; OpenAI reports -9999 for "impossible".
@@ -561,86 +529,108 @@ fn finite(x: f32) -> f64 {
     }
 }
 
+fn chat_logprobs_of(list: &[TokenLogprob]) -> ChatLogprobs {
+    let entry = |token: &str, lp: f32| TopLogprob {
+        token: token.to_string(),
+        logprob: finite(lp),
+        bytes: token.as_bytes().to_vec(),
+    };
+    ChatLogprobs {
+        content: list
+            .iter()
+            .map(|l| {
+                let e = entry(&l.token, l.logprob);
+                super::wire::chat::TokenLogprob {
+                    token: e.token,
+                    logprob: e.logprob,
+                    bytes: e.bytes,
+                    top_logprobs: l.top.iter().map(|(_, t, lp)| entry(t, *lp)).collect(),
+                }
+            })
+            .collect(),
+        refusal: None,
+    }
+}
+
 /// Chat `logprobs.content` entries.
 pub fn chat_logprobs(list: &[TokenLogprob]) -> Value {
-    let content: Vec<Value> = list
-        .iter()
-        .map(|l| {
-            let mut e = chat_logprob_entry(&l.token, l.logprob);
-            e["top_logprobs"] = l
-                .top
+    wire::value(&chat_logprobs_of(list))
+}
+
+fn completion_logprobs_of(list: &[TokenLogprob], mut offset: usize) -> CompletionLogprobs {
+    let mut lp = CompletionLogprobs {
+        tokens: Vec::with_capacity(list.len()),
+        token_logprobs: Vec::with_capacity(list.len()),
+        top_logprobs: Vec::with_capacity(list.len()),
+        text_offset: Vec::with_capacity(list.len()),
+    };
+    for l in list {
+        lp.tokens.push(l.token.clone());
+        lp.token_logprobs.push(finite(l.logprob));
+        lp.top_logprobs.push(
+            l.top
                 .iter()
-                .map(|(_, t, lp)| chat_logprob_entry(t, *lp))
-                .collect();
-            e
-        })
-        .collect();
-    json!({"content": content, "refusal": null})
+                .map(|(_, t, p)| (t.clone(), finite(*p)))
+                .collect(),
+        );
+        lp.text_offset.push(offset);
+        offset += l.token.len();
+    }
+    lp
 }
 
 /// Legacy completions `logprobs` object; `offset` is the text offset of the first token.
-pub fn completion_logprobs(list: &[TokenLogprob], mut offset: usize) -> Value {
-    let mut tokens = Vec::new();
-    let mut lps = Vec::new();
-    let mut tops = Vec::new();
-    let mut offsets = Vec::new();
-    for l in list {
-        tokens.push(Value::from(l.token.clone()));
-        lps.push(Value::from(finite(l.logprob)));
-        let top: Map<String, Value> = l
-            .top
-            .iter()
-            .map(|(_, t, lp)| (t.clone(), Value::from(finite(*lp))))
-            .collect();
-        tops.push(Value::Object(top));
-        offsets.push(Value::from(offset));
-        offset += l.token.len();
-    }
-    json!({
-        "tokens": tokens,
-        "token_logprobs": lps,
-        "top_logprobs": tops,
-        "text_offset": offsets,
-    })
+pub fn completion_logprobs(list: &[TokenLogprob], offset: usize) -> Value {
+    wire::value(&completion_logprobs_of(list, offset))
 }
 
 /// A whole (non-streamed) response. `outs[i]` is choice `i`.
 pub fn response(p: &Parsed, id: &str, created: u64, outs: &[GenerateOutput]) -> Value {
     let prompt_tokens = outs.first().map_or(0, |o| o.prompt_tokens);
     let refs: Vec<&GenerateOutput> = outs.iter().collect();
-    let choices: Vec<Value> = outs
-        .iter()
-        .enumerate()
-        .map(|(i, o)| match p.kind {
-            Kind::Chat => {
-                let mut message = json!({"role": "assistant", "content": o.text});
-                if let Some(r) = &o.reasoning {
-                    message["reasoning_content"] = Value::from(r.clone());
-                    message["reasoning"] = Value::from(r.clone());
-                }
-                json!({
-                    "index": i,
-                    "message": message,
-                    "logprobs": o.logprobs.as_deref().map(chat_logprobs),
-                    "finish_reason": finish_reason(o.finish_reason),
+    let usage = usage_of(prompt_tokens, &refs);
+    match p.kind {
+        Kind::Chat => wire::value(&ChatCompletion {
+            id: id.to_string(),
+            object: "chat.completion",
+            created,
+            model: p.model.clone(),
+            choices: outs
+                .iter()
+                .enumerate()
+                .map(|(i, o)| ChatChoice {
+                    index: i,
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content: o.text.clone(),
+                        reasoning_content: o.reasoning.clone(),
+                        reasoning: o.reasoning.clone(),
+                    },
+                    logprobs: o.logprobs.as_deref().map(chat_logprobs_of),
+                    finish_reason: finish_reason(o.finish_reason),
                 })
-            }
-            Kind::Completion => json!({
-                "index": i,
-                "text": completion_text(o),
-                "logprobs": o.logprobs.as_deref().map(|l| completion_logprobs(l, 0)),
-                "finish_reason": finish_reason(o.finish_reason),
-            }),
-        })
-        .collect();
-    json!({
-        "id": id,
-        "object": match p.kind { Kind::Chat => "chat.completion", Kind::Completion => "text_completion" },
-        "created": created,
-        "model": p.model,
-        "choices": choices,
-        "usage": usage(prompt_tokens, &refs),
-    })
+                .collect(),
+            usage,
+            citations: None,
+        }),
+        Kind::Completion => wire::value(&Completion {
+            id: id.to_string(),
+            object: "text_completion",
+            created,
+            model: p.model.clone(),
+            choices: outs
+                .iter()
+                .enumerate()
+                .map(|(i, o)| CompletionChoice {
+                    index: i,
+                    text: completion_text(o),
+                    logprobs: o.logprobs.as_deref().map(|l| completion_logprobs_of(l, 0)),
+                    finish_reason: finish_reason(o.finish_reason),
+                })
+                .collect(),
+            usage,
+        }),
+    }
 }
 
 /// Completions return the generated text as written: reasoning (if the prompt opened one)
@@ -670,69 +660,80 @@ pub struct Delta<'a> {
 }
 
 impl Chunks<'_> {
-    fn envelope(&self, choices: Value) -> Value {
-        let mut v = json!({
-            "id": self.id,
-            "object": match self.parsed.kind {
-                Kind::Chat => "chat.completion.chunk",
-                Kind::Completion => "text_completion",
-            },
-            "created": self.created,
-            "model": self.parsed.model,
-            "choices": choices,
-        });
-        if self.parsed.include_usage {
-            // OpenAI sends `usage: null` on every chunk but the last when usage is requested.
-            v["usage"] = Value::Null;
-        }
-        v
+    /// `usage` of a chunk: OpenAI sends `usage: null` on every chunk but the last when usage
+    /// is requested, and no `usage` at all otherwise.
+    fn usage_field(&self) -> Option<Option<Usage>> {
+        self.parsed.include_usage.then_some(None)
+    }
+
+    fn chat_chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Option<Usage>>) -> Value {
+        wire::value(&ChatCompletionChunk {
+            id: self.id.to_string(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.parsed.model.clone(),
+            choices,
+            usage,
+            citations: None,
+        })
+    }
+
+    fn completion_chunk(
+        &self,
+        choices: Vec<CompletionChunkChoice>,
+        usage: Option<Option<Usage>>,
+    ) -> Value {
+        wire::value(&CompletionChunk {
+            id: self.id.to_string(),
+            object: "text_completion",
+            created: self.created,
+            model: self.parsed.model.clone(),
+            choices,
+            usage,
+        })
     }
 
     /// A chunk for choice `index`.
     pub fn delta(&self, index: usize, d: &Delta<'_>, text_offset: usize) -> Value {
         let has_lp = !d.logprobs.is_empty();
-        let choice = match self.parsed.kind {
+        match self.parsed.kind {
             Kind::Chat => {
-                let mut delta = Map::new();
-                if d.role {
-                    delta.insert("role".into(), "assistant".into());
-                }
-                if let Some(c) = d.content {
-                    delta.insert("content".into(), c.into());
-                }
-                if let Some(r) = d.reasoning {
-                    delta.insert("reasoning_content".into(), r.into());
-                    delta.insert("reasoning".into(), r.into());
-                }
-                json!({
-                    "index": index,
-                    "delta": delta,
-                    "logprobs": if has_lp { chat_logprobs(d.logprobs) } else { Value::Null },
-                    "finish_reason": d.finish.map(finish_reason),
-                })
+                let choice = ChatChunkChoice {
+                    index,
+                    delta: ChatDelta {
+                        role: d.role.then_some("assistant"),
+                        content: d.content.map(str::to_string),
+                        reasoning_content: d.reasoning.map(str::to_string),
+                        reasoning: d.reasoning.map(str::to_string),
+                    },
+                    logprobs: has_lp.then(|| chat_logprobs_of(d.logprobs)),
+                    finish_reason: d.finish.map(finish_reason),
+                };
+                self.chat_chunk(vec![choice], self.usage_field())
             }
             Kind::Completion => {
-                let text = format!(
-                    "{}{}",
-                    d.reasoning.unwrap_or_default(),
-                    d.content.unwrap_or_default()
-                );
-                json!({
-                    "index": index,
-                    "text": text,
-                    "logprobs": if has_lp { completion_logprobs(d.logprobs, text_offset) } else { Value::Null },
-                    "finish_reason": d.finish.map(finish_reason),
-                })
+                let choice = CompletionChunkChoice {
+                    index,
+                    text: format!(
+                        "{}{}",
+                        d.reasoning.unwrap_or_default(),
+                        d.content.unwrap_or_default()
+                    ),
+                    logprobs: has_lp.then(|| completion_logprobs_of(d.logprobs, text_offset)),
+                    finish_reason: d.finish.map(finish_reason),
+                };
+                self.completion_chunk(vec![choice], self.usage_field())
             }
-        };
-        self.envelope(Value::Array(vec![choice]))
+        }
     }
 
     /// The final usage chunk (`stream_options.include_usage`): empty choices.
     pub fn usage(&self, prompt_tokens: usize, outs: &[&GenerateOutput]) -> Value {
-        let mut v = self.envelope(Value::Array(Vec::new()));
-        v["usage"] = usage(prompt_tokens, outs);
-        v
+        let usage = Some(Some(usage_of(prompt_tokens, outs)));
+        match self.parsed.kind {
+            Kind::Chat => self.chat_chunk(Vec::new(), usage),
+            Kind::Completion => self.completion_chunk(Vec::new(), usage),
+        }
     }
 }
 
@@ -806,6 +807,64 @@ mod tests {
             assert_eq!(e.status, hyper::StatusCode::BAD_REQUEST, "{body}");
             assert_eq!(e.param.as_deref(), Some(param), "{body}");
         }
+    }
+
+    #[test]
+    fn nested_unknown_and_wrong_types_are_named_by_path() {
+        for (extra, param, code) in [
+            (
+                r#""knowledge":{"collections":["hr"],"filter":1}"#,
+                "knowledge.filter",
+                "unknown_parameter",
+            ),
+            (
+                r#""knowledge":{"collections":[1]}"#,
+                "knowledge.collections",
+                "invalid_value",
+            ),
+            (r#""knowledge":[]"#, "knowledge", "invalid_value"),
+            (
+                r#""stream":true,"stream_options":{"include_usage":1}"#,
+                "stream_options.include_usage",
+                "invalid_value",
+            ),
+            (r#""logit_bias":{"5":"x"}"#, "logit_bias", "invalid_value"),
+            (
+                r#""max_reasoning_tokens":1.5"#,
+                "max_reasoning_tokens",
+                "invalid_value",
+            ),
+        ] {
+            let e = chat(&format!("{{{MSG},{extra}}}")).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{extra}: {e:?}");
+            assert_eq!(e.code, Some(code), "{extra}");
+        }
+        for (body, param) in [
+            (
+                r#"{"model":"m","messages":[{"role":1,"content":"x"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content",
+            ),
+            (r#"{"model":"m","messages":[7]}"#, "messages[0]"),
+            (r#"{"model":"m","messages":{}}"#, "messages"),
+            (r#"{"model":7,"messages":[]}"#, "model"),
+        ] {
+            assert_eq!(
+                chat(body).unwrap_err().param.as_deref(),
+                Some(param),
+                "{body}"
+            );
+        }
+        // A name passed through to the template keeps its value, null included.
+        let p = chat(r#"{"model":"m","messages":[{"role":"user","content":"x","name":null}]}"#)
+            .unwrap();
+        let Prompt::Messages(m) = p.request.prompt else {
+            panic!()
+        };
+        assert_eq!(m[0].extra.get("name"), Some(&Value::Null));
     }
 
     #[test]

@@ -5,10 +5,14 @@
 //! guidance is to put all instructions in the user turn (the distilled models follow a system
 //! prompt poorly), and it keeps earlier turns of the conversation untouched.
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use super::error::ApiError;
+use super::wire::chat::{Citation, KnowledgeParam};
 use crate::engine::template::ChatMessage;
+/// A retrieved chunk, as shown to the model, cited back to the client and returned by
+/// `/v1/kb/search`: one shape for all three.
+use crate::kb::Hit;
 
 /// Most collections one request may search.
 pub const MAX_COLLECTIONS: usize = 16;
@@ -25,36 +29,52 @@ pub struct Knowledge {
 
 /// Parse `"knowledge": {"collections": [...], "top_k": 5}`.
 pub fn parse_knowledge(v: &Value) -> Result<Knowledge, ApiError> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::invalid_param("knowledge", "must be an object"))?;
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "collections" | "top_k"))
-    {
-        return Err(ApiError::unknown_param(&format!("knowledge.{k}")));
+    knowledge(super::wire::from_value(
+        v.clone(),
+        "knowledge",
+        knowledge_type_error,
+    )?)
+}
+
+/// The 400 for a value of the wrong JSON type at `path` inside `knowledge`.
+pub fn knowledge_type_error(path: &str) -> ApiError {
+    let field = path.strip_prefix("knowledge.").unwrap_or("");
+    if field.starts_with("collections[") {
+        ApiError::invalid_param(
+            "knowledge.collections",
+            "collections must be non-empty strings",
+        )
+    } else if field.starts_with("collections") {
+        ApiError::invalid_param(
+            "knowledge.collections",
+            "must be an array of collection names",
+        )
+    } else if field.starts_with("top_k") {
+        ApiError::invalid_param(
+            "knowledge.top_k",
+            format!("must be an integer from 1 to {MAX_TOP_K}"),
+        )
+    } else {
+        ApiError::invalid_param("knowledge", "must be an object")
     }
-    let collections = match obj.get("collections") {
-        Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_COLLECTIONS => a
-            .iter()
-            .map(|c| match c {
-                Value::String(s) if !s.is_empty() => Ok(s.clone()),
-                _ => Err(ApiError::invalid_param(
+}
+
+/// Validate a parsed `knowledge` parameter (errors name `knowledge.…`).
+pub fn knowledge(k: KnowledgeParam) -> Result<Knowledge, ApiError> {
+    let collections = match k.collections {
+        Some(a) if !a.is_empty() && a.len() <= MAX_COLLECTIONS => {
+            if a.iter().any(String::is_empty) {
+                return Err(ApiError::invalid_param(
                     "knowledge.collections",
                     "collections must be non-empty strings",
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(Value::Array(_)) => {
-            return Err(ApiError::invalid_param(
-                "knowledge.collections",
-                format!("give 1 to {MAX_COLLECTIONS} collections"),
-            ))
+                ));
+            }
+            a
         }
         Some(_) => {
             return Err(ApiError::invalid_param(
                 "knowledge.collections",
-                "must be an array of collection names",
+                format!("give 1 to {MAX_COLLECTIONS} collections"),
             ))
         }
         None => {
@@ -64,17 +84,15 @@ pub fn parse_knowledge(v: &Value) -> Result<Knowledge, ApiError> {
             ))
         }
     };
-    let top_k = match obj.get("top_k") {
-        None | Some(Value::Null) => DEFAULT_TOP_K,
-        Some(v) => match v.as_u64() {
-            Some(k @ 1..=MAX_TOP_K) => k as usize,
-            _ => {
-                return Err(ApiError::invalid_param(
-                    "knowledge.top_k",
-                    format!("must be an integer from 1 to {MAX_TOP_K}"),
-                ))
-            }
-        },
+    let top_k = match k.top_k {
+        None => DEFAULT_TOP_K,
+        Some(k @ 1..=MAX_TOP_K) => k as usize,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "knowledge.top_k",
+                format!("must be an integer from 1 to {MAX_TOP_K}"),
+            ))
+        }
     };
     let mut seen = Vec::with_capacity(collections.len());
     for c in collections {
@@ -86,18 +104,6 @@ pub fn parse_knowledge(v: &Value) -> Result<Knowledge, ApiError> {
         collections: seen,
         top_k,
     })
-}
-
-/// One retrieved chunk as it is shown to the model and cited back to the client.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Source {
-    pub document_id: String,
-    pub filename: String,
-    pub collection: String,
-    pub chunk_id: String,
-    pub page: Option<u32>,
-    pub heading: Option<String>,
-    pub text: String,
 }
 
 /// The text retrieval searches for: the last user message.
@@ -114,7 +120,7 @@ pub fn query_of(messages: &[ChatMessage]) -> Option<&str> {
 /// Put `sources` into the last user message as numbered sources with the instruction to
 /// cite them. With no sources the model is told so, instead of silently answering from its
 /// own knowledge as if the documents agreed.
-pub fn augment(messages: &mut [ChatMessage], sources: &[Source]) {
+pub fn augment(messages: &mut [ChatMessage], sources: &[Hit]) {
     let Some(last) = messages.iter_mut().rev().find(|m| m.role == "user") else {
         return;
     };
@@ -151,30 +157,26 @@ pub fn augment(messages: &mut [ChatMessage], sources: &[Source]) {
 }
 
 /// The response's `citations`: `index` is the `[n]` the answer uses.
-pub fn citations_json(sources: &[Source]) -> Value {
-    Value::Array(
-        sources
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let mut m = Map::new();
-                m.insert("index".into(), json!(i + 1));
-                m.insert("document_id".into(), json!(s.document_id));
-                m.insert("filename".into(), json!(s.filename));
-                m.insert("collection".into(), json!(s.collection));
-                m.insert("chunk_id".into(), json!(s.chunk_id));
-                m.insert("page".into(), json!(s.page));
-                m.insert("heading".into(), json!(s.heading));
-                m.insert("text".into(), json!(s.text));
-                Value::Object(m)
-            })
-            .collect(),
-    )
+pub fn citations(sources: &[Hit]) -> Vec<Citation> {
+    sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Citation {
+            index: i + 1,
+            hit: s.clone(),
+        })
+        .collect()
+}
+
+/// [`citations`] as JSON, for the response and the first stream chunk.
+pub fn citations_json(sources: &[Hit]) -> Value {
+    super::wire::value(&citations(sources))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Map};
 
     fn msg(role: &str, content: &str) -> ChatMessage {
         ChatMessage {
@@ -184,15 +186,21 @@ mod tests {
         }
     }
 
-    fn src(n: u32) -> Source {
-        Source {
+    fn src(n: u32) -> Hit {
+        Hit {
             document_id: format!("d{n}"),
             filename: format!("doc{n}.md"),
             collection: "hr".into(),
             chunk_id: format!("d{n}_0"),
+            ordinal: 0,
             page: (n == 2).then_some(7),
             heading: Some("Leave > Annual".into()),
             text: format!("chunk text {n}"),
+            score: 0.5,
+            bm25_rank: Some(1),
+            bm25_score: Some(2.0),
+            dense_rank: None,
+            dense_score: None,
         }
     }
 
@@ -250,6 +258,10 @@ mod tests {
         assert_eq!(c[1]["page"], 7);
         assert_eq!(c[0]["page"], Value::Null);
         assert_eq!(c[0]["chunk_id"], "d1_0");
+        // The hit's own fields, the same as a search result, minus the internal ones.
+        assert_eq!(c[0]["score"], 0.5);
+        assert_eq!(c[0]["bm25_rank"], 1);
+        assert!(c[0].get("ordinal").is_none() && c[0].get("bm25_score").is_none());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The route table: every route the server answers, declared once with what the gate must
-//! check before its handler runs. Adding a route is one entry here.
+//! check before its handler runs and what the API description says about it. Adding a route is
+//! one entry here (then `EDGESEEK_BLESS=1 cargo test --lib api::openapi` regenerates
+//! `daemon/openapi.json`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,8 +13,14 @@ use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
 use super::gate::{BodyRule, Call, Limit};
+#[allow(clippy::wildcard_imports)]
+use super::openapi::*;
+use super::wire::{
+    admin, chat as chat_wire, embeddings as embeddings_wire, kb as kb_wire, models, List,
+};
 use super::{admin_http, basic, chat, console, embeddings, kb, Body};
 use crate::keys::Scope;
+use utoipa::openapi::path::ParameterIn;
 
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ApiError>> + Send>>;
 pub type Handler = fn(Call) -> HandlerFuture;
@@ -50,6 +58,8 @@ pub struct Route {
     pub admit: Admit,
     pub body: BodyRule,
     pub handler: Handler,
+    /// What `/openapi.json` says about the route.
+    pub doc: OpDoc,
 }
 
 /// Decoded path parameters, by the names in the route's pattern.
@@ -98,6 +108,7 @@ const fn route(
     admit: Admit,
     body: BodyRule,
     handler: Handler,
+    doc: OpDoc,
 ) -> Route {
     Route {
         method,
@@ -106,6 +117,7 @@ const fn route(
         admit,
         body,
         handler,
+        doc,
     }
 }
 
@@ -115,126 +127,283 @@ use BodyRule::{Json, Stream};
 
 /// Every route. Order matters only for readability: patterns never overlap.
 pub fn table() -> &'static [Route] {
-    static TABLE: OnceLock<Vec<Route>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let none = BodyRule::None;
-        let small = Json(Limit::Small);
-        let inference = Json(Limit::Inference);
-        vec![
-            route("GET", "/", Public, No, none, handler!(console::index)),
+    TABLE
+}
+
+const NO_BODY: BodyRule = BodyRule::None;
+const SMALL: BodyRule = Json(Limit::Small);
+const INFERENCE: BodyRule = Json(Limit::Inference);
+
+static TABLE: &[Route] = &[
+            route(
+                "GET",
+                "/",
+                Public,
+                No,
+                NO_BODY,
+                handler!(console::index),
+                OpDoc {
+                operation_id: Some("console"),
+                description: Some("The web console (chat, knowledge, admin), embedded in the binary. gzip when the client accepts it; ETag with `Cache-Control: no-cache` (304 on a match); a strict Content-Security-Policy."),
+                auth: Auth::Open,
+                ok: ("200", "index.html", &[("text/html", TEXT)]),
+                other: &[("304", "Not modified (If-None-Match)")],
+                ..OpDoc::new("Browser console")
+            },
+            ),
             route(
                 "GET",
                 "/console/{asset}",
                 Public,
                 No,
-                none,
+                NO_BODY,
                 handler!(console::asset),
+                OpDoc {
+                operation_id: Some("consoleAsset"),
+                description: Some("A file of the console (ES modules, CSS, icon), with the same caching and compression as `/`."),
+                auth: Auth::Open,
+                params: &[path_param("asset", Some("File name, e.g. `app.js`"))],
+                ok: ("200", "The file", &[("text/javascript", TEXT), ("text/css", TEXT), ("image/svg+xml", TEXT)]),
+                other: &[("304", "Not modified (If-None-Match)")],
+                errors: &["404"],
+                ..OpDoc::new("Console asset")
+            },
             ),
             route(
                 "GET",
                 "/healthz",
                 Public,
                 No,
-                none,
+                NO_BODY,
                 handler!(basic::healthz),
+                OpDoc {
+                operation_id: Some("healthz"),
+                auth: Auth::Open,
+                ok: ("200", "The process is alive", &[(JSON, named::<models::Health>())]),
+                ..OpDoc::new("Liveness")
+            },
             ),
-            route("GET", "/readyz", Public, No, none, handler!(basic::readyz)),
+            route(
+                "GET",
+                "/readyz",
+                Public,
+                No,
+                NO_BODY,
+                handler!(basic::readyz),
+                OpDoc {
+                operation_id: Some("readyz"),
+                auth: Auth::Open,
+                ok: ("200", "Serving", &[(JSON, named::<models::Ready>())]),
+                errors: &["503"],
+                ..OpDoc::new("Readiness: the model is loaded")
+            },
+            ),
             route(
                 "GET",
                 "/metrics",
                 LoopbackOrAdmin,
                 No,
-                none,
+                NO_BODY,
                 handler!(basic::metrics),
+                OpDoc {
+                operation_id: Some("metrics"),
+                description: Some("Without a key from loopback; from elsewhere an admin-scoped key is required."),
+                auth: Auth::LoopbackOrBearer,
+                ok: ("200", "Prometheus text format 0.0.4", &[("text/plain", TEXT)]),
+                errors: &["401", "403"],
+                ..OpDoc::new("Prometheus metrics")
+            },
             ),
             route(
                 "GET",
                 "/openapi.json",
                 Public,
                 No,
-                none,
+                NO_BODY,
                 handler!(basic::openapi),
+                OpDoc {
+                operation_id: Some("openapi"),
+                auth: Auth::Open,
+                ok: ("200", "OpenAPI 3.1", &[(JSON, OBJECT)]),
+                ..OpDoc::new("This document")
+            },
             ),
-            route("GET", "/v1/models", Key, No, none, handler!(basic::models)),
+            route(
+                "GET",
+                "/v1/models",
+                Key,
+                No,
+                NO_BODY,
+                handler!(basic::models),
+                OpDoc {
+                operation_id: Some("listModels"),
+                ok: ("200", "Models loaded and serving (empty while loading)", &[(JSON, inline::<List<models::Model>>())]),
+                errors: &["401"],
+                ..OpDoc::new("Loaded models")
+            },
+            ),
             route(
                 "GET",
                 "/v1/models/{model}",
                 Key,
                 No,
-                none,
+                NO_BODY,
                 handler!(basic::model),
+                OpDoc {
+                operation_id: Some("retrieveModel"),
+                params: &[path_param("model", None)],
+                ok: ("200", "The model", &[(JSON, named::<models::Model>())]),
+                errors: &["401", "404"],
+                ..OpDoc::new("One loaded model")
+            },
             ),
             route(
                 "POST",
                 "/v1/chat/completions",
                 Access::Scope(chat_scope),
                 ByHandler,
-                inference,
+                INFERENCE,
                 handler!(chat::chat),
+                OpDoc {
+                operation_id: Some("createChatCompletion"),
+                scope: Some("chat"),
+                description: Some("R1 models return the reasoning in `reasoning_content` (alias `reasoning`) and the answer in `content`, in messages and stream deltas. With stream: true each event is a `ChatCompletionChunk`."),
+                request: &[(JSON, named::<chat_wire::ChatCompletionRequest>())],
+                ok: ("200", "A chat.completion object, or with stream: true a text/event-stream of chat.completion.chunk objects ending with `data: [DONE]`", &[(JSON, named::<chat_wire::ChatCompletion>()), ("text/event-stream", named::<chat_wire::ChatCompletionChunk>())]),
+                errors: INFERENCE_ERRORS,
+                ..OpDoc::new("Chat completion (JSON or server-sent events)")
+            },
             ),
             route(
                 "POST",
                 "/v1/completions",
                 Access::Scope(chat_scope),
                 ByHandler,
-                inference,
+                INFERENCE,
                 handler!(chat::completion),
+                OpDoc {
+                operation_id: Some("createCompletion"),
+                scope: Some("chat"),
+                description: Some("The prompt is tokenized as is (no chat template). With stream: true each event is a `CompletionChunk`."),
+                request: &[(JSON, named::<chat_wire::CompletionRequest>())],
+                ok: ("200", "A text_completion object, or with stream: true a text/event-stream ending with `data: [DONE]`", &[(JSON, named::<chat_wire::Completion>()), ("text/event-stream", named::<chat_wire::CompletionChunk>())]),
+                errors: INFERENCE_ERRORS,
+                ..OpDoc::new("Text completion (JSON or server-sent events)")
+            },
             ),
             route(
                 "POST",
                 "/v1/embeddings",
                 Access::Scope(embeddings_scope),
                 ByHandler,
-                inference,
+                INFERENCE,
                 handler!(embeddings::create),
+                OpDoc {
+                operation_id: Some("createEmbedding"),
+                scope: Some("embeddings"),
+                description: Some("The model is the embedding model's directory name (default `all-minilm-l6-v2`, English only). An input over the model's token limit is refused (400, `param` names it, e.g. `input[3]`), never truncated. Token-id inputs are refused: they would be another tokenizer's ids. 503 when no embedding model is loaded (the message says why)."),
+                request: &[(JSON, named::<embeddings_wire::EmbeddingRequest>())],
+                ok: ("200", "A list of embedding objects", &[(JSON, named::<embeddings_wire::EmbeddingList>())]),
+                errors: INFERENCE_ERRORS,
+                ..OpDoc::new("Embeddings (unit-length vectors of the embedding model)")
+            },
             ),
             route(
                 "GET",
                 "/v1/admin/status",
                 Access::Scope(admin_scope),
                 One,
-                none,
+                NO_BODY,
                 handler!(admin_http::status),
+                OpDoc {
+                operation_id: Some("adminStatus"),
+                scope: Some("admin"),
+                description: Some("The object `edgeseek status` prints, plus `recent_tokens_per_s` (the latest sample of the history) and `sample_interval_s`."),
+                ok: ("200", "Status", &[(JSON, named::<admin::AdminStatusAnswer>())]),
+                errors: &["401", "403"],
+                ..OpDoc::new("Daemon status")
+            },
             ),
             route(
                 "GET",
                 "/v1/admin/keys",
                 Access::Scope(admin_scope),
                 One,
-                none,
+                NO_BODY,
                 handler!(admin_http::list_keys),
+                OpDoc {
+                operation_id: Some("adminListKeys"),
+                scope: Some("admin"),
+                description: Some("Every key, revoked ones included, oldest first; never a secret or its hash."),
+                ok: ("200", "Keys", &[(JSON, inline::<List<admin::ApiKey>>())]),
+                errors: &["401", "403"],
+                ..OpDoc::new("List API keys")
+            },
             ),
             route(
                 "POST",
                 "/v1/admin/keys",
                 Access::Scope(admin_scope),
                 One,
-                small,
+                SMALL,
                 handler!(admin_http::create_key),
+                OpDoc {
+                operation_id: Some("adminCreateKey"),
+                scope: Some("admin"),
+                description: Some("The answer carries the secret, this once (`Cache-Control: no-store`); only its SHA-256 is stored."),
+                request: &[(JSON, named::<admin::ApiKeyCreate>())],
+                ok: ("201", "The key and its secret", &[(JSON, named::<admin::ApiKeyCreated>())]),
+                errors: &["400", "401", "403", "409", "413"],
+                ..OpDoc::new("Create an API key")
+            },
             ),
             route(
                 "DELETE",
                 "/v1/admin/keys/{id}",
                 Access::Scope(admin_scope),
                 One,
-                none,
+                NO_BODY,
                 handler!(admin_http::revoke),
+                OpDoc {
+                operation_id: Some("adminRevokeKey"),
+                scope: Some("admin"),
+                description: Some("Takes effect at once. `id` is the key id (or a name that one active key has)."),
+                params: &[path_param("id", None)],
+                ok: ("200", "The revoked key", &[(JSON, named::<admin::ApiKey>())]),
+                errors: &["401", "403", "404", "409"],
+                ..OpDoc::new("Revoke an API key")
+            },
             ),
             route(
                 "GET",
                 "/v1/admin/metrics/history",
                 Access::Scope(admin_scope),
                 One,
-                none,
+                NO_BODY,
                 handler!(admin_http::history),
+                OpDoc {
+                operation_id: Some("adminMetricsHistory"),
+                scope: Some("admin"),
+                description: Some("Tokens generated per second, sampled every `interval_s` seconds (5), the last `capacity` samples (15 minutes), oldest first."),
+                ok: ("200", "Samples", &[(JSON, named::<admin::History>())]),
+                errors: &["401", "403"],
+                ..OpDoc::new("Tokens/s history")
+            },
             ),
             route(
                 "GET",
                 "/v1/kb/collections",
                 Key,
                 One,
-                none,
+                NO_BODY,
                 handler!(kb::list_collections),
+                OpDoc {
+                operation_id: Some("kbListCollections"),
+                description: Some("Only the collections the key may read (`kb:read:C`)."),
+                ok: ("200", "collections", &[(JSON, inline::<List<kb_wire::KbCollection>>())]),
+                errors: KB_ERRORS,
+                ..OpDoc::new("Collections the key may read (kb:read)")
+            },
             ),
             // The collection's name is in the body: the handler checks `kb:write:NAME`.
             route(
@@ -242,32 +411,64 @@ pub fn table() -> &'static [Route] {
                 "/v1/kb/collections",
                 Key,
                 One,
-                small,
+                SMALL,
                 handler!(kb::create_collection),
+                OpDoc {
+                operation_id: Some("kbCreateCollection"),
+                scope: Some("kb:write:{name}"),
+                request: &[(JSON, named::<kb_wire::CreateCollection>())],
+                ok: ("201", "created", &[(JSON, named::<kb_wire::KbCollection>())]),
+                errors: &["400", "401", "403", "404", "409", "503"],
+                ..OpDoc::new("Create a collection (kb:write:NAME)")
+            },
             ),
             route(
                 "GET",
                 "/v1/kb/collections/{collection}",
                 Access::Scope(kb_read),
                 One,
-                none,
+                NO_BODY,
                 handler!(kb::get_collection),
+                OpDoc {
+                operation_id: Some("kbGetCollection"),
+                scope: Some("kb:read:{collection}"),
+                params: &[COLLECTION],
+                ok: ("200", "the collection", &[(JSON, named::<kb_wire::KbCollection>())]),
+                errors: KB_ERRORS,
+                ..OpDoc::new("One collection (kb:read)")
+            },
             ),
             route(
                 "DELETE",
                 "/v1/kb/collections/{collection}",
                 Access::Scope(kb_write),
                 One,
-                none,
+                NO_BODY,
                 handler!(kb::delete_collection),
+                OpDoc {
+                operation_id: Some("kbDeleteCollection"),
+                scope: Some("kb:write:{collection}"),
+                params: &[COLLECTION],
+                ok: ("200", "deleted", &[(JSON, named::<kb_wire::CollectionDeleted>())]),
+                errors: KB_ERRORS,
+                ..OpDoc::new("Delete a collection and all its documents (kb:write)")
+            },
             ),
             route(
                 "GET",
                 "/v1/kb/collections/{collection}/documents",
                 Access::Scope(kb_read),
                 One,
-                none,
+                NO_BODY,
                 handler!(kb::list_documents),
+                OpDoc {
+                operation_id: Some("kbListDocuments"),
+                scope: Some("kb:read:{collection}"),
+                params: &[COLLECTION],
+                ok: ("200", "documents", &[(JSON, inline::<List<kb_wire::KbDocument>>())]),
+                errors: KB_ERRORS,
+                ..OpDoc::new("Documents of a collection (kb:read)")
+            },
             ),
             route(
                 "POST",
@@ -276,22 +477,66 @@ pub fn table() -> &'static [Route] {
                 One,
                 Stream,
                 handler!(kb::upload),
+                OpDoc {
+                operation_id: Some("kbUploadDocument"),
+                scope: Some("kb:write:{collection}"),
+                description: Some("Parsed, chunked, embedded and committed before the answer; the same filename replaces the stored version atomically."),
+                params: &[
+                    COLLECTION,
+                    ParamDoc {
+                        name: "filename",
+                        location: ParameterIn::Query,
+                        description: Some("the document's file name (or the X-Filename header, percent-encoded UTF-8)"),
+                    },
+                    ParamDoc {
+                        name: "X-Filename",
+                        location: ParameterIn::Header,
+                        description: None,
+                    },
+                ],
+                request: &[
+                    ("text/plain", BINARY),
+                    ("text/markdown", BINARY),
+                    ("text/html", BINARY),
+                    ("application/pdf", BINARY),
+                    (crate::kb::DOCX_MIME, BINARY),
+                ],
+                ok: ("201", "stored", &[(JSON, named::<kb_wire::KbUploaded>())]),
+                errors: &["400", "401", "403", "404", "413", "415", "503"],
+                ..OpDoc::new("Upload a document (kb:write)")
+            },
             ),
             route(
                 "GET",
                 "/v1/kb/collections/{collection}/documents/{document}",
                 Access::Scope(kb_read),
                 One,
-                none,
+                NO_BODY,
                 handler!(kb::get_document),
+                OpDoc {
+                operation_id: Some("kbGetDocument"),
+                scope: Some("kb:read:{collection}"),
+                params: &[COLLECTION, DOCUMENT],
+                ok: ("200", "the document", &[(JSON, named::<kb_wire::KbDocumentChunks>())]),
+                errors: KB_ERRORS,
+                ..OpDoc::new("A document with its chunks (kb:read)")
+            },
             ),
             route(
                 "DELETE",
                 "/v1/kb/collections/{collection}/documents/{document}",
                 Access::Scope(kb_write),
                 One,
-                none,
+                NO_BODY,
                 handler!(kb::delete_document),
+                OpDoc {
+                operation_id: Some("kbDeleteDocument"),
+                scope: Some("kb:write:{collection}"),
+                params: &[COLLECTION, DOCUMENT],
+                ok: ("200", "deleted", &[(JSON, named::<kb_wire::DocumentDeleted>())]),
+                errors: KB_ERRORS,
+                ..OpDoc::new("Delete a document (kb:write)")
+            },
             ),
             // Collections are named in the body: the handler checks `kb:read:C` for each.
             route(
@@ -299,12 +544,18 @@ pub fn table() -> &'static [Route] {
                 "/v1/kb/search",
                 Key,
                 One,
-                small,
+                SMALL,
                 handler!(kb::search),
+                OpDoc {
+                operation_id: Some("kbSearch"),
+                description: Some("Needs `kb:read` on every collection searched."),
+                request: &[(JSON, named::<kb_wire::KbSearchRequest>())],
+                ok: ("200", "results", &[(JSON, named::<kb_wire::KbSearchResults>())]),
+                errors: KB_ERRORS,
+                ..OpDoc::new("Hybrid search (BM25 with jieba for Chinese + embeddings, fused)")
+            },
             ),
-        ]
-    })
-}
+];
 
 /// `path` against `pattern`: the decoded parameters, or `None` when it does not match.
 fn matches(pattern: &'static str, path: &str) -> Option<Params> {
@@ -376,6 +627,11 @@ pub fn list() -> Vec<(&'static str, &'static str)> {
     table().iter().map(|r| (r.method, r.path)).collect()
 }
 
+/// `(method, pattern, documentation)` of every route, for the OpenAPI document.
+pub fn docs() -> impl Iterator<Item = (&'static str, &'static str, &'static OpDoc)> {
+    table().iter().map(|r| (r.method, r.path, &r.doc))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,6 +686,10 @@ mod tests {
 
     #[test]
     fn parameters_are_decoded_and_never_empty() {
+        match find("GET", "/v1/kb/collections/%E4%BA%BA%E4%BA%8B/documents") {
+            Found::Route(_, p) => assert_eq!(p.get("collection"), Some("人事")),
+            _ => panic!("not found"),
+        }
         match find("GET", "/v1/kb/collections/h%20r/documents/d%2F1") {
             Found::Route(r, p) => {
                 assert_eq!(
@@ -449,6 +709,11 @@ mod tests {
             "/index.html",
             "/v1/kb/collections/%FF",
             "/v1/kb/collections//documents",
+            "/v1/kb",
+            "/v1/kb/collections/",
+            "/v1/kb/collections/hr/documents/x/y",
+            "/v1/kb/collections/hr/other",
+            "/v1/kb/collectionsx",
         ] {
             assert!(matches!(find("GET", path), Found::NotFound), "{path}");
         }

@@ -232,13 +232,16 @@ pub struct SearchTuning {
     pub candidates: Option<usize>,
 }
 
-/// A search result.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A search result; also the `citations` of a knowledge-grounded chat answer. Serialized as
+/// the API returns it (the internal ordinal and per-ranker scores are left out).
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = KbHit)]
 pub struct Hit {
     pub collection: String,
     pub document_id: String,
     pub filename: String,
     pub chunk_id: String,
+    #[serde(skip)]
     pub ordinal: u32,
     pub text: String,
     /// Hybrid: the fused RRF score; BM25: the BM25 score; vector: the cosine.
@@ -247,9 +250,11 @@ pub struct Hit {
     pub heading: Option<String>,
     /// 1-based rank and score in the keyword ranking, if it found the chunk.
     pub bm25_rank: Option<usize>,
+    #[serde(skip)]
     pub bm25_score: Option<f32>,
     /// 1-based rank and cosine in the dense ranking, if it found the chunk.
     pub dense_rank: Option<usize>,
+    #[serde(skip)]
     pub dense_score: Option<f32>,
 }
 

@@ -1,0 +1,238 @@
+//! Administration: `/v1/admin/…` over HTTPS and the replies of the admin socket
+//! (`edgeseek status`, `models`, `keys`), which share these shapes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::keys::KeyRecord;
+
+/// The daemon's TLS identity.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TlsStatus {
+    /// `local-ca` (made on first boot) or `provided`.
+    pub source: &'static str,
+    pub fingerprint_sha256: String,
+    #[schema(format = DateTime)]
+    pub not_after: String,
+    /// The local CA certificate to trust, if the daemon made one.
+    pub ca: Option<String>,
+    pub cert: String,
+}
+
+/// The embedding model: `ready` with its numbers, or why not.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct EmbeddingsStatus {
+    pub ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'static str>,
+    /// Texts embedded since start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<u64>,
+    /// Not ready: still loading (true) or failed (false), see `cause`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loading: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
+/// What `edgeseek status` prints.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminStatus {
+    pub model: String,
+    pub model_dir: String,
+    pub ready: bool,
+    /// Why the model failed to load (null while loading or once ready).
+    pub model_error: Option<String>,
+    /// cpu, cuda or tensorrt; null while loading
+    pub provider: Option<&'static str>,
+    pub queue_depth: Option<usize>,
+    pub active_sequences: Option<usize>,
+    pub tokens_generated: Option<u64>,
+    /// Average since start
+    pub tokens_per_s: Option<f64>,
+    pub cancellations: Option<u64>,
+    pub version: &'static str,
+    pub uptime_s: f64,
+    pub listen: String,
+    pub embeddings: EmbeddingsStatus,
+    pub tls: TlsStatus,
+}
+
+/// What the app alone knows when no daemon runs around it (tests).
+#[derive(Debug, Serialize)]
+pub struct AppStatus {
+    pub model: String,
+    pub ready: bool,
+    pub queue_depth: Option<usize>,
+    pub active_sequences: Option<usize>,
+    pub cancellations: Option<u64>,
+    pub version: &'static str,
+}
+
+/// `GET /v1/admin/status`: the status object plus the latest sample of the history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminStatusAnswer {
+    #[serde(flatten)]
+    #[schema(value_type = AdminStatus)]
+    pub status: Value,
+    /// Over the latest sample interval
+    pub recent_tokens_per_s: Option<f64>,
+    pub sample_interval_s: u64,
+}
+
+/// One point of the tokens/s history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, ToSchema)]
+pub struct Sample {
+    /// Unix seconds at the end of the interval.
+    pub t: u64,
+    /// Tokens the engine generated per second over the interval (cancelled requests included).
+    pub tokens_per_s: f64,
+    pub active: usize,
+    pub queued: usize,
+}
+
+/// `GET /v1/admin/metrics/history`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct History {
+    /// Always `list`.
+    pub object: &'static str,
+    pub interval_s: u64,
+    pub capacity: usize,
+    pub data: Vec<Sample>,
+}
+
+/// An API key as listed (never its secret or hash).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// Unix seconds.
+    pub created: u64,
+    pub last_used: Option<u64>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    pub revoked: bool,
+    pub revoked_at: Option<u64>,
+}
+
+impl From<KeyRecord> for ApiKey {
+    fn from(r: KeyRecord) -> Self {
+        ApiKey {
+            id: r.id,
+            name: r.name,
+            scopes: r.scopes.iter().map(ToString::to_string).collect(),
+            created: r.created,
+            last_used: r.last_used,
+            rpm: r.rpm,
+            tpm: r.tpm,
+            revoked: r.revoked,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+/// `POST /v1/admin/keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyCreate {
+    /// 1-64 letters, digits, `-`, `_`, `.` or `@`; unique among active keys
+    #[schema(required = true)]
+    pub name: Option<String>,
+    /// chat, embeddings, kb:read:C, kb:write:C (C may be *), admin
+    #[schema(required = true, min_items = 1)]
+    pub scopes: Option<Vec<String>>,
+    /// Requests per minute; null for no limit.
+    #[schema(minimum = 1)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute; null for no limit.
+    #[schema(minimum = 1)]
+    pub tpm: Option<u64>,
+}
+
+/// A new key with its secret (the only time the secret is shown).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyCreated {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    /// `es-` + 64 hex characters; shown only here
+    pub secret: String,
+}
+
+/// One model of the admin socket's `models.list`.
+#[derive(Debug, Serialize)]
+pub struct AdminModel {
+    pub id: String,
+    /// `chat` or `embedding`.
+    pub kind: &'static str,
+    pub dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<usize>,
+    pub ready: bool,
+}
+
+/// The admin socket's `reload`.
+#[derive(Debug, Serialize)]
+pub struct Reloaded {
+    pub reloaded: bool,
+}
+
+/// A request line of the admin socket, as `edgeseek` sends it (`v` is added by the sender).
+#[derive(Debug, Serialize)]
+#[serde(tag = "cmd")]
+pub enum AdminRequest<'a> {
+    #[serde(rename = "status")]
+    Status,
+    #[serde(rename = "models.list")]
+    ModelsList,
+    #[serde(rename = "reload")]
+    Reload,
+    #[serde(rename = "keys.list")]
+    KeysList,
+    #[serde(rename = "keys.create")]
+    KeysCreate {
+        name: &'a str,
+        scopes: Vec<String>,
+        rpm: Option<u32>,
+        tpm: Option<u32>,
+    },
+    #[serde(rename = "keys.revoke")]
+    KeysRevoke { key: &'a str },
+    #[serde(rename = "kb.collections")]
+    KbCollections,
+    #[serde(rename = "kb.create")]
+    KbCreate { name: &'a str },
+    #[serde(rename = "kb.delete")]
+    KbDelete { name: &'a str },
+    #[serde(rename = "kb.ingest")]
+    KbIngest {
+        collection: &'a str,
+        /// Create the collection if it does not exist.
+        create: bool,
+        filename: &'a str,
+        content_type: &'a str,
+        /// The document, base64.
+        data: String,
+    },
+}
+
+/// One line of `edgeseek kb ingest --json`: the file and the daemon's answer or the error.
+#[derive(Debug, Serialize)]
+pub struct IngestLine<'a> {
+    pub path: &'a std::path::Path,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

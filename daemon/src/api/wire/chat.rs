@@ -1,0 +1,371 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`: requests, whole responses, stream
+//! chunks, usage, logprobs and `citations`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::kb::Hit;
+
+/// `stop`: one string or a list.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    /// At most 16, none empty.
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// Add a last chunk with `usage` and empty `choices`.
+    pub include_usage: Option<bool>,
+}
+
+/// Retrieval-augmented generation: search these knowledge-base collections for the last
+/// user message and answer from the top chunks, cited as [n]. The response then carries
+/// `citations`. Every collection needs `kb:read` on the key.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KnowledgeParam {
+    /// 1 to 16 collection names.
+    #[schema(required = true, min_items = 1, max_items = 16)]
+    pub collections: Option<Vec<String>>,
+    /// Chunks put into the prompt, 1 to 20 (default 5).
+    #[schema(minimum = 1, maximum = 20, default = 5)]
+    pub top_k: Option<u64>,
+}
+
+/// A text part of a message's content (other part types are refused).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ContentPart {
+    /// Only `text`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// `system`, `developer` (an alias of system), `user`, `assistant` or `tool`.
+    #[schema(required = true)]
+    pub role: Option<String>,
+    /// Required except on an assistant message with `tool_calls`.
+    pub content: Option<Content>,
+    /// Passed to the chat template as is.
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Value>,
+    /// Passed to the chat template as is.
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tool_calls: Option<Value>,
+    /// Passed to the chat template as is.
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<String>)]
+    pub tool_call_id: Option<Value>,
+    /// Accepted and dropped (earlier reasoning is not fed back).
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<String>)]
+    pub reasoning_content: Option<Value>,
+    /// Accepted and dropped, as `reasoning_content`.
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<String>)]
+    pub reasoning: Option<Value>,
+    /// Accepted and dropped.
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<String>)]
+    pub refusal: Option<Value>,
+}
+
+/// The sampling parameters both routes take.
+macro_rules! sampling_fields {
+    ($(#[$m:meta])* pub struct $name:ident { $($rest:tt)* }) => {
+        $(#[$m])*
+        pub struct $name {
+            #[schema(required = true)]
+            pub model: Option<String>,
+            /// 0 = greedy. Default follows DeepSeek-R1's recommendation.
+            #[schema(minimum = 0, maximum = 2, default = 0.6)]
+            pub temperature: Option<f64>,
+            #[schema(exclusive_minimum = 0, maximum = 1, default = 0.95)]
+            pub top_p: Option<f64>,
+            /// 0 = off.
+            #[schema(minimum = 0, default = 0)]
+            pub top_k: Option<u64>,
+            #[schema(minimum = 0, maximum = 1, default = 0)]
+            pub min_p: Option<f64>,
+            /// Same seed and request give the same output; choice i uses seed + i.
+            #[schema(minimum = 0)]
+            pub seed: Option<u64>,
+            /// Matched across token boundaries; not included in the output.
+            pub stop: Option<Stop>,
+            /// Default: up to the end of the context (or the KV budget).
+            #[schema(minimum = 1)]
+            pub max_tokens: Option<u64>,
+            #[schema(minimum = -2, maximum = 2, default = 0)]
+            pub presence_penalty: Option<f64>,
+            #[schema(minimum = -2, maximum = 2, default = 0)]
+            pub frequency_penalty: Option<f64>,
+            /// Extension (as in vLLM): multiplicative penalty over prompt and output tokens.
+            #[schema(exclusive_minimum = 0, maximum = 10, default = 1)]
+            pub repetition_penalty: Option<f64>,
+            /// Token id (as a string) to bias, -100 to 100.
+            pub logit_bias: Option<BTreeMap<String, f64>>,
+            #[schema(minimum = 1, maximum = 16, default = 1)]
+            pub n: Option<u64>,
+            #[schema(default = false)]
+            pub stream: Option<bool>,
+            /// Only with stream: true. include_usage adds a last chunk with usage and empty
+            /// choices.
+            pub stream_options: Option<StreamOptions>,
+            /// Accepted and ignored.
+            pub user: Option<String>,
+            /// Extension: after this many reasoning tokens `</think>` is forced and the
+            /// answer follows.
+            #[schema(minimum = 0)]
+            pub max_reasoning_tokens: Option<u64>,
+            $($rest)*
+        }
+    };
+}
+
+sampling_fields! {
+    #[derive(Debug, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ChatCompletionRequest {
+        #[schema(required = true, min_items = 1)]
+        pub messages: Option<Vec<ChatMessage>>,
+        /// Alias of max_tokens.
+        #[schema(minimum = 1)]
+        pub max_completion_tokens: Option<u64>,
+        #[schema(default = false)]
+        pub logprobs: Option<bool>,
+        /// Requires logprobs: true.
+        #[schema(minimum = 0, maximum = 20)]
+        pub top_logprobs: Option<u64>,
+        pub knowledge: Option<KnowledgeParam>,
+    }
+}
+
+/// `prompt` of a completion.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PromptInput {
+    Text(String),
+    /// Exactly one string.
+    Texts(Vec<String>),
+    /// Token ids of the model's tokenizer.
+    Ids(Vec<u64>),
+}
+
+sampling_fields! {
+    #[derive(Debug, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct CompletionRequest {
+        #[schema(required = true)]
+        pub prompt: Option<PromptInput>,
+        /// Alternatives per token, 0 to 5.
+        #[schema(minimum = 0, maximum = 5)]
+        pub logprobs: Option<u64>,
+        /// Only false is supported.
+        pub echo: Option<bool>,
+    }
+}
+
+/// Reasoning tokens are part of `completion_tokens`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompletionTokensDetails {
+    pub reasoning_tokens: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub completion_tokens_details: CompletionTokensDetails,
+}
+
+/// One alternative of a token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    /// Natural log; -9999 for impossible.
+    pub logprob: f64,
+    /// UTF-8 bytes of the token.
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// Chat `logprobs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatLogprobs {
+    pub content: Vec<TokenLogprob>,
+    /// Always null.
+    #[schema(required = true)]
+    pub refusal: Option<String>,
+}
+
+/// Legacy completions `logprobs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f64>,
+    pub top_logprobs: Vec<BTreeMap<String, f64>>,
+    /// Byte offset of each token in the choice's text.
+    pub text_offset: Vec<usize>,
+}
+
+/// A source the answer cites as `[index]`: a knowledge-base hit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Citation {
+    /// The `[n]` the answer uses, from 1.
+    pub index: usize,
+    #[serde(flatten)]
+    pub hit: Hit,
+}
+
+/// The answer of one choice.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: &'static str,
+    pub content: String,
+    /// The reasoning (R1 models), without the `<think>` tags.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// Alias of `reasoning_content`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: AssistantMessage,
+    #[schema(required = true)]
+    pub logprobs: Option<ChatLogprobs>,
+    /// `stop`, `length` or `cancelled`.
+    pub finish_reason: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+    /// With `knowledge`: the sources of the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<Citation>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompletionChoice {
+    pub index: usize,
+    /// Reasoning (if the prompt opened it) followed by the answer, as generated.
+    pub text: String,
+    #[schema(required = true)]
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Completion {
+    pub id: String,
+    /// Always `text_completion`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: Usage,
+}
+
+/// What one stream chunk adds to a chat choice.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ChatDelta {
+    /// `assistant`, in the first chunk of each choice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatChunkChoice {
+    pub index: usize,
+    pub delta: ChatDelta,
+    #[schema(required = true)]
+    pub logprobs: Option<ChatLogprobs>,
+    #[schema(required = true)]
+    pub finish_reason: Option<&'static str>,
+}
+
+/// One `data:` event of a streamed chat completion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    /// With `stream_options.include_usage`: null on every chunk but the last, which has
+    /// empty `choices`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Usage>)]
+    pub usage: Option<Option<Usage>>,
+    /// With `knowledge`: the sources, on the first chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<Citation>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompletionChunkChoice {
+    pub index: usize,
+    pub text: String,
+    #[schema(required = true)]
+    pub logprobs: Option<CompletionLogprobs>,
+    #[schema(required = true)]
+    pub finish_reason: Option<&'static str>,
+}
+
+/// One `data:` event of a streamed completion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompletionChunk {
+    pub id: String,
+    /// Always `text_completion`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Usage>)]
+    pub usage: Option<Option<Usage>>,
+}
