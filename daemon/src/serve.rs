@@ -38,10 +38,9 @@ use crate::kb::Embed;
 use crate::keys::{KeyError, KeyStore};
 use crate::store::{Store, StoreError};
 use crate::tls::{TlsError, TlsServer};
+use crate::util::lock;
 
-/// Default listen address of an appliance, and of `--dev`.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
-pub const DEV_LISTEN: &str = "127.0.0.1:8443";
+pub use crate::service::{DEFAULT_LISTEN, DEV_LISTEN};
 /// Name of the file in the state dir that holds the bound address (`--listen …:0`).
 pub const ADDR_FILE: &str = "serve.addr";
 /// Concurrent HTTP/2 streams per connection.
@@ -186,7 +185,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         ca = ?id.ca_path,
         "TLS identity"
     );
-    let keys = KeyStore::open(Store::open_in(&state_dir)?)?;
+    let keys = KeyStore::open(Store::open_in(&state_dir, crate::kb::store::MIGRATIONS)?)?;
     let app = Arc::new(App::new(
         name.clone(),
         model_dir.clone(),
@@ -347,7 +346,7 @@ impl Daemon {
             (None, Some(msg)) => ModelPhase::Failed(msg),
             (None, None) => ModelPhase::Loading,
         };
-        let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
+        let provider = *lock(&self.provider);
         Snapshot {
             model: self.app.model_name.clone(),
             state,
@@ -445,7 +444,7 @@ impl AdminBackend for Daemon {
         let served = self.app.served();
         let stats = served.as_ref().map(|s| s.scheduler.stats());
         let uptime = self.started.elapsed().as_secs_f64();
-        let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
+        let provider = *lock(&self.provider);
         json!({
             "model": self.app.model_name,
             "model_dir": self.app.model_dir,
@@ -460,7 +459,7 @@ impl AdminBackend for Daemon {
             "cancellations": stats.map(|s| s.cancellations),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": uptime.round(),
-            "listen": *self.listen_text.lock().unwrap_or_else(|p| p.into_inner()),
+            "listen": *lock(&self.listen_text),
             "embeddings": self.embeddings_status(),
             "tls": {
                 "source": id.kind.as_str(),
@@ -473,7 +472,7 @@ impl AdminBackend for Daemon {
     }
 
     fn models(&self) -> Value {
-        let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
+        let provider = *lock(&self.provider);
         let mut list = vec![match self.app.served() {
             Some(s) => json!({
                 "id": self.app.model_name,
@@ -539,7 +538,7 @@ fn load_in_background(daemon: Arc<Daemon>, config: &Config, state_dir: &Path) {
             match loaded {
                 Ok(scheduler) => {
                     let provider = scheduler.provider();
-                    *daemon.provider.lock().unwrap_or_else(|p| p.into_inner()) = Some(provider);
+                    *lock(&daemon.provider) = Some(provider);
                     tracing::info!(
                         model = %app.model_name,
                         provider = provider.as_str(),
@@ -676,7 +675,7 @@ fn load_embedder_in_background(daemon: &Arc<Daemon>, config: &Config, state_dir:
 fn daemon_loader(
     m: &std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 ) -> std::sync::MutexGuard<'_, Option<std::thread::JoinHandle<()>>> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    lock(m)
 }
 
 async fn serve(

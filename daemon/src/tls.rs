@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::config::TlsConfig;
+use crate::util::{read, write};
 
 /// Common name of the generated CA. Renewal re-creates the issuer from this name and the
 /// stored CA key (the signature only depends on those), so it must never change.
@@ -225,10 +226,7 @@ impl TlsServer {
     }
 
     pub fn identity(&self) -> Identity {
-        self.identity
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read(&self.identity).clone()
     }
 
     /// Re-read (and for the generated identity, renew if due) the certificate and swap it in.
@@ -236,12 +234,8 @@ impl TlsServer {
     /// certificate. On error the old certificate stays in service.
     pub fn reload(&self) -> Result<Identity, TlsError> {
         let (key, identity) = load(&self.source)?;
-        *self
-            .resolver
-            .current
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
-        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = identity.clone();
+        *write(&self.resolver.current) = Arc::new(key);
+        *write(&self.identity) = identity.clone();
         Ok(identity)
     }
 
@@ -260,12 +254,7 @@ struct SwapResolver {
 
 impl ResolvesServerCert for SwapResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        Some(read(&self.current).clone())
     }
 }
 

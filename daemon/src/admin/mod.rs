@@ -36,6 +36,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::keys::{KeyInfo, KeyStore, Scope};
+use crate::util::blocking;
 
 /// The answer to `keys.create`, from the daemon or offline: the secret appears only here.
 pub fn created_key_json(info: &KeyInfo, secret: &str) -> Value {
@@ -495,15 +496,6 @@ struct RevokeReq {
     #[allow(dead_code)]
     cmd: String,
     key: String,
-}
-
-/// Run a blocking key-store operation off the reactor (redb writes wait for other writers).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("internal error: {e}"))?
 }
 
 async fn dispatch(

@@ -430,16 +430,13 @@ impl LookupEmbed {
         }
     }
     pub fn insert(&self, text: String, v: Vec<f32>) {
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(text, v);
+        crate::util::write(&self.map).insert(text, v);
     }
 }
 
 impl Embed for LookupEmbed {
     fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let map = crate::util::read(&self.map);
         texts
             .iter()
             .map(|t| {
@@ -604,7 +601,7 @@ pub fn run(args: &BenchKbArgs) -> Result<BenchReport, KbError> {
     };
     let embed = Arc::new(LookupEmbed::new(args.dim));
     let open = |e: Arc<LookupEmbed>| -> Result<KnowledgeBase, KbError> {
-        let store = Store::open_in(&work.path)?;
+        let store = Store::open_in(&work.path, super::store::MIGRATIONS)?;
         KnowledgeBase::open(store, e, cfg.clone())
     };
     let mut kb = open(Arc::clone(&embed))?;
@@ -849,7 +846,7 @@ fn print_table(r: &BenchReport) {
 /// operation, so a killer knows what had returned.
 pub fn churn(dir: &Path) -> Result<(), KbError> {
     const FILES: u64 = 6;
-    let store = Store::open_in(dir)?;
+    let store = Store::open_in(dir, super::store::MIGRATIONS)?;
     let kb = KnowledgeBase::open(store, Arc::new(HashEmbed::new(64)), IndexConfig::default())?;
     if kb.collection("c").is_err() {
         kb.create_collection("c")?;
