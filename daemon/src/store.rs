@@ -98,12 +98,22 @@ pub struct Migration {
     pub apply: fn(&WriteTransaction) -> Result<(), StoreError>,
 }
 
+impl Migration {
+    pub const fn new(
+        version: u64,
+        name: &'static str,
+        apply: fn(&WriteTransaction) -> Result<(), StoreError>,
+    ) -> Migration {
+        Migration {
+            version,
+            name,
+            apply,
+        }
+    }
+}
+
 /// Schema step 1, the store's own table: API keys. Never edit a released step.
-pub const KEYS_V1: Migration = Migration {
-    version: 1,
-    name: "api keys",
-    apply: v1_keys,
-};
+pub const KEYS_V1: Migration = Migration::new(1, "api keys", v1_keys);
 
 fn v1_keys(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(KEYS)?;
@@ -264,17 +274,6 @@ mod tests {
         t.insert("v2", n + 1)?;
         Ok(())
     }
-    fn step(
-        version: u64,
-        name: &'static str,
-        apply: fn(&WriteTransaction) -> Result<(), StoreError>,
-    ) -> Migration {
-        Migration {
-            version,
-            name,
-            apply,
-        }
-    }
     fn failing(_: &WriteTransaction) -> Result<(), StoreError> {
         Err(StoreError::Db("boom".into()))
     }
@@ -300,14 +299,17 @@ mod tests {
     fn migrations_run_once_and_new_ones_run_on_upgrade() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
-        let v1 = [step(1, "one", count_v1)];
+        let v1 = [Migration::new(1, "one", count_v1)];
         let s = Store::open(&path, &v1).unwrap();
         assert_eq!(counts(&s), (1, 0));
         drop(s);
         let s = Store::open(&path, &v1).unwrap();
         assert_eq!(counts(&s), (1, 0), "v1 ran again on reopen");
         drop(s);
-        let v2 = [step(1, "one", count_v1), step(2, "two", count_v2)];
+        let v2 = [
+            Migration::new(1, "one", count_v1),
+            Migration::new(2, "two", count_v2),
+        ];
         let s = Store::open(&path, &v2).unwrap();
         assert_eq!(counts(&s), (1, 1));
         assert_eq!(s.schema_version().unwrap(), 2);
@@ -321,12 +323,12 @@ mod tests {
     fn failed_migration_leaves_file_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
-        let ok = [step(1, "one", count_v1)];
+        let ok = [Migration::new(1, "one", count_v1)];
         drop(Store::open(&path, &ok).unwrap());
         let bad = [
-            step(1, "one", count_v1),
-            step(2, "two", count_v2),
-            step(3, "broken", failing),
+            Migration::new(1, "one", count_v1),
+            Migration::new(2, "two", count_v2),
+            Migration::new(3, "broken", failing),
         ];
         let e = Store::open(&path, &bad).unwrap_err().to_string();
         assert!(e.contains("v3") && e.contains("broken"), "{e}");

@@ -41,7 +41,7 @@ use ort::value::{TensorElementType, ValueType};
 use serde_json::Value as Json;
 use tokenizers::{Tokenizer, TruncationParams};
 
-use super::onnx::{first_onnx, int_tensor_view, read_json, FileError, IntType};
+use super::onnx::{first_onnx, impl_file_error, int_tensor_view, read_json, IntType};
 use super::ort_env::{self, OrtError, Provider, ProviderOptions};
 use crate::kb::{Embed, Script};
 use crate::util::{lock, sha256_file};
@@ -139,16 +139,7 @@ pub struct EmbedSpec {
     pub multilingual: bool,
 }
 
-impl FileError for EmbedError {
-    fn missing(file: &Path) -> Self {
-        EmbedError::Missing {
-            file: file.to_path_buf(),
-        }
-    }
-    fn invalid(file: &Path, msg: String) -> Self {
-        invalid(file, msg)
-    }
-}
+impl_file_error!(EmbedError);
 
 /// Optional JSON file: `None` when absent, an error when present but unreadable.
 fn read_optional_json(file: &Path) -> Result<Option<Json>, EmbedError> {

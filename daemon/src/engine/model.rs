@@ -19,7 +19,7 @@ use ort::value::{TensorElementType, ValueType};
 use serde_json::Value as Json;
 use tokenizers::Tokenizer;
 
-use super::onnx::{first_onnx, read_json, FileError};
+use super::onnx::{first_onnx, impl_file_error, read_json};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -111,16 +111,7 @@ pub struct ModelSpec {
     pub mask_type: IntType,
 }
 
-impl FileError for ModelError {
-    fn missing(file: &Path) -> Self {
-        ModelError::Missing {
-            file: file.to_path_buf(),
-        }
-    }
-    fn invalid(file: &Path, msg: String) -> Self {
-        invalid(file, msg)
-    }
-}
+impl_file_error!(ModelError);
 
 fn get_usize(v: &Json, key: &str, file: &Path) -> Result<usize, ModelError> {
     v.get(key)

@@ -38,6 +38,27 @@ pub trait FileError {
     fn invalid(file: &Path, msg: String) -> Self;
 }
 
+/// `impl FileError` for an error enum with `Missing { file }` and `Invalid { file, msg }`
+/// variants (`ModelError`, `EmbedError`).
+macro_rules! impl_file_error {
+    ($t:ident) => {
+        impl $crate::engine::onnx::FileError for $t {
+            fn missing(file: &std::path::Path) -> Self {
+                $t::Missing {
+                    file: file.to_path_buf(),
+                }
+            }
+            fn invalid(file: &std::path::Path, msg: String) -> Self {
+                $t::Invalid {
+                    file: file.to_path_buf(),
+                    msg,
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_file_error;
+
 /// A JSON config file of a model directory (`config.json`, `genai_config.json`, …).
 pub fn read_json<E: FileError>(file: &Path) -> Result<Json, E> {
     let text = std::fs::read_to_string(file).map_err(|e| {

@@ -40,11 +40,7 @@ pub const META_ANALYZER: &str = "analyzer";
 pub const MIGRATIONS: &[Migration] = &[KEYS_V1, KB_V2];
 
 /// Schema step 2: the knowledge-base tables.
-pub const KB_V2: Migration = Migration {
-    version: 2,
-    name: "knowledge base",
-    apply: migrate_v2,
-};
+pub const KB_V2: Migration = Migration::new(2, "knowledge base", migrate_v2);
 
 fn migrate_v2(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(COLLECTIONS)?;
