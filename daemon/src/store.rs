@@ -257,6 +257,7 @@ fn adopt_dir_owner(file: &Path, dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kb::store::MIGRATIONS;
     use redb::ReadableTable;
 
     const COUNTER: TableDefinition<&str, u64> = TableDefinition::new("test_counter");
@@ -288,9 +289,12 @@ mod tests {
     #[test]
     fn creates_file_and_runs_builtin_migrations() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open_in(&dir.path().join("state"), &[KEYS_V1]).unwrap();
+        let s = Store::open_in(&dir.path().join("state"), MIGRATIONS).unwrap();
         assert_eq!(s.path(), dir.path().join("state").join(DB_FILE));
-        assert_eq!(s.schema_version().unwrap(), KEYS_V1.version);
+        assert_eq!(
+            s.schema_version().unwrap(),
+            MIGRATIONS.last().unwrap().version
+        );
         let tx = s.db().begin_read().unwrap();
         tx.open_table(KEYS).unwrap();
     }
@@ -340,8 +344,8 @@ mod tests {
     #[test]
     fn second_open_names_file_in_use() {
         let dir = tempfile::tempdir().unwrap();
-        let _s = Store::open_in(dir.path(), &[KEYS_V1]).unwrap();
-        let e = Store::open_in(dir.path(), &[KEYS_V1]).unwrap_err();
+        let _s = Store::open_in(dir.path(), MIGRATIONS).unwrap();
+        let e = Store::open_in(dir.path(), MIGRATIONS).unwrap_err();
         assert!(matches!(e, StoreError::InUse { .. }), "{e}");
         assert!(e.to_string().contains(DB_FILE));
     }
@@ -351,7 +355,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
         std::fs::write(&path, b"this is not a redb file, not at all, no").unwrap();
-        let e = Store::open(&path, &[KEYS_V1]).unwrap_err().to_string();
+        let e = Store::open(&path, MIGRATIONS).unwrap_err().to_string();
         assert!(e.contains(&path.display().to_string()), "{e}");
         // Never overwritten.
         assert_eq!(
