@@ -46,6 +46,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::tls::TlsServer;
+use crate::util::lock;
 
 /// Concurrent HTTP/2 streams per connection.
 const H2_MAX_STREAMS: u32 = 64;
@@ -123,7 +124,7 @@ pub struct Activity {
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// Admit a connection from `peer`, evicting idle connections to stay within the caps.
@@ -320,7 +321,7 @@ pub struct Progress {
 
 impl Progress {
     fn lock(&self) -> MutexGuard<'_, Framing> {
-        self.framing.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.framing)
     }
 
     fn read(&self, data: &[u8]) {

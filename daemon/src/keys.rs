@@ -14,14 +14,16 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::kb::valid_collection;
 use crate::store::{Store, StoreError, KEYS};
+use crate::util::{hex, lock, read, write};
 
 /// Prefix of every secret; lets log scrubbers and secret scanners recognise them.
 pub const SECRET_PREFIX: &str = "es-";
@@ -110,15 +112,6 @@ impl FromStr for Scope {
             }
         }
     }
-}
-
-/// A knowledge-base collection name: 1-64 letters, digits, `-`, `_`, `.` (also what
-/// `kb:read:` / `kb:write:` scopes may name; the knowledge base uses the same rule).
-pub fn valid_collection(c: &str) -> bool {
-    !c.is_empty()
-        && c.chars().count() <= 64
-        && c.chars()
-            .all(|ch| ch.is_alphanumeric() || matches!(ch, '-' | '_' | '.'))
 }
 
 impl Serialize for Scope {
@@ -386,28 +379,6 @@ impl fmt::Debug for KeyStore {
             .field("store", &self.inner.store)
             .finish()
     }
-}
-
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    // A panic while holding the lock cannot leave the map half-updated (every update is a
-    // single insert/remove/replace), so a poisoned lock is still safe to use.
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(H[usize::from(b >> 4)] as char);
-        s.push(H[usize::from(b & 15)] as char);
-    }
-    s
 }
 
 fn unhex32(s: &str) -> Option<Digest32> {
@@ -847,7 +818,11 @@ mod tests {
 
     fn open(dir: &Path) -> (KeyStore, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::default());
-        let ks = KeyStore::open_with_clock(Store::open_in(dir).unwrap(), clock.clone()).unwrap();
+        let ks = KeyStore::open_with_clock(
+            Store::open_in(dir, &[crate::store::KEYS_V1]).unwrap(),
+            clock.clone(),
+        )
+        .unwrap();
         (ks, clock)
     }
 

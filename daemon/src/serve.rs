@@ -32,10 +32,9 @@ use crate::kb::Embed;
 use crate::keys::{KeyError, KeyStore};
 use crate::store::{Store, StoreError};
 use crate::tls::{TlsError, TlsServer};
+use crate::util::{lock, read, write};
 
-/// Default listen address of an appliance, and of `--dev`.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
-pub const DEV_LISTEN: &str = "127.0.0.1:8443";
+pub use crate::service::{DEFAULT_LISTEN, DEV_LISTEN};
 /// Name of the file in the state dir that holds the bound address (`--listen …:0`).
 pub const ADDR_FILE: &str = "serve.addr";
 
@@ -176,7 +175,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         ca = ?id.ca_path,
         "TLS identity"
     );
-    let keys = KeyStore::open(Store::open_in(&state_dir)?)?;
+    let keys = KeyStore::open(Store::open_in(&state_dir, crate::kb::store::MIGRATIONS)?)?;
     let app = Arc::new(App::new(
         name.clone(),
         model_dir.clone(),
@@ -280,10 +279,7 @@ struct Daemon {
 
 impl Daemon {
     fn server(&self) -> ServerConfig {
-        self.server
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read(&self.server).clone()
     }
 
     /// Re-read the config file: apply the settings that can change live (the `[server]`
@@ -313,7 +309,7 @@ impl Daemon {
             tracing::info!(key = c.key, "{why}: config: `{}` changed; applied", c.key);
         }
         if changes.iter().any(|c| c.live) {
-            *self.server.write().unwrap_or_else(|p| p.into_inner()) = new.server.clone();
+            *write(&self.server) = new.server.clone();
             self.app.set_config(ApiConfig {
                 max_body_bytes: new.server.max_body_bytes,
                 max_inflight_per_key: new.max_inflight_per_key(),
@@ -339,7 +335,7 @@ impl Daemon {
             (None, Some(msg)) => ModelPhase::Failed(msg),
             (None, None) => ModelPhase::Loading,
         };
-        let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
+        let provider = *lock(&self.provider);
         Snapshot {
             model: self.app.model_name.clone(),
             state,
@@ -441,7 +437,7 @@ impl AdminBackend for Daemon {
         let served = self.app.served();
         let stats = served.as_ref().map(|s| s.scheduler.stats());
         let uptime = self.started.elapsed().as_secs_f64();
-        let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
+        let provider = *lock(&self.provider);
         let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
         crate::api::wire::value(&crate::api::wire::admin::AdminStatus {
             model: self.app.model_name.clone(),
@@ -457,11 +453,7 @@ impl AdminBackend for Daemon {
             cancellations: stats.map(|s| s.cancellations),
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: uptime.round(),
-            listen: self
-                .listen_text
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            listen: lock(&self.listen_text).clone(),
             embeddings: self.embeddings_status(),
             tls: crate::api::wire::admin::TlsStatus {
                 source: id.kind.as_str(),
@@ -474,7 +466,7 @@ impl AdminBackend for Daemon {
     }
 
     fn models(&self) -> Value {
-        let provider = *self.provider.lock().unwrap_or_else(|p| p.into_inner());
+        let provider = *lock(&self.provider);
         let dir = |p: &std::path::Path| p.to_string_lossy().into_owned();
         let mut list = vec![crate::api::wire::admin::AdminModel {
             id: self.app.model_name.clone(),
@@ -536,7 +528,7 @@ fn load_in_background(daemon: Arc<Daemon>, config: &Config, state_dir: &Path) {
             match loaded {
                 Ok(scheduler) => {
                     let provider = scheduler.provider();
-                    *daemon.provider.lock().unwrap_or_else(|p| p.into_inner()) = Some(provider);
+                    *lock(&daemon.provider) = Some(provider);
                     tracing::info!(
                         model = %app.model_name,
                         provider = provider.as_str(),
@@ -673,7 +665,7 @@ fn load_embedder_in_background(daemon: &Arc<Daemon>, config: &Config, state_dir:
 fn daemon_loader(
     m: &std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 ) -> std::sync::MutexGuard<'_, Option<std::thread::JoinHandle<()>>> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    lock(m)
 }
 
 async fn serve(
@@ -693,7 +685,7 @@ async fn serve(
     let local = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
-    *daemon.listen_text.lock().unwrap_or_else(|p| p.into_inner()) = format!("https://{local}");
+    *lock(&daemon.listen_text) = format!("https://{local}");
 
     // Shutdown signal shared by the accept loop and the admin socket.
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 use sd_notify::NotifyState;
 use tokio::sync::watch;
 
+/// Default listen address of an appliance, and of `--dev`, where neither `--listen`,
+/// `server.listen` nor socket activation names one (`doctor` checks the same port).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
+pub const DEV_LISTEN: &str = "127.0.0.1:8443";
+
 /// How often the `STATUS=` line is refreshed.
 pub const STATUS_EVERY: Duration = Duration::from_secs(5);
 
@@ -83,6 +88,8 @@ pub fn activated_listener() -> Result<Option<std::net::TcpListener>, String> {
             "socket activation passed more than one socket; only the first (fd 3) is used"
         );
     }
+    // SAFETY: `fd` is the descriptor systemd passed to this process (LISTEN_PID checked by
+    // `listen_fds`); it stays open for the whole borrow, which ends with this statement.
     let is_listening_stream = matches!(
         nix::sys::socket::getsockopt(
             &unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },

@@ -5,11 +5,15 @@
 //! runs, everything else goes through the admin socket; only when no daemon holds the file does
 //! the CLI open it directly (see `admin::cli`).
 //!
-//! Adding a table (e.g. for the knowledge base): define its `TableDefinition` here or in the
-//! owning module, write `fn vN(tx: &WriteTransaction) -> Result<(), StoreError>` that opens (and
-//! thereby creates) it and converts any existing data, and append `Migration { version: N, .. }`
-//! to [`MIGRATIONS`]. Versions are consecutive; a migration runs exactly once, in the same write
-//! transaction that records the new version, so a crash mid-migration leaves the old schema intact.
+//! The store knows no module's tables but its own (`meta`, `keys`): whoever opens it passes the
+//! schema steps in order (the daemon's list is [`crate::kb::store::MIGRATIONS`]: this module's
+//! [`KEYS_V1`], then the knowledge base's step), so the store imports nothing above it.
+//!
+//! Adding a table: define its `TableDefinition` in the owning module, write
+//! `fn vN(tx: &WriteTransaction) -> Result<(), StoreError>` that opens (and thereby creates) it and
+//! converts any existing data, and append `Migration { version: N, .. }` to the daemon's list.
+//! Versions are consecutive; a migration runs exactly once, in the same write transaction that
+//! records the new version, so a crash mid-migration leaves the old schema intact.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,19 +98,22 @@ pub struct Migration {
     pub apply: fn(&WriteTransaction) -> Result<(), StoreError>,
 }
 
-/// Every schema step, in order. Append only; never edit a released step.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "api keys",
-        apply: v1_keys,
-    },
-    Migration {
-        version: 2,
-        name: "knowledge base",
-        apply: crate::kb::store::migrate_v2,
-    },
-];
+impl Migration {
+    pub const fn new(
+        version: u64,
+        name: &'static str,
+        apply: fn(&WriteTransaction) -> Result<(), StoreError>,
+    ) -> Migration {
+        Migration {
+            version,
+            name,
+            apply,
+        }
+    }
+}
+
+/// Schema step 1, the store's own table: API keys. Never edit a released step.
+pub const KEYS_V1: Migration = Migration::new(1, "api keys", v1_keys);
 
 fn v1_keys(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(KEYS)?;
@@ -132,18 +139,14 @@ impl Store {
         state_dir.join(DB_FILE)
     }
 
-    /// Open (or create) `<state_dir>/edgeseek.redb` and bring its schema up to date.
-    pub fn open_in(state_dir: &Path) -> Result<Store, StoreError> {
-        Self::open(&Self::path_in(state_dir))
+    /// Open (or create) `<state_dir>/edgeseek.redb` and bring its schema up to `migrations`.
+    pub fn open_in(state_dir: &Path, migrations: &[Migration]) -> Result<Store, StoreError> {
+        Self::open(&Self::path_in(state_dir), migrations)
     }
 
-    /// Open (or create) the database at `path` and bring its schema up to date.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        Self::open_with(path, MIGRATIONS)
-    }
-
-    /// [`Store::open`] with an explicit migration list (tests exercise the migration runner).
-    pub fn open_with(path: &Path, migrations: &[Migration]) -> Result<Store, StoreError> {
+    /// Open (or create) the database at `path` and bring its schema up to date with
+    /// `migrations`, every schema step in order (the daemon's: [`crate::kb::store::MIGRATIONS`]).
+    pub fn open(path: &Path, migrations: &[Migration]) -> Result<Store, StoreError> {
         let open_err = |msg: String| StoreError::Open {
             file: path.to_path_buf(),
             msg,
@@ -254,6 +257,7 @@ fn adopt_dir_owner(file: &Path, dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kb::store::MIGRATIONS;
     use redb::ReadableTable;
 
     const COUNTER: TableDefinition<&str, u64> = TableDefinition::new("test_counter");
@@ -285,7 +289,7 @@ mod tests {
     #[test]
     fn creates_file_and_runs_builtin_migrations() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open_in(&dir.path().join("state")).unwrap();
+        let s = Store::open_in(&dir.path().join("state"), MIGRATIONS).unwrap();
         assert_eq!(s.path(), dir.path().join("state").join(DB_FILE));
         assert_eq!(
             s.schema_version().unwrap(),
@@ -299,35 +303,23 @@ mod tests {
     fn migrations_run_once_and_new_ones_run_on_upgrade() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
-        let v1 = [Migration {
-            version: 1,
-            name: "one",
-            apply: count_v1,
-        }];
-        let s = Store::open_with(&path, &v1).unwrap();
+        let v1 = [Migration::new(1, "one", count_v1)];
+        let s = Store::open(&path, &v1).unwrap();
         assert_eq!(counts(&s), (1, 0));
         drop(s);
-        let s = Store::open_with(&path, &v1).unwrap();
+        let s = Store::open(&path, &v1).unwrap();
         assert_eq!(counts(&s), (1, 0), "v1 ran again on reopen");
         drop(s);
         let v2 = [
-            Migration {
-                version: 1,
-                name: "one",
-                apply: count_v1,
-            },
-            Migration {
-                version: 2,
-                name: "two",
-                apply: count_v2,
-            },
+            Migration::new(1, "one", count_v1),
+            Migration::new(2, "two", count_v2),
         ];
-        let s = Store::open_with(&path, &v2).unwrap();
+        let s = Store::open(&path, &v2).unwrap();
         assert_eq!(counts(&s), (1, 1));
         assert_eq!(s.schema_version().unwrap(), 2);
         drop(s);
         // An older binary refuses a newer file instead of guessing.
-        let e = Store::open_with(&path, &v1).unwrap_err().to_string();
+        let e = Store::open(&path, &v1).unwrap_err().to_string();
         assert!(e.contains("v2") && e.contains(DB_FILE), "{e}");
     }
 
@@ -335,32 +327,16 @@ mod tests {
     fn failed_migration_leaves_file_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
-        let ok = [Migration {
-            version: 1,
-            name: "one",
-            apply: count_v1,
-        }];
-        drop(Store::open_with(&path, &ok).unwrap());
+        let ok = [Migration::new(1, "one", count_v1)];
+        drop(Store::open(&path, &ok).unwrap());
         let bad = [
-            Migration {
-                version: 1,
-                name: "one",
-                apply: count_v1,
-            },
-            Migration {
-                version: 2,
-                name: "two",
-                apply: count_v2,
-            },
-            Migration {
-                version: 3,
-                name: "broken",
-                apply: failing,
-            },
+            Migration::new(1, "one", count_v1),
+            Migration::new(2, "two", count_v2),
+            Migration::new(3, "broken", failing),
         ];
-        let e = Store::open_with(&path, &bad).unwrap_err().to_string();
+        let e = Store::open(&path, &bad).unwrap_err().to_string();
         assert!(e.contains("v3") && e.contains("broken"), "{e}");
-        let s = Store::open_with(&path, &ok).unwrap();
+        let s = Store::open(&path, &ok).unwrap();
         assert_eq!(s.schema_version().unwrap(), 1);
         assert_eq!(counts(&s), (1, 0), "v2 must have been rolled back");
     }
@@ -368,8 +344,8 @@ mod tests {
     #[test]
     fn second_open_names_file_in_use() {
         let dir = tempfile::tempdir().unwrap();
-        let _s = Store::open_in(dir.path()).unwrap();
-        let e = Store::open_in(dir.path()).unwrap_err();
+        let _s = Store::open_in(dir.path(), MIGRATIONS).unwrap();
+        let e = Store::open_in(dir.path(), MIGRATIONS).unwrap_err();
         assert!(matches!(e, StoreError::InUse { .. }), "{e}");
         assert!(e.to_string().contains(DB_FILE));
     }
@@ -379,7 +355,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
         std::fs::write(&path, b"this is not a redb file, not at all, no").unwrap();
-        let e = Store::open(&path).unwrap_err().to_string();
+        let e = Store::open(&path, MIGRATIONS).unwrap_err().to_string();
         assert!(e.contains(&path.display().to_string()), "{e}");
         // Never overwritten.
         assert_eq!(

@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::config::TlsConfig;
+use crate::util::{read, write};
 
 /// Common name of the generated CA. Renewal re-creates the issuer from this name and the
 /// stored CA key (the signature only depends on those), so it must never change.
@@ -245,17 +246,11 @@ impl TlsServer {
 
     /// The rustls config for the acceptor (TLS 1.3 + 1.2, ALPN h2 and http/1.1).
     pub fn config(&self) -> Arc<ServerConfig> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read(&self.config).clone()
     }
 
     pub fn identity(&self) -> Identity {
-        self.identity
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read(&self.identity).clone()
     }
 
     /// Re-read (and for the generated identity, renew if due) the certificate, and the
@@ -273,14 +268,10 @@ impl TlsServer {
             Some(auth) => Some(server_config(self.resolver.clone(), Some(auth))?),
             None => None,
         };
-        *self
-            .resolver
-            .current
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
-        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = identity.clone();
+        *write(&self.resolver.current) = Arc::new(key);
+        *write(&self.identity) = identity.clone();
         if let Some(config) = config {
-            *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+            *write(&self.config) = config;
         }
         Ok(identity)
     }
@@ -318,12 +309,7 @@ struct SwapResolver {
 
 impl ResolvesServerCert for SwapResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        Some(read(&self.current).clone())
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgeseek::admin::{serve_admin_with, AdminBackend, AdminError, AdminOptions};
+use edgeseek::kb::store::MIGRATIONS;
 use edgeseek::keys::KeyStore;
 use edgeseek::store::Store;
 use serde_json::{json, Value};
@@ -50,7 +51,7 @@ impl Daemon {
             .enable_all()
             .build()
             .unwrap();
-        let keys = KeyStore::open(Store::open_in(state_dir).unwrap()).unwrap();
+        let keys = KeyStore::open(Store::open_in(state_dir, MIGRATIONS).unwrap()).unwrap();
         let socket = state_dir.join("admin.sock");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (k, s) = (keys.clone(), socket.clone());
@@ -334,14 +335,14 @@ fn keys_cli_works_offline() {
 
     // the daemon that starts next accepts the key
     {
-        let ks = KeyStore::open(Store::open_in(&state).unwrap()).unwrap();
+        let ks = KeyStore::open(Store::open_in(&state, MIGRATIONS).unwrap()).unwrap();
         let info = ks.authenticate(&secret).unwrap().unwrap();
         assert_eq!(info.tpm, Some(1000));
     }
 
     let o = edgeseek(&state, &["keys", "revoke", "offline"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let ks = KeyStore::open(Store::open_in(&state).unwrap()).unwrap();
+    let ks = KeyStore::open(Store::open_in(&state, MIGRATIONS).unwrap()).unwrap();
     assert_eq!(ks.authenticate(&secret).unwrap(), None);
 
     // Database held (here by `ks`) but no socket: a clear error, never a second writer.

@@ -56,7 +56,8 @@ fn effect(op: &Op) -> Option<u64> {
 
 /// Reopen the database and return what is stored, checking every document is whole.
 fn inspect(dir: &Path) -> State {
-    let store = Store::open_in(dir).expect("database opens after SIGKILL");
+    let store =
+        Store::open_in(dir, edgeseek::kb::store::MIGRATIONS).expect("database opens after SIGKILL");
     let kb = KnowledgeBase::open(store, Arc::new(HashEmbed::new(64)), IndexConfig::default())
         .expect("knowledge base loads after SIGKILL");
     let mut state = State::new();

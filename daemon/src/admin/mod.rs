@@ -35,19 +35,11 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::keys::{KeyInfo, KeyStore, Scope};
+use crate::keys::{KeyStore, Scope};
+use crate::util::blocking;
 
-/// The answer to `keys.create`, from the daemon or offline: the secret appears only here.
-pub fn created_key_json(info: &KeyInfo, secret: &str) -> Value {
-    crate::api::wire::value(&crate::api::wire::admin::ApiKeyCreated {
-        id: info.id.clone(),
-        name: info.name.clone(),
-        scopes: info.scopes.iter().map(ToString::to_string).collect(),
-        rpm: info.rpm,
-        tpm: info.tpm,
-        secret: secret.to_string(),
-    })
-}
+pub use crate::api::admin_http::AdminBackend;
+pub use crate::api::wire::admin::created_key_json;
 
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -86,27 +78,6 @@ pub enum AdminError {
     Bind { path: PathBuf, msg: String },
     #[error("admin socket {path}: accept failed: {msg}")]
     Accept { path: PathBuf, msg: String },
-}
-
-/// Live data the running server provides to `status` and `models list`.
-pub trait AdminBackend: Send + Sync + 'static {
-    /// Model, provider in use, queue depth, active sequences, tokens/s, uptime, TLS fingerprint
-    /// and expiry: whatever the server knows, as one JSON object. Called on the async runtime,
-    /// so it must not block (read atomics / snapshots, no I/O).
-    fn status(&self) -> Value;
-    /// The served models (JSON array of objects, e.g. `{"id", "provider", "context"}`).
-    fn models(&self) -> Value;
-    /// `reload` (also SIGHUP): re-read what the server caches, e.g. TLS certificates. API keys
-    /// are reloaded by the admin plane itself before this is called.
-    fn reload(&self) -> Result<(), String> {
-        Ok(())
-    }
-    /// Knowledge-base commands (`kb.ingest`, `kb.collections`, `kb.create`, `kb.delete`) with
-    /// the whole request object. Called on a blocking thread: ingestion parses and embeds.
-    fn kb(&self, cmd: &str, req: &Value) -> Result<Value, String> {
-        let _ = req;
-        Err(format!("`{cmd}`: this daemon has no knowledge base"))
-    }
 }
 
 /// Who may connect, beyond root and the daemon's own uid.
@@ -495,15 +466,6 @@ struct RevokeReq {
     #[allow(dead_code)]
     cmd: String,
     key: String,
-}
-
-/// Run a blocking key-store operation off the reactor (redb writes wait for other writers).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("internal error: {e}"))?
 }
 
 async fn dispatch(

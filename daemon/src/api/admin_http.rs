@@ -19,19 +19,41 @@ use tokio::sync::watch;
 
 use super::error::ApiError;
 use super::gate::Call;
+use super::wire::admin::created_key_json;
 use super::wire::admin::{
     AdminStatusAnswer, ApiKey, ApiKeyCreate, AppStatus, History as HistoryAnswer, Sample,
 };
 use super::wire::{self, List};
 use super::{json_response, unix_now, App, Body};
-use crate::admin::{created_key_json, AdminBackend};
 use crate::engine::SchedulerStats;
 use crate::keys::{KeyError, Scope};
+use crate::util::lock;
 
 /// How often tokens/s is sampled for the history.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// Samples kept: 15 minutes at one every 5 s.
 pub const HISTORY_SAMPLES: usize = 180;
+
+/// Live data the running server provides to `status` and `models list`.
+pub trait AdminBackend: Send + Sync + 'static {
+    /// Model, provider in use, queue depth, active sequences, tokens/s, uptime, TLS fingerprint
+    /// and expiry: whatever the server knows, as one JSON object. Called on the async runtime,
+    /// so it must not block (read atomics / snapshots, no I/O).
+    fn status(&self) -> serde_json::Value;
+    /// The served models (JSON array of objects, e.g. `{"id", "provider", "context"}`).
+    fn models(&self) -> serde_json::Value;
+    /// `reload` (also SIGHUP): re-read what the server caches, e.g. TLS certificates. API keys
+    /// are reloaded by the admin plane itself before this is called.
+    fn reload(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Knowledge-base commands (`kb.ingest`, `kb.collections`, `kb.create`, `kb.delete`) with
+    /// the whole request object. Called on a blocking thread: ingestion parses and embeds.
+    fn kb(&self, cmd: &str, req: &serde_json::Value) -> Result<serde_json::Value, String> {
+        let _ = req;
+        Err(format!("`{cmd}`: this daemon has no knowledge base"))
+    }
+}
 
 #[derive(Default)]
 struct History {
@@ -83,14 +105,11 @@ impl AdminHttp {
 
     /// Take one reading of the engine counters (see [`run_sampler`]).
     pub fn sample(&self, stats: Option<&SchedulerStats>) {
-        self.history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(unix_now(), Instant::now(), stats);
+        lock(&self.history).record(unix_now(), Instant::now(), stats);
     }
 
     pub fn history(&self) -> Vec<Sample> {
-        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let h = lock(&self.history);
         h.samples.iter().copied().collect()
     }
 }
@@ -262,10 +281,7 @@ fn limit(v: Option<u64>, param: &str) -> Result<Option<u32>, ApiError> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, KeyError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("key store task failed: {e}")))?
-        .map_err(key_error)
+    crate::util::blocking(move || f().map_err(key_error)).await
 }
 
 fn conflict(message: String, code: &'static str, param: Option<&str>) -> ApiError {

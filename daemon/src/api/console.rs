@@ -143,7 +143,7 @@ fn assets() -> &'static [Asset] {
             .iter()
             .map(|&(name, content_type, raw)| {
                 let digest = Sha256::digest(raw);
-                let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+                let hex = crate::util::hex(&digest[..12]);
                 Asset {
                     name,
                     content_type,

@@ -236,6 +236,12 @@ impl From<EmbedError> for ApiError {
     }
 }
 
+impl From<crate::util::TaskFailed> for ApiError {
+    fn from(e: crate::util::TaskFailed) -> ApiError {
+        ApiError::internal(format!("background task failed: {e}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

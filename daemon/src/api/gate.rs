@@ -27,6 +27,7 @@ use super::error::ApiError;
 use super::routes::{Access, Admit, Params, Route};
 use super::App;
 use crate::keys::{KeyInfo, Scope};
+use crate::util::lock;
 
 /// One request after the gate: who sent it, what it names, its body.
 pub struct Call {
@@ -243,7 +244,7 @@ pub struct InFlight {
 
 impl InFlight {
     fn try_take(self: &Arc<Self>, key_id: &str, units: usize, cap: usize) -> Result<(), usize> {
-        let mut m = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.by_key);
         let held = m.get(key_id).copied().unwrap_or(0);
         // A request larger than the whole share still runs when the key has nothing else in
         // flight, so a cap below `n` cannot make a request impossible.
@@ -255,7 +256,7 @@ impl InFlight {
     }
 
     fn give_back(&self, key_id: &str, units: usize) {
-        let mut m = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.by_key);
         if let Some(n) = m.get_mut(key_id) {
             *n = n.saturating_sub(units);
             if *n == 0 {
@@ -266,7 +267,7 @@ impl InFlight {
 
     /// Units `key_id` holds now.
     pub fn held(&self, key_id: &str) -> usize {
-        let m = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        let m = lock(&self.by_key);
         m.get(key_id).copied().unwrap_or(0)
     }
 }

@@ -54,9 +54,7 @@ impl From<IngestError> for ApiError {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("knowledge base task failed: {e}")))?
+    crate::util::blocking(f).await
 }
 
 /// `GET /v1/kb/collections`: the collections this key may read.

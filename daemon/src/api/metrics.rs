@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::engine::SchedulerStats;
+use crate::util::lock;
 
 /// Bucket bounds (seconds) of the time-to-first-token histogram.
 const TTFT_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -90,7 +91,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn request(&self, route: &'static str, status: u16) {
-        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.requests);
         *m.entry((route, status)).or_insert(0) += 1;
     }
 
@@ -103,7 +104,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE edgeseek_requests_total counter");
         {
-            let m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            let m = lock(&self.requests);
             for ((route, status), n) in m.iter() {
                 let _ = writeln!(
                     out,

@@ -39,6 +39,7 @@ use serde_json::Value;
 
 use crate::engine::{Embedder, Scheduler};
 use crate::keys::KeyStore;
+use crate::util::{read, write};
 use error::ApiError;
 use metrics::Metrics;
 
@@ -126,17 +127,17 @@ impl App {
     }
 
     pub fn set_state(&self, s: ModelState) {
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = s;
+        *write(&self.state) = s;
     }
 
     /// Loading, ready or failed (with the cause).
     pub fn model_state(&self) -> ModelState {
-        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+        read(&self.state).clone()
     }
 
     /// The serving model, if loaded.
     pub fn served(&self) -> Option<Arc<Served>> {
-        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*read(&self.state) {
             ModelState::Ready(s) => Some(s.clone()),
             _ => None,
         }
@@ -144,7 +145,7 @@ impl App {
 
     /// Why the model failed to load, if it did.
     pub fn failure(&self) -> Option<String> {
-        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*read(&self.state) {
             ModelState::Failed(msg) => Some(msg.clone()),
             _ => None,
         }
@@ -152,7 +153,7 @@ impl App {
 
     /// `Err` with the 503 to return while the model is not serving.
     fn ready(&self) -> Result<Arc<Served>, ApiError> {
-        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*read(&self.state) {
             ModelState::Ready(s) => Ok(s.clone()),
             ModelState::Loading => Err(ApiError::loading()),
             ModelState::Failed(msg) => Err(ApiError::unavailable(format!(
@@ -166,7 +167,7 @@ impl App {
     }
 
     pub fn set_embedder(&self, s: EmbedState) {
-        *self.embed.write().unwrap_or_else(|p| p.into_inner()) = s;
+        *write(&self.embed) = s;
     }
 
     /// The embedding service, once loaded (cheap to clone).
@@ -175,7 +176,7 @@ impl App {
     }
 
     fn embedder_loaded(&self) -> Option<(Embedder, u64)> {
-        match &*self.embed.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*read(&self.embed) {
             EmbedState::Ready {
                 embedder,
                 loaded_at,
@@ -186,7 +187,7 @@ impl App {
 
     /// Why there is no embedding service, if there is none: `(loading, cause)`.
     pub fn embedder_problem(&self) -> Option<(bool, String)> {
-        match &*self.embed.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*read(&self.embed) {
             EmbedState::Ready { .. } => None,
             EmbedState::Loading => Some((true, "loading".into())),
             EmbedState::Off(cause) => Some((false, cause.clone())),
@@ -196,7 +197,7 @@ impl App {
 
     /// `Err` with the 503 to return while embeddings are not serving.
     fn embedder_ready(&self) -> Result<Embedder, ApiError> {
-        match &*self.embed.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*read(&self.embed) {
             EmbedState::Ready { embedder, .. } => Ok(embedder.clone()),
             EmbedState::Loading => {
                 let mut e = ApiError::loading();
@@ -213,12 +214,12 @@ impl App {
     }
 
     pub fn set_kb(&self, s: KbState) {
-        *self.kb.write().unwrap_or_else(|p| p.into_inner()) = s;
+        *write(&self.kb) = s;
     }
 
     /// The knowledge base, if it is open.
     pub fn kb_ready(&self) -> Option<Arc<crate::kb::ingest::Ingestor>> {
-        match &*self.kb.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*read(&self.kb) {
             KbState::Ready(k) => Some(k.clone()),
             _ => None,
         }
@@ -226,7 +227,7 @@ impl App {
 
     /// The knowledge base, or the 503 that says why it is not there.
     pub fn kb(&self) -> Result<Arc<crate::kb::ingest::Ingestor>, ApiError> {
-        match &*self.kb.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*read(&self.kb) {
             KbState::Ready(k) => Ok(k.clone()),
             KbState::Loading => {
                 let mut e = ApiError::loading();
@@ -242,12 +243,12 @@ impl App {
 
     /// The API settings in effect.
     pub fn config(&self) -> ApiConfig {
-        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+        read(&self.cfg).clone()
     }
 
     /// New API settings (config reload); requests that already read their limit keep it.
     pub fn set_config(&self, cfg: ApiConfig) {
-        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = cfg;
+        *write(&self.cfg) = cfg;
     }
 }
 

@@ -30,7 +30,6 @@
 //! and is English-only: Chinese text gets vectors, but meaningless ones.
 
 use std::borrow::Cow;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -38,13 +37,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use ort::session::{Session, SessionInputValue};
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{TensorElementType, ValueType};
 use serde_json::Value as Json;
-use sha2::{Digest, Sha256};
 use tokenizers::{Tokenizer, TruncationParams};
 
+use super::onnx::{first_onnx, impl_file_error, int_tensor_view, read_json, IntType};
 use super::ort_env::{self, OrtError, Provider, ProviderOptions};
 use crate::kb::{Embed, Script};
+use crate::util::{lock, sha256_file};
 
 /// Directory name of the default embedding model (`scripts/setup` assembles it).
 pub const DEFAULT_MODEL: &str = "all-minilm-l6-v2";
@@ -139,18 +139,7 @@ pub struct EmbedSpec {
     pub multilingual: bool,
 }
 
-fn read_json(file: &Path) -> Result<Json, EmbedError> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            EmbedError::Missing {
-                file: file.to_path_buf(),
-            }
-        } else {
-            invalid(file, e.to_string())
-        }
-    })?;
-    serde_json::from_str(&text).map_err(|e| invalid(file, format!("invalid JSON: {e}")))
-}
+impl_file_error!(EmbedError);
 
 /// Optional JSON file: `None` when absent, an error when present but unreadable.
 fn read_optional_json(file: &Path) -> Result<Option<Json>, EmbedError> {
@@ -230,23 +219,7 @@ fn find_onnx(dir: &Path) -> Result<PathBuf, EmbedError> {
     if preferred.is_file() {
         return Ok(preferred);
     }
-    let mut all: Vec<PathBuf> = std::fs::read_dir(&sub)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.extension().is_some_and(|e| e == "onnx")
-                        && p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with("model"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    all.sort();
-    all.into_iter()
-        .next()
-        .ok_or(EmbedError::Missing { file: top })
+    first_onnx(&sub, "model").ok_or(EmbedError::Missing { file: top })
 }
 
 impl EmbedSpec {
@@ -268,7 +241,7 @@ impl EmbedSpec {
             return Err(EmbedError::Missing { file: tokenizer });
         }
         let cfg_file = dir.join("config.json");
-        let cfg = read_json(&cfg_file)?;
+        let cfg = read_json::<EmbedError>(&cfg_file)?;
         let dim = positive(&cfg, "hidden_size", &cfg_file)?
             .ok_or_else(|| invalid(&cfg_file, "`hidden_size` missing"))?;
         let positions = positive(&cfg, "max_position_embeddings", &cfg_file)?;
@@ -369,13 +342,6 @@ fn locate_in(configured: Option<&Path>, candidates: &[PathBuf]) -> Result<PathBu
     })
 }
 
-/// Integer type of an id / mask input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum IntType {
-    I64,
-    I32,
-}
-
 /// The graph's embedding output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Output {
@@ -399,20 +365,12 @@ const ATTENTION_MASK: &str = "attention_mask";
 const TOKEN_TYPE_IDS: &str = "token_type_ids";
 
 fn int_type(t: &ValueType, file: &Path, name: &str) -> Result<IntType, EmbedError> {
-    match t {
-        ValueType::Tensor {
-            ty: TensorElementType::Int64,
-            ..
-        } => Ok(IntType::I64),
-        ValueType::Tensor {
-            ty: TensorElementType::Int32,
-            ..
-        } => Ok(IntType::I32),
-        other => Err(invalid(
+    IntType::of(t).ok_or_else(|| {
+        invalid(
             file,
-            format!("input `{name}` has unsupported type {other:?} (int64 or int32 expected)"),
-        )),
-    }
+            format!("input `{name}` has unsupported type {t:?} (int64 or int32 expected)"),
+        )
+    })
 }
 
 /// Check the graph against the spec and find its inputs and output.
@@ -496,21 +454,6 @@ fn bind_graph(session: &Session, spec: &EmbedSpec) -> Result<Graph, EmbedError> 
         type_ids,
         output,
     })
-}
-
-/// sha256 of a file, hex.
-fn sha256_file(file: &Path) -> Result<String, EmbedError> {
-    let mut f = std::fs::File::open(file).map_err(|e| invalid(file, e.to_string()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| invalid(file, e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Pool token vectors (`hidden` is `[batch, seq, dim]`, row-major) into one vector per row.
@@ -600,20 +543,7 @@ fn int_input<'a>(
     data64: &'a [i64],
     data32: &'a mut Vec<i32>,
 ) -> Result<SessionInputValue<'a>, EmbedError> {
-    Ok(match ty {
-        IntType::I64 => TensorRef::from_array_view((shape, data64))
-            .map_err(run_err)?
-            .into_dyn()
-            .into(),
-        IntType::I32 => {
-            data32.clear();
-            data32.extend(data64.iter().map(|&x| x as i32));
-            TensorRef::from_array_view((shape, &data32[..]))
-                .map_err(run_err)?
-                .into_dyn()
-                .into()
-        }
-    })
+    int_tensor_view(ty, shape, data64, data32).map_err(run_err)
 }
 
 impl Model {
@@ -863,7 +793,7 @@ impl Embedder {
         let rt = ort_env::runtime(library)?;
         let (session, provider) = rt.load_session(&spec.onnx, &opts)?;
         let graph = bind_graph(&session, &spec)?;
-        let sha = sha256_file(&spec.onnx)?;
+        let sha = sha256_file(&spec.onnx).map_err(|e| invalid(&spec.onnx, e.to_string()))?;
         let model_id = format!("{}@{}", spec.name, &sha[..12]);
         let model = Model {
             session,
@@ -1031,12 +961,7 @@ impl Embedder {
 
     fn send(&self, job: Job, wait: bool) -> Result<(), EmbedError> {
         let sh = &self.shared;
-        let tx = sh
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(EmbedError::ShutDown)?;
+        let tx = lock(&sh.tx).clone().ok_or(EmbedError::ShutDown)?;
         let queued = sh.counters.queued.fetch_add(1, Ordering::SeqCst);
         let sent = if wait {
             tx.send(job).map_err(|_| EmbedError::ShutDown)
@@ -1066,8 +991,8 @@ impl Shared {
     fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         // Dropping the last sender ends the worker's `recv` once the queue is drained.
-        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(lock(&self.tx).take());
+        let thread = lock(&self.thread).take();
         if let Some(t) = thread {
             if t.join().is_err() {
                 tracing::error!("embedding thread panicked");

@@ -5,6 +5,7 @@ pub mod detok;
 pub mod embed;
 pub mod generate;
 pub mod model;
+pub mod onnx;
 pub mod ort_env;
 pub mod prefix;
 pub mod runner;

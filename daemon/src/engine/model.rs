@@ -19,6 +19,8 @@ use ort::value::{TensorElementType, ValueType};
 use serde_json::Value as Json;
 use tokenizers::Tokenizer;
 
+use super::onnx::{first_onnx, impl_file_error, read_json};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("model directory {0} does not exist")]
@@ -69,12 +71,7 @@ impl FloatType {
     }
 }
 
-/// Integer type the graph wants for ids / mask / positions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IntType {
-    I64,
-    I32,
-}
+pub use super::onnx::IntType;
 
 /// Names of the graph's inputs and outputs.
 #[derive(Clone, Debug)]
@@ -114,18 +111,7 @@ pub struct ModelSpec {
     pub mask_type: IntType,
 }
 
-fn read_json(file: &Path) -> Result<Json, ModelError> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ModelError::Missing {
-                file: file.to_path_buf(),
-            }
-        } else {
-            invalid(file, e.to_string())
-        }
-    })?;
-    serde_json::from_str(&text).map_err(|e| invalid(file, format!("invalid JSON: {e}")))
-}
+impl_file_error!(ModelError);
 
 fn get_usize(v: &Json, key: &str, file: &Path) -> Result<usize, ModelError> {
     v.get(key)
@@ -159,7 +145,7 @@ fn merge_ids(mut first: Vec<u32>, more: Vec<u32>) -> Vec<u32> {
 
 /// EOS ids from `generation_config.json`, if the directory has a readable one.
 fn generation_eos(dir: &Path) -> Vec<u32> {
-    read_json(&dir.join("generation_config.json"))
+    read_json::<ModelError>(&dir.join("generation_config.json"))
         .map(|gc| ids_of(gc.get("eos_token_id")))
         .unwrap_or_default()
 }
@@ -451,13 +437,7 @@ fn element_type<T: Copy>(
 }
 
 fn int_type(t: &ValueType, file: &Path, name: &str) -> Result<IntType, ModelError> {
-    use TensorElementType::{Int32, Int64};
-    element_type(
-        t,
-        file,
-        name,
-        &[(Int64, IntType::I64), (Int32, IntType::I32)],
-    )
+    IntType::of(t).ok_or_else(|| invalid(file, format!("`{name}` has unsupported type {t:?}")))
 }
 
 fn float_type(t: &ValueType, file: &Path, name: &str) -> Result<FloatType, ModelError> {
@@ -487,16 +467,7 @@ fn pick_onnx_file(onnx_dir: &Path) -> Result<PathBuf, ModelError> {
             return Ok(p);
         }
     }
-    let mut all: Vec<PathBuf> = std::fs::read_dir(onnx_dir)
-        .map_err(|_| ModelError::Missing {
-            file: onnx_dir.join("model.onnx"),
-        })?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
-        .collect();
-    all.sort();
-    all.into_iter().next().ok_or(ModelError::Missing {
+    first_onnx(onnx_dir, "").ok_or(ModelError::Missing {
         file: onnx_dir.join("model.onnx"),
     })
 }

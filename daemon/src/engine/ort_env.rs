@@ -167,7 +167,7 @@ pub fn runtime(configured: Option<&Path>) -> Result<&'static Runtime, OrtError> 
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
-    let _init = INIT.lock().unwrap_or_else(|p| p.into_inner());
+    let _init = crate::util::lock(&INIT);
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }

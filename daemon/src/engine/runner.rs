@@ -27,9 +27,10 @@
 use std::borrow::Cow;
 
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynTensor, DynTensorValueType, DynValue, Shape, Tensor};
+use ort::value::{DynTensor, DynTensorValueType, DynValue, Shape};
 
 use super::model::{FloatType, IntType, ModelSpec};
+use super::onnx;
 use super::ort_env::Provider;
 
 #[derive(Debug, thiserror::Error)]
@@ -400,19 +401,7 @@ fn int_tensor(
     shape: Vec<usize>,
     data: Vec<i64>,
 ) -> Result<SessionInputValue<'static>, RunError> {
-    Ok(match ty {
-        IntType::I64 => Tensor::from_array((shape, data))
-            .map_err(ort_err)?
-            .into_dyn()
-            .into(),
-        IntType::I32 => Tensor::from_array((
-            shape,
-            data.into_iter().map(|x| x as i32).collect::<Vec<i32>>(),
-        ))
-        .map_err(ort_err)?
-        .into_dyn()
-        .into(),
-    })
+    onnx::int_tensor(ty, shape, data).map_err(ort_err)
 }
 
 /// The logits row of the last position of every batch entry, as f32.

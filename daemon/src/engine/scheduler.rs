@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::util::lock;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -353,7 +354,7 @@ impl Scheduler {
                 max_queue: sh.cfg.max_queue,
             });
         }
-        let guard = sh.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = lock(&sh.tx);
         let sent = match guard.as_ref() {
             Some(tx) => tx.try_send(job).map_err(|e| match e {
                 TrySendError::Full(_) => SchedulerError::QueueFull {
@@ -400,8 +401,8 @@ impl Scheduler {
         let sh = &self.shared;
         sh.stop.store(true, Ordering::SeqCst);
         // Dropping the sender wakes a loop blocked waiting for work.
-        drop(sh.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let thread = sh.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(lock(&sh.tx).take());
+        let thread = lock(&sh.thread).take();
         if let Some(t) = thread {
             if t.join().is_err() {
                 tracing::error!("engine thread panicked");

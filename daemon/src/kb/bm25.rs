@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use super::text::{self, TermKind};
+use super::topk::top_k;
 
 /// Term saturation: how quickly repeated occurrences stop adding score.
 pub const K1: f32 = 1.2;
@@ -204,17 +205,6 @@ impl Bm25 {
             top_has_idents: idents > 0 && idents_found == idents,
         }
     }
-}
-
-/// Keep the `k` highest scores of `v`, best first; ties go to the lower slot so results are
-/// deterministic.
-pub fn top_k(v: &mut Vec<(u32, f32)>, k: usize) {
-    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if v.len() > k {
-        v.select_nth_unstable_by(k, cmp);
-        v.truncate(k);
-    }
-    v.sort_unstable_by(cmp);
 }
 
 #[cfg(test)]

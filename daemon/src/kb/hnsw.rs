@@ -400,17 +400,9 @@ impl Hnsw {
         for l in (1..=self.max_level).rev() {
             ep = self.greedy(m, q, ep, l);
         }
-        let mut visited = self
-            .pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_default();
+        let mut visited = crate::util::lock(&self.pool).pop().unwrap_or_default();
         let found = self.search_layer(m, q, ep, ef.max(k), 0, Some(alive), &mut visited);
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(visited);
+        crate::util::lock(&self.pool).push(visited);
         found.into_iter().take(k).map(|n| (n.id, n.sim)).collect()
     }
 }

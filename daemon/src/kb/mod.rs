@@ -19,6 +19,7 @@ pub mod hnsw;
 pub mod ingest;
 pub mod store;
 pub mod text;
+pub mod topk;
 pub mod vector;
 
 pub use base::{
@@ -94,6 +95,16 @@ impl fmt::Display for DocKind {
             DocKind::Docx => "docx",
         })
     }
+}
+
+/// A collection name: 1-64 letters, digits, `-`, `_`, `.`. API key scopes (`kb:read:C`,
+/// `kb:write:C`) name collections by the same rule.
+pub fn valid_collection(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().count() <= 64
+        && name
+            .chars()
+            .all(|ch| ch.is_alphanumeric() || matches!(ch, '-' | '_' | '.'))
 }
 
 /// What a structural block is; the chunker keeps headings as a path and avoids splitting

@@ -22,7 +22,7 @@ use redb::{TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::DocKind;
-use crate::store::StoreError;
+use crate::store::{Migration, StoreError, KEYS_V1};
 
 pub const KB_META: TableDefinition<&str, &str> = TableDefinition::new("kb_meta");
 pub const COLLECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("kb_collections");
@@ -34,8 +34,15 @@ pub const TERMS: TableDefinition<&str, &[u8]> = TableDefinition::new("kb_terms")
 
 pub const META_ANALYZER: &str = "analyzer";
 
-/// Schema step 2: create the knowledge-base tables (see [`crate::store::MIGRATIONS`]).
-pub fn migrate_v2(tx: &WriteTransaction) -> Result<(), StoreError> {
+/// Every schema step of the daemon's database, in order: the store's own (API keys), then the
+/// knowledge base's. The store runs what it is given; the list lives here, with the highest
+/// module that owns tables, so that the store needs to import none of them. Append only.
+pub const MIGRATIONS: &[Migration] = &[KEYS_V1, KB_V2];
+
+/// Schema step 2: the knowledge-base tables.
+pub const KB_V2: Migration = Migration::new(2, "knowledge base", migrate_v2);
+
+fn migrate_v2(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(COLLECTIONS)?;
     tx.open_table(DOCUMENTS)?;
     tx.open_table(DOC_NAMES)?;

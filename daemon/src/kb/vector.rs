@@ -147,7 +147,7 @@ pub fn exact_top(m: &Matrix, q: &[f32], from: usize, alive: &[bool], k: usize) -
             all.push((i as u32, dot(m.row(i), q)));
         }
     }
-    super::bm25::top_k(&mut all, k);
+    super::topk::top_k(&mut all, k);
     all
 }
 

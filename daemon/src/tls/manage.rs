@@ -28,6 +28,7 @@ use super::{
     RENEW_BEFORE_DAYS,
 };
 use crate::config::TlsConfig;
+use crate::util::hex;
 
 /// The fields of an X.509 certificate `tls show` reports, read with a minimal DER walk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,10 +177,6 @@ fn subject_alt_names(explicit: &[u8]) -> Option<Vec<String>> {
         return Some(out);
     }
     Some(Vec::new())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `Name ::= SEQUENCE OF SET OF SEQUENCE { type OID, value ANY }` as `CN=…, O=…`.

@@ -236,3 +236,15 @@ pub struct IngestLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// The answer to `keys.create`, from the daemon or offline: the secret appears only here.
+pub fn created_key_json(info: &crate::keys::KeyInfo, secret: &str) -> serde_json::Value {
+    super::value(&ApiKeyCreated {
+        id: info.id.clone(),
+        name: info.name.clone(),
+        scopes: info.scopes.iter().map(ToString::to_string).collect(),
+        rpm: info.rpm,
+        tpm: info.tpm,
+        secret: secret.to_string(),
+    })
+}

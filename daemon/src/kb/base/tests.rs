@@ -1,7 +1,10 @@
 use std::path::Path;
 
 use super::*;
-use crate::kb::HashEmbed;
+use crate::kb::hnsw::Hnsw;
+use crate::kb::store::{CHUNKS, DOCUMENTS, DOC_NAMES, KB_META, TERMS, VECTORS};
+use crate::kb::text::ANALYZER_VERSION;
+use crate::kb::{Chunk, HashEmbed, Script};
 use redb::ReadableTableMetadata;
 
 /// HashEmbed that refuses any batch containing "FAIL" (a model error mid-ingest).
@@ -32,7 +35,7 @@ impl Embed for FailOn {
 }
 
 fn open_with(dir: &Path, embed: Arc<dyn Embed>, cfg: IndexConfig) -> KnowledgeBase {
-    let store = Store::open_in(dir).unwrap();
+    let store = Store::open_in(dir, kbstore::MIGRATIONS).unwrap();
     KnowledgeBase::open(store, embed, cfg).unwrap()
 }
 
@@ -673,20 +676,11 @@ fn stale_analyzer_terms_are_rederived_at_open() {
 
 #[test]
 fn migrates_a_v1_database_with_keys_to_the_kb_schema() {
-    use crate::store::{Migration, KEYS, MIGRATIONS};
+    use crate::store::{KEYS, KEYS_V1};
     let dir = tempfile::tempdir().unwrap();
     let path = Store::path_in(dir.path());
-    let v1: Vec<Migration> = MIGRATIONS
-        .iter()
-        .filter(|m| m.version == 1)
-        .map(|m| Migration {
-            version: m.version,
-            name: m.name,
-            apply: m.apply,
-        })
-        .collect();
     {
-        let s = Store::open_with(&path, &v1).unwrap();
+        let s = Store::open(&path, &[KEYS_V1]).unwrap();
         assert_eq!(s.schema_version().unwrap(), 1);
         let tx = s.db().begin_write().unwrap();
         tx.open_table(KEYS)
@@ -698,7 +692,7 @@ fn migrates_a_v1_database_with_keys_to_the_kb_schema() {
         let r = s.db().begin_read().unwrap();
         assert!(r.open_table(COLLECTIONS).is_err());
     }
-    let s = Store::open(&path).unwrap();
+    let s = Store::open(&path, kbstore::MIGRATIONS).unwrap();
     assert_eq!(s.schema_version().unwrap(), 2);
     {
         let r = s.db().begin_read().unwrap();

@@ -409,16 +409,13 @@ impl LookupEmbed {
         }
     }
     pub fn insert(&self, text: String, v: Vec<f32>) {
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(text, v);
+        crate::util::write(&self.map).insert(text, v);
     }
 }
 
 impl Embed for LookupEmbed {
     fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let map = crate::util::read(&self.map);
         texts
             .iter()
             .map(|t| {

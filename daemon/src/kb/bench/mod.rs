@@ -173,7 +173,7 @@ pub fn run(args: &BenchKbArgs) -> Result<BenchReport, KbError> {
     };
     let embed = Arc::new(LookupEmbed::new(args.dim));
     let open = |e: Arc<LookupEmbed>| -> Result<KnowledgeBase, KbError> {
-        let store = Store::open_in(&work.path)?;
+        let store = Store::open_in(&work.path, super::store::MIGRATIONS)?;
         KnowledgeBase::open(store, e, cfg.clone())
     };
     let mut kb = open(Arc::clone(&embed))?;
@@ -418,7 +418,7 @@ fn print_table(r: &BenchReport) {
 /// operation, so a killer knows what had returned.
 pub fn churn(dir: &Path) -> Result<(), KbError> {
     const FILES: u64 = 6;
-    let store = Store::open_in(dir)?;
+    let store = Store::open_in(dir, super::store::MIGRATIONS)?;
     let kb = KnowledgeBase::open(store, Arc::new(HashEmbed::new(64)), IndexConfig::default())?;
     if kb.collection("c").is_err() {
         kb.create_collection("c")?;
