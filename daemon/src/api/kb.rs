@@ -15,7 +15,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::{authenticate, json_response, read_body, read_json_body, App, Body};
+use super::{authenticate, json_response, read_json_body, App, Body};
 use crate::kb::base::{CollectionInfo, DocInfo, KbError, SearchMode, SearchRequest};
 use crate::kb::ingest::{IngestError, Ingestor};
 use crate::kb::DocKind;
@@ -84,7 +84,18 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> ApiError {
         match e {
             IngestError::Kb(k) => k.into(),
-            IngestError::TooLarge { limit, .. } => ApiError::payload_too_large(limit),
+            IngestError::TooLarge { limit, .. } => {
+                ApiError::payload_too_large(usize::try_from(limit).unwrap_or(usize::MAX))
+            }
+            IngestError::Busy { .. } => {
+                let mut a = ApiError::unavailable(e.to_string());
+                a.retry_after = Some(5);
+                a
+            }
+            IngestError::Spool(_) => {
+                tracing::error!(error = %e, "ingest failed");
+                ApiError::internal(e.to_string())
+            }
             other => ApiError::bad_request(other.to_string()),
         }
     }
@@ -291,6 +302,8 @@ async fn upload(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let filename = filename_of(&req)?;
+    crate::kb::valid_filename(&filename)
+        .map_err(|m| ApiError::invalid_param("filename", format!("filename {m}")))?;
     let ct = req
         .headers()
         .get(CONTENT_TYPE)
@@ -305,9 +318,48 @@ async fn upload(
         ))
     })?;
     let limit = kb.max_document_bytes();
-    let bytes = read_body(req, limit).await?;
-    let (doc, replaced) =
-        blocking(move || Ok(kb.ingest(&collection, &filename, kind, &bytes)?)).await?;
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        super::drain(req.into_body(), limit.saturating_mul(2)).await;
+        return Err(ApiError::payload_too_large(limit));
+    }
+    // A missing collection is a 404 before the body is read.
+    let k = kb.clone();
+    let c = collection.clone();
+    blocking(move || Ok(k.base().collection(&c)?)).await?;
+    // A slot first: it bounds the spool's disk use as well as the ingest work.
+    let slot = kb.admit().await.map_err(|e| {
+        let mut a = ApiError::unavailable(e.to_string());
+        a.retry_after = Some(5);
+        a
+    })?;
+    // The body goes to a spool file on the ingest's own thread, piece by piece; the
+    // document is never held in memory here.
+    let up = kb.begin(slot, collection, filename, kind)?;
+    let mut body = req.into_body();
+    let mut seen = 0usize;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > limit {
+            // Dropping `up` abandons the ingest and removes its spool file.
+            drop(up);
+            super::drain(body, limit).await;
+            return Err(ApiError::payload_too_large(limit));
+        }
+        if !up.write(data).await {
+            break;
+        }
+    }
+    let (doc, replaced) = up.finish().await?;
     let mut m = document_json(&doc);
     m.insert("replaced".into(), Value::Bool(replaced));
     Ok(json_response(StatusCode::CREATED, &Value::Object(m)))
