@@ -470,10 +470,11 @@ fn words(text: &str) -> Vec<&str> {
     out
 }
 
-/// The last resort: the longest prefixes within `max` tokens, by binary search over
-/// character boundaries. The search looks at a window about twice the previous piece (grown
-/// by doubling while it still fits), never at the whole rest, so a long run costs time in
-/// proportion to its length.
+/// The last resort: prefixes within `max` tokens, cut at characters. The count of a window
+/// (about twice the previous piece, doubled while it still fits) gives the characters per
+/// token; the cut is guessed from it and corrected proportionally until it fits, then moved
+/// once towards the limit. So a long run costs a few counts per piece, each of about a piece,
+/// never a search over the whole rest.
 fn split_chars(text: &str, max: usize, count_tokens: &dyn Fn(&str) -> usize) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = text;
@@ -481,32 +482,43 @@ fn split_chars(text: &str, max: usize, count_tokens: &dyn Fn(&str) -> usize) -> 
     let mut window = (max.saturating_mul(4)).clamp(16, 4096);
     while !rest.trim().is_empty() {
         // End offsets of the first `window` characters; grow while all of them fit.
-        let bounds = loop {
+        let (bounds, tokens) = loop {
             let bounds: Vec<usize> = rest
                 .char_indices()
                 .take(window)
                 .map(|(i, c)| i + c.len_utf8())
                 .collect();
-            let end = bounds.last().copied().unwrap_or(0);
-            if end == rest.len() || count_tokens(rest[..end].trim()) > max {
-                break bounds;
+            let end = bounds.last().copied().unwrap_or(rest.len());
+            let tokens = count_tokens(rest[..end].trim());
+            if end == rest.len() || tokens > max {
+                break (bounds, tokens);
             }
             window = window.saturating_mul(2);
         };
-        // At least one character per piece, even if a single character counts more than
-        // `max` (only possible with max = 0, which `chunk` rules out).
-        let (mut lo, mut hi) = (0usize, bounds.len().saturating_sub(1));
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if count_tokens(rest[..bounds[mid]].trim()) <= max {
-                lo = mid;
-            } else {
-                hi = mid - 1;
+        let n = bounds.len();
+        let fits = |k: usize| count_tokens(rest[..bounds[k - 1]].trim());
+        // `k` characters; at least one per piece, even if a single character counts more
+        // than `max` (only possible with max = 0, which `chunk` rules out).
+        let mut k = if tokens <= max {
+            n
+        } else {
+            (n * max / tokens.max(1)).clamp(1, n)
+        };
+        let mut c = if k == n { tokens } else { fits(k) };
+        while c > max && k > 1 {
+            k = (k * max / c.max(1)).clamp(1, k - 1);
+            c = fits(k);
+        }
+        // One step towards a full piece when the guess fell short.
+        if c < max && k < n && c > 0 {
+            let up = (k * max / c).min(n);
+            if up > k && fits(up) <= max {
+                k = up;
             }
         }
-        let cut = bounds.get(lo).copied().unwrap_or(rest.len());
-        // The next piece is probably about as long: search twice that.
-        window = (lo + 1).saturating_mul(2).max(16);
+        let cut = bounds.get(k - 1).copied().unwrap_or(rest.len());
+        // The next piece is probably about as long: look at twice that.
+        window = k.saturating_mul(2).max(16);
         out.push(rest[..cut].to_string());
         rest = &rest[cut..];
     }
@@ -539,21 +551,34 @@ fn tail_within<'a>(s: &'a str, max: usize, count_tokens: &dyn Fn(&str) -> usize)
         .take(max.saturating_mul(8).clamp(16, 4096))
         .map(|(i, _)| base + i)
         .collect();
-    // starts[k]: the suffix of k + 1 characters; find the largest k that fits.
-    let (mut lo, mut hi) = (0usize, starts.len());
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if count_tokens(&s[starts[mid - 1]..]) <= max {
-            lo = mid;
-        } else {
-            hi = mid - 1;
+    // starts[k - 1]: where the suffix of k characters begins. As in `split_chars`: guess k
+    // from the count of the whole window, correct it until it fits, one step back up.
+    let n = starts.len();
+    if n == 0 {
+        return "";
+    }
+    let suffix = |k: usize| count_tokens(&s[starts[k - 1]..]);
+    let total = suffix(n);
+    let mut k = if total <= max {
+        n
+    } else {
+        (n * max / total.max(1)).clamp(1, n)
+    };
+    let mut c = if k == n { total } else { suffix(k) };
+    while c > max && k > 1 {
+        k = (k * max / c.max(1)).clamp(1, k - 1);
+        c = suffix(k);
+    }
+    if c > max {
+        return "";
+    }
+    if c < max && k < n && c > 0 {
+        let up = (k * max / c).min(n);
+        if up > k && suffix(up) <= max {
+            k = up;
         }
     }
-    if lo == 0 {
-        ""
-    } else {
-        &s[starts[lo - 1]..]
-    }
+    &s[starts[k - 1]..]
 }
 
 /// `text` in consecutive parts of at most `limit` bytes (except a single character longer
