@@ -63,8 +63,8 @@ pub struct KbConfig {
     pub max_concurrent_ingests: usize,
     /// Seconds an upload waits for an ingest slot before it gets a 503. Default 30.
     pub ingest_wait_s: u64,
-    /// Seconds chunking one document may take. Default 120 (a 64 MiB document chunks in
-    /// well under that).
+    /// Seconds chunking one document may take. Default 300: ordinary text of the largest
+    /// size chunks well within it; a pathological one is refused.
     pub chunk_timeout_s: u64,
 }
 

@@ -63,7 +63,7 @@ impl Default for IngestLimits {
         IngestLimits {
             max_concurrent: 2,
             wait: Duration::from_secs(30),
-            chunk_timeout: Duration::from_secs(120),
+            chunk_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -239,6 +239,11 @@ impl Ingestor {
         let t0 = Instant::now();
         let parsed = parse_file(path, kind, &self.parse)?;
         let t1 = Instant::now();
+        tracing::debug!(
+            blocks = parsed.blocks.len(),
+            parse_s = (t1 - t0).as_secs_f64(),
+            "document parsed"
+        );
         let embed = self.base.embedder().clone();
         let count = |t: &str| embed.count_tokens(t);
         let deadline = t1 + self.limits.chunk_timeout;
@@ -246,6 +251,11 @@ impl Ingestor {
             .map_err(|_| IngestError::ChunkTimeout(self.limits.chunk_timeout.as_secs()))?;
         let t2 = Instant::now();
         let n_chunks = chunks.len();
+        tracing::debug!(
+            chunks = n_chunks,
+            chunk_s = (t2 - t1).as_secs_f64(),
+            "document chunked"
+        );
         if chunks.is_empty() {
             return Err(IngestError::NoChunks);
         }
