@@ -4,7 +4,7 @@
 import { h, put, toast } from './dom.js';
 import { t, lang } from './i18n.js';
 import { api, session, whenUnauthorized, ApiError } from './api.js';
-import { ownerOf } from './store.js';
+import { ownerOf, removeOwner } from './store.js';
 import { ChatView } from './chat.js';
 
 const root = document.getElementById('app');
@@ -74,12 +74,18 @@ async function enter() {
   await show();
 }
 
-function signOut(message) {
+async function signOut(message) {
+  const key = session.key;
   session.clear();
   for (const v of Object.values(views)) v.destroy?.();
   for (const k of Object.keys(views)) delete views[k];
   current = null;
   isAdmin = false;
+  // The conversations go with the key (a shared browser keeps nothing of a signed-out user),
+  // before the sign-in form shows: whoever sits down next finds nothing.
+  if (key) {
+    try { await removeOwner(await ownerOf(key)); } catch (e) { toast(String(e)); }
+  }
   signIn(message);
 }
 

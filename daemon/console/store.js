@@ -1,6 +1,6 @@
 // Conversations live in this browser's IndexedDB, never on the appliance. Each conversation
 // records which key made it (a hash of the key, not the key), so people sharing a browser
-// with different keys see their own lists.
+// with different keys see their own lists; signing out deletes that key's conversations.
 
 const DB = 'edgeseek-console';
 const STORE = 'conversations';
@@ -65,6 +65,26 @@ export async function remove(id) {
   const db = await open();
   if (!db) { memory.delete(id); return; }
   await done(db.transaction(STORE, 'readwrite').objectStore(STORE).delete(id));
+}
+
+/** Delete every conversation of `owner`: on sign-out nothing of that key stays in this browser. */
+export async function removeOwner(owner) {
+  const db = await open();
+  if (!db) {
+    for (const [id, c] of memory) if (c.owner === owner) memory.delete(id);
+    return;
+  }
+  await new Promise((resolve, reject) => {
+    const tx = db.transaction(STORE, 'readwrite');
+    const req = tx.objectStore(STORE).index('owner').openCursor(IDBKeyRange.only(owner));
+    req.onsuccess = () => {
+      const c = req.result;
+      if (c) { c.delete(); c.continue(); }
+    };
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+    tx.onabort = () => reject(tx.error);
+  });
 }
 
 export function newId() {

@@ -44,9 +44,9 @@ pub struct Config {
     pub tls: TlsConfig,
     #[serde(default)]
     pub embeddings: EmbeddingsConfig,
-    /// `[kb]`: knowledge-base index and search settings (see `kb::base::IndexConfig`).
+    /// `[kb]`: knowledge-base index, search and ingestion settings.
     #[serde(default)]
-    pub kb: crate::kb::base::IndexConfig,
+    pub kb: KbConfig,
     /// `[limits]`: fairness between API keys.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -76,6 +76,63 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             key_queue_share: default_key_queue_share(),
+        }
+    }
+}
+
+/// `[kb]`: the index and search keys (`kb::base::IndexConfig`, which also rejects unknown
+/// keys) and the ingestion limits below.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct KbConfig {
+    #[serde(flatten)]
+    pub index: crate::kb::base::IndexConfig,
+    /// Documents ingested (parsed, chunked, embedded) at once; more uploads wait. Default 2:
+    /// each can hold a parse worker of up to 2 GiB and keeps CPU cores busy embedding.
+    pub max_concurrent_ingests: usize,
+    /// Seconds an upload waits for an ingest slot before it gets a 503. Default 30.
+    pub ingest_wait_s: u64,
+    /// Seconds chunking one document may take. Default 300: ordinary text of the largest
+    /// size chunks well within it; a pathological one is refused.
+    pub chunk_timeout_s: u64,
+}
+
+impl Default for KbConfig {
+    fn default() -> Self {
+        let l = crate::kb::ingest::IngestLimits::default();
+        KbConfig {
+            index: crate::kb::base::IndexConfig::default(),
+            max_concurrent_ingests: l.max_concurrent,
+            ingest_wait_s: l.wait.as_secs(),
+            chunk_timeout_s: l.chunk_timeout.as_secs(),
+        }
+    }
+}
+
+impl KbConfig {
+    /// Problems as (key, message).
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if let Err(e) = self.index.validate() {
+            let msg = e.to_string();
+            return Err(("kb", msg.trim_start_matches("kb config: ").to_string()));
+        }
+        if !(1..=64).contains(&self.max_concurrent_ingests) {
+            return Err(("kb.max_concurrent_ingests", "must be 1..=64".into()));
+        }
+        if self.ingest_wait_s > 3600 {
+            return Err(("kb.ingest_wait_s", "must be 0..=3600".into()));
+        }
+        if !(1..=86400).contains(&self.chunk_timeout_s) {
+            return Err(("kb.chunk_timeout_s", "must be 1..=86400".into()));
+        }
+        Ok(())
+    }
+
+    pub fn ingest_limits(&self) -> crate::kb::ingest::IngestLimits {
+        crate::kb::ingest::IngestLimits {
+            max_concurrent: self.max_concurrent_ingests,
+            wait: std::time::Duration::from_secs(self.ingest_wait_s),
+            chunk_timeout: std::time::Duration::from_secs(self.chunk_timeout_s),
         }
     }
 }
@@ -482,9 +539,8 @@ impl Config {
         if self.embeddings.threads > 1024 {
             return Err(bad("embeddings.threads", "must be 0..=1024"));
         }
-        if let Err(e) = self.kb.validate() {
-            let msg = e.to_string();
-            return Err(bad("kb", msg.trim_start_matches("kb config: ")));
+        if let Err((key, msg)) = self.kb.check() {
+            return Err(bad(key, &msg));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(bad(

@@ -24,7 +24,7 @@ use crate::admin::AdminBackend;
 use crate::api::{ApiConfig, App, EmbedState, KbState, ModelState, Served};
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::engine::{embed, Embedder, Engine, Provider, Scheduler};
-use crate::kb::base::{IndexConfig, KnowledgeBase};
+use crate::kb::base::KnowledgeBase;
 use crate::kb::chunk::ChunkOptions;
 use crate::kb::ingest::Ingestor;
 use crate::kb::parse::ParseOptions;
@@ -559,7 +559,7 @@ fn load_in_background(daemon: Arc<Daemon>, config: &Config, state_dir: &Path) {
 /// 503 with the cause; chat is unaffected.
 /// Open the knowledge base over the daemon's database with the loaded embedding model:
 /// reads every collection into memory (BM25, vectors; HNSW graphs build in the background).
-fn open_kb(app: &App, embedder: &Embedder, cfg: IndexConfig) -> KbState {
+fn open_kb(app: &App, embedder: &Embedder, cfg: crate::config::KbConfig) -> KbState {
     let t = Instant::now();
     let embed: Arc<dyn Embed> = Arc::new(embedder.clone());
     // Chunks leave room for the model's [CLS]/[SEP] within its limit.
@@ -569,7 +569,14 @@ fn open_kb(app: &App, embedder: &Embedder, cfg: IndexConfig) -> KbState {
             .min(embed.max_tokens().saturating_sub(2)),
         ..ChunkOptions::default()
     };
-    match KnowledgeBase::open(app.keys().store().clone(), embed, cfg) {
+    // Uploads are spooled next to the database (the state directory).
+    let store_path = app.keys().store().path();
+    let spool_dir = store_path.parent().unwrap_or(store_path).join("spool");
+    let spool = match crate::kb::spool::Spool::open(&spool_dir) {
+        Ok(s) => s,
+        Err(e) => return KbState::Off(format!("its spool {}: {e}", spool_dir.display())),
+    };
+    match KnowledgeBase::open(app.keys().store().clone(), embed, cfg.index.clone()) {
         Ok(kb) => {
             let n = kb.list_collections().len();
             tracing::info!(
@@ -577,7 +584,13 @@ fn open_kb(app: &App, embedder: &Embedder, cfg: IndexConfig) -> KbState {
                 secs = t.elapsed().as_secs_f64(),
                 "knowledge base ready"
             );
-            KbState::Ready(Arc::new(Ingestor::new(kb, ParseOptions::default(), chunk)))
+            KbState::Ready(Arc::new(Ingestor::new(
+                kb,
+                ParseOptions::default(),
+                chunk,
+                cfg.ingest_limits(),
+                spool,
+            )))
         }
         Err(e) => {
             tracing::error!(error = %e, "knowledge base failed to open");

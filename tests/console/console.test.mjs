@@ -558,9 +558,26 @@ test('tablet-sized screen in English: no overflow or overlap, labelled controls'
 
 test('a key without the admin scope sees no admin page; revoking the signed-in key signs out', async () => {
   const chatKey = d.key('console-chat', 'chat');
+  // Another key's conversation in the same browser, to see that sign-out deletes only its own.
+  await page.evaluate(() => new Promise((resolve, reject) => {
+    const q = indexedDB.open('edgeseek-console');
+    q.onerror = () => reject(q.error);
+    q.onsuccess = () => {
+      const tx = q.result.transaction('conversations', 'readwrite');
+      tx.objectStore('conversations').put({
+        id: 'other-key-conv', owner: 'someone-else', title: 'Not mine', created: 1, updated: 1, messages: [],
+      });
+      tx.oncomplete = () => resolve();
+      tx.onerror = () => reject(tx.error);
+    };
+  }));
+  const before = await conversations();
+  assert.ok(before.some((c) => c.owner !== 'someone-else'), 'the signed-in key has conversations');
   await page.locator('header button', { hasText: 'Sign out' }).click();
   await page.locator('#signin-msg', { hasText: 'You are signed out.' }).waitFor();
   assert.equal(await page.evaluate(() => sessionStorage.length), 0);
+  // Signing out deleted the key's conversations from IndexedDB, and only those.
+  assert.deepEqual((await conversations()).map((c) => c.id), ['other-key-conv']);
   await signIn(page, chatKey);
   await page.locator('.chat').waitFor();
   assert.equal(await page.locator('nav.tabs a[data-route="admin"]').isVisible(), false);

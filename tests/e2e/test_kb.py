@@ -326,6 +326,47 @@ def test_cli_ingest_directory(server, admin, loaded, tmp_path):
                for c in json.loads(p.stdout)["data"])
 
 
+def test_filenames_limits_and_spool(server, admin, loaded, tmp_path):
+    # Bidirectional controls and invisible characters in a file name: 400 naming `filename`,
+    # in the query and in the X-Filename header alike.
+    for name in ["invoice\u202etxt.md", "a\u200bb.txt", "a\u2066b.txt", "a\u061cb.txt"]:
+        for via_header in (False, True):
+            r = upload(server, admin, "hr", name, "Some text.", "text/plain", via_header=via_header)
+            assert r.status_code == 400, (name, r.text)
+            e = r.json()["error"]
+            assert e["param"] == "filename" and "U+" in e["message"], e
+    # Over the 64 MiB limit: declared (Content-Length) and streamed (chunked, no length).
+    limit = 64 << 20
+    r = server.http.post("/v1/kb/collections/hr/documents", params={"filename": "big.txt"},
+                         content=b"a" * (limit + 1), headers=h(admin, **{"Content-Type": "text/plain"}))
+    assert r.status_code == 413, r.text
+
+    def chunks():
+        piece = b"a," * (1 << 19)
+        for _ in range(65):
+            yield piece
+    r = server.http.post("/v1/kb/collections/hr/documents", params={"filename": "big.txt"},
+                         content=chunks(), headers=h(admin, **{"Content-Type": "text/plain"}))
+    assert r.status_code == 413, r.text
+    # A document under the limit goes through the spool, which is empty afterwards.
+    r = upload(server, admin, "finance", "run.txt", "a," * 4_000, "text/plain")
+    assert r.status_code == 201, r.text
+    assert r.json()["chunks"] > 20
+    spool = Path(server.state) / "spool"
+    assert spool.is_dir() and list(spool.iterdir()) == []
+    listed = server.http.get("/v1/kb/collections/hr/documents", headers=h(admin)).json()["data"]
+    assert "big.txt" not in {x["filename"] for x in listed}
+    # The CLI applies the same file-name rule before sending anything.
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "report\u202etxt.md").write_text("# Report\n\nText.\n")
+    p = subprocess.run([str(BIN), "kb", "ingest", "--dev", "--state-dir", str(server.state),
+                        str(docs), "--collection", "finance"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "filename must not contain" in p.stdout and "U+202E" in p.stdout, p.stdout
+
+
 def test_kill9_short(tmp_path):
     """A short version of scripts/kb-crash-test (100 iterations are run by hand)."""
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "kb_crash_test.py"),

@@ -146,7 +146,11 @@ fn walk(p: &Path, files: &mut Vec<PathBuf>, skipped: &mut Vec<(PathBuf, String)>
         Ok(_) => {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
             if name.as_deref().and_then(DocKind::from_filename).is_some() {
-                files.push(p.to_path_buf());
+                // The daemon refuses such names too; say so before sending the file.
+                match crate::kb::valid_filename(name.as_deref().unwrap_or("")) {
+                    Ok(()) => files.push(p.to_path_buf()),
+                    Err(m) => skipped.push((p.to_path_buf(), format!("filename {m}"))),
+                }
             } else if top {
                 // Only name files the admin listed explicitly; inside directories, other
                 // files (images, spreadsheets) are simply not documents.
@@ -305,5 +309,29 @@ mod tests {
         assert_eq!(skipped[0].0, lone);
         let (_, missing) = collect(&[d.path().join("nope")]);
         assert_eq!(missing.len(), 1);
+    }
+
+    #[test]
+    fn files_with_bidi_or_invisible_characters_in_their_names_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let bad = d.path().join("invoice\u{202E}txt.md");
+        let zw = d.path().join("a\u{200B}b.txt");
+        std::fs::write(&bad, "x").unwrap();
+        std::fs::write(&zw, "x").unwrap();
+        std::fs::write(d.path().join("good.txt"), "x").unwrap();
+        let (files, skipped) = collect(&[d.path().to_path_buf()]);
+        assert_eq!(files, [d.path().join("good.txt")]);
+        let mut why: Vec<(PathBuf, String)> = skipped;
+        why.sort();
+        assert_eq!(why.len(), 2);
+        assert_eq!(why[0].0, zw);
+        assert!(
+            why[0].1.starts_with("filename must not contain"),
+            "{}",
+            why[0].1
+        );
+        assert!(why[0].1.contains("U+200B"), "{}", why[0].1);
+        assert_eq!(why[1].0, bad);
+        assert!(why[1].1.contains("U+202E"), "{}", why[1].1);
     }
 }

@@ -389,7 +389,7 @@ pub async fn read_limited(head: &Parts, body: Incoming, limit: usize) -> Result<
 /// Read and discard up to `cap` bytes so a client that sent a moderately oversized body
 /// before reading the answer still gets the 413 (instead of a reset connection); past `cap`
 /// the connection is closed.
-async fn drain(mut body: Incoming, cap: usize) {
+pub(super) async fn drain(mut body: Incoming, cap: usize) {
     use hyper::body::Body as _;
     let mut seen = 0usize;
     while seen < cap {

@@ -44,7 +44,18 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> ApiError {
         match e {
             IngestError::Kb(k) => k.into(),
-            IngestError::TooLarge { limit, .. } => ApiError::payload_too_large(limit),
+            IngestError::TooLarge { limit, .. } => {
+                ApiError::payload_too_large(usize::try_from(limit).unwrap_or(usize::MAX))
+            }
+            IngestError::Busy { .. } => {
+                let mut a = ApiError::unavailable(e.to_string());
+                a.retry_after = Some(5);
+                a
+            }
+            IngestError::Spool(_) => {
+                tracing::error!(error = %e, "ingest failed");
+                ApiError::internal(e.to_string())
+            }
             other => ApiError::bad_request(other.to_string()),
         }
     }
@@ -184,6 +195,8 @@ pub async fn upload(mut c: Call) -> Result<Response<Body>, ApiError> {
     let kb = c.app.kb()?;
     let collection = c.param("collection")?.to_string();
     let filename = filename_of(&c.head)?;
+    crate::kb::valid_filename(&filename)
+        .map_err(|m| ApiError::invalid_param("filename", format!("filename {m}")))?;
     let ct = c
         .head
         .headers
@@ -199,13 +212,52 @@ pub async fn upload(mut c: Call) -> Result<Response<Body>, ApiError> {
         ))
     })?;
     let limit = kb.max_document_bytes();
-    let body = c
+    let mut body = c
         .stream
         .take()
         .ok_or_else(|| ApiError::internal("upload route without a body stream"))?;
-    let bytes = gate::read_limited(&c.head, body, limit).await?;
-    let (doc, replaced) =
-        blocking(move || Ok(kb.ingest(&collection, &filename, kind, &bytes)?)).await?;
+    let declared = c
+        .head
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        gate::drain(body, limit.saturating_mul(2)).await;
+        return Err(ApiError::payload_too_large(limit));
+    }
+    // A missing collection is a 404 before the body is read.
+    let k = kb.clone();
+    let col = collection.clone();
+    blocking(move || Ok(k.base().collection(&col)?)).await?;
+    // A slot first: it bounds the spool's disk use as well as the ingest work.
+    let slot = kb.admit().await.map_err(|e| {
+        let mut a = ApiError::unavailable(e.to_string());
+        a.retry_after = Some(5);
+        a
+    })?;
+    // The body goes to a spool file on the ingest's own thread, piece by piece; the
+    // document is never held in memory here.
+    let up = kb.begin(slot, collection, filename, kind)?;
+    let mut seen = 0usize;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > limit {
+            // Dropping `up` abandons the ingest and removes its spool file.
+            drop(up);
+            gate::drain(body, limit).await;
+            return Err(ApiError::payload_too_large(limit));
+        }
+        if !up.write(data).await {
+            break;
+        }
+    }
+    let (doc, replaced) = up.finish().await?;
     Ok(answer(
         StatusCode::CREATED,
         &KbUploaded {

@@ -18,8 +18,39 @@
 //! `count_tokens(chunk.text) <= max_tokens` holds for every chunk: packing adds up the
 //! pieces' counts, and a chunk whose joined text still counts more (a tokenizer that is not
 //! additive over whitespace) is cut again at characters. Output is deterministic.
+//!
+//! The work is linear in the document's size, whatever its shape: a block is first cut into
+//! segments of at most [`SEGMENT_BYTES`] (at a sentence end, else after whitespace, else at
+//! a character), so the tokenizer never sees more than a segment at once, and every later
+//! count is of a piece of one segment or of one chunk. A run without any break
+//! (`a,a,a,…`) is cut at characters by a search that never looks further ahead than about
+//! twice the previous piece.
+
+use std::time::Instant;
 
 use super::{BlockKind, Chunk, ParsedDoc};
+
+/// Largest part of a block tokenized at once, bytes. Far above a chunk (200 tokens of
+/// English are about 1 KB), so ordinary paragraphs are not cut by it; it only bounds the
+/// work and memory of a count on a block that is megabytes long.
+pub const SEGMENT_BYTES: usize = 16 * 1024;
+
+/// Chunking ran past its deadline (see [`chunk_until`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("chunking took too long")]
+pub struct DeadlinePassed;
+
+/// Checked between segments and chunks, each a bounded amount of work.
+struct Deadline(Option<Instant>);
+
+impl Deadline {
+    fn check(&self) -> Result<(), DeadlinePassed> {
+        match self.0 {
+            Some(t) if Instant::now() >= t => Err(DeadlinePassed),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Chunk budgets, in the embedding model's tokens (without its special tokens).
 #[derive(Clone, Debug)]
@@ -112,9 +143,7 @@ impl Draft {
             if count_tokens(candidate.trim()) > overlap {
                 if tail.is_empty() && !last.code {
                     // One long sentence: take its last words (or characters).
-                    tail = split_to_fit(s, overlap, false, count_tokens)
-                        .pop()
-                        .unwrap_or_default();
+                    tail = tail_within(s, overlap, count_tokens).to_string();
                 }
                 break;
             }
@@ -149,6 +178,26 @@ pub fn chunk(
     count_tokens: &dyn Fn(&str) -> usize,
     opts: &ChunkOptions,
 ) -> Vec<Chunk> {
+    // Without a deadline there is nothing to pass: this is always `Ok`.
+    chunk_inner(doc, count_tokens, opts, &Deadline(None)).unwrap_or_default()
+}
+
+/// [`chunk`], giving up at `deadline`.
+pub fn chunk_until(
+    doc: &ParsedDoc,
+    count_tokens: &dyn Fn(&str) -> usize,
+    opts: &ChunkOptions,
+    deadline: Instant,
+) -> Result<Vec<Chunk>, DeadlinePassed> {
+    chunk_inner(doc, count_tokens, opts, &Deadline(Some(deadline)))
+}
+
+fn chunk_inner(
+    doc: &ParsedDoc,
+    count_tokens: &dyn Fn(&str) -> usize,
+    opts: &ChunkOptions,
+    deadline: &Deadline,
+) -> Result<Vec<Chunk>, DeadlinePassed> {
     let max = opts.max_tokens.max(1);
     // The overlap must leave room for new text in every chunk.
     let overlap = opts.overlap_tokens.min(max / 2);
@@ -166,36 +215,36 @@ pub fn chunk(
                 max,
                 overlap,
                 opts.min_tokens,
-            );
+                deadline,
+            )?;
             section.clear();
             path.retain(|(l, _)| *l < level);
             path.push((level, block.text.clone()));
             continue;
         }
-        let tokens = count_tokens(&block.text);
-        let units = if tokens <= max - overlap {
-            vec![block.text.clone()]
-        } else {
-            split_units(
-                &block.text,
-                max - overlap,
-                block.kind == BlockKind::Code,
-                count_tokens,
-            )
-        };
-        let whole = units.len() == 1;
-        for text in units {
-            section.push(Piece {
-                tokens: if whole {
-                    tokens
-                } else {
-                    count_tokens(text.trim())
-                },
-                text,
-                page: block.page,
-                block: i,
-                code: block.kind == BlockKind::Code,
-            });
+        let code = block.kind == BlockKind::Code;
+        for seg in segments(&block.text, SEGMENT_BYTES, code) {
+            deadline.check()?;
+            let tokens = count_tokens(seg);
+            let units = if tokens <= max - overlap {
+                vec![seg.to_string()]
+            } else {
+                split_units(seg, max - overlap, code, count_tokens)
+            };
+            let whole = units.len() == 1;
+            for text in units {
+                section.push(Piece {
+                    tokens: if whole {
+                        tokens
+                    } else {
+                        count_tokens(text.trim())
+                    },
+                    text,
+                    page: block.page,
+                    block: i,
+                    code,
+                });
+            }
         }
     }
     emit_section(
@@ -206,13 +255,15 @@ pub fn chunk(
         max,
         overlap,
         opts.min_tokens,
-    );
+        deadline,
+    )?;
     for (i, c) in out.iter_mut().enumerate() {
         c.ordinal = i as u32;
     }
-    out
+    Ok(out)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn emit_section(
     out: &mut Vec<Chunk>,
     pieces: &[Piece],
@@ -221,14 +272,16 @@ fn emit_section(
     max: usize,
     overlap: usize,
     min_tokens: usize,
-) {
+    deadline: &Deadline,
+) -> Result<(), DeadlinePassed> {
     if pieces.is_empty() {
-        return;
+        return Ok(());
     }
     let mut drafts: Vec<Draft> = Vec::new();
     let mut cur = Draft::default();
     for p in pieces {
         if cur.own_tokens() > 0 && cur.tokens + p.tokens > max {
+            deadline.check()?;
             let next = Draft::continuing(&cur, overlap, count_tokens);
             drafts.push(std::mem::replace(&mut cur, next));
         }
@@ -240,6 +293,7 @@ fn emit_section(
     balance_tail(&mut drafts, count_tokens, max, overlap, min_tokens);
     let heading: Vec<String> = path.iter().map(|(_, t)| t.clone()).collect();
     for d in drafts {
+        deadline.check()?;
         let page = d.pieces.first().and_then(|p| p.page);
         let text = d.raw_text().trim().to_string();
         if text.is_empty() {
@@ -260,6 +314,7 @@ fn emit_section(
             });
         }
     }
+    Ok(())
 }
 
 /// A section's last chunk with little new text takes pieces from the end of the one before
@@ -415,27 +470,154 @@ fn words(text: &str) -> Vec<&str> {
     out
 }
 
-/// The last resort: the longest prefixes within `max` tokens, by binary search over
-/// character boundaries.
+/// The last resort: prefixes within `max` tokens, cut at characters. The count of a window
+/// (about twice the previous piece, doubled while it still fits) gives the characters per
+/// token; the cut is guessed from it and corrected proportionally until it fits, then moved
+/// once towards the limit. So a long run costs a few counts per piece, each of about a piece,
+/// never a search over the whole rest.
 fn split_chars(text: &str, max: usize, count_tokens: &dyn Fn(&str) -> usize) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = text;
+    // Characters in the first window: a token is rarely more than a few characters.
+    let mut window = (max.saturating_mul(4)).clamp(16, 4096);
     while !rest.trim().is_empty() {
-        let bounds: Vec<usize> = rest.char_indices().map(|(i, c)| i + c.len_utf8()).collect();
-        // At least one character per piece, even if a single character counts more than
-        // `max` (only possible with max = 0, which `chunk` rules out).
-        let (mut lo, mut hi) = (0usize, bounds.len() - 1);
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if count_tokens(rest[..bounds[mid]].trim()) <= max {
-                lo = mid;
-            } else {
-                hi = mid - 1;
+        // End offsets of the first `window` characters; grow while all of them fit.
+        let (bounds, tokens) = loop {
+            let bounds: Vec<usize> = rest
+                .char_indices()
+                .take(window)
+                .map(|(i, c)| i + c.len_utf8())
+                .collect();
+            let end = bounds.last().copied().unwrap_or(rest.len());
+            let tokens = count_tokens(rest[..end].trim());
+            if end == rest.len() || tokens > max {
+                break (bounds, tokens);
+            }
+            window = window.saturating_mul(2);
+        };
+        let n = bounds.len();
+        let fits = |k: usize| count_tokens(rest[..bounds[k - 1]].trim());
+        // `k` characters; at least one per piece, even if a single character counts more
+        // than `max` (only possible with max = 0, which `chunk` rules out).
+        let mut k = if tokens <= max {
+            n
+        } else {
+            (n * max / tokens.max(1)).clamp(1, n)
+        };
+        let mut c = if k == n { tokens } else { fits(k) };
+        while c > max && k > 1 {
+            k = (k * max / c.max(1)).clamp(1, k - 1);
+            c = fits(k);
+        }
+        // One step towards a full piece when the guess fell short.
+        if c < max && k < n && c > 0 {
+            let up = (k * max / c).min(n);
+            if up > k && fits(up) <= max {
+                k = up;
             }
         }
-        let cut = bounds[lo];
+        let cut = bounds.get(k - 1).copied().unwrap_or(rest.len());
+        // The next piece is probably about as long: look at twice that.
+        window = k.saturating_mul(2).max(16);
         out.push(rest[..cut].to_string());
         rest = &rest[cut..];
+    }
+    out
+}
+
+/// The longest end of `s` within `max` tokens: whole words if the last word fits, else the
+/// last characters (by binary search over a bounded end of the last word).
+fn tail_within<'a>(s: &'a str, max: usize, count_tokens: &dyn Fn(&str) -> usize) -> &'a str {
+    let s = s.trim_end();
+    let ws = words(s);
+    let mut start = s.len();
+    for w in ws.iter().rev() {
+        let cand = start - w.len();
+        if count_tokens(s[cand..].trim()) > max {
+            break;
+        }
+        start = cand;
+    }
+    if start < s.len() {
+        return s[start..].trim_start();
+    }
+    // Not even the last word fits: its last characters. Only a bounded end of it is
+    // searched, so a word of megabytes costs no more than a short one.
+    let last = ws.last().copied().unwrap_or(s).trim();
+    let base = s.len() - last.len();
+    let starts: Vec<usize> = last
+        .char_indices()
+        .rev()
+        .take(max.saturating_mul(8).clamp(16, 4096))
+        .map(|(i, _)| base + i)
+        .collect();
+    // starts[k - 1]: where the suffix of k characters begins. As in `split_chars`: guess k
+    // from the count of the whole window, correct it until it fits, one step back up.
+    let n = starts.len();
+    if n == 0 {
+        return "";
+    }
+    let suffix = |k: usize| count_tokens(&s[starts[k - 1]..]);
+    let total = suffix(n);
+    let mut k = if total <= max {
+        n
+    } else {
+        (n * max / total.max(1)).clamp(1, n)
+    };
+    let mut c = if k == n { total } else { suffix(k) };
+    while c > max && k > 1 {
+        k = (k * max / c.max(1)).clamp(1, k - 1);
+        c = suffix(k);
+    }
+    if c > max {
+        return "";
+    }
+    if c < max && k < n && c > 0 {
+        let up = (k * max / c).min(n);
+        if up > k && suffix(up) <= max {
+            k = up;
+        }
+    }
+    &s[starts[k - 1]..]
+}
+
+/// `text` in consecutive parts of at most `limit` bytes (except a single character longer
+/// than that), cut after the last sentence end in the window (line end for code), else after
+/// the last whitespace, else at a character boundary. Concatenated, they give `text` back.
+fn segments(text: &str, limit: usize, code: bool) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while rest.len() > limit {
+        let mut end = limit;
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let window = &rest[..end];
+        let at_break = if code {
+            window.rfind('\n').map(|i| i + 1)
+        } else {
+            let s = sentences(window);
+            (s.len() > 1).then(|| window.len() - s[s.len() - 1].len())
+        };
+        let cut = at_break
+            .or_else(|| {
+                window
+                    .char_indices()
+                    .rev()
+                    .find(|(_, c)| c.is_whitespace())
+                    .map(|(i, c)| i + c.len_utf8())
+            })
+            .filter(|&c| c > 0)
+            .unwrap_or(if end > 0 {
+                end
+            } else {
+                rest.chars().next().map_or(rest.len(), char::len_utf8)
+            });
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    if !rest.is_empty() || out.is_empty() {
+        out.push(rest);
     }
     out
 }
@@ -698,5 +880,206 @@ mod tests {
                 "End"
             ]
         );
+    }
+
+    /// `count`, also adding up the calls and the characters it was given.
+    fn metered(doc: &ParsedDoc, o: &ChunkOptions) -> (Vec<Chunk>, usize, usize) {
+        let calls = std::cell::Cell::new(0usize);
+        let chars = std::cell::Cell::new(0usize);
+        let metered = |t: &str| {
+            calls.set(calls.get() + 1);
+            chars.set(chars.get() + t.len());
+            count(t)
+        };
+        let c = chunk(doc, &metered, o);
+        (c, calls.get(), chars.get())
+    }
+
+    fn prose(bytes: usize) -> String {
+        let words = [
+            "the", "annual", "leave", "policy", "gives", "staff", "fifteen", "days",
+        ];
+        let mut s = String::new();
+        let mut i = 0usize;
+        while s.len() < bytes {
+            s.push_str(words[i % words.len()]);
+            i += 1;
+            s.push_str(if i.is_multiple_of(13) { ". " } else { " " });
+        }
+        s
+    }
+
+    fn comma_run(bytes: usize) -> String {
+        "a,".repeat(bytes / 2)
+    }
+
+    #[test]
+    fn work_is_linear_in_the_document_size() {
+        let o = ChunkOptions::default();
+        for (name, make) in [
+            ("a,a,a,…", comma_run as fn(usize) -> String),
+            ("prose", prose),
+        ] {
+            let n = 40_000;
+            let small = doc(vec![p(&make(n))]);
+            let large = doc(vec![p(&make(4 * n))]);
+            let (cs, calls_s, chars_s) = metered(&small, &o);
+            let (cl, calls_l, chars_l) = metered(&large, &o);
+            let (rc, rx) = (
+                calls_l as f64 / calls_s as f64,
+                chars_l as f64 / chars_s as f64,
+            );
+            eprintln!(
+                "{name}: {n} → {} bytes: count calls {calls_s} → {calls_l} ({rc:.2}×), \
+                 characters counted {chars_s} → {chars_l} ({rx:.2}×)",
+                4 * n
+            );
+            assert!(
+                rc <= 5.0 && rx <= 5.0,
+                "{name}: 4× the text took {rc:.1}× the calls ({calls_s} → {calls_l}) and \
+                 {rx:.1}× the characters ({chars_s} → {chars_l})"
+            );
+            // Each character is counted a small, fixed number of times.
+            assert!(
+                chars_l <= 40 * 4 * n,
+                "{name}: {chars_l} characters counted"
+            );
+            for c in cs.iter().chain(&cl) {
+                assert!(count(&c.text) <= o.max_tokens, "{name}");
+            }
+            // Nothing lost: the chunks' new text covers the document.
+            let letters = |cs: &[Chunk]| -> usize {
+                cs.iter()
+                    .map(|c| c.text.chars().filter(char::is_ascii_alphabetic).count())
+                    .sum()
+            };
+            let doc_letters = make(4 * n)
+                .chars()
+                .filter(char::is_ascii_alphabetic)
+                .count();
+            assert!(letters(&cl) >= doc_letters, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_passed_deadline_stops_chunking() {
+        let d = doc(vec![p(&comma_run(10_000))]);
+        let past = Instant::now();
+        assert_eq!(
+            chunk_until(&d, &count, &ChunkOptions::default(), past),
+            Err(DeadlinePassed)
+        );
+        let later = Instant::now() + std::time::Duration::from_secs(600);
+        let c = chunk_until(&d, &count, &ChunkOptions::default(), later).unwrap();
+        assert_eq!(c, chunk(&d, &count, &ChunkOptions::default()));
+    }
+
+    #[test]
+    fn segments_are_bounded_and_cut_at_breaks() {
+        let text = prose(100_000);
+        let segs = segments(&text, 1000, false);
+        assert_eq!(segs.concat(), text);
+        for s in &segs[..segs.len() - 1] {
+            assert!(s.len() <= 1000 && s.len() > 500, "{}", s.len());
+            assert!(s.ends_with(". "), "{s:?}");
+        }
+        let words = "word ".repeat(1000);
+        let segs = segments(&words, 998, false);
+        assert_eq!(segs.concat(), words);
+        assert!(segs.iter().all(|s| s.len() <= 998 && s.ends_with(' ')));
+        let han = "汉".repeat(1000);
+        let segs = segments(&han, 1000, false);
+        assert_eq!(segs.concat(), han);
+        assert!(segs.iter().all(|s| s.len() <= 1000 && !s.is_empty()));
+        let code = "let x = 1;\n".repeat(200);
+        let segs = segments(&code, 100, true);
+        assert_eq!(segs.concat(), code);
+        assert!(segs.iter().all(|s| s.ends_with(";\n")));
+        assert_eq!(segments("", 10, false), vec![""]);
+    }
+
+    #[test]
+    fn long_blocks_keep_the_overlap_and_the_limit() {
+        // A paragraph larger than a segment: chunks still overlap across segment cuts.
+        let text = prose(3 * SEGMENT_BYTES);
+        let d = doc(vec![p(&text)]);
+        let c = chunk(&d, &count, &opts(60, 10));
+        assert!(c.len() > 10);
+        for w in c.windows(2) {
+            assert!(count(&w[1].text) <= 60 && count(&w[0].text) <= 60);
+            let first = w[1].text.split(". ").next().unwrap_or("");
+            assert!(
+                w[0].text.contains(first),
+                "no overlap:\n{}\n---\n{}",
+                w[0].text,
+                w[1].text
+            );
+        }
+        // A run without breaks carries its last characters into the next chunk.
+        let per_char = |t: &str| t.chars().filter(|c| !c.is_whitespace()).count();
+        let d = doc(vec![p(&comma_run(2000))]);
+        let c = chunk(&d, &per_char, &opts(50, 10));
+        for w in c.windows(2) {
+            assert!(per_char(&w[1].text) <= 50);
+            let carried: String = w[1].text.chars().take(10).collect();
+            assert!(
+                w[0].text.ends_with(&carried),
+                "{} | {}",
+                w[0].text,
+                w[1].text
+            );
+        }
+    }
+
+    /// Chunking throughput on 1, 4 and 16 MiB of the worst case and of prose, with the real
+    /// tokenizer when `EDGESEEK_BENCH_TOKENIZER` names a tokenizer.json (else the test
+    /// counter): `cargo test --release --lib kb::chunk::tests::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench() {
+        let tok = std::env::var("EDGESEEK_BENCH_TOKENIZER").ok().map(|f| {
+            let mut t = tokenizers::Tokenizer::from_file(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
+            // As the daemon counts: the file's truncation and padding would cap the counts.
+            t.with_truncation(None)
+                .unwrap_or_else(|e| panic!("{f}: {e}"))
+                .with_padding(None);
+            t
+        });
+        let sizes: Vec<usize> = std::env::var("EDGESEEK_BENCH_MIB")
+            .ok()
+            .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 4, 16]);
+        let cpu = || {
+            use nix::sys::resource::{getrusage, UsageWho};
+            getrusage(UsageWho::RUSAGE_THREAD).map_or(0.0, |u| {
+                let t = u.user_time() + u.system_time();
+                t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6
+            })
+        };
+        let real = |t: &str| -> usize {
+            tok.as_ref()
+                .and_then(|k| k.encode_fast(t, false).ok())
+                .map_or(0, |e| e.len())
+        };
+        let counter: &dyn Fn(&str) -> usize = if tok.is_some() { &real } else { &count };
+        for mib in sizes {
+            for (name, make) in [
+                ("a,a,a,…", comma_run as fn(usize) -> String),
+                ("prose", prose),
+            ] {
+                let d = doc(vec![p(&make(mib << 20))]);
+                let (t, c0) = (Instant::now(), cpu());
+                let c = chunk(&d, counter, &ChunkOptions::default());
+                let (s, cs) = (t.elapsed().as_secs_f64(), cpu() - c0);
+                let mb = (mib << 20) as f64 / 1e6;
+                eprintln!(
+                    "{mib:>2} MiB {name:<8} {:>8} chunks  wall {s:>7.2} s {:>6.2} MB/s  \
+                     cpu {cs:>7.2} s {:>6.2} MB/s",
+                    c.len(),
+                    mb / s,
+                    mb / cs
+                );
+            }
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod fuse;
 pub mod hashembed;
 pub mod hnsw;
 pub mod ingest;
+pub mod spool;
 pub mod store;
 pub mod text;
 pub mod topk;
@@ -27,6 +28,40 @@ pub use base::{
     SearchMode, SearchRequest, SearchTuning,
 };
 pub use hashembed::HashEmbed;
+
+/// Whether `c` may not appear in a document's file name: control characters (C0, DEL, C1),
+/// bidirectional controls (which make `invoice\u{202E}fdp.exe` display as `invoiceexe.pdf`),
+/// and other invisible format characters (zero-width spaces and joiners, word joiners, BOM,
+/// soft hyphen, line/paragraph separators, tag characters).
+fn forbidden_in_filename(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
+}
+
+/// The rule for a document's file name, shared by the HTTP API and `edgeseek kb ingest`:
+/// not blank, and no character from [`forbidden_in_filename`]. `Err` completes the sentence
+/// "filename …".
+pub fn valid_filename(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    if let Some((i, c)) = name
+        .chars()
+        .enumerate()
+        .find(|(_, c)| forbidden_in_filename(*c))
+    {
+        return Err(format!(
+            "must not contain control, bidirectional or invisible characters \
+             (U+{:04X} at character {})",
+            c as u32,
+            i + 1
+        ));
+    }
+    Ok(())
+}
 
 /// The document formats the knowledge base accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -262,5 +297,42 @@ mod tests {
         assert_eq!(Script::of("VPN 密码怎么重置"), Script::Cjk);
         assert_eq!(Script::of("Reset the VPN password (重置)"), Script::Latin);
         assert_eq!(Script::of("12345 !?"), Script::Other);
+    }
+
+    #[test]
+    fn filenames_with_invisible_or_bidi_characters_are_refused() {
+        for ok in [
+            "report.pdf",
+            "年假制度.docx",
+            "a b (2).md",
+            "naïve—café.txt",
+            "😀.txt",
+        ] {
+            assert_eq!(valid_filename(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "invoice\u{202E}fdp.exe",
+            "a\u{202A}b.txt",
+            "a\u{2066}b.txt",
+            "a\u{2069}b.txt",
+            "a\u{200E}.txt",
+            "a\u{200F}.txt",
+            "a\u{061C}.txt",
+            "a\u{200B}.txt",
+            "a\u{FEFF}.txt",
+            "a\nb.txt",
+            "a\u{7}.txt",
+            "a\u{9B}.txt",
+            "a\u{E0041}.txt",
+        ] {
+            let e = valid_filename(bad).unwrap_err();
+            assert!(e.contains("U+"), "{bad:?}: {e}");
+        }
+        assert_eq!(
+            valid_filename("ab\u{202E}c").unwrap_err(),
+            "must not contain control, bidirectional or invisible characters (U+202E at \
+             character 3)"
+        );
+        assert_eq!(valid_filename("  "), Err("is empty".into()));
     }
 }

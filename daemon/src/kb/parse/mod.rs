@@ -8,6 +8,9 @@
 //! odd files, a DOCX can be a zip bomb and HTML tree building is quadratic on pathological
 //! nesting: a parser that crashes, hangs or eats memory costs one upload, never the daemon.
 //! [`parse_in_process`] is the parser itself (used by the worker and by tests).
+//! [`parse_file`], what ingestion uses, runs every format in the worker, which reads the
+//! (spooled) file itself: a runaway parse of any kind is killed at its limits, and the daemon
+//! never holds the document's bytes.
 
 mod docx;
 mod html;
@@ -76,7 +79,10 @@ pub struct ParseOptions {
     pub max_memory_bytes: u64,
     /// Largest document accepted, bytes. Default 64 MiB.
     pub max_input_bytes: u64,
-    /// Largest answer read from the worker (the `ParsedDoc` JSON), bytes. Default 64 MiB.
+    /// Largest answer read from the worker (the `ParsedDoc` JSON), bytes. Default 160 MiB:
+    /// a 64 MiB text is about as long in JSON, twice that if it is all quotes and
+    /// backslashes; more is a document of tiny blocks whose per-block overhead would cost the
+    /// daemon far more memory than its text.
     pub max_output_bytes: u64,
     /// Largest unpacked part of a DOCX (`word/document.xml`, styles, …), bytes. Default
     /// 256 MiB: far above real documents, far below what a zip bomb unpacks to.
@@ -98,7 +104,7 @@ impl Default for ParseOptions {
             cpu_seconds: 30,
             max_memory_bytes: 2 << 30,
             max_input_bytes: 64 << 20,
-            max_output_bytes: 64 << 20,
+            max_output_bytes: 160 << 20,
             max_unpacked_bytes: 256 << 20,
             charset: None,
             test_hook: None,
@@ -111,9 +117,30 @@ impl Default for ParseOptions {
 pub fn parse(bytes: &[u8], kind: DocKind, opts: &ParseOptions) -> Result<ParsedDoc, ParseError> {
     check_size(bytes, opts)?;
     match kind {
-        DocKind::Html | DocKind::Pdf | DocKind::Docx => worker::run(bytes, kind, opts),
+        DocKind::Html | DocKind::Pdf | DocKind::Docx => {
+            worker::run(worker::Input::Bytes(bytes), kind, opts)
+        }
         DocKind::Text | DocKind::Markdown => parse_in_process(bytes, kind, opts),
     }
+}
+
+/// Parse the document in `path`, of any kind, in a worker process that reads the file
+/// itself. Blocking.
+pub fn parse_file(
+    path: &std::path::Path,
+    kind: DocKind,
+    opts: &ParseOptions,
+) -> Result<ParsedDoc, ParseError> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| ParseError::Worker(format!("reading the document: {e}")))?
+        .len();
+    if size > opts.max_input_bytes {
+        return Err(ParseError::TooLarge {
+            size,
+            limit: opts.max_input_bytes,
+        });
+    }
+    worker::run(worker::Input::File(path), kind, opts)
 }
 
 /// Parse in this process, with panics turned into [`ParseError::Panicked`]. No resource

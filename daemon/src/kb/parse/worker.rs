@@ -1,8 +1,9 @@
 //! The parser child process.
 //!
 //! Protocol: the daemon runs `<edgeseek> parse-worker --kind KIND --max-input-bytes N
-//! --max-unpacked-bytes N --max-memory-bytes N --cpu-seconds N [--charset C]` with an empty
-//! environment, writes the document to its stdin and closes it. The worker sets its
+//! --max-unpacked-bytes N --max-memory-bytes N --cpu-seconds N [--charset C] [--input FILE]`
+//! with an empty environment, and either names the document's (spool) file with `--input`
+//! or writes the document to its stdin and closes it. The worker sets its
 //! resource limits (`RLIMIT_AS`, `RLIMIT_CPU`, no core dumps), parses with
 //! [`super::parse_in_process`] and writes one JSON value to stdout:
 //! `{"Ok": ParsedDoc}` or `{"Err": ParseError}`, exit status 0. Anything else (a crash, a
@@ -43,6 +44,9 @@ pub struct WorkerArgs {
     pub cpu_seconds: u64,
     #[arg(long)]
     pub charset: Option<String>,
+    /// Read the document from this file instead of stdin
+    #[arg(long)]
+    pub input: Option<std::path::PathBuf>,
 }
 
 fn parse_kind(s: &str) -> Result<DocKind, String> {
@@ -50,9 +54,17 @@ fn parse_kind(s: &str) -> Result<DocKind, String> {
         .map_err(|_| format!("unknown document kind `{s}`"))
 }
 
-/// Run `bytes` through a worker process (see the module docs).
+/// What the worker parses: bytes sent through its stdin, or a file it opens itself (so the
+/// daemon never holds the document).
+#[derive(Clone, Copy)]
+pub(super) enum Input<'a> {
+    Bytes(&'a [u8]),
+    File(&'a std::path::Path),
+}
+
+/// Run `input` through a worker process (see the module docs).
 pub(super) fn run(
-    bytes: &[u8],
+    input: Input<'_>,
     kind: DocKind,
     opts: &ParseOptions,
 ) -> Result<ParsedDoc, ParseError> {
@@ -78,14 +90,25 @@ pub(super) fn run(
     if let Some(c) = &opts.charset {
         cmd.arg("--charset").arg(c);
     }
+    let bytes = match input {
+        Input::Bytes(b) => Some(b),
+        Input::File(p) => {
+            cmd.arg("--input").arg(p);
+            None
+        }
+    };
     // Nothing from the daemon's environment is needed; keep it (and any secrets in it) out.
     cmd.env_clear();
     if let Some(h) = &opts.test_hook {
         cmd.env(TEST_HOOK_ENV, h);
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if bytes.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| ParseError::Spawn {
         exe: exe.display().to_string(),
         msg: e.to_string(),
@@ -98,8 +121,8 @@ pub(super) fn run(
     let (status, timed_out, out, err) = std::thread::scope(|s| {
         // A worker that dies early closes its stdin; the write error is expected then.
         s.spawn(move || {
-            if let Some(mut w) = stdin {
-                let _ = w.write_all(bytes);
+            if let (Some(mut w), Some(b)) = (stdin, bytes) {
+                let _ = w.write_all(b);
             }
         });
         let overflow = &overflow;
@@ -230,11 +253,17 @@ fn work(args: &WorkerArgs) -> Result<ParsedDoc, ParseError> {
         )));
     }
     let mut input = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(args.max_input_bytes.saturating_add(1))
-        .read_to_end(&mut input)
-        .map_err(|e| ParseError::Worker(format!("reading the document: {e}")))?;
+    let read = match &args.input {
+        Some(p) => std::fs::File::open(p).and_then(|f| {
+            f.take(args.max_input_bytes.saturating_add(1))
+                .read_to_end(&mut input)
+        }),
+        None => std::io::stdin()
+            .lock()
+            .take(args.max_input_bytes.saturating_add(1))
+            .read_to_end(&mut input),
+    };
+    read.map_err(|e| ParseError::Worker(format!("reading the document: {e}")))?;
     if input.len() as u64 > args.max_input_bytes {
         return Err(ParseError::TooLarge {
             size: input.len() as u64,
