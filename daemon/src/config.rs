@@ -101,15 +101,51 @@ pub struct EngineConfig {
 pub struct ServerConfig {
     /// Address and port to listen on [default: 0.0.0.0:443; `--dev`: 127.0.0.1:8443].
     pub listen: Option<String>,
-    /// Open connections at most; further connections are closed at once.
+    /// Open connections at most. At the cap, a new connection evicts the connection that has
+    /// been idle (no request in flight) the longest; it is refused only when every open
+    /// connection is busy.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open connections per client address (an IPv4-mapped IPv6 address counts as its IPv4
+    /// address). At the cap, the address's longest-idle connection is evicted; a new one is
+    /// refused only when all of that address's connections are busy. 128 leaves room for an
+    /// office behind one NAT address (browsers keep up to 6 connections per site, SDK pools
+    /// more) while one address can hold at most a quarter of the default `max_connections`.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
     /// A client must send its request headers within this many seconds.
     #[serde(default = "default_header_read_timeout_s")]
     pub header_read_timeout_s: u64,
     /// A client must finish the TLS handshake within this many seconds.
     #[serde(default = "default_handshake_timeout_s")]
     pub handshake_timeout_s: u64,
+    /// After the TLS handshake, the first request must arrive within this many seconds, or
+    /// the connection is closed (a client that connects and sends nothing holds no slot).
+    #[serde(default = "default_first_request_timeout_s")]
+    pub first_request_timeout_s: u64,
+    /// A connection with no request in flight and no new request for this many seconds is
+    /// closed gracefully (HTTP/2: GOAWAY). Bytes that carry no request (HTTP/2 PINGs, a
+    /// trickle of header bytes) do not count as activity. HTTP/1.1 connections are also
+    /// bound by `header_read_timeout_s` between requests.
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+    /// HTTP/2: send a PING after this many seconds without frames from the client; 0 = off.
+    #[serde(default = "default_h2_keepalive_interval_s")]
+    pub h2_keepalive_interval_s: u64,
+    /// HTTP/2: close the connection when a PING is not answered within this many seconds.
+    #[serde(default = "default_h2_keepalive_timeout_s")]
+    pub h2_keepalive_timeout_s: u64,
+    /// While a request body is being received, every window of this many seconds must bring
+    /// at least `body_min_bytes_per_s` × `body_timeout_s` bytes, or the connection is closed
+    /// (a client trickling or stalling its body cannot hold a request open).
+    #[serde(default = "default_body_timeout_s")]
+    pub body_timeout_s: u64,
+    /// The slowest average body rate accepted over each `body_timeout_s` window, bytes per
+    /// second. The default (1 KiB/s) is about a thousandth of a slow LAN link: an upload of
+    /// 64 MiB is never cut, a body sent a few bytes at a time is. 0: only a window without a
+    /// single body byte cuts.
+    #[serde(default = "default_body_min_bytes_per_s")]
+    pub body_min_bytes_per_s: u64,
     /// Most request headers per request.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
@@ -123,6 +159,27 @@ pub struct ServerConfig {
 
 fn default_max_connections() -> usize {
     512
+}
+fn default_max_connections_per_ip() -> usize {
+    128
+}
+fn default_first_request_timeout_s() -> u64 {
+    10
+}
+fn default_idle_timeout_s() -> u64 {
+    60
+}
+fn default_h2_keepalive_interval_s() -> u64 {
+    30
+}
+fn default_h2_keepalive_timeout_s() -> u64 {
+    10
+}
+fn default_body_timeout_s() -> u64 {
+    20
+}
+fn default_body_min_bytes_per_s() -> u64 {
+    1024
 }
 fn default_header_read_timeout_s() -> u64 {
     10
@@ -145,6 +202,13 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: None,
             max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            first_request_timeout_s: default_first_request_timeout_s(),
+            idle_timeout_s: default_idle_timeout_s(),
+            h2_keepalive_interval_s: default_h2_keepalive_interval_s(),
+            h2_keepalive_timeout_s: default_h2_keepalive_timeout_s(),
+            body_timeout_s: default_body_timeout_s(),
+            body_min_bytes_per_s: default_body_min_bytes_per_s(),
             header_read_timeout_s: default_header_read_timeout_s(),
             handshake_timeout_s: default_handshake_timeout_s(),
             max_headers: default_max_headers(),
@@ -163,8 +227,13 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key of `cert`.
     pub key: Option<PathBuf>,
-    /// PEM CA bundle: when set, clients must present a certificate it signed.
+    /// PEM CA bundle: when set, clients must present a certificate it signed. Re-read on
+    /// reload (SIGHUP); changing the path needs a restart.
     pub client_ca: Option<PathBuf>,
+    /// PEM certificate revocation lists (one per CA of `client_ca` that issues client
+    /// certificates): a revoked client certificate is refused. Needs `client_ca`; re-read on
+    /// reload, so revoking is: update the file, `systemctl reload edgeseek`.
+    pub client_crl: Option<PathBuf>,
 }
 
 /// `[embeddings]`: the embedding model behind `/v1/embeddings` and the knowledge base.
@@ -327,6 +396,35 @@ impl Config {
         if !(1..=1_000_000).contains(&self.server.max_connections) {
             return Err(bad("server.max_connections", "must be 1..=1000000"));
         }
+        if !(1..=1_000_000).contains(&self.server.max_connections_per_ip) {
+            return Err(bad("server.max_connections_per_ip", "must be 1..=1000000"));
+        }
+        for (key, v, min) in [
+            (
+                "server.first_request_timeout_s",
+                self.server.first_request_timeout_s,
+                1,
+            ),
+            ("server.idle_timeout_s", self.server.idle_timeout_s, 1),
+            (
+                "server.h2_keepalive_interval_s",
+                self.server.h2_keepalive_interval_s,
+                0,
+            ),
+            (
+                "server.h2_keepalive_timeout_s",
+                self.server.h2_keepalive_timeout_s,
+                1,
+            ),
+            ("server.body_timeout_s", self.server.body_timeout_s, 1),
+        ] {
+            if !(min..=3600).contains(&v) {
+                return Err(bad(key, &format!("must be {min}..=3600")));
+            }
+        }
+        if self.server.body_min_bytes_per_s > 1 << 30 {
+            return Err(bad("server.body_min_bytes_per_s", "must be 0..=1073741824"));
+        }
         if !(1..=3600).contains(&self.server.header_read_timeout_s) {
             return Err(bad("server.header_read_timeout_s", "must be 1..=3600"));
         }
@@ -356,6 +454,12 @@ impl Config {
             return Err(bad(
                 "tls.cert",
                 "`tls.cert` and `tls.key` must be set together",
+            ));
+        }
+        if self.tls.client_crl.is_some() && self.tls.client_ca.is_none() {
+            return Err(bad(
+                "tls.client_crl",
+                "needs `tls.client_ca` (revocation lists apply to client certificates)",
             ));
         }
         Ok(())
@@ -442,6 +546,41 @@ impl Config {
             s.max_connections != o.max_connections,
         );
         diff(
+            "server.max_connections_per_ip",
+            true,
+            s.max_connections_per_ip != o.max_connections_per_ip,
+        );
+        diff(
+            "server.first_request_timeout_s",
+            true,
+            s.first_request_timeout_s != o.first_request_timeout_s,
+        );
+        diff(
+            "server.idle_timeout_s",
+            true,
+            s.idle_timeout_s != o.idle_timeout_s,
+        );
+        diff(
+            "server.h2_keepalive_interval_s",
+            true,
+            s.h2_keepalive_interval_s != o.h2_keepalive_interval_s,
+        );
+        diff(
+            "server.h2_keepalive_timeout_s",
+            true,
+            s.h2_keepalive_timeout_s != o.h2_keepalive_timeout_s,
+        );
+        diff(
+            "server.body_timeout_s",
+            true,
+            s.body_timeout_s != o.body_timeout_s,
+        );
+        diff(
+            "server.body_min_bytes_per_s",
+            true,
+            s.body_min_bytes_per_s != o.body_min_bytes_per_s,
+        );
+        diff(
             "server.header_read_timeout_s",
             true,
             s.header_read_timeout_s != o.header_read_timeout_s,
@@ -471,6 +610,7 @@ impl Config {
         diff("tls.cert", false, t.cert != o.cert);
         diff("tls.key", false, t.key != o.key);
         diff("tls.client_ca", false, t.client_ca != o.client_ca);
+        diff("tls.client_crl", false, t.client_crl != o.client_crl);
         // A setting added to the schema but not to the list above still counts (as needing a
         // restart): every listed field is copied from `old`, and whatever then still differs
         // is unlisted.
@@ -664,6 +804,71 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits() {
+        let d = parse("").unwrap().server;
+        assert_eq!(
+            (
+                d.max_connections_per_ip,
+                d.first_request_timeout_s,
+                d.idle_timeout_s,
+                d.h2_keepalive_interval_s,
+                d.h2_keepalive_timeout_s,
+                d.body_timeout_s,
+                d.body_min_bytes_per_s
+            ),
+            (128, 10, 60, 30, 10, 20, 1024)
+        );
+        let c = parse(
+            "[server]\nmax_connections_per_ip = 2\nfirst_request_timeout_s = 1\nidle_timeout_s = 1\nh2_keepalive_interval_s = 0\nbody_timeout_s = 1\nbody_min_bytes_per_s = 0\n",
+        )
+        .unwrap()
+        .server;
+        assert_eq!(c.max_connections_per_ip, 2);
+        assert_eq!(c.h2_keepalive_interval_s, 0);
+        for (key, text) in [
+            (
+                "server.max_connections_per_ip",
+                "max_connections_per_ip = 0",
+            ),
+            (
+                "server.first_request_timeout_s",
+                "first_request_timeout_s = 0",
+            ),
+            ("server.idle_timeout_s", "idle_timeout_s = 3601"),
+            (
+                "server.h2_keepalive_interval_s",
+                "h2_keepalive_interval_s = 4000",
+            ),
+            (
+                "server.h2_keepalive_timeout_s",
+                "h2_keepalive_timeout_s = 0",
+            ),
+            ("server.body_timeout_s", "body_timeout_s = 0"),
+            (
+                "server.body_min_bytes_per_s",
+                "body_min_bytes_per_s = 2000000000",
+            ),
+        ] {
+            let e = parse(&format!("[server]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        // All of them apply live.
+        let changed = parse("[server]\nidle_timeout_s = 5\nbody_timeout_s = 5\n").unwrap();
+        assert!(changed
+            .changes_from(&parse("").unwrap())
+            .iter()
+            .all(|c| c.live));
+        let e = parse("[tls]\nclient_crl = \"/crl.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.client_crl"), "{e}");
+        let m = parse("[tls]\nclient_ca = \"/ca.pem\"\nclient_crl = \"/crl.pem\"\n").unwrap();
+        assert_eq!(m.tls.client_crl, Some(PathBuf::from("/crl.pem")));
+    }
+
+    #[test]
     fn embeddings_section() {
         let d = parse("").unwrap();
         assert!(d.embeddings.enabled && d.embeddings.model.is_none());
@@ -760,7 +965,8 @@ mod tests {
                 "server.listen",
                 "tls.cert",
                 "tls.key",
-                "tls.client_ca"
+                "tls.client_ca",
+                "tls.client_crl"
             ]
         );
         assert_eq!(

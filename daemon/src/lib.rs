@@ -8,6 +8,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod doctor;
 pub mod engine;
 pub mod kb;

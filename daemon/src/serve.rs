@@ -5,26 +5,20 @@
 //! logging what needs a restart), the certificate and the API keys without dropping
 //! connections.
 //!
-//! Hardening of the listener: a connection cap (over it, new connections are closed at
-//! once), a TLS handshake timeout, a header-read timeout and a header count limit (HTTP/1.1),
-//! a header-list size limit and a stream cap (HTTP/2), and per-route body limits in `api`.
-//! There is no plaintext listener.
+//! The listener's connections (caps with eviction of idle connections, handshake, first
+//! request, idle, keep-alive and body timers, header limits) are [`crate::conn`]'s; per-route
+//! body limits are in `api`. The generated server certificate is renewed by a timer when it
+//! enters its renewal window. There is no plaintext listener.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::admin::AdminBackend;
 use crate::api::{ApiConfig, App, EmbedState, KbState, ModelState, Served};
@@ -44,10 +38,6 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
 pub const DEV_LISTEN: &str = "127.0.0.1:8443";
 /// Name of the file in the state dir that holds the bound address (`--listen …:0`).
 pub const ADDR_FILE: &str = "serve.addr";
-/// Concurrent HTTP/2 streams per connection.
-const H2_MAX_STREAMS: u32 = 64;
-/// HTTP/2 header list limit (the HTTP/1.1 equivalent is `server.max_headers`).
-const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -771,133 +761,67 @@ struct Signals {
     hup: tokio::signal::unix::Signal,
 }
 
-/// The HTTP/1.1 + HTTP/2 connection builder for the `[server]` limits in effect.
-fn http_builder(sc: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(sc.header_read_timeout_s))
-        .max_headers(sc.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(H2_MAX_HEADER_LIST);
-    builder
-}
+/// How often the generated server certificate is checked for its renewal window (it is
+/// renewed [`crate::tls::RENEW_BEFORE_DAYS`] days before expiry, so hourly is plenty).
+const RENEW_CHECK: Duration = Duration::from_secs(3600);
 
-/// One open connection counted against `server.max_connections` (released on drop). A
-/// counter rather than a semaphore because a reload may change the cap: lowering it refuses
-/// new connections until enough old ones have closed.
-struct ConnSlot(Arc<AtomicUsize>);
-
-impl ConnSlot {
-    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<ConnSlot> {
-        open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .ok()
-        .map(|_| ConnSlot(open.clone()))
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
+/// Serve connections ([`crate::conn`]) until SIGTERM / ctrl-c; SIGHUP reloads.
 async fn accept_loop(daemon: &Arc<Daemon>, listener: TcpListener, signals: Signals) {
     let Signals { mut term, mut hup } = signals;
-    let acceptor = TlsAcceptor::from(daemon.tls.config());
-    let open = Arc::new(AtomicUsize::new(0));
-    // Rebuilt when a reload changes the limits it carries.
-    let mut sc = daemon.server();
-    let mut builder = http_builder(&sc);
-    let graceful = GracefulShutdown::new();
-
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = daemon.app.clone();
+    let ctx = crate::conn::Listener {
+        tls: daemon.tls.clone(),
+        limits: {
+            let d = daemon.clone();
+            Box::new(move || d.server())
+        },
+        handler: move |req, peer| crate::api::handle(app.clone(), req, peer),
+    };
+    let control = async move {
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + RENEW_CHECK, RENEW_CHECK);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("interrupt: shutting down");
+                    crate::service::stopping();
+                    break;
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    crate::service::stopping();
+                    break;
+                }
+                _ = hup.recv() => {
+                    crate::service::reloading();
+                    daemon.reload_config("SIGHUP");
+                    match daemon.tls.reload() {
+                        Ok(id) => tracing::info!(fingerprint = %id.fingerprint, not_after = %id.not_after_utc(), "SIGHUP: TLS certificate (and client CA / CRL) reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate"),
                     }
-                };
-                let now = daemon.server();
-                if now != sc {
-                    builder = http_builder(&now);
-                    sc = now;
-                }
-                let Some(permit) = ConnSlot::take(&open, sc.max_connections) else {
-                    tracing::warn!(%peer, max = sc.max_connections, "connection cap reached; closing");
-                    drop(stream);
-                    continue;
-                };
-                let handshake_timeout = Duration::from_secs(sc.handshake_timeout_s);
-                let _ = stream.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let app = daemon.app.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let svc = service_fn(move |req| crate::api::handle(app.clone(), req, peer));
-                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    if let Err(e) = daemon.app.keys().reload() {
+                        tracing::error!(error = %e, "SIGHUP: API key reload failed");
                     }
-                });
-            }
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("interrupt: shutting down");
-                crate::service::stopping();
-                break;
-            }
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: shutting down");
-                crate::service::stopping();
-                break;
-            }
-            _ = hup.recv() => {
-                crate::service::reloading();
-                daemon.reload_config("SIGHUP");
-                match daemon.tls.reload() {
-                    Ok(id) => tracing::info!(fingerprint = %id.fingerprint, not_after = %id.not_after_utc(), "SIGHUP: TLS certificate reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate"),
+                    crate::service::reloaded(&format!("reloaded; serving {}", daemon.app.model_name));
                 }
-                if let Err(e) = daemon.app.keys().reload() {
-                    tracing::error!(error = %e, "SIGHUP: API key reload failed");
+                _ = renew.tick() => {
+                    // Off the reactor: key generation and file writes.
+                    let tls = daemon.tls.clone();
+                    match tokio::task::spawn_blocking(move || tls.renew_if_due()).await {
+                        Ok(Ok(Some(id))) => tracing::info!(fingerprint = %id.fingerprint, not_after = %id.not_after_utc(), "TLS certificate renewed"),
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "TLS certificate renewal failed; keeping the current certificate"),
+                        Err(e) => tracing::error!(error = %e, "TLS certificate renewal task failed"),
+                    }
                 }
-                crate::service::reloaded(&format!("reloaded; serving {}", daemon.app.model_name));
             }
         }
-    }
-    drop(listener);
-    let grace = Duration::from_secs(daemon.server().shutdown_grace_s);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_s = grace.as_secs(),
-            "connections still open after the grace period; closing them"
-        );
-    }
+        let _ = stop_tx.send(());
+    };
+    let serve = crate::conn::serve(listener, ctx, async move {
+        let _ = stop_rx.await;
+    });
+    tokio::join!(serve, control);
 }

@@ -23,11 +23,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -168,7 +169,17 @@ pub struct TlsServer {
     source: Source,
     resolver: Arc<SwapResolver>,
     identity: RwLock<Identity>,
-    config: Arc<ServerConfig>,
+    /// Rebuilt on reload when client certificates are required (the verifier holds the CA
+    /// bundle and revocation lists); new handshakes take the current one.
+    config: RwLock<Arc<ServerConfig>>,
+    client_auth: Option<ClientAuth>,
+}
+
+/// `tls.client_ca` and `tls.client_crl`, re-read on every reload.
+#[derive(Clone, Debug)]
+struct ClientAuth {
+    ca: PathBuf,
+    crl: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for TlsServer {
@@ -206,22 +217,38 @@ impl TlsServer {
     /// `<state_dir>/tls`. Fails with the file named.
     pub fn new(cfg: &TlsConfig, state_dir: &Path) -> Result<TlsServer, TlsError> {
         let source = Source::of(cfg, state_dir)?;
-        let (key, identity) = load(&source)?;
+        let (key, identity) = load(&source, OffsetDateTime::now_utc())?;
         let resolver = Arc::new(SwapResolver {
             current: RwLock::new(Arc::new(key)),
         });
-        let config = server_config(resolver.clone(), cfg.client_ca.as_deref())?;
+        let client_auth = match (&cfg.client_ca, &cfg.client_crl) {
+            (Some(ca), crl) => Some(ClientAuth {
+                ca: ca.clone(),
+                crl: crl.clone(),
+            }),
+            (None, Some(_)) => {
+                return Err(TlsError::Config(
+                    "`tls.client_crl` needs `tls.client_ca`".into(),
+                ))
+            }
+            (None, None) => None,
+        };
+        let config = server_config(resolver.clone(), client_auth.as_ref())?;
         Ok(TlsServer {
             source,
             resolver,
             identity: RwLock::new(identity),
-            config,
+            config: RwLock::new(config),
+            client_auth,
         })
     }
 
     /// The rustls config for the acceptor (TLS 1.3 + 1.2, ALPN h2 and http/1.1).
     pub fn config(&self) -> Arc<ServerConfig> {
-        self.config.clone()
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn identity(&self) -> Identity {
@@ -231,18 +258,49 @@ impl TlsServer {
             .clone()
     }
 
-    /// Re-read (and for the generated identity, renew if due) the certificate and swap it in.
-    /// Connections already established keep their session; new handshakes get the new
-    /// certificate. On error the old certificate stays in service.
+    /// Re-read (and for the generated identity, renew if due) the certificate, and the
+    /// client CA bundle and revocation lists, and swap them in. Connections already
+    /// established keep their session; new handshakes get the new files. On error nothing
+    /// changes.
     pub fn reload(&self) -> Result<Identity, TlsError> {
-        let (key, identity) = load(&self.source)?;
+        self.reload_at(OffsetDateTime::now_utc())
+    }
+
+    fn reload_at(&self, now: OffsetDateTime) -> Result<Identity, TlsError> {
+        let (key, identity) = load(&self.source, now)?;
+        // Built (and so validated) before anything is swapped.
+        let config = match &self.client_auth {
+            Some(auth) => Some(server_config(self.resolver.clone(), Some(auth))?),
+            None => None,
+        };
         *self
             .resolver
             .current
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
         *self.identity.write().unwrap_or_else(|p| p.into_inner()) = identity.clone();
+        if let Some(config) = config {
+            *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        }
         Ok(identity)
+    }
+
+    /// Renew the generated server certificate if it has entered its renewal window (fewer
+    /// than [`RENEW_BEFORE_DAYS`] left) and serve the new one: `Some` when renewed. A
+    /// configured or imported certificate is never renewed here.
+    pub fn renew_if_due(&self) -> Result<Option<Identity>, TlsError> {
+        self.renew_if_due_at(OffsetDateTime::now_utc())
+    }
+
+    fn renew_if_due_at(&self, now: OffsetDateTime) -> Result<Option<Identity>, TlsError> {
+        let current = self.identity();
+        let due = current.kind == IdentityKind::Generated
+            && current.not_after
+                <= (now + time::Duration::days(RENEW_BEFORE_DAYS)).unix_timestamp();
+        if !due {
+            return Ok(None);
+        }
+        self.reload_at(now).map(Some)
     }
 
     /// Replace the generated server certificate now, keeping the CA, and serve it.
@@ -275,7 +333,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn server_config(
     resolver: Arc<SwapResolver>,
-    client_ca: Option<&Path>,
+    client_auth: Option<&ClientAuth>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     // TLS 1.0 and 1.1 are not implemented by rustls at all; listing 1.3 and 1.2 here makes
@@ -283,15 +341,25 @@ fn server_config(
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let builder = match client_ca {
-        Some(path) => {
+    let builder = match client_auth {
+        Some(ClientAuth { ca: path, crl }) => {
             let mut roots = RootCertStore::empty();
             for cert in read_certs(path)? {
                 roots.add(cert).map_err(|e| invalid(path, e))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(crl_path) = crl {
+                // Only the client's own certificate is checked: the CRL file holds the lists
+                // of the CAs that issue client certificates, and a certificate of a CA
+                // without a list there is refused (its status is unknown).
+                verifier = verifier
+                    .with_crls(read_crls(crl_path)?)
+                    .only_check_end_entity_revocation();
+            }
+            let verifier = verifier
                 .build()
-                .map_err(|e| invalid(path, e))?;
+                .map_err(|e| invalid(crl.as_deref().unwrap_or(path.as_path()), e))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -312,6 +380,20 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(path, format!("not a PEM CRL file: {e}")))?;
+    if crls.is_empty() {
+        return Err(invalid(
+            path,
+            "no certificate revocation list (X509 CRL) in the file",
+        ));
+    }
+    Ok(crls)
+}
+
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     PrivateKeyDer::from_pem_slice(&bytes)
@@ -319,8 +401,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// Read (and for the generated identity, create or renew) the certificate of `source`.
-fn load(source: &Source) -> Result<(CertifiedKey, Identity), TlsError> {
-    let now = OffsetDateTime::now_utc();
+fn load(source: &Source, now: OffsetDateTime) -> Result<(CertifiedKey, Identity), TlsError> {
     let (cert_path, key_path, ca_path, kind) = match source {
         Source::Configured { cert, key } => {
             (cert.clone(), key.clone(), None, IdentityKind::Configured)
@@ -437,7 +518,9 @@ fn ensure_generated(dir: &Path, now: OffsetDateTime, names: &[String]) -> Result
         (read_ca_key(&ca_key_path)?, false)
     } else {
         let key = KeyPair::generate().map_err(gen_err)?;
-        let cert = ca_params(now).self_signed(&key).map_err(gen_err)?;
+        let mut params = ca_params(now);
+        params.name_constraints = Some(local_name_constraints(names));
+        let cert = params.self_signed(&key).map_err(gen_err)?;
         // Key first: a crash in between leaves no CA certificate without its key.
         write_file(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
         write_file(&ca_pem, cert.pem().as_bytes(), 0o644)?;
@@ -508,7 +591,27 @@ fn issue_server(
 ) -> Result<(), TlsError> {
     let issuer = Issuer::new(ca_params(now), ca_key);
     let key = KeyPair::generate().map_err(gen_err)?;
-    let cert = server_params(now, names)?
+    // A name outside the CA's name constraints would make clients refuse the whole
+    // certificate (e.g. an address on a public interface, or a hostname changed since the
+    // CA was made): leave it out. CAs made before name constraints have none: all names.
+    let permitted = read_certs(&dir.join("ca.pem"))
+        .ok()
+        .and_then(|c| c.first().and_then(|c| Permitted::of(c)));
+    let names: Vec<String> = match &permitted {
+        Some(p) => {
+            let (kept, dropped): (Vec<String>, Vec<String>) =
+                names.iter().cloned().partition(|n| p.allows(n));
+            if !dropped.is_empty() {
+                tracing::warn!(
+                    names = %dropped.join(", "),
+                    "left out of the server certificate: outside the local CA's name constraints"
+                );
+            }
+            kept
+        }
+        None => names.to_vec(),
+    };
+    let cert = server_params(now, &names)?
         .signed_by(&key, &issuer)
         .map_err(gen_err)?;
     replace_pair(dir, key.serialize_pem().as_bytes(), cert.pem().as_bytes())
@@ -560,6 +663,122 @@ fn ca_params(now: OffsetDateTime) -> CertificateParams {
     p.not_before = now - time::Duration::hours(1);
     p.not_after = now + time::Duration::days(CA_VALID_DAYS);
     p
+}
+
+/// DNS suffixes a generated CA may sign for besides the machine's own names: names that are
+/// local by definition (RFC 6762 `.local`, RFC 8375 `home.arpa`, ICANN's private-use
+/// `.internal`, `localhost`).
+const LOCAL_DNS: &[&str] = &["localhost", "local", "home.arpa", "internal"];
+
+/// Address ranges a generated CA may sign for: loopback, RFC 1918 private, shared (CGNAT,
+/// also used by overlay VPNs), link-local, IPv6 unique-local and link-local.
+fn local_nets() -> Vec<(IpAddr, u8)> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    vec![
+        (Ipv4Addr::new(127, 0, 0, 0).into(), 8),
+        (Ipv4Addr::new(10, 0, 0, 0).into(), 8),
+        (Ipv4Addr::new(172, 16, 0, 0).into(), 12),
+        (Ipv4Addr::new(192, 168, 0, 0).into(), 16),
+        (Ipv4Addr::new(100, 64, 0, 0).into(), 10),
+        (Ipv4Addr::new(169, 254, 0, 0).into(), 16),
+        (Ipv6Addr::LOCALHOST.into(), 128),
+        (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0).into(), 7),
+        (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0).into(), 10),
+    ]
+}
+
+/// Name constraints of a new local CA: what its server certificates may name (the DNS names
+/// among `names`, [`LOCAL_DNS`], [`local_nets`]). A stolen `ca.key` cannot then sign a
+/// certificate that clients trusting `ca.pem` accept for a public site.
+fn local_name_constraints(names: &[String]) -> NameConstraints {
+    let mut dns: Vec<String> = LOCAL_DNS.iter().map(|s| (*s).to_string()).collect();
+    for n in names {
+        let n = n.to_ascii_lowercase();
+        if n.parse::<IpAddr>().is_err() && is_dns_name(&n) && !dns.iter().any(|d| dns_within(&n, d))
+        {
+            dns.push(n);
+        }
+    }
+    NameConstraints {
+        permitted_subtrees: dns
+            .into_iter()
+            .map(GeneralSubtree::DnsName)
+            .chain(local_nets().into_iter().map(|(ip, bits)| {
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(ip, bits))
+            }))
+            .collect(),
+        excluded_subtrees: Vec::new(),
+    }
+}
+
+/// `name` is `subtree` or below it (RFC 5280 dNSName constraint matching).
+fn dns_within(name: &str, subtree: &str) -> bool {
+    let (name, subtree) = (name.to_ascii_lowercase(), subtree.to_ascii_lowercase());
+    name == subtree || name.ends_with(&format!(".{subtree}"))
+}
+
+const OID_NAME_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x1e];
+
+/// The permitted subtrees of a CA certificate's name constraints.
+#[derive(Debug, PartialEq, Eq)]
+struct Permitted {
+    dns: Vec<String>,
+    /// Address and mask, both 4 or both 16 bytes.
+    nets: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Permitted {
+    /// `None` when the certificate has no name constraints (or none that permit).
+    fn of(ca_der: &[u8]) -> Option<Permitted> {
+        let value = manage::find_extension(ca_der, OID_NAME_CONSTRAINTS)?;
+        let (_, constraints, _) = der_tlv(value)?;
+        let mut rest = constraints;
+        while let Some((tag, subtrees, after)) = der_tlv(rest) {
+            rest = after;
+            if tag != 0xa0 {
+                continue;
+            }
+            let mut out = Permitted {
+                dns: Vec::new(),
+                nets: Vec::new(),
+            };
+            let mut list = subtrees;
+            while let Some((_, subtree, after)) = der_tlv(list) {
+                list = after;
+                let (tag, base, _) = der_tlv(subtree)?;
+                match tag {
+                    0x82 => out.dns.push(String::from_utf8_lossy(base).into_owned()),
+                    0x87 if base.len() == 8 || base.len() == 32 => {
+                        let (addr, mask) = base.split_at(base.len() / 2);
+                        out.nets.push((addr.to_vec(), mask.to_vec()));
+                    }
+                    _ => {}
+                }
+            }
+            return Some(out);
+        }
+        None
+    }
+
+    fn allows(&self, name: &str) -> bool {
+        match name.parse::<IpAddr>() {
+            Ok(ip) => {
+                let bytes = match ip {
+                    IpAddr::V4(v4) => v4.octets().to_vec(),
+                    IpAddr::V6(v6) => v6.octets().to_vec(),
+                };
+                self.nets.iter().any(|(addr, mask)| {
+                    addr.len() == bytes.len()
+                        && bytes
+                            .iter()
+                            .zip(addr)
+                            .zip(mask)
+                            .all(|((b, a), m)| b & m == a & m)
+                })
+            }
+            Err(_) => self.dns.iter().any(|d| dns_within(name, d)),
+        }
+    }
 }
 
 fn server_params(now: OffsetDateTime, names: &[String]) -> Result<CertificateParams, TlsError> {
@@ -796,6 +1015,198 @@ mod tests {
         };
         let e = TlsServer::new(&bad, dir.path()).unwrap_err().to_string();
         assert!(e.contains("empty.pem"), "{e}");
+    }
+
+    #[test]
+    fn a_new_ca_is_name_constrained_to_local_names() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::{ServerName, UnixTime};
+        let dir = tmp();
+        let tls = dir.path().join("tls");
+        let now = OffsetDateTime::now_utc();
+        let names: Vec<String> = [
+            "edge01",
+            "edge01.local",
+            "localhost",
+            "127.0.0.1",
+            "192.168.1.20",
+            "8.8.8.8",
+            "::1",
+            "2001:db8::1",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        ensure_generated(&tls, now, &names).unwrap();
+        let ca = read_certs(&tls.join("ca.pem")).unwrap().remove(0);
+        let permitted = Permitted::of(&ca).unwrap();
+        assert_eq!(
+            permitted.dns,
+            vec!["localhost", "local", "home.arpa", "internal", "edge01"]
+        );
+        for ok in [
+            "edge01",
+            "EDGE01.local",
+            "x.home.arpa",
+            "10.1.2.3",
+            "172.31.0.1",
+            "fd00::5",
+            "fe80::1",
+        ] {
+            assert!(permitted.allows(ok), "{ok}");
+        }
+        for no in [
+            "example.com",
+            "local.example.com",
+            "8.8.8.8",
+            "172.32.0.1",
+            "2001:db8::1",
+        ] {
+            assert!(!permitted.allows(no), "{no}");
+        }
+        // The server certificate leaves out the public addresses.
+        let leaf = read_certs(&tls.join("server.pem")).unwrap().remove(0);
+        let sans = manage::CertInfo::parse(&leaf).unwrap().sans;
+        assert_eq!(
+            sans,
+            vec![
+                "edge01",
+                "edge01.local",
+                "localhost",
+                "127.0.0.1",
+                "192.168.1.20",
+                "::1"
+            ]
+        );
+
+        // Clients that trust ca.pem accept the server certificate and refuse one the CA key
+        // signed for a public name.
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let verify = |leaf: &CertificateDer<'_>, name: &str| {
+            verifier.verify_server_cert(
+                leaf,
+                &[],
+                &ServerName::try_from(name.to_string()).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+        };
+        assert!(verify(&leaf, "localhost").is_ok());
+        assert!(verify(&leaf, "192.168.1.20").is_ok());
+        let issuer = Issuer::new(ca_params(now), read_ca_key(&tls.join("ca.key")).unwrap());
+        let key = KeyPair::generate().unwrap();
+        for public in ["example.com", "8.8.8.8"] {
+            let forged = server_params(now, &[public.to_string()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            let e = verify(forged.der(), public).unwrap_err();
+            assert!(format!("{e:?}").contains("NameConstraint"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn an_unconstrained_ca_keeps_issuing_every_name() {
+        // A CA made before name constraints (no extension) keeps working, all names kept.
+        let dir = tmp();
+        let tls = dir.path().join("tls");
+        let now = OffsetDateTime::now_utc();
+        create_private_dir(&tls).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let ca = ca_params(now).self_signed(&key).unwrap();
+        write_file(&tls.join("ca.key"), key.serialize_pem().as_bytes(), 0o600).unwrap();
+        write_file(&tls.join("ca.pem"), ca.pem().as_bytes(), 0o644).unwrap();
+        assert_eq!(Permitted::of(ca.der()), None);
+        let names = vec!["localhost".to_string(), "8.8.8.8".to_string()];
+        ensure_generated(&tls, now, &names).unwrap();
+        let leaf = read_certs(&tls.join("server.pem")).unwrap().remove(0);
+        assert_eq!(manage::CertInfo::parse(&leaf).unwrap().sans, names);
+    }
+
+    #[test]
+    fn renewal_timer_renews_only_in_the_window() {
+        let dir = tmp();
+        let server = TlsServer::new(&TlsConfig::default(), dir.path()).unwrap();
+        let id = server.identity();
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(server.renew_if_due_at(now).unwrap(), None);
+        assert_eq!(server.identity(), id);
+        let renewed = server
+            .renew_if_due_at(now + time::Duration::days(340))
+            .unwrap()
+            .unwrap();
+        assert_ne!(renewed.fingerprint, id.fingerprint);
+        assert!(renewed.not_after > id.not_after);
+        assert_eq!(server.identity(), renewed);
+        // A configured certificate is never renewed by the timer.
+        let cfg = TlsConfig {
+            cert: Some(dir.path().join("tls/server.pem")),
+            key: Some(dir.path().join("tls/server.key")),
+            ..TlsConfig::default()
+        };
+        let configured = TlsServer::new(&cfg, dir.path()).unwrap();
+        assert_eq!(
+            configured
+                .renew_if_due_at(now + time::Duration::days(3000))
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn client_ca_and_crl_are_reread_on_reload() {
+        let dir = tmp();
+        let now = OffsetDateTime::now_utc();
+        // A client CA with key usages that allow CRL signing.
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params(now).self_signed(&ca_key).unwrap();
+        let ca_path = dir.path().join("clients.pem");
+        let crl_path = dir.path().join("clients.crl");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        let issuer = Issuer::new(ca_params(now), ca_key);
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(7),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(42u64),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap();
+        std::fs::write(&crl_path, crl.pem().unwrap()).unwrap();
+        let cfg = TlsConfig {
+            client_ca: Some(ca_path.clone()),
+            client_crl: Some(crl_path.clone()),
+            ..TlsConfig::default()
+        };
+        let server = TlsServer::new(&cfg, dir.path()).unwrap();
+        let before = server.config();
+        server.reload().unwrap();
+        assert!(!Arc::ptr_eq(&before, &server.config()), "rebuilt on reload");
+        // A broken CRL: reload fails naming it and the running config stays.
+        std::fs::write(&crl_path, "garbage").unwrap();
+        let current = server.config();
+        let e = server.reload().unwrap_err().to_string();
+        assert!(e.contains("clients.crl"), "{e}");
+        assert!(Arc::ptr_eq(&current, &server.config()));
+        // Without client auth the config is built once.
+        let plain = TlsServer::new(&TlsConfig::default(), dir.path()).unwrap();
+        let c = plain.config();
+        plain.reload().unwrap();
+        assert!(Arc::ptr_eq(&c, &plain.config()));
     }
 
     #[test]

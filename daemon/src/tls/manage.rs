@@ -94,6 +94,33 @@ impl CertInfo {
     }
 }
 
+/// The value (contents of `extnValue`) of the extension `oid` of a DER certificate.
+pub(super) fn find_extension<'a>(der: &'a [u8], oid: &[u8]) -> Option<&'a [u8]> {
+    let (_, cert, _) = der_tlv(der)?;
+    let (_, tbs, _) = der_tlv(cert)?;
+    let mut rest = tbs;
+    while let Some((tag, content, after)) = der_tlv(rest) {
+        rest = after;
+        if tag != 0xa3 {
+            continue;
+        }
+        let (_, mut exts, _) = der_tlv(content)?;
+        while let Some((_, ext, after)) = der_tlv(exts) {
+            exts = after;
+            let (tag, id, rest) = der_tlv(ext)?;
+            if tag != 0x06 || id != oid {
+                continue;
+            }
+            let (mut tag, mut value, after) = der_tlv(rest)?;
+            if tag == 0x01 {
+                (tag, value, _) = der_tlv(after)?;
+            }
+            return (tag == 0x04).then_some(value);
+        }
+    }
+    None
+}
+
 /// The next TLV of `rest` if it has tag `expected`; advances `rest`.
 fn take<'a>(rest: &mut &'a [u8], expected: u8) -> Option<&'a [u8]> {
     let cur: &'a [u8] = rest;
@@ -684,7 +711,7 @@ mod tests {
         let cfg = TlsConfig {
             cert: Some(cert.clone()),
             key: Some(key.clone()),
-            client_ca: None,
+            ..TlsConfig::default()
         };
         let state = dir.path().join("state");
         let got = init(&cfg, &state).unwrap();
