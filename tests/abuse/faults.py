@@ -56,7 +56,7 @@ def start(state, config=""):
 
 def kill_during_key_creation(tmp, iterations, rng):
     state = tmp / "keys-kill"
-    acked, problems, attempts = {}, [], 0
+    acked, problems, attempts, refused = {}, [], 0, {}
     t0 = time.time()
     for it in range(iterations):
         try:
@@ -74,9 +74,12 @@ def kill_during_key_creation(tmp, iterations, rng):
                 name = f"k{it}-{n}"
                 n += 1
                 attempts += 1
-                secret, _ = create_key(state, name)
+                secret, err = create_key(state, name)
                 if secret:
                     acked[name] = secret
+                else:
+                    line = (err.splitlines() or ["?"])[-1][:100]
+                    refused[line] = refused.get(line, 0) + 1
 
         ts = [threading.Thread(target=creator) for _ in range(2)]
         for t in ts:
@@ -98,7 +101,8 @@ def kill_during_key_creation(tmp, iterations, rng):
     return Row("faults", "kill -9 during key creation (`keys create` over the admin socket)",
                f"{iterations} kills, 2 creating clients",
                "restarts; every acknowledged key authenticates",
-               f"{len(acked)} keys acknowledged of {attempts} attempts, "
+               f"{len(acked)} keys acknowledged of {attempts} attempts (others: "
+               f"{'; '.join(f'{n} x {m}' for m, n in sorted(refused.items(), key=lambda x: -x[1])[:2])}), "
                f"{len(problems)} problems{': ' + '; '.join(problems[:3]) if problems else ''}; "
                f"{time.time() - t0:.0f} s", not problems)
 
@@ -220,6 +224,7 @@ def disk_full(tmp, size_mib):
     problems_ingest, problems_keys = [], []
     acked_docs, acked_keys, errors_seen, key_errors = {}, {}, [], []
     d = None
+    restarted = False
     try:
         d = start(state)
         admin = d.key("admin", "admin")
@@ -241,7 +246,7 @@ def disk_full(tmp, size_mib):
             word = lambda: "".join(rng.choice("abcdefghij") for _ in range(8))  # noqa: E731
             full = False
             for i in range(400):
-                text = f"# doc {i}\n\n" + " ".join(word() for _ in range(3000)) + f"\nmarker-{i}\n"
+                text = f"# doc {i}\n\n" + " ".join(word() for _ in range(1000)) + f"\nmarker-{i}\n"
                 try:
                     r = c.post("/v1/kb/collections/full/documents", params={"filename": f"d{i}.md"},
                                content=text.encode(), headers={"Content-Type": "text/markdown"})
@@ -290,7 +295,9 @@ def disk_full(tmp, size_mib):
                 problems_keys.append(f"key creation after freeing space: {err}")
         problems_keys += keys_authenticate(d, acked_keys)
         d.kill9()
+        d = None
         d = start(state)
+        restarted = True
         problems_keys += [f"after kill -9: {b}" for b in keys_authenticate(d, acked_keys)]
         with d.client(timeout=60, headers=h) as c:
             deadline = time.time() + 120
@@ -312,7 +319,8 @@ def disk_full(tmp, size_mib):
     rows = [
         Row("faults", "disk full during ingest (tmpfs state dir)", f"{size_mib} MiB tmpfs + ballast",
             "clear error, nothing acknowledged lost, serves after space is freed, DB opens after kill -9",
-            f"{len(acked_docs)} documents acknowledged; errors: {'; '.join(errors_seen[:2]) or 'none'}"
+            f"{len(acked_docs)} documents acknowledged; errors: {'; '.join(errors_seen[:2]) or 'none'}; "
+            f"restart after kill -9: {'database opens' if restarted else 'FAILED'}"
             f"{'; PROBLEMS: ' + '; '.join(problems_ingest[:3]) if problems_ingest else ''}",
             not problems_ingest),
         Row("faults", "disk full during key creation", f"{size_mib} MiB tmpfs + ballast",
