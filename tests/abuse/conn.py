@@ -86,10 +86,12 @@ def spawn_slowhttptest(mode_flag, d, conns, seconds, interval):
 
 
 def wait_full(att, want, timeout):
-    """Read the attacker's progress until it holds `want` connections (the daemon is full);
-    returns the most it held."""
+    """Read the attacker's progress until it holds `want` connections (the daemon is full),
+    for at most `timeout` seconds after its first report (its start-up on a busy machine does
+    not count); returns the most it held."""
     peak = 0
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 60
+    started = False
     while time.monotonic() < deadline:
         line = att.stdout.readline()
         if not line:
@@ -98,6 +100,9 @@ def wait_full(att, want, timeout):
             v = json.loads(line)
         except ValueError:
             continue
+        if not started:
+            started = True
+            deadline = time.monotonic() + timeout
         peak = max(peak, v.get("peak", 0))
         if peak >= want:
             break

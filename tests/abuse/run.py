@@ -2,6 +2,7 @@
 markdown table, exits 1 if any pass criterion failed."""
 
 import argparse
+import os
 import datetime
 import platform
 import subprocess
@@ -32,7 +33,6 @@ def machine():
         mem = f"{kb / (1 << 20):.0f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    import os
     return f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu}), {mem} RAM"
 
 
@@ -86,7 +86,8 @@ def main():
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     head = (f"Command: `{a.command}` (commit {rev or '?'}), "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-            f"{time.time() - started:.0f} s\n\nMachine: {machine()}\n\n")
+            f"{time.time() - started:.0f} s\n\nMachine: {machine()}; load average at the end "
+            f"{os.getloadavg()[0]:.1f}\n\n")
     text = head + report.table(rows)
     print(text)
     if a.out:

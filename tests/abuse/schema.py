@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from daemon import Daemon
@@ -20,6 +21,12 @@ def run(tmp: Path, full: bool):
     try:
         d.wait_ready()
         key = d.key("schemathesis", "admin")
+        # Start once the knowledge base has loaded too (before that its routes answer 503
+        # model_loading, which is right but not what this run is about).
+        with d.client(headers={"Authorization": f"Bearer {key}"}) as c:
+            deadline = time.time() + 120
+            while c.get("/v1/kb/collections").status_code != 200 and time.time() < deadline:
+                time.sleep(0.2)
         env = dict(os.environ, SCHEMATHESIS_HOOKS="st_hooks", PYTHONPATH=str(HERE))
         # No stateful phase: it would follow links from key listing to key deletion and could
         # revoke the key it runs with.
@@ -36,8 +43,10 @@ def run(tmp: Path, full: bool):
         d.stop()
     out = p.stdout + p.stderr
     (tmp / "schemathesis.log").write_text(out)
-    summary = [l.strip() for l in out.splitlines()
-               if re.search(r"\b(passed|failed|errored|skipped)\b", l) and ("operations" in l or "cases" in l or "checks" in l)]
+    lines = out.splitlines()
+    # The summary's "Test cases:" line is followed by "N generated, N passed, ...".
+    summary = [lines[i + 1].strip() for i, l in enumerate(lines[:-1]) if l.strip() == "Test cases:"]
+    summary += [l.strip() for l in lines if l.strip().startswith("⚠️")][:3]
     failing = sorted(set(re.findall(r"^\S*\s*(?:_+ )?((?:GET|POST|PUT|DELETE|PATCH) /\S*)", out, re.M)))
     detail = "; ".join(summary[-3:]) or out.strip()[-400:]
     if failing:
