@@ -63,6 +63,12 @@ fuzz_target!(|data: &[u8]| {
     pieces.push_str(&dec.finish().expect("in-vocabulary ids decode"));
     split.push(&stops.finish());
     split.finish();
-    let full = f.tokenizer.decode(&ids, true).expect("in-vocabulary ids decode");
-    assert_eq!(pieces, full, "incremental decode differs from a full decode of {ids:?}");
+    let full = f
+        .tokenizer
+        .decode(&ids, true)
+        .expect("in-vocabulary ids decode");
+    assert_eq!(
+        pieces, full,
+        "incremental decode differs from a full decode of {ids:?}"
+    );
 });

@@ -42,6 +42,8 @@ def main():
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     ap.add_argument("--fuzz-targets", default="", help="comma-separated fuzz targets (default all)")
     ap.add_argument("--fuzz-seconds", type=int, default=0)
+    ap.add_argument("--fuzz-no-build", action="store_true",
+                    help="run the fuzz binaries already in fuzz/target (no cargo fuzz build)")
     ap.add_argument("--command", default="scripts/abuse", help="command line shown in the report")
     ap.add_argument("--out", type=Path, help="also write the report (markdown) here")
     ap.add_argument("--workdir", type=Path, help="keep logs and fuzz artifacts here")
@@ -60,7 +62,7 @@ def main():
             if section == "fuzz":
                 import fuzz
                 targets = [t for t in a.fuzz_targets.split(",") if t] or None
-                got = fuzz.run(tmp, a.full, targets, a.fuzz_seconds or None)
+                got = fuzz.run(tmp, a.full, targets, a.fuzz_seconds or None, not a.fuzz_no_build)
             elif section == "schema":
                 import schema
                 got = schema.run(tmp, a.full)

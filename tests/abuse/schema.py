@@ -37,7 +37,7 @@ def run(tmp: Path, full: bool):
              "examples,coverage,fuzzing", "--max-examples", str(examples), "--workers", "1",
              "--request-timeout", "60", "--seed", "1", "--no-color",
              "--report", "junit", "--report-dir", str(report)],
-            cwd=HERE, env=env, capture_output=True, text=True, timeout=1800)
+            cwd=tmp, env=env, capture_output=True, text=True, timeout=1800)
         alive = d.alive()
     finally:
         d.stop()
@@ -48,7 +48,7 @@ def run(tmp: Path, full: bool):
     summary = [lines[i + 1].strip() for i, l in enumerate(lines[:-1]) if l.strip() == "Test cases:"]
     summary += [l.strip() for l in lines if l.strip().startswith("⚠️")][:3]
     failing = sorted(set(re.findall(r"^\S*\s*(?:_+ )?((?:GET|POST|PUT|DELETE|PATCH) /\S*)", out, re.M)))
-    detail = "; ".join(summary[-3:]) or out.strip()[-400:]
+    detail = "; ".join(summary) or out.strip()[-400:]
     if failing:
         detail += f"; failing operations: {', '.join(failing[:12])}"
     if not alive:
