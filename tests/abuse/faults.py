@@ -67,11 +67,11 @@ def kill_during_key_creation(tmp, iterations, rng):
         problems += [f"iteration {it}: {b}" for b in keys_authenticate(d, acked)]
         stop = threading.Event()
 
-        def creator(it=it):
+        def creator(it=it, who=0):
             nonlocal attempts
             n = 0
             while not stop.is_set():
-                name = f"k{it}-{n}"
+                name = f"k{it}-{who}-{n}"
                 n += 1
                 attempts += 1
                 secret, err = create_key(state, name)
@@ -81,7 +81,7 @@ def kill_during_key_creation(tmp, iterations, rng):
                     line = (err.splitlines() or ["?"])[-1][:100]
                     refused[line] = refused.get(line, 0) + 1
 
-        ts = [threading.Thread(target=creator) for _ in range(2)]
+        ts = [threading.Thread(target=creator, kwargs={"who": w}) for w in range(2)]
         for t in ts:
             t.start()
         time.sleep(rng.uniform(0.05, 1.5))
