@@ -329,33 +329,26 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
+/// `*dst = v` when the flag was given.
+fn set_if<T>(dst: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *dst = v;
+    }
+}
+
 fn sampling_from(args: &GenerateArgs) -> Result<SamplingParams, Failure> {
     let mut p = if args.greedy {
         SamplingParams::greedy()
     } else {
         SamplingParams::r1_defaults()
     };
-    if let Some(t) = args.temperature {
-        p.temperature = t;
-    }
-    if let Some(v) = args.top_p {
-        p.top_p = v;
-    }
-    if let Some(v) = args.top_k {
-        p.top_k = v;
-    }
-    if let Some(v) = args.min_p {
-        p.min_p = v;
-    }
-    if let Some(v) = args.repetition_penalty {
-        p.repetition_penalty = v;
-    }
-    if let Some(v) = args.presence_penalty {
-        p.presence_penalty = v;
-    }
-    if let Some(v) = args.frequency_penalty {
-        p.frequency_penalty = v;
-    }
+    set_if(&mut p.temperature, args.temperature);
+    set_if(&mut p.top_p, args.top_p);
+    set_if(&mut p.top_k, args.top_k);
+    set_if(&mut p.min_p, args.min_p);
+    set_if(&mut p.repetition_penalty, args.repetition_penalty);
+    set_if(&mut p.presence_penalty, args.presence_penalty);
+    set_if(&mut p.frequency_penalty, args.frequency_penalty);
     p.seed = args.seed;
     for b in &args.logit_bias {
         let (id, bias) = b

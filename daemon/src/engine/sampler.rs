@@ -167,20 +167,12 @@ impl SamplingParams {
             r > 0.0 && r.is_finite(),
             "a finite number > 0",
         )?;
-        let pp = self.presence_penalty;
-        check(
-            "presence_penalty",
-            pp,
-            (-2.0..=2.0).contains(&pp),
-            "in [-2, 2]",
-        )?;
-        let fp = self.frequency_penalty;
-        check(
-            "frequency_penalty",
-            fp,
-            (-2.0..=2.0).contains(&fp),
-            "in [-2, 2]",
-        )?;
+        for (param, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            check(param, v, (-2.0..=2.0).contains(&v), "in [-2, 2]")?;
+        }
         for &(token, bias) in &self.logit_bias {
             if token as usize >= vocab_size {
                 return Err(SamplerError {

@@ -206,18 +206,7 @@ pub fn run(args: &BenchKbArgs) -> Result<BenchReport, KbError> {
                 });
                 kept.push(g);
             }
-            kb.ingest_chunks(
-                "bench",
-                NewDocument {
-                    filename: format!("doc{doc_no:06}.txt"),
-                    kind: DocKind::Text,
-                    title: None,
-                    sha256: "0".repeat(64),
-                    size_bytes: 0,
-                    pages: None,
-                },
-                chunks,
-            )?;
+            kb.ingest_chunks("bench", text_doc(format!("doc{doc_no:06}.txt")), chunks)?;
             doc_no += 1;
         }
         let ingest_s = t0.elapsed().as_secs_f64();
@@ -459,18 +448,7 @@ pub fn churn(dir: &Path) -> Result<(), KbError> {
                     heading: Vec::new(),
                 })
                 .collect();
-            kb.ingest_chunks(
-                "c",
-                NewDocument {
-                    filename: file.clone(),
-                    kind: DocKind::Text,
-                    title: None,
-                    sha256: "0".repeat(64),
-                    size_bytes: 0,
-                    pages: None,
-                },
-                chunks,
-            )?;
+            kb.ingest_chunks("c", text_doc(file.clone()), chunks)?;
         }
         let mut o = stdout.lock();
         let _ = writeln!(o, "ok {op} {file} gen {gen}");
@@ -483,4 +461,17 @@ fn churn_run(dir: &Path) -> u64 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// A synthetic plain-text document: the benchmarks ingest chunks directly, so there are no
+/// source bytes to hash or measure.
+fn text_doc(filename: String) -> NewDocument {
+    NewDocument {
+        filename,
+        kind: DocKind::Text,
+        title: None,
+        sha256: "0".repeat(64),
+        size_bytes: 0,
+        pages: None,
+    }
 }
