@@ -58,24 +58,19 @@ pub struct Config {
 /// per key, set when the key is made; this is the cap on concurrent work that keeps one key
 /// (a runaway script, a client retrying in a loop) from filling the queue for everyone.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Share of the engine's capacity (`engine.max_batch + engine.max_queue` sequences) that
     /// one key may have in flight at once; a chat request with `n` choices holds `n`. Past it
     /// the key gets 429 with `Retry-After`. A request larger than the share still runs when the
     /// key has nothing else in flight. 1 = no per-key cap.
-    #[serde(default = "default_key_queue_share")]
     pub key_queue_share: f64,
-}
-
-fn default_key_queue_share() -> f64 {
-    0.25
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            key_queue_share: default_key_queue_share(),
+            key_queue_share: 0.25,
         }
     }
 }
@@ -145,161 +140,98 @@ pub struct RuntimeConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// The model to serve: a directory, or the name of one under `<state_dir>/models`. Unset:
     /// the first directory (by name) under `<state_dir>/models`. `serve --model` overrides it.
     pub model: Option<PathBuf>,
     /// Execution providers in order of preference.
-    #[serde(default = "default_providers")]
     pub providers: Vec<Provider>,
-    #[serde(default)]
     pub provider_policy: ProviderPolicy,
     /// Threads for CPU kernels; 0 = one per core.
-    #[serde(default)]
     pub intra_threads: usize,
-    #[serde(default = "yes")]
     pub tensorrt_fp16: bool,
     /// TensorRT engine cache; default `<state_dir>/tensorrt-cache`.
     pub tensorrt_cache: Option<PathBuf>,
-    #[serde(default)]
     pub device_id: i32,
     /// Most sequences decoding together (one batched forward per step).
-    #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Most requests waiting for a slot; more are refused at once (HTTP 429).
-    #[serde(default = "default_max_queue")]
     pub max_queue: usize,
     /// KV cache budget of the running batch, MiB.
-    #[serde(default = "default_kv_budget_mb")]
     pub kv_budget_mb: u64,
     /// Prompt tokens prefilled between decode steps of running streams.
-    #[serde(default = "default_prefill_chunk")]
     pub prefill_chunk: usize,
     /// Memory for reusing the KV cache of repeated prompt prefixes, MiB (0 = off).
-    #[serde(default = "default_prefix_cache_mb")]
     pub prefix_cache_mb: u64,
 }
 
 /// `[server]`: the HTTPS listener and its hardening limits.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address and port to listen on [default: 0.0.0.0:443; `--dev`: 127.0.0.1:8443].
     pub listen: Option<String>,
     /// Open connections at most. At the cap, a new connection evicts the connection that has
     /// been idle (no request in flight) the longest; it is refused only when every open
     /// connection is busy.
-    #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Open connections per client address (an IPv4-mapped IPv6 address counts as its IPv4
     /// address). At the cap, the address's longest-idle connection is evicted; a new one is
     /// refused only when all of that address's connections are busy. 128 leaves room for an
     /// office behind one NAT address (browsers keep up to 6 connections per site, SDK pools
     /// more) while one address can hold at most a quarter of the default `max_connections`.
-    #[serde(default = "default_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
     /// A client must send its request headers within this many seconds.
-    #[serde(default = "default_header_read_timeout_s")]
     pub header_read_timeout_s: u64,
     /// A client must finish the TLS handshake within this many seconds.
-    #[serde(default = "default_handshake_timeout_s")]
     pub handshake_timeout_s: u64,
     /// After the TLS handshake, the first request must arrive within this many seconds, or
     /// the connection is closed (a client that connects and sends nothing holds no slot).
-    #[serde(default = "default_first_request_timeout_s")]
     pub first_request_timeout_s: u64,
     /// A connection with no request in flight and no new request for this many seconds is
     /// closed gracefully (HTTP/2: GOAWAY). Bytes that carry no request (HTTP/2 PINGs, a
     /// trickle of header bytes) do not count as activity. HTTP/1.1 connections are also
     /// bound by `header_read_timeout_s` between requests.
-    #[serde(default = "default_idle_timeout_s")]
     pub idle_timeout_s: u64,
     /// HTTP/2: send a PING after this many seconds without frames from the client; 0 = off.
-    #[serde(default = "default_h2_keepalive_interval_s")]
     pub h2_keepalive_interval_s: u64,
     /// HTTP/2: close the connection when a PING is not answered within this many seconds.
-    #[serde(default = "default_h2_keepalive_timeout_s")]
     pub h2_keepalive_timeout_s: u64,
     /// While a request body is being received, every window of this many seconds must bring
     /// at least `body_min_bytes_per_s` × `body_timeout_s` bytes, or the connection is closed
     /// (a client trickling or stalling its body cannot hold a request open).
-    #[serde(default = "default_body_timeout_s")]
     pub body_timeout_s: u64,
     /// The slowest average body rate accepted over each `body_timeout_s` window, bytes per
     /// second. The default (1 KiB/s) is about a thousandth of a slow LAN link: an upload of
     /// 64 MiB is never cut, a body sent a few bytes at a time is. 0: only a window without a
     /// single body byte cuts.
-    #[serde(default = "default_body_min_bytes_per_s")]
     pub body_min_bytes_per_s: u64,
     /// Most request headers per request.
-    #[serde(default = "default_max_headers")]
     pub max_headers: usize,
     /// Body limit of the JSON inference routes (chat, completions), bytes.
-    #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// Seconds running requests get to finish after SIGTERM before connections are closed.
-    #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: u64,
-}
-
-fn default_max_connections() -> usize {
-    512
-}
-fn default_max_connections_per_ip() -> usize {
-    128
-}
-fn default_first_request_timeout_s() -> u64 {
-    10
-}
-fn default_idle_timeout_s() -> u64 {
-    60
-}
-fn default_h2_keepalive_interval_s() -> u64 {
-    30
-}
-fn default_h2_keepalive_timeout_s() -> u64 {
-    10
-}
-fn default_body_timeout_s() -> u64 {
-    20
-}
-fn default_body_min_bytes_per_s() -> u64 {
-    1024
-}
-fn default_header_read_timeout_s() -> u64 {
-    10
-}
-fn default_handshake_timeout_s() -> u64 {
-    10
-}
-fn default_max_headers() -> usize {
-    64
-}
-fn default_max_body_bytes() -> usize {
-    1 << 20
-}
-fn default_shutdown_grace_s() -> u64 {
-    30
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: None,
-            max_connections: default_max_connections(),
-            max_connections_per_ip: default_max_connections_per_ip(),
-            first_request_timeout_s: default_first_request_timeout_s(),
-            idle_timeout_s: default_idle_timeout_s(),
-            h2_keepalive_interval_s: default_h2_keepalive_interval_s(),
-            h2_keepalive_timeout_s: default_h2_keepalive_timeout_s(),
-            body_timeout_s: default_body_timeout_s(),
-            body_min_bytes_per_s: default_body_min_bytes_per_s(),
-            header_read_timeout_s: default_header_read_timeout_s(),
-            handshake_timeout_s: default_handshake_timeout_s(),
-            max_headers: default_max_headers(),
-            max_body_bytes: default_max_body_bytes(),
-            shutdown_grace_s: default_shutdown_grace_s(),
+            max_connections: 512,
+            max_connections_per_ip: 128,
+            first_request_timeout_s: 10,
+            idle_timeout_s: 60,
+            h2_keepalive_interval_s: 30,
+            h2_keepalive_timeout_s: 10,
+            body_timeout_s: 20,
+            body_min_bytes_per_s: 1024,
+            header_read_timeout_s: 10,
+            handshake_timeout_s: 10,
+            max_headers: 64,
+            max_body_bytes: 1 << 20,
+            shutdown_grace_s: 30,
         }
     }
 }
@@ -324,24 +256,17 @@ pub struct TlsConfig {
 
 /// `[embeddings]`: the embedding model behind `/v1/embeddings` and the knowledge base.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct EmbeddingsConfig {
     /// Load an embedding model at all.
-    #[serde(default = "yes")]
     pub enabled: bool,
     /// Model directory [default: the first of `<state_dir>/models/all-minilm-l6-v2`,
     /// `/usr/lib/edgeseek/models/all-minilm-l6-v2`, `./.runtime/models/all-minilm-l6-v2`].
     pub model: Option<PathBuf>,
     /// Inputs per ONNX Runtime call.
-    #[serde(default = "default_embed_batch_size")]
     pub batch_size: usize,
     /// Intra-op threads of the embedding session; 0 = one per core.
-    #[serde(default)]
     pub threads: usize,
-}
-
-fn default_embed_batch_size() -> usize {
-    EmbedderConfig::default().batch_size
 }
 
 impl Default for EmbeddingsConfig {
@@ -349,51 +274,27 @@ impl Default for EmbeddingsConfig {
         EmbeddingsConfig {
             enabled: true,
             model: None,
-            batch_size: default_embed_batch_size(),
+            batch_size: EmbedderConfig::default().batch_size,
             threads: 0,
         }
     }
-}
-
-fn default_max_batch() -> usize {
-    8
-}
-fn default_max_queue() -> usize {
-    64
-}
-fn default_kv_budget_mb() -> u64 {
-    1024
-}
-fn default_prefill_chunk() -> usize {
-    256
-}
-fn default_prefix_cache_mb() -> u64 {
-    256
-}
-
-fn default_providers() -> Vec<Provider> {
-    vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu]
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             model: None,
-            providers: default_providers(),
+            providers: vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
             provider_policy: ProviderPolicy::Fallback,
             intra_threads: 0,
             tensorrt_fp16: true,
             tensorrt_cache: None,
             device_id: 0,
-            max_batch: default_max_batch(),
-            max_queue: default_max_queue(),
-            kv_budget_mb: default_kv_budget_mb(),
-            prefill_chunk: default_prefill_chunk(),
-            prefix_cache_mb: default_prefix_cache_mb(),
+            max_batch: 8,
+            max_queue: 64,
+            kv_budget_mb: 1024,
+            prefill_chunk: 256,
+            prefix_cache_mb: 256,
         }
     }
 }
@@ -463,21 +364,6 @@ impl Config {
                 "must be more than 0 and at most 1",
             ));
         }
-        if self.engine.intra_threads > 1024 {
-            return Err(bad("engine.intra_threads", "must be 0..=1024"));
-        }
-        if !(1..=256).contains(&self.engine.max_batch) {
-            return Err(bad("engine.max_batch", "must be 1..=256"));
-        }
-        if !(1..=100_000).contains(&self.engine.max_queue) {
-            return Err(bad("engine.max_queue", "must be 1..=100000"));
-        }
-        if !(1..=1 << 20).contains(&self.engine.kv_budget_mb) {
-            return Err(bad("engine.kv_budget_mb", "must be 1..=1048576"));
-        }
-        if !(1..=65_536).contains(&self.engine.prefill_chunk) {
-            return Err(bad("engine.prefill_chunk", "must be 1..=65536"));
-        }
         if let Some(l) = &self.server.listen {
             if l.parse::<std::net::SocketAddr>().is_err() {
                 return Err(bad(
@@ -486,58 +372,74 @@ impl Config {
                 ));
             }
         }
-        if !(1..=1_000_000).contains(&self.server.max_connections) {
-            return Err(bad("server.max_connections", "must be 1..=1000000"));
-        }
-        if !(1..=1_000_000).contains(&self.server.max_connections_per_ip) {
-            return Err(bad("server.max_connections_per_ip", "must be 1..=1000000"));
-        }
-        for (key, v, min) in [
+        // (key, value, least, most): each must lie in least..=most.
+        let (e, v, m) = (&self.engine, &self.server, &self.embeddings);
+        let ranges: [(&str, u64, u64, u64); 20] = [
+            ("engine.intra_threads", e.intra_threads as u64, 0, 1024),
+            ("engine.max_batch", e.max_batch as u64, 1, 256),
+            ("engine.max_queue", e.max_queue as u64, 1, 100_000),
+            ("engine.kv_budget_mb", e.kv_budget_mb, 1, 1 << 20),
+            ("engine.prefill_chunk", e.prefill_chunk as u64, 1, 65_536),
+            (
+                "server.max_connections",
+                v.max_connections as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "server.max_connections_per_ip",
+                v.max_connections_per_ip as u64,
+                1,
+                1_000_000,
+            ),
             (
                 "server.first_request_timeout_s",
-                self.server.first_request_timeout_s,
+                v.first_request_timeout_s,
                 1,
+                3600,
             ),
-            ("server.idle_timeout_s", self.server.idle_timeout_s, 1),
+            ("server.idle_timeout_s", v.idle_timeout_s, 1, 3600),
             (
                 "server.h2_keepalive_interval_s",
-                self.server.h2_keepalive_interval_s,
+                v.h2_keepalive_interval_s,
                 0,
+                3600,
             ),
             (
                 "server.h2_keepalive_timeout_s",
-                self.server.h2_keepalive_timeout_s,
+                v.h2_keepalive_timeout_s,
                 1,
+                3600,
             ),
-            ("server.body_timeout_s", self.server.body_timeout_s, 1),
-        ] {
-            if !(min..=3600).contains(&v) {
-                return Err(bad(key, &format!("must be {min}..=3600")));
+            ("server.body_timeout_s", v.body_timeout_s, 1, 3600),
+            (
+                "server.body_min_bytes_per_s",
+                v.body_min_bytes_per_s,
+                0,
+                1 << 30,
+            ),
+            (
+                "server.header_read_timeout_s",
+                v.header_read_timeout_s,
+                1,
+                3600,
+            ),
+            ("server.handshake_timeout_s", v.handshake_timeout_s, 1, 3600),
+            ("server.max_headers", v.max_headers as u64, 8, 1024),
+            (
+                "server.max_body_bytes",
+                v.max_body_bytes as u64,
+                1024,
+                1 << 30,
+            ),
+            ("server.shutdown_grace_s", v.shutdown_grace_s, 0, 3600),
+            ("embeddings.batch_size", m.batch_size as u64, 1, 1024),
+            ("embeddings.threads", m.threads as u64, 0, 1024),
+        ];
+        for (key, value, least, most) in ranges {
+            if !(least..=most).contains(&value) {
+                return Err(bad(key, &format!("must be {least}..={most}")));
             }
-        }
-        if self.server.body_min_bytes_per_s > 1 << 30 {
-            return Err(bad("server.body_min_bytes_per_s", "must be 0..=1073741824"));
-        }
-        if !(1..=3600).contains(&self.server.header_read_timeout_s) {
-            return Err(bad("server.header_read_timeout_s", "must be 1..=3600"));
-        }
-        if !(1..=3600).contains(&self.server.handshake_timeout_s) {
-            return Err(bad("server.handshake_timeout_s", "must be 1..=3600"));
-        }
-        if !(8..=1024).contains(&self.server.max_headers) {
-            return Err(bad("server.max_headers", "must be 8..=1024"));
-        }
-        if !(1024..=1 << 30).contains(&self.server.max_body_bytes) {
-            return Err(bad("server.max_body_bytes", "must be 1024..=1073741824"));
-        }
-        if self.server.shutdown_grace_s > 3600 {
-            return Err(bad("server.shutdown_grace_s", "must be 0..=3600"));
-        }
-        if !(1..=1024).contains(&self.embeddings.batch_size) {
-            return Err(bad("embeddings.batch_size", "must be 1..=1024"));
-        }
-        if self.embeddings.threads > 1024 {
-            return Err(bad("embeddings.threads", "must be 0..=1024"));
         }
         if let Err((key, msg)) = self.kb.check() {
             return Err(bad(key, &msg));
@@ -578,162 +480,46 @@ impl Config {
     /// only after a restart.
     pub fn changes_from(&self, old: &Config) -> Vec<Change> {
         let mut out = Vec::new();
-        let mut diff = |key: &'static str, live: bool, changed: bool| {
-            if changed {
-                out.push(Change { key, live });
-            }
-        };
-        let (e, o) = (&self.engine, &old.engine);
-        diff("state_dir", false, self.state_dir != old.state_dir);
-        diff("engine.model", false, e.model != o.model);
-        diff(
-            "runtime.library",
-            false,
-            self.runtime.library != old.runtime.library,
-        );
-        diff("engine.providers", false, e.providers != o.providers);
-        diff(
-            "engine.provider_policy",
-            false,
-            e.provider_policy != o.provider_policy,
-        );
-        diff(
-            "engine.intra_threads",
-            false,
-            e.intra_threads != o.intra_threads,
-        );
-        diff(
-            "engine.tensorrt_fp16",
-            false,
-            e.tensorrt_fp16 != o.tensorrt_fp16,
-        );
-        diff(
-            "engine.tensorrt_cache",
-            false,
-            e.tensorrt_cache != o.tensorrt_cache,
-        );
-        diff("engine.device_id", false, e.device_id != o.device_id);
-        diff("engine.max_batch", false, e.max_batch != o.max_batch);
-        diff("engine.max_queue", false, e.max_queue != o.max_queue);
-        diff(
-            "engine.kv_budget_mb",
-            false,
-            e.kv_budget_mb != o.kv_budget_mb,
-        );
-        diff(
-            "engine.prefill_chunk",
-            false,
-            e.prefill_chunk != o.prefill_chunk,
-        );
-        diff(
-            "engine.prefix_cache_mb",
-            false,
-            e.prefix_cache_mb != o.prefix_cache_mb,
-        );
-        let (s, o) = (&self.server, &old.server);
-        diff("server.listen", false, s.listen != o.listen);
-        diff(
-            "server.max_connections",
-            true,
-            s.max_connections != o.max_connections,
-        );
-        diff(
-            "server.max_connections_per_ip",
-            true,
-            s.max_connections_per_ip != o.max_connections_per_ip,
-        );
-        diff(
-            "server.first_request_timeout_s",
-            true,
-            s.first_request_timeout_s != o.first_request_timeout_s,
-        );
-        diff(
-            "server.idle_timeout_s",
-            true,
-            s.idle_timeout_s != o.idle_timeout_s,
-        );
-        diff(
-            "server.h2_keepalive_interval_s",
-            true,
-            s.h2_keepalive_interval_s != o.h2_keepalive_interval_s,
-        );
-        diff(
-            "server.h2_keepalive_timeout_s",
-            true,
-            s.h2_keepalive_timeout_s != o.h2_keepalive_timeout_s,
-        );
-        diff(
-            "server.body_timeout_s",
-            true,
-            s.body_timeout_s != o.body_timeout_s,
-        );
-        diff(
-            "server.body_min_bytes_per_s",
-            true,
-            s.body_min_bytes_per_s != o.body_min_bytes_per_s,
-        );
-        diff(
-            "server.header_read_timeout_s",
-            true,
-            s.header_read_timeout_s != o.header_read_timeout_s,
-        );
-        diff(
-            "server.handshake_timeout_s",
-            true,
-            s.handshake_timeout_s != o.handshake_timeout_s,
-        );
-        diff("server.max_headers", true, s.max_headers != o.max_headers);
-        diff(
-            "server.max_body_bytes",
-            true,
-            s.max_body_bytes != o.max_body_bytes,
-        );
-        diff(
-            "server.shutdown_grace_s",
-            true,
-            s.shutdown_grace_s != o.shutdown_grace_s,
-        );
-        let (m, o) = (&self.embeddings, &old.embeddings);
-        diff("embeddings.enabled", false, m.enabled != o.enabled);
-        diff("embeddings.model", false, m.model != o.model);
-        diff("embeddings.batch_size", false, m.batch_size != o.batch_size);
-        diff("embeddings.threads", false, m.threads != o.threads);
-        let (t, o) = (&self.tls, &old.tls);
-        diff("tls.cert", false, t.cert != o.cert);
-        diff("tls.key", false, t.key != o.key);
-        diff("tls.client_ca", false, t.client_ca != o.client_ca);
-        diff("tls.client_crl", false, t.client_crl != o.client_crl);
-        // A setting added to the schema but not to the list above still counts (as needing a
-        // restart): every listed field is copied from `old`, and whatever then still differs
-        // is unlisted.
-        diff("kb", false, self.kb != old.kb);
-        diff(
-            "limits.key_queue_share",
-            true,
-            self.limits.key_queue_share != old.limits.key_queue_share,
-        );
+        // Every setting named here is compared, then copied from `old` into `rest`: whatever
+        // still differs afterwards is a setting added to the schema but not to this list, and
+        // still counts (as needing a restart).
         let mut rest = self.clone();
-        rest.limits.clone_from(&old.limits);
-        rest.state_dir.clone_from(&old.state_dir);
-        rest.kb.clone_from(&old.kb);
-        rest.embeddings.clone_from(&old.embeddings);
-        rest.runtime.library.clone_from(&old.runtime.library);
-        let (re, oe) = (&mut rest.engine, &old.engine);
-        re.model.clone_from(&oe.model);
-        re.providers.clone_from(&oe.providers);
-        re.provider_policy = oe.provider_policy;
-        re.intra_threads = oe.intra_threads;
-        re.tensorrt_fp16 = oe.tensorrt_fp16;
-        re.tensorrt_cache.clone_from(&oe.tensorrt_cache);
-        re.device_id = oe.device_id;
-        re.max_batch = oe.max_batch;
-        re.max_queue = oe.max_queue;
-        re.kv_budget_mb = oe.kv_budget_mb;
-        re.prefill_chunk = oe.prefill_chunk;
-        re.prefix_cache_mb = oe.prefix_cache_mb;
-        rest.server.clone_from(&old.server);
-        rest.tls.clone_from(&old.tls);
-        diff("(other settings)", false, rest != *old);
+        macro_rules! compare {
+            ($section:literal $new:ident $old:ident $rest:expr, live: $live:expr, $($f:ident)+) => {$(
+                if $new.$f != $old.$f {
+                    out.push(Change { key: concat!($section, stringify!($f)), live: $live });
+                }
+                $rest.$f.clone_from(&$old.$f);
+            )+};
+        }
+        let (c, o) = (self, old);
+        compare!("" c o rest, live: false, state_dir);
+        let (e, o) = (&self.engine, &old.engine);
+        compare!("engine." e o rest.engine, live: false, model);
+        let (r, o_runtime) = (&self.runtime, &old.runtime);
+        compare!("runtime." r o_runtime rest.runtime, live: false, library);
+        compare!("engine." e o rest.engine, live: false,
+            providers provider_policy intra_threads tensorrt_fp16 tensorrt_cache device_id
+            max_batch max_queue kv_budget_mb prefill_chunk prefix_cache_mb);
+        let (s, o) = (&self.server, &old.server);
+        compare!("server." s o rest.server, live: false, listen);
+        compare!("server." s o rest.server, live: true,
+            max_connections max_connections_per_ip first_request_timeout_s idle_timeout_s
+            h2_keepalive_interval_s h2_keepalive_timeout_s body_timeout_s body_min_bytes_per_s
+            header_read_timeout_s handshake_timeout_s max_headers max_body_bytes shutdown_grace_s);
+        let (m, o) = (&self.embeddings, &old.embeddings);
+        compare!("embeddings." m o rest.embeddings, live: false, enabled model batch_size threads);
+        let (t, o) = (&self.tls, &old.tls);
+        compare!("tls." t o rest.tls, live: false, cert key client_ca client_crl);
+        compare!("" c old rest, live: false, kb);
+        let (l, o) = (&self.limits, &old.limits);
+        compare!("limits." l o rest.limits, live: true, key_queue_share);
+        if rest != *old {
+            out.push(Change {
+                key: "(other settings)",
+                live: false,
+            });
+        }
         out
     }
 
@@ -797,6 +583,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::expect_err;
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("/etc/edgeseek/edgeseek.toml"))
@@ -847,30 +634,21 @@ mod tests {
             ("engine.kv_budget_mb", "kv_budget_mb = 0"),
             ("engine.prefill_chunk", "prefill_chunk = 0"),
         ] {
-            let e = parse(&format!("[engine]\n{text}\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(key), "{e}");
+            expect_err(parse(&format!("[engine]\n{text}\n")), &[key]);
         }
     }
 
     #[test]
     fn unknown_key_names_file_and_key() {
-        let e = parse("[engine]\nprovider = [\"cpu\"]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("/etc/edgeseek/edgeseek.toml") && e.contains("provider"),
-            "{e}"
+        expect_err(
+            parse("[engine]\nprovider = [\"cpu\"]\n"),
+            &["/etc/edgeseek/edgeseek.toml", "provider"],
         );
     }
 
     #[test]
     fn unknown_provider_is_rejected() {
-        let e = parse("[engine]\nproviders = [\"rocm\"]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("rocm"), "{e}");
+        expect_err(parse("[engine]\nproviders = [\"rocm\"]\n"), &["rocm"]);
     }
 
     #[test]
@@ -903,13 +681,9 @@ mod tests {
             ("server.max_body_bytes", "[server]\nmax_body_bytes = 1"),
             ("tls.cert", "[tls]\ncert = \"/c.pem\""),
         ] {
-            let e = parse(text).unwrap_err().to_string();
-            assert!(e.contains(key), "{e}");
+            expect_err(parse(text), &[key]);
         }
-        let e = parse("[tls]\ncertificate = \"/c\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("certificate"), "{e}");
+        expect_err(parse("[tls]\ncertificate = \"/c\"\n"), &["certificate"]);
     }
 
     #[test]
@@ -926,11 +700,9 @@ mod tests {
             "[limits]\nkey_queue_share = 1.5",
             "[limits]\nkey_queue_share = nan",
         ] {
-            let e = parse(text).unwrap_err().to_string();
-            assert!(e.contains("limits.key_queue_share"), "{e}");
+            expect_err(parse(text), &["limits.key_queue_share"]);
         }
-        let e = parse("[limits]\nper_key = 1").unwrap_err().to_string();
-        assert!(e.contains("per_key"), "{e}");
+        expect_err(parse("[limits]\nper_key = 1"), &["per_key"]);
         let changed = parse("[limits]\nkey_queue_share = 0.5").unwrap();
         let diffs = changed.changes_from(&d);
         assert!(
@@ -991,10 +763,7 @@ mod tests {
                 "body_min_bytes_per_s = 2000000000",
             ),
         ] {
-            let e = parse(&format!("[server]\n{text}\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(key), "{e}");
+            expect_err(parse(&format!("[server]\n{text}\n")), &[key]);
         }
         // All of them apply live.
         let changed = parse("[server]\nidle_timeout_s = 5\nbody_timeout_s = 5\n").unwrap();
@@ -1002,10 +771,10 @@ mod tests {
             .changes_from(&parse("").unwrap())
             .iter()
             .all(|c| c.live));
-        let e = parse("[tls]\nclient_crl = \"/crl.pem\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("tls.client_crl"), "{e}");
+        expect_err(
+            parse("[tls]\nclient_crl = \"/crl.pem\"\n"),
+            &["tls.client_crl"],
+        );
         let m = parse("[tls]\nclient_ca = \"/ca.pem\"\nclient_crl = \"/crl.pem\"\n").unwrap();
         assert_eq!(m.tls.client_crl, Some(PathBuf::from("/crl.pem")));
     }
@@ -1027,13 +796,9 @@ mod tests {
             ("embeddings.batch_size", "batch_size = 0"),
             ("embeddings.threads", "threads = 5000"),
         ] {
-            let e = parse(&format!("[embeddings]\n{text}\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(key), "{e}");
+            expect_err(parse(&format!("[embeddings]\n{text}\n")), &[key]);
         }
-        let e = parse("[embeddings]\nbatch = 4\n").unwrap_err().to_string();
-        assert!(e.contains("batch"), "{e}");
+        expect_err(parse("[embeddings]\nbatch = 4\n"), &["batch"]);
     }
 
     #[test]

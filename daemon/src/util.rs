@@ -2,7 +2,9 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
@@ -34,6 +36,35 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .mode(0o700)
         .create(dir)
 }
+
+/// Seconds since 1970-01-01 UTC now (0 for a clock set before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Test helper: `r` failed, with a message that contains each of `needles`. Returns the
+/// message for further checks.
+#[cfg(test)]
+#[track_caller]
+pub fn expect_err<T: std::fmt::Debug, E: std::fmt::Display>(
+    r: Result<T, E>,
+    needles: &[&str],
+) -> String {
+    let e = match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.to_string(),
+    };
+    for n in needles {
+        assert!(e.contains(n), "`{n}` is not in: {e}");
+    }
+    e
+}
+
+/// Test helper: compiles only when `T` may be shared between threads.
+#[cfg(test)]
+pub fn assert_send_sync<T: Send + Sync>() {}
 
 /// Lowercase hex of `bytes` (digests, fingerprints, random ids).
 pub fn hex(bytes: &[u8]) -> String {
@@ -79,6 +110,25 @@ pub fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// `l.write()`, also after a panic of another holder.
 pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stop a worker thread that is fed through a channel: raise `stop`, drop the sender (a
+/// worker blocked waiting for work then sees the channel closed), and join the thread. `what`
+/// names the thread in the log when it panicked.
+pub fn stop_worker<T>(
+    stop: &AtomicBool,
+    tx: &Mutex<Option<T>>,
+    thread: &Mutex<Option<JoinHandle<()>>>,
+    what: &str,
+) {
+    stop.store(true, Ordering::SeqCst);
+    drop(lock(tx).take());
+    let handle = lock(thread).take();
+    if let Some(t) = handle {
+        if t.join().is_err() {
+            tracing::error!("{what} thread panicked");
+        }
+    }
 }
 
 /// `cv.wait(guard)`, also after a panic of another holder of the mutex.

@@ -490,9 +490,7 @@ fn revoke(t: &Target, r: &RevokeArgs) -> Result<(), AdminCliError> {
 }
 
 pub fn tls(t: &Target, a: &TlsArgs) -> Result<(), AdminCliError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = crate::util::unix_now() as i64;
     let (shown, json_out, done) = match &a.cmd {
         TlsCmd::Init(f) => {
             // Nothing to reload: a running daemon created (or was given) its identity at start.

@@ -185,21 +185,11 @@ fn ingest(t: &Target, a: &IngestArgs) -> Result<(), AdminCliError> {
             eprint!("\r\x1b[2K[{}/{}] {shown}", i + 1, files.len());
             let _ = std::io::stderr().flush();
         }
-        match ingest_one(t, &a.collection, f) {
+        let (document, error) = match ingest_one(t, &a.collection, f) {
             Ok(v) => {
                 ok += 1;
                 chunks += v["chunks"].as_u64().unwrap_or(0);
-                if a.json {
-                    out(&format!(
-                        "{}\n",
-                        wire::value(&IngestLine {
-                            path: f,
-                            ok: true,
-                            document: Some(&v),
-                            error: None,
-                        })
-                    ))?;
-                }
+                (Some(v), None)
             }
             // Losing the daemon mid-run fails the rest the same way; stop here.
             Err(e @ (AdminCliError::NotRunning(_) | AdminCliError::Denied { .. })) => {
@@ -209,19 +199,18 @@ fn ingest(t: &Target, a: &IngestArgs) -> Result<(), AdminCliError> {
                 return Err(e);
             }
             Err(e) => {
-                if a.json {
-                    out(&format!(
-                        "{}\n",
-                        wire::value(&IngestLine {
-                            path: f,
-                            ok: false,
-                            document: None,
-                            error: Some(e.to_string()),
-                        })
-                    ))?;
-                }
                 failed.push((f.clone(), e.to_string()));
+                (None, Some(e.to_string()))
             }
+        };
+        if a.json {
+            let line = IngestLine {
+                path: f,
+                ok: error.is_none(),
+                document: document.as_ref(),
+                error,
+            };
+            out(&format!("{}\n", wire::value(&line)))?;
         }
     }
     if progress {

@@ -27,7 +27,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -39,7 +39,7 @@ use serde_json::Value;
 
 use crate::engine::{Embedder, Scheduler};
 use crate::keys::KeyStore;
-use crate::util::{read, write};
+use crate::util::{read, unix_now, write};
 use error::ApiError;
 use metrics::Metrics;
 
@@ -250,12 +250,6 @@ impl App {
     pub fn set_config(&self, cfg: ApiConfig) {
         *write(&self.cfg) = cfg;
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The client's `x-request-id` if it is a sane token (so ids can be followed through a

@@ -111,6 +111,15 @@ pub struct ModelSpec {
     pub mask_type: IntType,
 }
 
+/// The model's dimensions as a layout reader finds them in its config.
+struct Dims {
+    num_layers: usize,
+    num_kv_heads: usize,
+    head_size: usize,
+    vocab_size: usize,
+    context_length: usize,
+}
+
 impl_file_error!(ModelError);
 
 fn get_usize(v: &Json, key: &str, file: &Path) -> Result<usize, ModelError> {
@@ -191,6 +200,50 @@ impl ModelSpec {
         Ok(spec)
     }
 
+    /// A spec as a layout reader found it: the architecture name under `arch.1` and the BOS
+    /// id in the config `arch.0`; the dtypes are placeholders until [`ModelSpec::bind_graph`].
+    fn unbound(
+        dir: &Path,
+        layout: Layout,
+        onnx: PathBuf,
+        arch: (&Json, &str),
+        dims: Dims,
+        eos_ids: Vec<u32>,
+        names: IoNames,
+    ) -> ModelSpec {
+        let (config, arch_key) = arch;
+        let Dims {
+            num_layers,
+            num_kv_heads,
+            head_size,
+            vocab_size,
+            context_length,
+        } = dims;
+        ModelSpec {
+            dir: dir.to_path_buf(),
+            name: String::new(),
+            layout,
+            onnx,
+            arch: config
+                .get(arch_key)
+                .and_then(Json::as_str)
+                .unwrap_or("unknown")
+                .to_string(),
+            num_layers,
+            num_kv_heads,
+            head_size,
+            vocab_size,
+            context_length,
+            eos_ids,
+            bos_id: ids_of(config.get("bos_token_id")).first().copied(),
+            names,
+            kv_type: FloatType::F32,
+            logits_type: FloatType::F32,
+            ids_type: IntType::I64,
+            mask_type: IntType::I64,
+        }
+    }
+
     fn read_genai(dir: &Path) -> Result<ModelSpec, ModelError> {
         let file = dir.join("genai_config.json");
         let cfg = read_json(&file)?;
@@ -200,11 +253,14 @@ impl ModelSpec {
         let dec = model
             .get("decoder")
             .ok_or_else(|| invalid(&file, "`model.decoder` missing"))?;
-        let num_layers = get_usize(dec, "num_hidden_layers", &file)?;
-        let num_kv_heads = get_usize(dec, "num_key_value_heads", &file)?;
-        let head_size = get_usize(dec, "head_size", &file)?;
-        let vocab_size = get_usize(model, "vocab_size", &file)?;
-        let context_length = get_usize(model, "context_length", &file)?;
+        let dims = Dims {
+            num_layers: get_usize(dec, "num_hidden_layers", &file)?,
+            num_kv_heads: get_usize(dec, "num_key_value_heads", &file)?,
+            head_size: get_usize(dec, "head_size", &file)?,
+            vocab_size: get_usize(model, "vocab_size", &file)?,
+            context_length: get_usize(model, "context_length", &file)?,
+        };
+        let num_layers = dims.num_layers;
         let onnx_name = dec
             .get("filename")
             .and_then(Json::as_str)
@@ -241,29 +297,15 @@ impl ModelSpec {
         };
         // generation_config.json may list more stop ids (Qwen chat models end turns with <|im_end|>).
         let eos_ids = merge_ids(ids_of(model.get("eos_token_id")), generation_eos(dir));
-        Ok(ModelSpec {
-            dir: dir.to_path_buf(),
-            name: String::new(),
-            layout: Layout::Genai,
+        Ok(ModelSpec::unbound(
+            dir,
+            Layout::Genai,
             onnx,
-            arch: model
-                .get("type")
-                .and_then(Json::as_str)
-                .unwrap_or("unknown")
-                .to_string(),
-            num_layers,
-            num_kv_heads,
-            head_size,
-            vocab_size,
-            context_length,
+            (model, "type"),
+            dims,
             eos_ids,
-            bos_id: ids_of(model.get("bos_token_id")).first().copied(),
             names,
-            kv_type: FloatType::F32,
-            logits_type: FloatType::F32,
-            ids_type: IntType::I64,
-            mask_type: IntType::I64,
-        })
+        ))
     }
 
     fn read_onnx_community(dir: &Path) -> Result<ModelSpec, ModelError> {
@@ -282,8 +324,13 @@ impl ModelSpec {
             None if heads > 0 => hidden / heads,
             None => return Err(invalid(&file, "`num_attention_heads` is 0")),
         };
-        let vocab_size = get_usize(&cfg, "vocab_size", &file)?;
-        let context_length = get_usize(&cfg, "max_position_embeddings", &file)?;
+        let dims = Dims {
+            num_layers,
+            num_kv_heads,
+            head_size,
+            vocab_size: get_usize(&cfg, "vocab_size", &file)?,
+            context_length: get_usize(&cfg, "max_position_embeddings", &file)?,
+        };
         let onnx = pick_onnx_file(&dir.join("onnx"))?;
         let per_layer = |fmt: &str| -> Vec<String> {
             (0..num_layers)
@@ -301,29 +348,15 @@ impl ModelSpec {
             present_value: per_layer("present.{}.value"),
         };
         let eos_ids = merge_ids(generation_eos(dir), ids_of(cfg.get("eos_token_id")));
-        Ok(ModelSpec {
-            dir: dir.to_path_buf(),
-            name: String::new(),
-            layout: Layout::OnnxCommunity,
+        Ok(ModelSpec::unbound(
+            dir,
+            Layout::OnnxCommunity,
             onnx,
-            arch: cfg
-                .get("model_type")
-                .and_then(Json::as_str)
-                .unwrap_or("unknown")
-                .to_string(),
-            num_layers,
-            num_kv_heads,
-            head_size,
-            vocab_size,
-            context_length,
+            (&cfg, "model_type"),
+            dims,
             eos_ids,
-            bos_id: ids_of(cfg.get("bos_token_id")).first().copied(),
             names,
-            kv_type: FloatType::F32,
-            logits_type: FloatType::F32,
-            ids_type: IntType::I64,
-            mask_type: IntType::I64,
-        })
+        ))
     }
 
     /// Check the names and shapes against the loaded graph and record the dtypes it wants.

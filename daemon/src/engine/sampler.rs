@@ -678,6 +678,13 @@ where
 mod tests {
     use super::*;
 
+    /// A greedy sampler with one setting changed.
+    fn greedy_with(set: impl FnOnce(&mut SamplingParams)) -> Sampler {
+        let mut p = SamplingParams::greedy();
+        set(&mut p);
+        Sampler::new(p)
+    }
+
     fn seeded(temperature: f32, seed: u64) -> SamplingParams {
         SamplingParams {
             temperature,
@@ -722,9 +729,12 @@ mod tests {
         let mut s = Sampler::new(SamplingParams::greedy());
         assert_eq!(s.sample(&logits, &[], &[]).token, 1);
         // Same through the slow path (an inert bias forces it).
-        let mut p = SamplingParams::greedy();
-        p.logit_bias = vec![(4, 0.0)];
-        assert_eq!(Sampler::new(p).sample(&logits, &[], &[]).token, 1);
+        assert_eq!(
+            greedy_with(|p| p.logit_bias = vec![(4, 0.0)])
+                .sample(&logits, &[], &[])
+                .token,
+            1
+        );
         assert_eq!(
             Sampler::new(SamplingParams::greedy())
                 .sample(&[5.0, 5.0, 5.0], &[], &[])
@@ -741,9 +751,7 @@ mod tests {
         assert_eq!(got.token, 2);
         assert!((got.logprob - (3.0 - lse)).abs() < 1e-5);
         // A bias changes the choice but not the reported (raw) logprob.
-        let mut p = SamplingParams::greedy();
-        p.logit_bias = vec![(0, 100.0)];
-        let got = Sampler::new(p).sample(&logits, &[], &[]);
+        let got = greedy_with(|p| p.logit_bias = vec![(0, 100.0)]).sample(&logits, &[], &[]);
         assert_eq!(got.token, 0);
         assert!((got.logprob - (1.0 - lse)).abs() < 1e-5);
     }
@@ -880,9 +888,7 @@ mod tests {
     #[test]
     fn presence_penalty_applies_once_per_generated_id() {
         let logits = [1.0, 0.5];
-        let mut p = SamplingParams::greedy();
-        p.presence_penalty = 0.6;
-        let mut s = Sampler::new(p);
+        let mut s = greedy_with(|p| p.presence_penalty = 0.6);
         // Only prompt ids: no presence effect.
         assert_eq!(s.sample(&logits, &[0], &[]).token, 0);
         // 1.0 - 0.6 = 0.4 < 0.5
@@ -890,17 +896,18 @@ mod tests {
         // Many occurrences: still only -0.6 (0.4 > 0.3)
         assert_eq!(s.sample(&[1.0, 0.3], &[], &[0, 0, 0, 0]).token, 0);
         // Negative presence penalty encourages repetition.
-        let mut p = SamplingParams::greedy();
-        p.presence_penalty = -1.0;
-        assert_eq!(Sampler::new(p).sample(&[0.0, 0.5], &[], &[0]).token, 0);
+        assert_eq!(
+            greedy_with(|p| p.presence_penalty = -1.0)
+                .sample(&[0.0, 0.5], &[], &[0])
+                .token,
+            0
+        );
     }
 
     #[test]
     fn frequency_penalty_scales_with_count() {
         let logits = [1.0, 0.5];
-        let mut p = SamplingParams::greedy();
-        p.frequency_penalty = 0.2;
-        let mut s = Sampler::new(p);
+        let mut s = greedy_with(|p| p.frequency_penalty = 0.2);
         assert_eq!(s.sample(&logits, &[], &[0, 0]).token, 0); // 0.6 > 0.5
         assert_eq!(s.sample(&logits, &[], &[0, 0, 0]).token, 1); // 0.4 < 0.5
         assert_eq!(s.sample(&logits, &[0, 0, 0, 0], &[]).token, 0); // prompt ignored
@@ -927,9 +934,9 @@ mod tests {
         let mut p = seeded(1.0, 4);
         p.logit_bias = vec![(1234, 100.0)];
         assert!(run(p, &logits, 30).iter().all(|&t| t == 1234));
-        let mut p = SamplingParams::greedy();
-        p.logit_bias = vec![(best, -100.0)];
-        let got = Sampler::new(p).sample(&logits, &[], &[]).token;
+        let got = greedy_with(|p| p.logit_bias = vec![(best, -100.0)])
+            .sample(&logits, &[], &[])
+            .token;
         assert_ne!(got, best);
         // Banned token never drawn while sampling either.
         let mut p = seeded(1.0, 4);

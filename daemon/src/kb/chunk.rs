@@ -201,22 +201,20 @@ fn chunk_inner(
     let max = opts.max_tokens.max(1);
     // The overlap must leave room for new text in every chunk.
     let overlap = opts.overlap_tokens.min(max / 2);
+    let pack = Packer {
+        count_tokens,
+        max,
+        overlap,
+        min_tokens: opts.min_tokens,
+        deadline,
+    };
     let mut out: Vec<Chunk> = Vec::new();
     let mut path: Vec<(u8, String)> = Vec::new();
     let mut section: Vec<Piece> = Vec::new();
 
     for (i, block) in doc.blocks.iter().enumerate() {
         if let BlockKind::Heading { level } = block.kind {
-            emit_section(
-                &mut out,
-                &section,
-                &path,
-                count_tokens,
-                max,
-                overlap,
-                opts.min_tokens,
-                deadline,
-            )?;
+            pack.emit_section(&mut out, &section, &path)?;
             section.clear();
             path.retain(|(l, _)| *l < level);
             path.push((level, block.text.clone()));
@@ -247,74 +245,81 @@ fn chunk_inner(
             }
         }
     }
-    emit_section(
-        &mut out,
-        &section,
-        &path,
-        count_tokens,
-        max,
-        overlap,
-        opts.min_tokens,
-        deadline,
-    )?;
+    pack.emit_section(&mut out, &section, &path)?;
     for (i, c) in out.iter_mut().enumerate() {
         c.ordinal = i as u32;
     }
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn emit_section(
-    out: &mut Vec<Chunk>,
-    pieces: &[Piece],
-    path: &[(u8, String)],
-    count_tokens: &dyn Fn(&str) -> usize,
+/// How one document's sections are packed into chunks: the token counter, the budget and
+/// overlap, the smallest tail worth its own chunk, and the deadline.
+#[derive(Clone, Copy)]
+struct Packer<'a> {
+    count_tokens: &'a dyn Fn(&str) -> usize,
     max: usize,
     overlap: usize,
     min_tokens: usize,
-    deadline: &Deadline,
-) -> Result<(), DeadlinePassed> {
-    if pieces.is_empty() {
-        return Ok(());
-    }
-    let mut drafts: Vec<Draft> = Vec::new();
-    let mut cur = Draft::default();
-    for p in pieces {
-        if cur.own_tokens() > 0 && cur.tokens + p.tokens > max {
+    deadline: &'a Deadline,
+}
+
+impl Packer<'_> {
+    /// Pack one section (the pieces under one heading path) into chunks.
+    fn emit_section(
+        &self,
+        out: &mut Vec<Chunk>,
+        pieces: &[Piece],
+        path: &[(u8, String)],
+    ) -> Result<(), DeadlinePassed> {
+        let Packer {
+            count_tokens,
+            max,
+            overlap,
+            min_tokens,
+            deadline,
+        } = *self;
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let mut drafts: Vec<Draft> = Vec::new();
+        let mut cur = Draft::default();
+        for p in pieces {
+            if cur.own_tokens() > 0 && cur.tokens + p.tokens > max {
+                deadline.check()?;
+                let next = Draft::continuing(&cur, overlap, count_tokens);
+                drafts.push(std::mem::replace(&mut cur, next));
+            }
+            cur.push(p.clone());
+        }
+        if cur.own_tokens() > 0 {
+            drafts.push(cur);
+        }
+        balance_tail(&mut drafts, count_tokens, max, overlap, min_tokens);
+        let heading: Vec<String> = path.iter().map(|(_, t)| t.clone()).collect();
+        for d in drafts {
             deadline.check()?;
-            let next = Draft::continuing(&cur, overlap, count_tokens);
-            drafts.push(std::mem::replace(&mut cur, next));
+            let page = d.pieces.first().and_then(|p| p.page);
+            let text = d.raw_text().trim().to_string();
+            if text.is_empty() {
+                continue;
+            }
+            // Guarantee the budget with the real count, whatever the tokenizer does at joins.
+            let texts = if count_tokens(&text) > max {
+                split_to_fit(&text, max, false, count_tokens)
+            } else {
+                vec![text]
+            };
+            for text in texts {
+                out.push(Chunk {
+                    ordinal: 0,
+                    text,
+                    page,
+                    heading: heading.clone(),
+                });
+            }
         }
-        cur.push(p.clone());
+        Ok(())
     }
-    if cur.own_tokens() > 0 {
-        drafts.push(cur);
-    }
-    balance_tail(&mut drafts, count_tokens, max, overlap, min_tokens);
-    let heading: Vec<String> = path.iter().map(|(_, t)| t.clone()).collect();
-    for d in drafts {
-        deadline.check()?;
-        let page = d.pieces.first().and_then(|p| p.page);
-        let text = d.raw_text().trim().to_string();
-        if text.is_empty() {
-            continue;
-        }
-        // Guarantee the budget with the real count, whatever the tokenizer does at joins.
-        let texts = if count_tokens(&text) > max {
-            split_to_fit(&text, max, false, count_tokens)
-        } else {
-            vec![text]
-        };
-        for text in texts {
-            out.push(Chunk {
-                ordinal: 0,
-                text,
-                page,
-                heading: heading.clone(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// A section's last chunk with little new text takes pieces from the end of the one before

@@ -73,32 +73,23 @@ impl Permitted {
     pub(super) fn of(ca_der: &[u8]) -> Option<Permitted> {
         let value = manage::find_extension(ca_der, OID_NAME_CONSTRAINTS)?;
         let (_, constraints, _) = der_tlv(value)?;
-        let mut rest = constraints;
-        while let Some((tag, subtrees, after)) = der_tlv(rest) {
-            rest = after;
-            if tag != 0xa0 {
-                continue;
-            }
-            let mut out = Permitted {
-                dns: Vec::new(),
-                nets: Vec::new(),
-            };
-            let mut list = subtrees;
-            while let Some((_, subtree, after)) = der_tlv(list) {
-                list = after;
-                let (tag, base, _) = der_tlv(subtree)?;
-                match tag {
-                    0x82 => out.dns.push(String::from_utf8_lossy(base).into_owned()),
-                    0x87 if base.len() == 8 || base.len() == 32 => {
-                        let (addr, mask) = base.split_at(base.len() / 2);
-                        out.nets.push((addr.to_vec(), mask.to_vec()));
-                    }
-                    _ => {}
+        let (_, subtrees) = der_items(constraints).find(|(tag, _)| *tag == 0xa0)?;
+        let mut out = Permitted {
+            dns: Vec::new(),
+            nets: Vec::new(),
+        };
+        for (_, subtree) in der_items(subtrees) {
+            let (tag, base, _) = der_tlv(subtree)?;
+            match tag {
+                0x82 => out.dns.push(String::from_utf8_lossy(base).into_owned()),
+                0x87 if base.len() == 8 || base.len() == 32 => {
+                    let (addr, mask) = base.split_at(base.len() / 2);
+                    out.nets.push((addr.to_vec(), mask.to_vec()));
                 }
+                _ => {}
             }
-            return Some(out);
         }
-        None
+        Some(out)
     }
 
     pub(super) fn allows(&self, name: &str) -> bool {

@@ -29,6 +29,16 @@ pub(super) fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, &rest[..len], &rest[len..]))
 }
 
+/// The TLVs of `input` one after another, as `(tag, content)`; ends at the first malformed
+/// one.
+pub(super) fn der_items(mut input: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let (tag, content, after) = der_tlv(input)?;
+        input = after;
+        Some((tag, content))
+    })
+}
+
 /// UTCTime (`YYMMDDHHMMSSZ`, 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, 0x18).
 pub(super) fn parse_der_time(tag: u8, bytes: &[u8]) -> Option<i64> {
     let s = std::str::from_utf8(bytes).ok()?;

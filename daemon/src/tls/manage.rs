@@ -22,10 +22,10 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::{
-    certified_key, create_private_dir, der_tlv, ensure_generated, fingerprint, invalid, io_err,
-    is_imported, issue_server, local_names, parse_der_time, read_ca_key, read_certs, read_key,
-    replace_pair, utc_string, write_file, IdentityKind, Source, TlsError, IMPORTED_MARKER,
-    RENEW_BEFORE_DAYS,
+    certified_key, create_private_dir, der_items, der_tlv, ensure_generated, fingerprint, invalid,
+    io_err, is_imported, issue_server, local_names, parse_der_time, read_ca_key, read_certs,
+    read_key, replace_pair, utc_string, write_file, IdentityKind, Source, TlsError,
+    IMPORTED_MARKER, RENEW_BEFORE_DAYS,
 };
 use crate::config::TlsConfig;
 use crate::util::hex;
@@ -99,15 +99,9 @@ impl CertInfo {
 pub(super) fn find_extension<'a>(der: &'a [u8], oid: &[u8]) -> Option<&'a [u8]> {
     let (_, cert, _) = der_tlv(der)?;
     let (_, tbs, _) = der_tlv(cert)?;
-    let mut rest = tbs;
-    while let Some((tag, content, after)) = der_tlv(rest) {
-        rest = after;
-        if tag != 0xa3 {
-            continue;
-        }
-        let (_, mut exts, _) = der_tlv(content)?;
-        while let Some((_, ext, after)) = der_tlv(exts) {
-            exts = after;
+    for (_, content) in der_items(tbs).filter(|(tag, _)| *tag == 0xa3) {
+        let (_, exts, _) = der_tlv(content)?;
+        for (_, ext) in der_items(exts) {
             let (tag, id, rest) = der_tlv(ext)?;
             if tag != 0x06 || id != oid {
                 continue;
@@ -578,6 +572,7 @@ fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::expect_err;
     use rcgen::{CertificateParams, KeyPair};
     use rustls::client::danger::ServerCertVerifier;
     use std::collections::BTreeMap;
@@ -790,18 +785,17 @@ mod tests {
             key: Some(dir.path().join("k.pem")),
             ..TlsConfig::default()
         };
-        let e = rotate(&cfg, dir.path()).unwrap_err().to_string();
-        assert!(e.contains("configured"), "{e}");
+        expect_err(rotate(&cfg, dir.path()), &["configured"]);
         let (c, k) = self_signed(now(), 10);
-        let e = import(
-            &cfg,
-            dir.path(),
-            &write(dir.path(), "x.pem", &c),
-            &write(dir.path(), "x.key", &k),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("tls.cert"), "{e}");
+        expect_err(
+            import(
+                &cfg,
+                dir.path(),
+                &write(dir.path(), "x.pem", &c),
+                &write(dir.path(), "x.key", &k),
+            ),
+            &["tls.cert"],
+        );
     }
 
     #[test]
@@ -813,11 +807,10 @@ mod tests {
         let (_, other_key) = self_signed(now(), 30);
         let c = write(dir.path(), "c.pem", &cert);
         let k = write(dir.path(), "other.key", &other_key);
-        let e = import(&TlsConfig::default(), dir.path(), &c, &k)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("is not the private key of"), "{e}");
-        assert!(e.contains("other.key"), "{e}");
+        expect_err(
+            import(&TlsConfig::default(), dir.path(), &c, &k),
+            &["is not the private key of", "other.key"],
+        );
         assert_eq!(before, snapshot(&tls));
         // Garbage for either file is refused the same way.
         for (c, k) in [(&k, &k), (&c, &c)] {
@@ -834,17 +827,17 @@ mod tests {
         let (cert, key) = self_signed(now() - time::Duration::days(40), 30);
         let c = write(dir.path(), "old.pem", &cert);
         let k = write(dir.path(), "old.key", &key);
-        let e = import(&TlsConfig::default(), dir.path(), &c, &k)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("expired on"), "{e}");
+        expect_err(
+            import(&TlsConfig::default(), dir.path(), &c, &k),
+            &["expired on"],
+        );
         let (cert, key) = self_signed(now() + time::Duration::days(2), 30);
         let c = write(dir.path(), "new.pem", &cert);
         let k = write(dir.path(), "new.key", &key);
-        let e = import(&TlsConfig::default(), dir.path(), &c, &k)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not valid before"), "{e}");
+        expect_err(
+            import(&TlsConfig::default(), dir.path(), &c, &k),
+            &["not valid before"],
+        );
         assert_eq!(before, snapshot(&tls));
     }
 
@@ -879,10 +872,7 @@ mod tests {
         assert_eq!(server.identity().kind, IdentityKind::Imported);
         assert_eq!(server.reload().unwrap().fingerprint, s.fingerprint);
         let before = snapshot(&tls);
-        let e = rotate(&TlsConfig::default(), dir.path())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("imported"), "{e}");
+        expect_err(rotate(&TlsConfig::default(), dir.path()), &["imported"]);
         assert!(server.rotate().is_err());
         assert_eq!(before, snapshot(&tls));
         // Back to the local CA: delete the marker, rotate.
@@ -911,10 +901,10 @@ mod tests {
         let (b, _) = self_signed_named("somebody else", now(), 30);
         let c = write(dir.path(), "c.pem", &format!("{a}{b}"));
         let k = write(dir.path(), "k.pem", &ka);
-        let e = import(&TlsConfig::default(), dir.path(), &c, &k)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not issued by certificate 2"), "{e}");
+        expect_err(
+            import(&TlsConfig::default(), dir.path(), &c, &k),
+            &["not issued by certificate 2"],
+        );
         assert!(!dir.path().join("tls").exists());
     }
 

@@ -235,6 +235,7 @@ pub(super) fn locate_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::expect_err;
     use serde_json::json;
 
     #[test]
@@ -254,17 +255,14 @@ mod tests {
             Pooling::Max
         );
         assert_eq!(p(json!({})).unwrap(), Pooling::Mean);
-        let e = p(json!({"pooling_mode_mean_tokens": true, "pooling_mode_cls_token": true}))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("/m/1_Pooling/config.json") && e.contains("more than one"),
-            "{e}"
+        expect_err(
+            p(json!({"pooling_mode_mean_tokens": true, "pooling_mode_cls_token": true})),
+            &["/m/1_Pooling/config.json", "more than one"],
         );
-        let e = p(json!({"pooling_mode_lasttoken": true}))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("pooling_mode_lasttoken"), "{e}");
+        expect_err(
+            p(json!({"pooling_mode_lasttoken": true})),
+            &["pooling_mode_lasttoken"],
+        );
     }
 
     /// A model directory with the given files (path, content).
@@ -328,11 +326,7 @@ mod tests {
             ("tokenizer.json", "{}"),
             ("config.json", "{"),
         ]);
-        let e = EmbedSpec::read(d.path()).unwrap_err().to_string();
-        assert!(
-            e.contains("config.json") && e.contains("invalid JSON"),
-            "{e}"
-        );
+        expect_err(EmbedSpec::read(d.path()), &["config.json", "invalid JSON"]);
 
         let d = dir_with(&[
             ("model.onnx", ""),
@@ -340,10 +334,9 @@ mod tests {
             ("config.json", CONFIG),
             ("sentence_bert_config.json", r#"{"max_seq_length": 1024}"#),
         ]);
-        let e = EmbedSpec::read(d.path()).unwrap_err().to_string();
-        assert!(
-            e.contains("sentence_bert_config.json") && e.contains("1024"),
-            "{e}"
+        expect_err(
+            EmbedSpec::read(d.path()),
+            &["sentence_bert_config.json", "1024"],
         );
 
         let d = dir_with(&[
@@ -355,8 +348,7 @@ mod tests {
                 r#"{"word_embedding_dimension": 768}"#,
             ),
         ]);
-        let e = EmbedSpec::read(d.path()).unwrap_err().to_string();
-        assert!(e.contains("1_Pooling") && e.contains("768"), "{e}");
+        expect_err(EmbedSpec::read(d.path()), &["1_Pooling", "768"]);
 
         let e = EmbedSpec::read(Path::new("/nonexistent/embed")).unwrap_err();
         assert!(matches!(e, EmbedError::NoDir(_)));

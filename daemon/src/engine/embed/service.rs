@@ -382,15 +382,8 @@ impl Embedder {
 
 impl Shared {
     fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
         // Dropping the last sender ends the worker's `recv` once the queue is drained.
-        drop(lock(&self.tx).take());
-        let thread = lock(&self.thread).take();
-        if let Some(t) = thread {
-            if t.join().is_err() {
-                tracing::error!("embedding thread panicked");
-            }
-        }
+        crate::util::stop_worker(&self.stop, &self.tx, &self.thread, "embedding");
     }
 }
 

@@ -7,7 +7,7 @@ use redb::ReadableTable;
 use super::documents::delete_doc_rows;
 use super::index::{doc_ids, info_of, CollIndex};
 use super::{
-    check_collection_name, encode_json, not_found, now_secs, Coll, CollectionInfo, KbError,
+    check_collection_name, encode_json, not_found, unix_now, Coll, CollectionInfo, KbError,
     KnowledgeBase,
 };
 use crate::kb::store::{CollectionRecord, COLLECTIONS, DOC_NAMES};
@@ -19,7 +19,7 @@ impl KnowledgeBase {
         let mut colls = write(&self.inner.colls);
         let tx = self.inner.store.db().begin_write()?;
         let record = CollectionRecord {
-            created: now_secs(),
+            created: unix_now(),
             model_id: self.inner.embed.model_id(),
             dim: self.inner.embed.dim(),
         };

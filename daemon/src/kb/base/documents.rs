@@ -5,7 +5,7 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use super::index::doc_ids;
 
 use super::{
-    decode_json, encode_json, kbstore, new_doc_id, not_found, now_secs, ChunkInfo, DocInfo,
+    decode_json, encode_json, kbstore, new_doc_id, not_found, unix_now, ChunkInfo, DocInfo,
     KbError, KnowledgeBase, NewDocument, MAX_CHUNKS_PER_DOCUMENT, MAX_FILENAME_BYTES,
 };
 use crate::kb::bm25::{self, TermFreqs};
@@ -61,7 +61,7 @@ impl KnowledgeBase {
             size_bytes: doc.size_bytes,
             pages: doc.pages,
             chunks: chunks.len() as u32,
-            created: now_secs(),
+            created: unix_now(),
         };
         {
             tx.open_table(DOCUMENTS)?

@@ -30,7 +30,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -41,7 +40,7 @@ use super::store::{self as kbstore, CollectionRecord, COLLECTIONS};
 use super::vector;
 use super::{DocKind, Embed};
 use crate::store::{Store, StoreError};
-use crate::util::{hex, lock, read};
+use crate::util::{hex, lock, read, unix_now};
 
 mod collections;
 mod documents;
@@ -312,13 +311,6 @@ impl Drop for KnowledgeBase {
             let _ = t.join();
         }
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn new_doc_id() -> Result<String, KbError> {

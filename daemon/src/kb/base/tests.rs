@@ -47,6 +47,15 @@ fn open(dir: &Path) -> KnowledgeBase {
     )
 }
 
+/// A knowledge base in `dir` with the collection `hr` holding `a.txt`, one chunk of `text`.
+fn open_with_one_doc(dir: &Path, text: &str) -> KnowledgeBase {
+    let kb = open(dir);
+    kb.create_collection("hr").unwrap();
+    kb.ingest_chunks("hr", doc("a.txt"), chunks(&[text]))
+        .unwrap();
+    kb
+}
+
 fn doc(filename: &str) -> NewDocument {
     NewDocument {
         filename: filename.into(),
@@ -585,12 +594,8 @@ fn ann_takes_over_past_the_threshold_and_compaction_drops_deleted_rows() {
 #[test]
 fn another_embedding_model_is_detected_and_reembed_fixes_it() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let kb = open(dir.path());
-        kb.create_collection("hr").unwrap();
-        kb.ingest_chunks("hr", doc("a.txt"), chunks(&["annual leave policy"]))
-            .unwrap();
-    }
+    // Made with the default model (64 dimensions), closed, then opened with another.
+    drop(open_with_one_doc(dir.path(), "annual leave policy"));
     let kb = open_with(
         dir.path(),
         Arc::new(HashEmbed::new(32)),
@@ -638,10 +643,7 @@ fn another_embedding_model_is_detected_and_reembed_fixes_it() {
 fn stale_analyzer_terms_are_rederived_at_open() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let kb = open(dir.path());
-        kb.create_collection("hr").unwrap();
-        kb.ingest_chunks("hr", doc("a.txt"), chunks(&["Annual leave policy"]))
-            .unwrap();
+        let kb = open_with_one_doc(dir.path(), "Annual leave policy");
         // Pretend the terms were made by an older analyzer that produced garbage.
         let tx = kb.inner.store.db().begin_write().unwrap();
         {
@@ -726,8 +728,7 @@ fn migrates_a_v1_database_with_keys_to_the_kb_schema() {
 
 #[test]
 fn knowledge_base_is_send_and_sync() {
-    fn check<T: Send + Sync>() {}
-    check::<KnowledgeBase>();
+    crate::util::assert_send_sync::<KnowledgeBase>();
 }
 
 #[test]

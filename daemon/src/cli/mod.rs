@@ -1,0 +1,272 @@
+//! Argument parsing and dispatch. Business logic lives in the modules; this file only turns
+//! flags into requests and results into output. Every failure is one line on stderr.
+//!
+//! Parts: this file holds the command table, the shared flags, the admin, serve and doctor
+//! commands; [`generate`] the model commands run without a daemon (`generate`, `bench`);
+//! [`embed`] the embedding command.
+
+mod embed;
+mod generate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::engine::{Provider, ProviderOptions, ProviderPolicy};
+
+/// Exit code for bad input, configuration or environment (nothing was generated).
+const EXIT_USAGE: u8 = 2;
+/// Exit code for a failure while generating.
+const EXIT_FAILURE: u8 = 1;
+
+use embed::{embed, EmbedArgs};
+use generate::{bench, generate, BenchCliArgs, GenerateArgs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edgeseek",
+    version,
+    about = "Edge LLM appliance: DeepSeek-R1-Distill models on ONNX Runtime"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Configuration file [default: /etc/edgeseek/edgeseek.toml if present]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Development mode: state under ./.edgeseek (or --state-dir), no root needed
+    #[arg(long, global = true)]
+    dev: bool,
+    /// State directory (overrides the config)
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a chat answer with a model directory (no daemon needed)
+    Generate(GenerateArgs),
+    /// Measure decode speed, time to first token and batched throughput (one JSON object)
+    Bench(BenchCliArgs),
+    /// Show the running daemon's state (model, provider, queue, throughput, uptime, TLS)
+    Status(crate::admin::cli::StatusArgs),
+    /// Manage API keys (through the daemon, or the database directly when none runs)
+    Keys(crate::admin::cli::KeysArgs),
+    /// Models served by the running daemon
+    Models(crate::admin::cli::ModelsArgs),
+    /// The TLS certificate: show it, rotate it (local CA), or import one
+    Tls(crate::admin::cli::TlsArgs),
+    /// The knowledge base: ingest documents, list, create and delete collections (through the
+    /// running daemon)
+    Kb(crate::admin::kb_cli::KbArgs),
+    /// Serve the OpenAI-compatible HTTPS API (and the admin socket)
+    Serve(ServeArgs),
+    /// Knowledge-base index benchmark (scripts/bench-kb)
+    #[command(hide = true)]
+    BenchKb(crate::kb::bench::BenchKbArgs),
+    /// Internal: parse one document from stdin under resource limits (see kb::parse::worker)
+    #[command(hide = true)]
+    ParseWorker(crate::kb::parse::worker::WorkerArgs),
+    /// Embed texts with the embedding model (one JSON object), or time it with --bench
+    Embed(EmbedArgs),
+    /// Check the installation: ONNX Runtime, providers, GPU, models, TLS, disk, port, daemon,
+    /// unit hardening (one line per check; exit 1 on any FAIL)
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Check this model directory instead of those under <state_dir>/models (repeatable)
+    #[arg(long = "model", value_name = "DIR")]
+    models: Vec<PathBuf>,
+    /// Only check that the files a manifest.sha256 lists exist (skip hashing: quicker on big
+    /// models)
+    #[arg(long)]
+    no_hash: bool,
+    /// Print one JSON object: {"ok", "checks": [{"name", "status", "detail", "fix"}], "summary"}
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// ADDRESS:PORT to listen on [default: server.listen, else 0.0.0.0:443; --dev: 127.0.0.1:8443].
+    /// Port 0 picks a free port (printed as `listening on https://…` and written to
+    /// <state_dir>/serve.addr)
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// Model directory (repeatable); the first is the default chat model, served under its
+    /// directory name [default: the first directory under <state_dir>/models]
+    #[arg(long = "model", value_name = "DIR")]
+    models: Vec<PathBuf>,
+}
+
+impl clap::ValueEnum for Provider {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Provider::Tensorrt, Provider::Cuda, Provider::Cpu]
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
+}
+
+impl clap::ValueEnum for ProviderPolicy {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[ProviderPolicy::Fallback, ProviderPolicy::Strict]
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            ProviderPolicy::Fallback => "fallback",
+            ProviderPolicy::Strict => "strict",
+        }))
+    }
+}
+
+/// An error for the user: one line, and the exit code that says whose fault it was.
+struct Failure {
+    code: u8,
+    msg: String,
+}
+
+impl Failure {
+    fn usage(msg: impl std::fmt::Display) -> Self {
+        Failure {
+            code: EXIT_USAGE,
+            msg: msg.to_string(),
+        }
+    }
+    fn runtime(msg: impl std::fmt::Display) -> Self {
+        Failure {
+            code: EXIT_FAILURE,
+            msg: msg.to_string(),
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The doctor's report is the output; library log lines (ONNX Runtime's own errors while a
+    // provider is probed) would only repeat it.
+    init_logging(if matches!(cli.command, Command::Doctor(_)) {
+        "off"
+    } else {
+        "warn,edgeseek=info"
+    });
+    if let Command::ParseWorker(args) = &cli.command {
+        return crate::kb::parse::worker::main(args);
+    }
+    let result = match &cli.command {
+        Command::Generate(args) => generate(&cli.common, args),
+        Command::Bench(args) => bench(&cli.common, args),
+        Command::Status(args) => admin(&cli.common, |t| crate::admin::cli::status(t, args)),
+        Command::Keys(args) => admin(&cli.common, |t| crate::admin::cli::keys(t, args)),
+        Command::Models(args) => admin(&cli.common, |t| crate::admin::cli::models(t, args)),
+        Command::Tls(args) => admin(&cli.common, |t| crate::admin::cli::tls(t, args)),
+        Command::Kb(args) => admin(&cli.common, |t| crate::admin::kb_cli::kb(t, args)),
+        Command::Serve(args) => serve(&cli.common, args),
+        Command::BenchKb(args) => crate::kb::bench::main(args).map_err(Failure::runtime),
+        Command::ParseWorker(_) => Ok(()),
+        Command::Embed(args) => embed(&cli.common, args),
+        Command::Doctor(args) => doctor(&cli.common, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let one_line = f.msg.replace('\n', " ");
+            eprintln!("edgeseek: error: {one_line}");
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("EDGESEEK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+fn serve(common: &Common, args: &ServeArgs) -> Result<(), Failure> {
+    let opts = crate::serve::ServeOptions {
+        config: common.config.clone(),
+        dev: common.dev,
+        state_dir: common.state_dir.clone(),
+        listen: args.listen.clone(),
+        models: args.models.clone(),
+    };
+    crate::serve::run(&opts).map_err(|e| Failure {
+        code: e.exit_code(),
+        msg: e.to_string(),
+    })
+}
+
+/// `edgeseek doctor`: the report on stdout; exit 1 when a check failed (the report says which).
+fn doctor(common: &Common, args: &DoctorArgs) -> Result<(), Failure> {
+    let report = crate::doctor::run(&crate::doctor::Options {
+        config: common.config.clone(),
+        dev: common.dev,
+        state_dir: common.state_dir.clone(),
+        models: args.models.clone(),
+        verify_hashes: !args.no_hash,
+    });
+    match crate::doctor::print(&report, args.json) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Failure::runtime(format!(
+            "{} check(s) failed (FAIL lines above)",
+            report
+                .checks
+                .iter()
+                .filter(|c| c.status == crate::doctor::Level::Fail)
+                .count()
+        ))),
+        Err(e) => Err(Failure::runtime(e)),
+    }
+}
+
+/// Admin commands: resolve the daemon's socket and state directory, then run `f`.
+fn admin(
+    common: &Common,
+    f: impl FnOnce(&crate::admin::cli::Target) -> Result<(), crate::admin::cli::AdminCliError>,
+) -> Result<(), Failure> {
+    let config = Config::load(common.config.as_deref(), common.dev).map_err(Failure::usage)?;
+    let state_dir = config.state_dir(common.state_dir.as_deref(), common.dev);
+    let target = crate::admin::cli::target(common.dev, &state_dir, &config.tls);
+    f(&target).map_err(|e| Failure {
+        code: e.exit_code(),
+        msg: e.to_string(),
+    })
+}
+
+/// The config and provider options, with `--providers` / `--provider-policy` applied.
+fn load_config(
+    common: &Common,
+    providers: Option<&Vec<Provider>>,
+    policy: Option<ProviderPolicy>,
+) -> Result<(Config, ProviderOptions), Failure> {
+    let config = Config::load(common.config.as_deref(), common.dev).map_err(Failure::usage)?;
+    let state_dir = config.state_dir(common.state_dir.as_deref(), common.dev);
+    let mut opts = config.provider_options(&state_dir);
+    if let Some(p) = providers {
+        if p.is_empty() {
+            return Err(Failure::usage("--providers: name at least one provider"));
+        }
+        opts.providers = p.clone();
+    }
+    if let Some(p) = policy {
+        opts.policy = p;
+    }
+    Ok((config, opts))
+}

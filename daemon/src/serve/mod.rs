@@ -1,0 +1,260 @@
+//! `edgeseek serve`: wiring. Config → state dir → TLS identity → key store → HTTPS listener
+//! and admin socket, with the model loading on a background thread (inference routes and
+//! `/readyz` answer 503 until it is ready). SIGTERM / ctrl-c drain gracefully; SIGHUP (and the
+//! admin socket's `reload`) re-reads the config file (applying the `[server]` limits live and
+//! logging what needs a restart), the certificate and the API keys without dropping
+//! connections.
+//!
+//! The listener's connections (caps with eviction of idle connections, handshake, first
+//! request, idle, keep-alive and body timers, header limits) are [`crate::conn`]'s; per-route
+//! body limits are in `api`. The generated server certificate is renewed by a timer when it
+//! enters its renewal window. There is no plaintext listener.
+//!
+//! Parts: this file resolves the model and starts everything; [`daemon`] holds what the
+//! running server knows about itself (status, reload, the admin socket's backend); [`load`]
+//! loads the chat and embedding models on their own threads; [`listen`] binds, announces and
+//! runs the accept loop with its signals and certificate renewal timer.
+
+mod daemon;
+mod listen;
+mod load;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::admin::AdminBackend;
+use crate::api::{ApiConfig, App};
+use crate::config::{Config, ConfigError};
+use crate::engine::embed;
+use crate::keys::{KeyError, KeyStore};
+use crate::store::{Store, StoreError};
+use crate::tls::{TlsError, TlsServer};
+use crate::util::lock;
+
+use daemon::Daemon;
+
+pub use crate::service::{DEFAULT_LISTEN, DEV_LISTEN};
+/// Name of the file in the state dir that holds the bound address (`--listen …:0`).
+pub const ADDR_FILE: &str = "serve.addr";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("API keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl ServeError {
+    /// Exit code: 2 for configuration and environment, 1 for failures while serving.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Runtime(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// `edgeseek serve` flags (`--config`, `--dev`, `--state-dir` are global).
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub config: Option<PathBuf>,
+    pub dev: bool,
+    pub state_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub models: Vec<PathBuf>,
+}
+
+/// The first `--model`, else config `engine.model`, else the first directory (by name) under
+/// `<state_dir>/models` that is not an embedding model.
+fn pick_model(
+    models: &[PathBuf],
+    configured: Option<PathBuf>,
+    state_dir: &Path,
+) -> Result<PathBuf, ServeError> {
+    if let Some(m) = models.first() {
+        if !m.is_dir() {
+            return Err(ServeError::Usage(format!(
+                "--model {}: not a directory",
+                m.display()
+            )));
+        }
+        return Ok(m.clone());
+    }
+    if let Some(m) = configured {
+        if !m.is_dir() {
+            return Err(ServeError::Usage(format!(
+                "engine.model: {} is not a directory",
+                m.display()
+            )));
+        }
+        return Ok(m);
+    }
+    let dir = state_dir.join("models");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir() && !embed::is_embedding_model_dir(p))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.into_iter().next().ok_or_else(|| {
+        ServeError::Usage(format!(
+            "no model: pass --model DIR or put a model directory under {}",
+            dir.display()
+        ))
+    })
+}
+
+/// The served name of a model directory: its final path component.
+fn model_name(dir: &Path) -> Result<String, ServeError> {
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    canonical
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ServeError::Usage(format!(
+                "{}: cannot derive a model name from this path",
+                dir.display()
+            ))
+        })
+}
+
+pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
+    let config = Config::load(opts.config.as_deref(), opts.dev)?;
+    let state_dir = config.state_dir(opts.state_dir.as_deref(), opts.dev);
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| ServeError::Usage(format!("state dir {}: {e}", state_dir.display())))?;
+    let listen = opts
+        .listen
+        .clone()
+        .or_else(|| config.server.listen.clone())
+        .unwrap_or_else(|| if opts.dev { DEV_LISTEN } else { DEFAULT_LISTEN }.to_string());
+    let addr: SocketAddr = listen.parse().map_err(|_| {
+        ServeError::Usage(format!(
+            "--listen `{listen}`: expected ADDRESS:PORT, e.g. 127.0.0.1:8443"
+        ))
+    })?;
+    // Socket activation (systemd/edgeseek.socket) replaces `--listen`.
+    let activated = crate::service::activated_listener().map_err(ServeError::Usage)?;
+    if activated.is_some() && opts.listen.is_some() {
+        tracing::info!("socket-activated: --listen is ignored");
+    }
+    let model_dir = pick_model(&opts.models, config.model_dir(&state_dir), &state_dir)?;
+    let name = model_name(&model_dir)?;
+    if opts.models.len() > 1 {
+        tracing::warn!(
+            model = %name,
+            ignored = opts.models.len() - 1,
+            "one model is served per daemon for now; the other --model directories are not loaded"
+        );
+    }
+
+    let tls = Arc::new(TlsServer::new(&config.tls, &state_dir)?);
+    let id = tls.identity();
+    tracing::info!(
+        fingerprint = %id.fingerprint,
+        not_after = %id.not_after_utc(),
+        ca = ?id.ca_path,
+        "TLS identity"
+    );
+    let keys = KeyStore::open(Store::open_in(&state_dir, crate::kb::store::MIGRATIONS)?)?;
+    let app = Arc::new(App::new(
+        name.clone(),
+        model_dir.clone(),
+        keys,
+        ApiConfig {
+            max_body_bytes: config.server.max_body_bytes,
+            max_inflight_per_key: config.max_inflight_per_key(),
+        },
+    ));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("edgeseek-io")
+        .build()
+        .map_err(|e| ServeError::Runtime(format!("tokio runtime: {e}")))?;
+    let daemon = Arc::new(Daemon {
+        app,
+        tls,
+        config_file: opts.config.clone(),
+        dev: opts.dev,
+        server: std::sync::RwLock::new(config.server.clone()),
+        started_with: config.clone(),
+        started: Instant::now(),
+        provider: std::sync::Mutex::new(None),
+        listen_text: std::sync::Mutex::new(String::new()),
+        loader: std::sync::Mutex::new(None),
+        embed_loader: std::sync::Mutex::new(None),
+    });
+    // The HTTPS admin endpoints report the same status object as the admin socket.
+    let backend: std::sync::Weak<dyn AdminBackend> = Arc::downgrade(&daemon) as _;
+    daemon.app.admin.set_backend(backend);
+    let result = runtime.block_on(listen::serve(
+        &daemon, &config, opts.dev, &state_dir, addr, activated,
+    ));
+    let chat_loaded = wait_for_loader(&daemon.loader, Duration::from_secs(2));
+    let embed_loaded = wait_for_loader(&daemon.embed_loader, Duration::from_secs(2));
+    let still_loading = !(chat_loaded && embed_loaded);
+    // Stop the engine after the listener is gone: running requests have had their grace
+    // period; what is left ends with an error event.
+    if let Some(served) = daemon.app.served() {
+        served.scheduler.clone().shutdown();
+    }
+    if let Some(e) = daemon.app.embedder() {
+        e.shutdown();
+    }
+    let _ = std::fs::remove_file(state_dir.join(ADDR_FILE));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    if still_loading {
+        // Stopped while ONNX Runtime is still loading the model on another thread: a normal
+        // exit runs C++ static destructors under it and aborts (SIGABRT), so leave at once.
+        tracing::warn!("exiting while the model is still loading");
+        let code = result
+            .as_ref()
+            .map_or_else(|e| i32::from(e.exit_code()), |()| 0);
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: `_exit` ends the process without running atexit handlers or destructors.
+        unsafe { nix::libc::_exit(code) };
+    }
+    result
+}
+
+/// Waits up to `limit` for a model loading thread to finish; `false` if it is still running.
+fn wait_for_loader(
+    loader: &std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    limit: Duration,
+) -> bool {
+    let Some(handle) = lock(loader).take() else {
+        return true;
+    };
+    let deadline = Instant::now() + limit;
+    while !handle.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = handle.join();
+    true
+}
