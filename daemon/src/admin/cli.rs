@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+use crate::api::wire;
 use crate::api::wire::admin::AdminRequest as Req;
 use crate::config::TlsConfig;
 use crate::keys::{parse_scopes, KeyRecord, KeyStore};
@@ -497,8 +498,8 @@ pub fn tls(t: &Target, a: &TlsArgs) -> Result<(), AdminCliError> {
             let i = crate::tls::manage::init(&t.tls, &t.state_dir)?;
             if f.json {
                 let mut v = i.shown.to_json(now);
-                v["created"] = i.created.into();
-                return out(&format!("{v}\n"));
+                v.created = Some(i.created);
+                return out(&format!("{}\n", wire::value(&v)));
             }
             let done = if i.created {
                 format!(
@@ -520,7 +521,7 @@ pub fn tls(t: &Target, a: &TlsArgs) -> Result<(), AdminCliError> {
         TlsCmd::Show(f) => {
             let s = crate::tls::manage::show(&t.tls, &t.state_dir)?;
             if f.json {
-                return out(&format!("{}\n", s.to_json(now)));
+                return out(&format!("{}\n", wire::value(&s.to_json(now))));
             }
             return out(&s.to_text(now));
         }
@@ -540,8 +541,8 @@ pub fn tls(t: &Target, a: &TlsArgs) -> Result<(), AdminCliError> {
     let reloaded = reload_daemon(t, &shown)?;
     if json_out {
         let mut v = shown.to_json(now);
-        v["daemon_reloaded"] = reloaded.into();
-        return out(&format!("{v}\n"));
+        v.daemon_reloaded = Some(reloaded);
+        return out(&format!("{}\n", wire::value(&v)));
     }
     let daemon = if reloaded {
         "the running daemon serves it to new connections now (open ones are kept)"

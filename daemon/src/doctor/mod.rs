@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use self::models::{check_embeddings, check_models};
 use self::runtime::{check_gpu, check_runtime};
@@ -175,18 +175,36 @@ impl Report {
         out
     }
 
-    pub fn to_json(&self) -> Value {
-        json!({
-            "ok": !self.failed(),
-            "checks": self.checks,
-            "summary": {
-                "ok": self.count(Level::Ok),
-                "warn": self.count(Level::Warn),
-                "fail": self.count(Level::Fail),
-                "skip": self.count(Level::Skip),
+    pub fn to_json(&self) -> ReportJson<'_> {
+        ReportJson {
+            checks: &self.checks,
+            ok: !self.failed(),
+            summary: Counts {
+                fail: self.count(Level::Fail),
+                ok: self.count(Level::Ok),
+                skip: self.count(Level::Skip),
+                warn: self.count(Level::Warn),
             },
-        })
+        }
     }
+}
+
+/// `edgeseek doctor --json`.
+#[derive(Debug, Serialize)]
+pub struct ReportJson<'a> {
+    pub checks: &'a [Check],
+    /// No check failed.
+    pub ok: bool,
+    pub summary: Counts,
+}
+
+/// Checks by outcome.
+#[derive(Debug, Serialize)]
+pub struct Counts {
+    pub fail: usize,
+    pub ok: usize,
+    pub skip: usize,
+    pub warn: usize,
 }
 
 /// Where doctor looks on the host; tests point these at temporary trees.
@@ -297,7 +315,10 @@ pub fn print(report: &Report, json: bool) -> Result<bool, DoctorError> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", report.to_json())?;
+        // Through a `Value`, whose keys are sorted (the check objects' too), as the output
+        // has always been.
+        let json = serde_json::to_value(report.to_json()).unwrap_or(Value::Null);
+        writeln!(out, "{json}")?;
     } else {
         out.write_all(report.to_text().as_bytes())?;
     }

@@ -250,7 +250,7 @@ fn a_dev_state_dir_with_a_bad_model_and_no_gpu() {
         .next_back()
         .unwrap()
         .starts_with("edgeseek doctor: "));
-    let j = r.to_json();
+    let j = serde_json::to_value(r.to_json()).unwrap();
     assert_eq!(j["ok"], false);
     assert_eq!(j["checks"].as_array().unwrap().len(), r.checks.len());
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::{json, Value};
+use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{
@@ -261,28 +261,55 @@ pub struct Shown {
     pub info: CertInfo,
 }
 
+/// `edgeseek tls … --json`: the identity as shown, and what the command did. The keys are
+/// in alphabetical order, the order the output has always had.
+#[derive(Debug, Serialize)]
+pub struct ShownJson<'a> {
+    pub ca: Option<&'a Path>,
+    pub cert: &'a Path,
+    pub chain_length: usize,
+    /// `tls init`: whether it created the identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+    /// `tls rotate` / `tls import`: whether a running daemon reloaded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_reloaded: Option<bool>,
+    pub days_left: i64,
+    pub expired: bool,
+    pub fingerprint_sha256: &'a str,
+    pub issuer: &'a str,
+    pub key: &'a Path,
+    pub not_after: String,
+    pub not_before: String,
+    pub sans: &'a [String],
+    pub source: &'static str,
+    pub subject: &'a str,
+}
+
 impl Shown {
     /// Whole days until `not_after` (negative once expired).
     pub fn days_left(&self, now: i64) -> i64 {
         (self.info.not_after - now).div_euclid(86_400)
     }
 
-    pub fn to_json(&self, now: i64) -> Value {
-        json!({
-            "source": self.kind.as_str(),
-            "subject": self.info.subject,
-            "issuer": self.info.issuer,
-            "sans": self.info.sans,
-            "fingerprint_sha256": self.fingerprint,
-            "not_before": utc_string(self.info.not_before),
-            "not_after": utc_string(self.info.not_after),
-            "days_left": self.days_left(now),
-            "expired": self.info.not_after < now,
-            "ca": self.ca_path,
-            "cert": self.cert_path,
-            "key": self.key_path,
-            "chain_length": self.chain_len,
-        })
+    pub fn to_json(&self, now: i64) -> ShownJson<'_> {
+        ShownJson {
+            ca: self.ca_path.as_deref(),
+            cert: &self.cert_path,
+            chain_length: self.chain_len,
+            created: None,
+            daemon_reloaded: None,
+            days_left: self.days_left(now),
+            expired: self.info.not_after < now,
+            fingerprint_sha256: &self.fingerprint,
+            issuer: &self.info.issuer,
+            key: &self.key_path,
+            not_after: utc_string(self.info.not_after),
+            not_before: utc_string(self.info.not_before),
+            sans: &self.info.sans,
+            source: self.kind.as_str(),
+            subject: &self.info.subject,
+        }
     }
 
     /// `label  value` lines for people.
@@ -641,7 +668,7 @@ mod tests {
         assert_eq!(s.info.sans, vec!["localhost", "127.0.0.1"]);
         let days = s.days_left(now().unix_timestamp());
         assert!((364..=365).contains(&days), "{days}");
-        let j = s.to_json(now().unix_timestamp());
+        let j = serde_json::to_value(s.to_json(now().unix_timestamp())).unwrap();
         assert_eq!(j["source"], "generated");
         assert_eq!(j["fingerprint_sha256"].as_str().unwrap().len(), 95);
         assert!(s.to_text(0).contains("fingerprint  sha256 "));
