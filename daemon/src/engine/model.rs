@@ -407,23 +407,20 @@ impl ModelSpec {
                     if dims.len() != 4 {
                         return Err(invalid(&file, format!("`{name}` is not 4-D")));
                     }
-                    if dims[1] > 0 && dims[1] as usize != self.num_kv_heads {
-                        return Err(invalid(
-                            &file,
-                            format!(
-                                "`{name}` has {} KV heads, config says {}",
-                                dims[1], self.num_kv_heads
-                            ),
-                        ));
-                    }
-                    if dims[3] > 0 && dims[3] as usize != self.head_size {
-                        return Err(invalid(
-                            &file,
-                            format!(
-                                "`{name}` has head size {}, config says {}",
-                                dims[3], self.head_size
-                            ),
-                        ));
+                    // [batch, kv_heads, seq, head_size]; a symbolic dim (-1) is not checked.
+                    let (heads, size) = (dims[1], dims[3]);
+                    let wrong = if heads > 0 && heads as usize != self.num_kv_heads {
+                        Some(format!(
+                            "{heads} KV heads, config says {}",
+                            self.num_kv_heads
+                        ))
+                    } else if size > 0 && size as usize != self.head_size {
+                        Some(format!("head size {size}, config says {}", self.head_size))
+                    } else {
+                        None
+                    };
+                    if let Some(what) = wrong {
+                        return Err(invalid(&file, format!("`{name}` has {what}")));
                     }
                 }
             }

@@ -504,23 +504,7 @@ fn split_chars(text: &str, max: usize, count_tokens: &dyn Fn(&str) -> usize) -> 
         let fits = |k: usize| count_tokens(rest[..bounds[k - 1]].trim());
         // `k` characters; at least one per piece, even if a single character counts more
         // than `max` (only possible with max = 0, which `chunk` rules out).
-        let mut k = if tokens <= max {
-            n
-        } else {
-            (n * max / tokens.max(1)).clamp(1, n)
-        };
-        let mut c = if k == n { tokens } else { fits(k) };
-        while c > max && k > 1 {
-            k = (k * max / c.max(1)).clamp(1, k - 1);
-            c = fits(k);
-        }
-        // One step towards a full piece when the guess fell short.
-        if c < max && k < n && c > 0 {
-            let up = (k * max / c).min(n);
-            if up > k && fits(up) <= max {
-                k = up;
-            }
-        }
+        let (k, _) = most_within(n, tokens, max, fits);
         let cut = bounds.get(k - 1).copied().unwrap_or(rest.len());
         // The next piece is probably about as long: look at twice that.
         window = k.saturating_mul(2).max(16);
@@ -556,34 +540,47 @@ fn tail_within<'a>(s: &'a str, max: usize, count_tokens: &dyn Fn(&str) -> usize)
         .take(max.saturating_mul(8).clamp(16, 4096))
         .map(|(i, _)| base + i)
         .collect();
-    // starts[k - 1]: where the suffix of k characters begins. As in `split_chars`: guess k
-    // from the count of the whole window, correct it until it fits, one step back up.
+    // starts[k - 1]: where the suffix of k characters begins; k as in `split_chars`.
     let n = starts.len();
     if n == 0 {
         return "";
     }
     let suffix = |k: usize| count_tokens(&s[starts[k - 1]..]);
-    let total = suffix(n);
+    let (k, c) = most_within(n, suffix(n), max, suffix);
+    if c > max {
+        return "";
+    }
+    &s[starts[k - 1]..]
+}
+
+/// The most of `n` characters within `max` tokens, where `count(k)` counts `k` of them and
+/// `total = count(n)`: guessed from the tokens per character of the whole, corrected
+/// proportionally until it fits, then moved once towards the limit when the guess fell
+/// short. Returns `k` (at least 1) and the count before that last step, which is over `max`
+/// only when a single character is.
+fn most_within(
+    n: usize,
+    total: usize,
+    max: usize,
+    count: impl Fn(usize) -> usize,
+) -> (usize, usize) {
     let mut k = if total <= max {
         n
     } else {
         (n * max / total.max(1)).clamp(1, n)
     };
-    let mut c = if k == n { total } else { suffix(k) };
+    let mut c = if k == n { total } else { count(k) };
     while c > max && k > 1 {
         k = (k * max / c.max(1)).clamp(1, k - 1);
-        c = suffix(k);
-    }
-    if c > max {
-        return "";
+        c = count(k);
     }
     if c < max && k < n && c > 0 {
         let up = (k * max / c).min(n);
-        if up > k && suffix(up) <= max {
+        if up > k && count(up) <= max {
             k = up;
         }
     }
-    &s[starts[k - 1]..]
+    (k, c)
 }
 
 /// `text` in consecutive parts of at most `limit` bytes (except a single character longer

@@ -265,25 +265,25 @@ pub struct Shown {
 /// in alphabetical order, the order the output has always had.
 #[derive(Debug, Serialize)]
 pub struct ShownJson<'a> {
-    pub ca: Option<&'a Path>,
-    pub cert: &'a Path,
-    pub chain_length: usize,
+    ca: Option<&'a Path>,
+    cert: &'a Path,
+    chain_length: usize,
     /// `tls init`: whether it created the identity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
     /// `tls rotate` / `tls import`: whether a running daemon reloaded it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daemon_reloaded: Option<bool>,
-    pub days_left: i64,
-    pub expired: bool,
-    pub fingerprint_sha256: &'a str,
-    pub issuer: &'a str,
-    pub key: &'a Path,
-    pub not_after: String,
-    pub not_before: String,
-    pub sans: &'a [String],
-    pub source: &'static str,
-    pub subject: &'a str,
+    days_left: i64,
+    expired: bool,
+    fingerprint_sha256: &'a str,
+    issuer: &'a str,
+    key: &'a Path,
+    not_after: String,
+    not_before: String,
+    sans: &'a [String],
+    source: &'static str,
+    subject: &'a str,
 }
 
 impl Shown {

@@ -271,14 +271,7 @@ impl Scheduler {
         let counters = Arc::new(Counters::default());
         let spec = runner.spec.clone();
         let provider = runner.provider;
-        let mut worker = Worker::new(
-            runner,
-            rx,
-            cfg.clone(),
-            stop.clone(),
-            counters.clone(),
-            bytes_per_token,
-        );
+        let mut worker = Worker::new(runner, rx, cfg.clone(), stop.clone(), counters.clone());
         let thread = std::thread::Builder::new()
             .name("edgeseek-engine".into())
             .spawn(move || worker.run())

@@ -99,14 +99,15 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// The loop's state around `runner`; [`Worker::run`] drives it.
     pub(super) fn new(
         runner: Runner,
         rx: Receiver<Job>,
         cfg: SchedulerConfig,
         stop: Arc<AtomicBool>,
         counters: Arc<Counters>,
-        bytes_per_token: u64,
     ) -> Worker {
+        let bytes_per_token = runner.kv_bytes_per_token() as u64;
         let prefix = PrefixCache::new(cfg.prefix_cache_bytes, bytes_per_token, PREFIX_BLOCK);
         Worker {
             runner,
