@@ -2,8 +2,8 @@
 //! flags into requests and results into output. Every failure is one line on stderr.
 //!
 //! Parts: this file holds the command table, the shared flags, the admin, serve and doctor
-//! commands; [`generate`] the model commands run without a daemon (`generate`, `bench`);
-//! [`embed`] the embedding command.
+//! commands; `generate` the model commands run without a daemon (`generate`, `bench`);
+//! `embed` the embedding command.
 
 mod embed;
 mod generate;

@@ -11,7 +11,7 @@
 
 //!
 //! Parts: this file holds the store (create, list, revoke, authenticate, reload, the
-//! last_used writer); [`scope`] the scopes and their matching; [`limits`] the rate limits and
+//! last_used writer); `scope` the scopes and their matching; `limits` the rate limits and
 //! the clock they run on.
 
 mod limits;

@@ -10,9 +10,9 @@
 //! body limits are in `api`. The generated server certificate is renewed by a timer when it
 //! enters its renewal window. There is no plaintext listener.
 //!
-//! Parts: this file resolves the model and starts everything; [`daemon`] holds what the
-//! running server knows about itself (status, reload, the admin socket's backend); [`load`]
-//! loads the chat and embedding models on their own threads; [`listen`] binds, announces and
+//! Parts: this file resolves the model and starts everything; `daemon` holds what the
+//! running server knows about itself (status, reload, the admin socket's backend); `load`
+//! loads the chat and embedding models on their own threads; `listen` binds, announces and
 //! runs the accept loop with its signals and certificate renewal timer.
 
 mod daemon;

@@ -27,7 +27,7 @@
 //! transient peak is up to twice the budget.
 //!
 //! Parts: this file is the callers' side (submit, handles, stats, shutdown); the loop's
-//! thread is [`worker`], with its admission (`worker::admission`) and its batched steps
+//! thread is `worker`, with its admission (`worker::admission`) and its batched steps
 //! (`worker::step`).
 
 mod worker;
