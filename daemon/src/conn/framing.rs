@@ -14,8 +14,8 @@ use crate::util::lock;
 /// Plaintext bytes read on a connection and what its request framing says is still owed.
 #[derive(Debug, Default)]
 pub struct Progress {
-    pub(super) bytes: AtomicU64,
-    pub(super) framing: Mutex<Framing>,
+    bytes: AtomicU64,
+    framing: Mutex<Framing>,
 }
 
 impl Progress {
@@ -70,12 +70,12 @@ pub enum H1 {
 
 #[derive(Debug, Default)]
 pub struct H2 {
-    pub(super) preface_left: usize,
-    pub(super) header: [u8; 9],
-    pub(super) have: usize,
-    pub(super) skip: u64,
+    preface_left: usize,
+    header: [u8; 9],
+    have: usize,
+    skip: u64,
     /// Streams whose request has started and not ended (`END_STREAM` / `RST_STREAM`).
-    pub(super) open: HashSet<u32>,
+    open: HashSet<u32>,
 }
 
 /// Streams followed per connection; beyond it (far above `H2_MAX_STREAMS`) framing is off.

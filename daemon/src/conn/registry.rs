@@ -58,14 +58,14 @@ pub(super) struct Inner {
 
 #[derive(Debug)]
 pub(super) struct Entry {
-    pub(super) address: IpAddr,
-    pub(super) in_flight: usize,
-    pub(super) requests: u64,
+    address: IpAddr,
+    in_flight: usize,
+    requests: u64,
     /// Admission, then the start and end of each request.
-    pub(super) last_active: Instant,
+    last_active: Instant,
     /// Evicted: no longer counted, closing.
-    pub(super) evicted: bool,
-    pub(super) evict: Arc<Notify>,
+    evicted: bool,
+    evict: Arc<Notify>,
 }
 
 /// A snapshot of one connection's activity.

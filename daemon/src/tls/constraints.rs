@@ -65,7 +65,7 @@ pub(super) const OID_NAME_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x1e];
 pub(super) struct Permitted {
     pub(super) dns: Vec<String>,
     /// Address and mask, both 4 or both 16 bytes.
-    pub(super) nets: Vec<(Vec<u8>, Vec<u8>)>,
+    nets: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Permitted {

@@ -28,20 +28,20 @@ pub(super) enum Source {
 /// The live TLS identity of the server: the rustls config (built once) and the certificate
 /// it presents (swapped on [`TlsServer::reload`]).
 pub struct TlsServer {
-    pub(super) source: Source,
-    pub(super) resolver: Arc<SwapResolver>,
-    pub(super) identity: RwLock<Identity>,
+    source: Source,
+    resolver: Arc<SwapResolver>,
+    identity: RwLock<Identity>,
     /// Rebuilt on reload when client certificates are required (the verifier holds the CA
     /// bundle and revocation lists); new handshakes take the current one.
-    pub(super) config: RwLock<Arc<ServerConfig>>,
-    pub(super) client_auth: Option<ClientAuth>,
+    config: RwLock<Arc<ServerConfig>>,
+    client_auth: Option<ClientAuth>,
 }
 
 /// `tls.client_ca` and `tls.client_crl`, re-read on every reload.
 #[derive(Clone, Debug)]
 pub(super) struct ClientAuth {
-    pub(super) ca: PathBuf,
-    pub(super) crl: Option<PathBuf>,
+    ca: PathBuf,
+    crl: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for TlsServer {
@@ -168,7 +168,7 @@ impl TlsServer {
 /// Serves whatever certificate is current; `reload` swaps it under a short write lock.
 #[derive(Debug)]
 pub(super) struct SwapResolver {
-    pub(super) current: RwLock<Arc<CertifiedKey>>,
+    current: RwLock<Arc<CertifiedKey>>,
 }
 
 impl ResolvesServerCert for SwapResolver {

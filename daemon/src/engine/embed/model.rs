@@ -23,10 +23,10 @@ pub(super) enum Output {
 /// Input and output names and types, read from the session.
 #[derive(Clone, Debug)]
 pub(super) struct Graph {
-    pub(super) ids: IntType,
-    pub(super) mask: Option<IntType>,
-    pub(super) type_ids: Option<IntType>,
-    pub(super) output: Output,
+    ids: IntType,
+    mask: Option<IntType>,
+    type_ids: Option<IntType>,
+    output: Output,
 }
 
 pub(super) const INPUT_IDS: &str = "input_ids";
@@ -134,17 +134,36 @@ pub(super) struct Tokens {
 
 /// The ONNX Runtime session and its reusable input buffers; lives on the worker thread.
 pub(super) struct Model {
-    pub(super) session: Session,
-    pub(super) graph: Graph,
-    pub(super) pooling: Pooling,
-    pub(super) dim: usize,
-    pub(super) pad_id: i64,
-    pub(super) ids: Vec<i64>,
-    pub(super) mask: Vec<i64>,
-    pub(super) type_ids: Vec<i64>,
-    pub(super) ids32: Vec<i32>,
-    pub(super) mask32: Vec<i32>,
-    pub(super) type_ids32: Vec<i32>,
+    session: Session,
+    graph: Graph,
+    pooling: Pooling,
+    dim: usize,
+    pad_id: i64,
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    type_ids: Vec<i64>,
+    ids32: Vec<i32>,
+    mask32: Vec<i32>,
+    type_ids32: Vec<i32>,
+}
+
+impl Model {
+    /// The session for `spec`, with empty input buffers (they grow to the largest batch).
+    pub(super) fn new(session: Session, graph: Graph, spec: &EmbedSpec) -> Model {
+        Model {
+            session,
+            graph,
+            pooling: spec.pooling,
+            dim: spec.dim,
+            pad_id: i64::from(spec.pad_id),
+            ids: Vec::new(),
+            mask: Vec::new(),
+            type_ids: Vec::new(),
+            ids32: Vec::new(),
+            mask32: Vec::new(),
+            type_ids32: Vec::new(),
+        }
+    }
 }
 
 pub(super) fn run_err(e: impl std::fmt::Display) -> EmbedError {

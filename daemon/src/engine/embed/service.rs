@@ -101,26 +101,26 @@ impl Job {
 
 #[derive(Default)]
 pub(super) struct Counters {
-    pub(super) queued: AtomicUsize,
-    pub(super) inputs: AtomicU64,
-    pub(super) tokens: AtomicU64,
-    pub(super) batches: AtomicU64,
+    queued: AtomicUsize,
+    inputs: AtomicU64,
+    tokens: AtomicU64,
+    batches: AtomicU64,
 }
 
 pub(super) struct Shared {
-    pub(super) spec: EmbedSpec,
-    pub(super) model_id: String,
-    pub(super) provider: Provider,
-    pub(super) cfg: EmbedderConfig,
+    spec: EmbedSpec,
+    model_id: String,
+    provider: Provider,
+    cfg: EmbedderConfig,
     /// Truncates to the model's limit; no padding.
-    pub(super) tokenizer: Tokenizer,
+    tokenizer: Tokenizer,
     /// No truncation, no padding: for counting and for rejecting long inputs.
-    pub(super) counter: Tokenizer,
-    pub(super) tx: Mutex<Option<SyncSender<Job>>>,
-    pub(super) thread: Mutex<Option<JoinHandle<()>>>,
+    counter: Tokenizer,
+    tx: Mutex<Option<SyncSender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     /// Set by [`Embedder::shutdown`]: the worker fails what is left instead of running it.
-    pub(super) stop: Arc<AtomicBool>,
-    pub(super) counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
 }
 
 /// The embedding service: cheap to clone and share between threads.
@@ -188,19 +188,7 @@ impl Embedder {
         let graph = bind_graph(&session, &spec)?;
         let sha = sha256_file(&spec.onnx).map_err(|e| invalid(&spec.onnx, e.to_string()))?;
         let model_id = format!("{}@{}", spec.name, &sha[..12]);
-        let model = Model {
-            session,
-            graph,
-            pooling: spec.pooling,
-            dim: spec.dim,
-            pad_id: i64::from(spec.pad_id),
-            ids: Vec::new(),
-            mask: Vec::new(),
-            type_ids: Vec::new(),
-            ids32: Vec::new(),
-            mask32: Vec::new(),
-            type_ids32: Vec::new(),
-        };
+        let model = Model::new(session, graph, &spec);
         let (tx, rx) = mpsc::sync_channel(cfg.max_queue);
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -396,11 +384,11 @@ impl Drop for Shared {
 }
 
 pub(super) struct Worker {
-    pub(super) model: Model,
-    pub(super) rx: Receiver<Job>,
-    pub(super) batch_size: usize,
-    pub(super) stop: Arc<AtomicBool>,
-    pub(super) counters: Arc<Counters>,
+    model: Model,
+    rx: Receiver<Job>,
+    batch_size: usize,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
 }
 
 impl Worker {

@@ -16,8 +16,8 @@ use crate::kb::Embed;
 pub(super) struct DocEntry {
     pub(super) id: String,
     pub(super) filename: String,
-    pub(super) live: bool,
-    pub(super) first_slot: u32,
+    live: bool,
+    first_slot: u32,
 }
 
 /// One collection's in-memory index.
@@ -157,8 +157,8 @@ impl CollIndex {
 /// The rows of one document read back for (re)building an index.
 pub(super) struct LoadedDoc {
     pub(super) record: DocRecord,
-    pub(super) vectors: Vec<Vec<f32>>,
-    pub(super) terms: Vec<TermFreqs>,
+    vectors: Vec<Vec<f32>>,
+    terms: Vec<TermFreqs>,
 }
 
 /// Ids of a collection's documents in filename order (the `kb_doc_names` key order).
