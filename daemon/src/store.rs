@@ -16,6 +16,7 @@
 //! records the new version, so a crash mid-migration leaves the old schema intact.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,9 @@ pub enum StoreError {
 impl StoreError {
     /// From any redb error: a full disk is its own variant (HTTP 507), the rest is text.
     fn from_redb(e: redb::Error) -> StoreError {
+        if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            IO_ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
         match e {
             redb::Error::Io(io) if is_disk_full(&io) => StoreError::Full(io.to_string()),
             other => StoreError::Db(other.to_string()),
@@ -162,6 +166,8 @@ struct Shared {
     /// `None` while a reopen failed (the next transaction tries again).
     db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
+    /// [`IO_ERRORS`] when this store last checked its handle.
+    checked_at: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -171,6 +177,11 @@ impl std::fmt::Debug for Store {
             .finish()
     }
 }
+
+/// redb I/O errors seen by this process, in any store. A failed write leaves redb refusing
+/// work, but only write transactions say so when they begin (reads fail later, at a table);
+/// so a store that sees this count move checks its handle once before the next transaction.
+static IO_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 /// How long a reopen waits for the transactions still running on the failed handle.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
@@ -214,6 +225,7 @@ impl Store {
             shared: Arc::new(Shared {
                 db: RwLock::new(Some(Arc::new(db))),
                 path: path.to_path_buf(),
+                checked_at: AtomicU64::new(IO_ERRORS.load(Ordering::Relaxed)),
             }),
         };
         store.migrate(migrations)?;
@@ -238,6 +250,10 @@ impl Store {
         &self,
         start: impl Fn(&Database) -> Result<T, redb::TransactionError>,
     ) -> Result<T, StoreError> {
+        let seen = IO_ERRORS.load(Ordering::Relaxed);
+        if self.shared.checked_at.swap(seen, Ordering::Relaxed) != seen {
+            self.check_handle()?;
+        }
         let db = self.handle()?;
         match start(&db) {
             Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
@@ -248,6 +264,23 @@ impl Store {
             }
             other => other.map_err(StoreError::from),
         }
+    }
+
+    /// Reopen the file if redb refuses work after an I/O error. `try_begin_write` checks that
+    /// first and never waits: a busy writer means the handle still works.
+    fn check_handle(&self) -> Result<(), StoreError> {
+        let db = self.handle()?;
+        let refused = matches!(
+            db.try_begin_write(),
+            Err(redb::TransactionError::Storage(
+                redb::StorageError::PreviousIo
+            ))
+        );
+        if refused {
+            tracing::warn!(file = %self.path().display(), "database refuses work after an I/O error: reopening it");
+            self.reopen(db)?;
+        }
+        Ok(())
     }
 
     /// The current handle, opening the file if an earlier reopen failed.
