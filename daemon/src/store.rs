@@ -16,9 +16,13 @@
 //! records the new version, so a crash mid-migration leaves the old schema intact.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, TableDefinition, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
+
+use crate::util::{read, write};
 
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "edgeseek.redb";
@@ -53,8 +57,32 @@ pub enum StoreError {
         name: &'static str,
         msg: String,
     },
+    /// The file system is full (ENOSPC / EDQUOT): nothing of the failed write was kept.
+    #[error("database: the disk is full ({0}); free space in the state directory")]
+    Full(String),
     #[error("database: {0}")]
     Db(String),
+}
+
+impl StoreError {
+    /// From any redb error: a full disk is its own variant (HTTP 507), the rest is text.
+    fn from_redb(e: redb::Error) -> StoreError {
+        if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            IO_ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
+        match e {
+            redb::Error::Io(io) if is_disk_full(&io) => StoreError::Full(io.to_string()),
+            other => StoreError::Db(other.to_string()),
+        }
+    }
+}
+
+/// Whether an I/O error means "no space left": ENOSPC, or EDQUOT (a quota).
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// `From` every redb error type for an error enum that wraps [`StoreError`] in `$variant`
@@ -78,7 +106,7 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Db(e.to_string())
+                StoreError::from_redb(e.into())
             }
         }
     )*};
@@ -121,17 +149,42 @@ fn v1_keys(tx: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 /// An open database. Cheap to clone; the file stays open (and locked) while any clone lives.
+///
+/// After a failed write (a full disk, an I/O error) redb refuses every later transaction
+/// ("Previous I/O error occurred") until the file is closed and opened again. The clones share
+/// one slot holding the [`Database`], so [`Store::begin_write`] / [`Store::begin_read`] can do
+/// that reopen for all of them: the failed handle is taken out of the slot, the file is opened
+/// again once the last transaction on it has ended (redb repairs it from its last commit), and
+/// every clone continues on the new handle. Nothing committed is lost; the failed transaction
+/// is, as it was never acknowledged.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
-    path: Arc<PathBuf>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// `None` while a reopen failed (the next transaction tries again).
+    db: RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
+    /// [`IO_ERRORS`] when this store last checked its handle.
+    checked_at: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("path", &self.shared.path)
+            .finish()
     }
 }
+
+/// redb I/O errors seen by this process, in any store. A failed write leaves redb refusing
+/// work, but only write transactions say so when they begin (reads fail later, at a table);
+/// so a store that sees this count move checks its handle once before the next transaction.
+static IO_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// How long a reopen waits for the transactions still running on the failed handle.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
 impl Store {
     /// `<state_dir>/edgeseek.redb`.
@@ -169,24 +222,132 @@ impl Store {
             }
         }
         let store = Store {
-            db: Arc::new(db),
-            path: Arc::new(path.to_path_buf()),
+            shared: Arc::new(Shared {
+                db: RwLock::new(Some(Arc::new(db))),
+                path: path.to_path_buf(),
+                checked_at: AtomicU64::new(IO_ERRORS.load(Ordering::Relaxed)),
+            }),
         };
         store.migrate(migrations)?;
         Ok(store)
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
-    pub fn db(&self) -> &Database {
-        &self.db
+    /// A write transaction; reopens the file first when the last write failed (see [`Store`]).
+    pub fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        self.begin(Database::begin_write)
+    }
+
+    /// A read transaction; reopens the file first when the last write failed.
+    pub fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        self.begin(|db| db.begin_read())
+    }
+
+    fn begin<T>(
+        &self,
+        start: impl Fn(&Database) -> Result<T, redb::TransactionError>,
+    ) -> Result<T, StoreError> {
+        let seen = IO_ERRORS.load(Ordering::Relaxed);
+        if self.shared.checked_at.swap(seen, Ordering::Relaxed) != seen {
+            self.check_handle()?;
+        }
+        let db = self.handle()?;
+        match start(&db) {
+            Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
+                tracing::warn!(file = %self.path().display(), "database refused work after an I/O error: reopening it");
+                self.reopen(db)?;
+                let db = self.handle()?;
+                start(&db).map_err(StoreError::from)
+            }
+            other => other.map_err(StoreError::from),
+        }
+    }
+
+    /// Reopen the file if redb refuses work after an I/O error. `try_begin_write` checks that
+    /// first and never waits: a busy writer means the handle still works.
+    fn check_handle(&self) -> Result<(), StoreError> {
+        let db = self.handle()?;
+        let refused = matches!(
+            db.try_begin_write(),
+            Err(redb::TransactionError::Storage(
+                redb::StorageError::PreviousIo
+            ))
+        );
+        if refused {
+            tracing::warn!(file = %self.path().display(), "database refuses work after an I/O error: reopening it");
+            self.reopen(db)?;
+        }
+        Ok(())
+    }
+
+    /// The current handle, opening the file if an earlier reopen failed.
+    fn handle(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = read(&self.shared.db).as_ref() {
+            return Ok(db.clone());
+        }
+        let mut slot = write(&self.shared.db);
+        if slot.is_none() {
+            *slot = Some(Arc::new(self.open_again()?));
+        }
+        slot.clone()
+            .ok_or_else(|| StoreError::Db("database handle missing".into()))
+    }
+
+    /// Replace `failed` (if it is still the current handle) by a fresh open of the file.
+    fn reopen(&self, failed: Arc<Database>) -> Result<(), StoreError> {
+        let mut slot = write(&self.shared.db);
+        match slot.as_ref() {
+            Some(db) if Arc::ptr_eq(db, &failed) => {}
+            Some(_) => return Ok(()), // another clone reopened it already
+            None => {}
+        }
+        // Holding the slot locked, no new reference can be taken; drop ours and wait for the
+        // ones other threads still hold (they are about to find the same error). The file
+        // itself closes when the last transaction on it ends, which `open_again` waits for.
+        *slot = None;
+        let gone = Arc::downgrade(&failed);
+        drop(failed);
+        let deadline = Instant::now() + REOPEN_WAIT;
+        while gone.strong_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        *slot = Some(Arc::new(self.open_again()?));
+        Ok(())
+    }
+
+    /// Open the file again, waiting up to [`REOPEN_WAIT`] for the old handle to close.
+    fn open_again(&self) -> Result<Database, StoreError> {
+        let deadline = Instant::now() + REOPEN_WAIT;
+        loop {
+            match Database::create(self.path()) {
+                Ok(db) => {
+                    tracing::info!(file = %self.path().display(), "database reopened");
+                    return Ok(db);
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                    if is_disk_full(&e) =>
+                {
+                    return Err(StoreError::Full(e.to_string()));
+                }
+                Err(e) => {
+                    return Err(StoreError::Open {
+                        file: self.path().to_path_buf(),
+                        msg: e.to_string(),
+                    })
+                }
+            }
+        }
     }
 
     /// The schema version recorded in the file (0 for an empty database).
     pub fn schema_version(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.begin_read()?;
         let meta = match tx.open_table(META) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
@@ -203,7 +364,7 @@ impl Store {
         let found = self.schema_version()?;
         if found > known {
             return Err(StoreError::TooNew {
-                file: self.path.to_path_buf(),
+                file: self.path().to_path_buf(),
                 found,
                 known,
             });
@@ -213,10 +374,10 @@ impl Store {
         }
         // All pending steps and the new version commit together: either the file moves to
         // `known` or it stays exactly as it was.
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         for m in migrations.iter().filter(|m| m.version > found) {
             let fail = |msg: String| StoreError::Migration {
-                file: self.path.to_path_buf(),
+                file: self.path().to_path_buf(),
                 version: m.version,
                 name: m.name,
                 msg,
@@ -225,7 +386,7 @@ impl Store {
             let mut meta = tx.open_table(META).map_err(|e| fail(e.to_string()))?;
             meta.insert(SCHEMA_VERSION_KEY, m.version)
                 .map_err(|e| fail(e.to_string()))?;
-            tracing::info!(file = %self.path.display(), version = m.version, name = m.name, "schema migrated");
+            tracing::info!(file = %self.path().display(), version = m.version, name = m.name, "schema migrated");
         }
         tx.commit()?;
         Ok(())
@@ -280,7 +441,7 @@ mod tests {
     }
 
     fn counts(s: &Store) -> (u64, u64) {
-        let tx = s.db().begin_read().unwrap();
+        let tx = s.begin_read().unwrap();
         let t = tx.open_table(COUNTER).unwrap();
         let get = |k| t.get(k).unwrap().map(|v| v.value()).unwrap_or(0);
         (get("v1"), get("v2"))
@@ -295,7 +456,7 @@ mod tests {
             s.schema_version().unwrap(),
             MIGRATIONS.last().unwrap().version
         );
-        let tx = s.db().begin_read().unwrap();
+        let tx = s.begin_read().unwrap();
         tx.open_table(KEYS).unwrap();
     }
 

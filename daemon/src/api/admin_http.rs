@@ -306,7 +306,8 @@ fn key_error(e: KeyError) -> ApiError {
         KeyError::Ambiguous { .. } => conflict(msg, "ambiguous_key", Some("id")),
         KeyError::AlreadyRevoked(_) => conflict(msg, "already_revoked", Some("id")),
         KeyError::NotFound(_) => ApiError::not_found(msg),
-        KeyError::Store(_) | KeyError::Corrupt { .. } | KeyError::Random(_) => {
+        KeyError::Store(s) => ApiError::store("key store: ", &s),
+        KeyError::Corrupt { .. } | KeyError::Random(_) => {
             ApiError::internal(format!("key store: {msg}"))
         }
     }

@@ -162,6 +162,20 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).with_code("unavailable")
     }
 
+    /// 507: the state directory's disk is full; nothing of the request was stored.
+    pub fn insufficient_storage(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INSUFFICIENT_STORAGE, "server_error", message)
+            .with_code("insufficient_storage")
+    }
+
+    /// A store error: 507 for a full disk, else 500 (logged by the caller's context).
+    pub fn store(context: &str, e: &crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Full(_) => Self::insufficient_storage(e.to_string()),
+            _ => Self::internal(format!("{context}{e}")),
+        }
+    }
+
     /// 409: the request conflicts with stored state (e.g. a collection that exists).
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, INVALID, message).with_code("conflict")

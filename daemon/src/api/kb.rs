@@ -25,6 +25,7 @@ use crate::kb::base::{KbError, SearchMode, SearchRequest};
 use crate::kb::ingest::IngestError;
 use crate::kb::DocKind;
 use crate::keys::Scope;
+use crate::store::StoreError;
 
 impl From<KbError> for ApiError {
     fn from(e: KbError) -> ApiError {
@@ -32,6 +33,10 @@ impl From<KbError> for ApiError {
             KbError::NotFound { .. } => ApiError::not_found(e.to_string()),
             KbError::Invalid(_) => ApiError::bad_request(e.to_string()),
             KbError::Conflict(_) => ApiError::conflict(e.to_string()),
+            KbError::Store(s @ StoreError::Full(_)) => {
+                tracing::warn!(error = %s, "knowledge base: disk full");
+                ApiError::store("", s)
+            }
             _ => {
                 tracing::error!(error = %e, "knowledge base error");
                 ApiError::internal(e.to_string())
@@ -51,6 +56,10 @@ impl From<IngestError> for ApiError {
                 let mut a = ApiError::unavailable(e.to_string());
                 a.retry_after = Some(5);
                 a
+            }
+            IngestError::DiskFull(_) => {
+                tracing::warn!(error = %e, "ingest failed");
+                ApiError::insufficient_storage(e.to_string())
             }
             IngestError::Spool(_) => {
                 tracing::error!(error = %e, "ingest failed");

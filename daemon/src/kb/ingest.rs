@@ -41,6 +41,9 @@ pub enum IngestError {
     Busy { running: usize, waited: u64 },
     #[error("upload spool: {0}")]
     Spool(String),
+    /// The spool's file system is full (HTTP 507).
+    #[error("upload spool: the disk is full ({0}); free space in the state directory")]
+    DiskFull(String),
     #[error("the upload ended before the document was complete")]
     Aborted,
     #[error(transparent)]
@@ -153,7 +156,7 @@ impl Ingestor {
         let mut file = self.spool_file()?;
         file.write(bytes)
             .and_then(|()| file.finish())
-            .map_err(|e| IngestError::Spool(e.to_string()))?;
+            .map_err(spool_error)?;
         self.ingest_file(collection, filename, kind, file.path())
     }
 
@@ -182,11 +185,12 @@ impl Ingestor {
     }
 
     fn spool_file(&self) -> Result<SpoolFile, IngestError> {
-        self.spool.create().map_err(|e| {
-            IngestError::Spool(format!(
-                "cannot create a file in {}: {e}",
+        self.spool.create().map_err(|e| match spool_error(e) {
+            IngestError::Spool(m) => IngestError::Spool(format!(
+                "cannot create a file in {}: {m}",
                 self.spool.dir().display()
-            ))
+            )),
+            full => full,
         })
     }
 
@@ -210,16 +214,14 @@ impl Ingestor {
             match rx.blocking_recv() {
                 Some(Piece::Data(d)) => {
                     self.check_size(file.len() + d.len() as u64)?;
-                    file.write(&d)
-                        .map_err(|e| IngestError::Spool(e.to_string()))?;
+                    file.write(&d).map_err(spool_error)?;
                 }
                 Some(Piece::End) => break,
                 // The request went away (or was refused) before its end.
                 None => return Err(IngestError::Aborted),
             }
         }
-        file.finish()
-            .map_err(|e| IngestError::Spool(e.to_string()))?;
+        file.finish().map_err(spool_error)?;
         self.ingest_file(collection, filename, kind, file.path())
     }
 
@@ -234,7 +236,7 @@ impl Ingestor {
         super::valid_filename(filename).map_err(|m| KbError::Invalid(format!("filename {m}")))?;
         // A missing collection fails before seconds of parsing and embedding.
         self.base.collection(collection)?;
-        let (size, sha256) = digest(path).map_err(|e| IngestError::Spool(e.to_string()))?;
+        let (size, sha256) = digest(path).map_err(spool_error)?;
         self.check_size(size)?;
         let t0 = Instant::now();
         let parsed = parse_file(path, kind, &self.parse)?;
@@ -333,4 +335,13 @@ fn digest(path: &Path) -> std::io::Result<(u64, String)> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A spool I/O error; a full disk is its own variant (HTTP 507).
+fn spool_error(e: std::io::Error) -> IngestError {
+    if crate::store::is_disk_full(&e) {
+        IngestError::DiskFull(e.to_string())
+    } else {
+        IngestError::Spool(e.to_string())
+    }
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -284,7 +284,7 @@ impl KeyStore {
         let secret = format!("{SECRET_PREFIX}{}", hex(&random_bytes::<SECRET_BYTES>()?));
         let hash = digest(&secret);
         let _serial = lock(&self.inner.mutate);
-        let tx = self.inner.store.db().begin_write()?;
+        let tx = self.inner.store.begin_write()?;
         let record = {
             let mut table = tx.open_table(KEYS)?;
             for row in table.iter()? {
@@ -347,7 +347,7 @@ impl KeyStore {
     }
 
     fn read_all(&self) -> Result<Vec<(String, KeyRecord)>, KeyError> {
-        let tx = self.inner.store.db().begin_read()?;
+        let tx = self.inner.store.begin_read()?;
         let table = tx.open_table(KEYS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -362,7 +362,7 @@ impl KeyStore {
     /// [`authenticate`](Self::authenticate) calls refuse the key.
     pub fn revoke(&self, id_or_name: &str) -> Result<KeyRecord, KeyError> {
         let _serial = lock(&self.inner.mutate);
-        let tx = self.inner.store.db().begin_write()?;
+        let tx = self.inner.store.begin_write()?;
         let stored = {
             let mut table = tx.open_table(KEYS)?;
             let by_id = match table.get(id_or_name)? {
@@ -524,7 +524,7 @@ fn flush_last_used(store: Store, rx: Receiver<(String, u64)>) {
 }
 
 fn write_last_used(store: &Store, batch: &HashMap<String, u64>) -> Result<(), KeyError> {
-    let tx = store.db().begin_write()?;
+    let tx = store.begin_write()?;
     {
         let mut table = tx.open_table(KEYS)?;
         for (id, &t) in batch {

@@ -17,7 +17,7 @@ impl KnowledgeBase {
     pub fn create_collection(&self, name: &str) -> Result<CollectionInfo, KbError> {
         check_collection_name(name)?;
         let mut colls = write(&self.inner.colls);
-        let tx = self.inner.store.db().begin_write()?;
+        let tx = self.inner.store.begin_write()?;
         let record = CollectionRecord {
             created: unix_now(),
             model_id: self.inner.embed.model_id(),
@@ -65,7 +65,7 @@ impl KnowledgeBase {
     pub fn delete_collection(&self, name: &str) -> Result<(), KbError> {
         let coll = self.coll(name)?;
         let _gate = self.gate(&coll)?;
-        let tx = self.inner.store.db().begin_write()?;
+        let tx = self.inner.store.begin_write()?;
         {
             let mut t = tx.open_table(COLLECTIONS)?;
             if t.remove(name)?.is_none() {

@@ -1,6 +1,6 @@
 //! Documents: ingest (replace by filename), list, read back, delete; chunks by id.
 
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
 use super::index::doc_ids;
 
@@ -32,7 +32,7 @@ impl KnowledgeBase {
         let vectors = self.embed_all(&texts)?;
 
         let _gate = self.gate(&coll)?;
-        let tx = self.inner.store.db().begin_write()?;
+        let tx = self.inner.store.begin_write()?;
         let crec = self.collection_record(&tx, collection)?;
         if crec.model_id != self.inner.embed.model_id() || crec.dim != self.inner.embed.dim() {
             return Err(self.stale_error(collection, &crec));
@@ -103,7 +103,7 @@ impl KnowledgeBase {
         let coll = self.coll(collection)?;
         // Under the read lock the list matches what searches see.
         let _idx = read(&coll.idx);
-        let tx = self.inner.store.db().begin_read()?;
+        let tx = self.inner.store.begin_read()?;
         let docs = tx.open_table(DOCUMENTS)?;
         let mut out = Vec::new();
         for id in doc_ids(&tx.open_table(DOC_NAMES)?, collection)? {
@@ -115,7 +115,7 @@ impl KnowledgeBase {
     }
 
     pub fn document(&self, collection: &str, id: &str) -> Result<DocInfo, KbError> {
-        let tx = self.inner.store.db().begin_read()?;
+        let tx = self.inner.store.begin_read()?;
         self.doc_record(&tx, collection, id)
     }
 
@@ -149,7 +149,7 @@ impl KnowledgeBase {
             return Err(missing());
         }
         let _gate = self.gate(&coll)?;
-        let tx = self.inner.store.db().begin_write()?;
+        let tx = self.inner.store.begin_write()?;
         let belongs = match tx.open_table(DOCUMENTS)?.get(id)? {
             Some(b) => decode_json::<DocRecord>(id, b.value())?.collection == collection,
             None => false,
@@ -176,7 +176,7 @@ impl KnowledgeBase {
         collection: &str,
         id: &str,
     ) -> Result<(DocInfo, Vec<ChunkInfo>), KbError> {
-        let tx = self.inner.store.db().begin_read()?;
+        let tx = self.inner.store.begin_read()?;
         let rec = self.doc_record(&tx, collection, id)?;
         let (lo, hi) = kbstore::doc_chunk_range(id);
         let mut chunks = Vec::new();
@@ -202,7 +202,7 @@ impl KnowledgeBase {
     pub fn chunk(&self, chunk_id: &str) -> Result<ChunkInfo, KbError> {
         let missing = || not_found(format!("chunk `{chunk_id}`"));
         let (doc_id, _) = kbstore::split_chunk_id(chunk_id).ok_or_else(missing)?;
-        let tx = self.inner.store.db().begin_read()?;
+        let tx = self.inner.store.begin_read()?;
         let rec: ChunkRecord = match tx.open_table(CHUNKS)?.get(chunk_id)? {
             Some(b) => decode_json(chunk_id, b.value())?,
             None => return Err(missing()),

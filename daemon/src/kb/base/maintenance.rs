@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use super::index::{build_index, load_docs};
 use super::{corrupt, decode_json, encode_json, kbstore, Inner, KbError, KnowledgeBase};
@@ -25,7 +25,7 @@ impl KnowledgeBase {
         let mut ids = Vec::new();
         let mut texts = Vec::new();
         {
-            let tx = self.inner.store.db().begin_read()?;
+            let tx = self.inner.store.begin_read()?;
             let chunks = tx.open_table(CHUNKS)?;
             for d in load_docs(&tx, collection, None)? {
                 for ord in 0..d.record.chunks {
@@ -40,7 +40,7 @@ impl KnowledgeBase {
             }
         }
         let vectors = self.embed_all(&texts)?;
-        let tx = self.inner.store.db().begin_write()?;
+        let tx = self.inner.store.begin_write()?;
         let mut crec = self.collection_record(&tx, collection)?;
         crec.model_id = self.inner.embed.model_id();
         crec.dim = self.inner.embed.dim();
@@ -54,7 +54,7 @@ impl KnowledgeBase {
         }
         let mut idx = write(&coll.idx);
         tx.commit()?;
-        let rtx = self.inner.store.db().begin_read()?;
+        let rtx = self.inner.store.begin_read()?;
         *idx = build_index(&rtx, collection, crec, self.inner.embed.as_ref())?;
         drop(idx);
         drop(_gate);
@@ -75,7 +75,7 @@ impl KnowledgeBase {
 /// from its text (one transaction) so queries and stored terms agree.
 pub(super) fn rederive_terms_if_stale(store: &Store) -> Result<(), KbError> {
     {
-        let tx = store.db().begin_read()?;
+        let tx = store.begin_read()?;
         let meta = tx.open_table(KB_META)?;
         if meta
             .get(kbstore::META_ANALYZER)?
@@ -84,7 +84,7 @@ pub(super) fn rederive_terms_if_stale(store: &Store) -> Result<(), KbError> {
             return Ok(());
         }
     }
-    let tx = store.db().begin_write()?;
+    let tx = store.begin_write()?;
     let mut n = 0usize;
     {
         let chunks = tx.open_table(CHUNKS)?;
@@ -171,7 +171,7 @@ impl Inner {
             if compact {
                 // Writers are held off by the gate, so the file and memory agree and a fresh
                 // index read now replaces the old one exactly, without the dead slots.
-                let tx = self.store.db().begin_read()?;
+                let tx = self.store.begin_read()?;
                 let record = read(&coll.idx).record.clone();
                 let fresh = build_index(&tx, name, record, self.embed.as_ref())?;
                 tracing::info!(collection = %name, chunks = fresh.live_slots, "knowledge base index compacted");

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use self::index::{build_index, CollIndex};
@@ -354,7 +354,7 @@ impl KnowledgeBase {
         let mut colls = BTreeMap::new();
         let mut stale = Vec::new();
         {
-            let tx = store.db().begin_read()?;
+            let tx = store.begin_read()?;
             let table = tx.open_table(COLLECTIONS)?;
             for row in table.iter()? {
                 let (k, v) = row?;

@@ -3,8 +3,6 @@
 
 use std::sync::{Arc, RwLockReadGuard};
 
-use redb::ReadableDatabase;
-
 use super::index::CollIndex;
 use super::{
     check_collection_name, decode_json, kbstore, not_found, Coll, Hit, KbError, KnowledgeBase,
@@ -178,7 +176,7 @@ impl KnowledgeBase {
         colls: &[Arc<Coll>],
         guards: &[RwLockReadGuard<'_, CollIndex>],
     ) -> Result<Vec<Hit>, KbError> {
-        let tx = self.inner.store.db().begin_read()?;
+        let tx = self.inner.store.begin_read()?;
         let chunks = tx.open_table(CHUNKS)?;
         let mut hits = Vec::with_capacity(fused.len());
         for f in fused {

@@ -96,7 +96,7 @@ fn files(hits: &[Hit]) -> Vec<String> {
 /// Every stored row of the collection, as (table, key) pairs: the ground truth for what an
 /// operation left behind.
 fn row_counts(kb: &KnowledgeBase) -> [usize; 5] {
-    let tx = kb.inner.store.db().begin_read().unwrap();
+    let tx = kb.inner.store.begin_read().unwrap();
     [
         tx.open_table(DOCUMENTS).unwrap().len().unwrap() as usize,
         tx.open_table(DOC_NAMES).unwrap().len().unwrap() as usize,
@@ -645,7 +645,7 @@ fn stale_analyzer_terms_are_rederived_at_open() {
     {
         let kb = open_with_one_doc(dir.path(), "Annual leave policy");
         // Pretend the terms were made by an older analyzer that produced garbage.
-        let tx = kb.inner.store.db().begin_write().unwrap();
+        let tx = kb.inner.store.begin_write().unwrap();
         {
             let mut t = tx.open_table(TERMS).unwrap();
             let keys: Vec<String> = t
@@ -684,20 +684,20 @@ fn migrates_a_v1_database_with_keys_to_the_kb_schema() {
     {
         let s = Store::open(&path, &[KEYS_V1]).unwrap();
         assert_eq!(s.schema_version().unwrap(), 1);
-        let tx = s.db().begin_write().unwrap();
+        let tx = s.begin_write().unwrap();
         tx.open_table(KEYS)
             .unwrap()
             .insert("k_1", b"{\"kept\":true}".as_slice())
             .unwrap();
         tx.commit().unwrap();
         // The v1 file has no knowledge-base tables.
-        let r = s.db().begin_read().unwrap();
+        let r = s.begin_read().unwrap();
         assert!(r.open_table(COLLECTIONS).is_err());
     }
     let s = Store::open(&path, kbstore::MIGRATIONS).unwrap();
     assert_eq!(s.schema_version().unwrap(), 2);
     {
-        let r = s.db().begin_read().unwrap();
+        let r = s.begin_read().unwrap();
         assert_eq!(
             r.open_table(KEYS)
                 .unwrap()
