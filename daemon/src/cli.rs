@@ -505,6 +505,7 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failure> {
         max_reasoning_tokens: args.max_reasoning_tokens,
         min_tokens: 0,
         logprobs: None,
+        tools: None,
     };
     if args.concurrency > 1 {
         return generate_concurrent(

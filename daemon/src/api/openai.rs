@@ -283,6 +283,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
             max_reasoning_tokens,
             min_tokens: 0,
             logprobs,
+            tools: None,
         },
         n,
         stream,
