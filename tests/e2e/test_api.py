@@ -630,3 +630,42 @@ def test_unsupported_tool_features_are_400_naming_them(tools_client, extra, para
         chat(tools_client, max_tokens=2, **kw)
     assert info.value.status_code == 400
     assert info.value.body["param"] == param, info.value.body
+
+
+CALLS_BEGIN_ID = 1543  # <｜tool▁calls▁begin｜> in the fixture tokenizer (tests/fixtures/README.md)
+
+
+@pytest.fixture(scope="module")
+def r1_tools_client(tmp_path_factory):
+    """The Qwen2 fixture with the R1 template plus a tool list in the system prompt: a
+    template that renders tools and teaches the DeepSeek call tokens."""
+    import shutil
+    model = tmp_path_factory.mktemp("r1-tools-model") / MODEL
+    shutil.copytree(QWEN, model)
+    r1 = (ROOT / "scripts" / "fixtures" / "deepseek-r1-distill.jinja").read_text()
+    anchor = "{{bos_token}}{{ns.system_prompt}}"
+    assert anchor in r1
+    (model / "chat_template.jinja").write_text(r1.replace(
+        anchor, anchor + "{% if tools %}{{ '\\n\\n# Tools\\n' }}{% for tool in tools %}"
+                         "{{ tool | tojson }}{% endfor %}{% endif %}"))
+    s = Server(tmp_path_factory.mktemp("r1-tools") / "state", model=model)
+    s.wait_ready()
+    yield s.client(s.key("tools"))
+    s.stop()
+
+
+def test_forced_call_tokens_that_make_no_call_come_back_as_content(r1_tools_client):
+    # logit_bias makes the model write DeepSeek's call-opening token over and over: the
+    # start of a call that never becomes one. The tool-call reader holds it back, then must
+    # return it as content, exactly what tool_choice none (no reading) returns.
+    kw = dict(tools=[WEATHER], max_tokens=8, temperature=0, logit_bias={str(CALLS_BEGIN_ID): 100},
+              extra_body={"max_reasoning_tokens": 1})
+    auto = chat(r1_tools_client, tool_choice="auto", **kw).choices[0]
+    none = chat(r1_tools_client, tool_choice="none", **kw).choices[0]
+    assert "<｜tool▁calls▁begin｜>" in none.message.content, none.message
+    assert auto.message.content == none.message.content
+    assert not auto.message.tool_calls and auto.finish_reason == none.finish_reason
+    chunks = list(chat(r1_tools_client, tool_choice="auto", stream=True, **kw))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == none.message.content
+    assert all(not c.choices[0].delta.tool_calls for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == none.finish_reason
