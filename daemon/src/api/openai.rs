@@ -1018,6 +1018,79 @@ mod tests {
     }
 
     #[test]
+    fn assistant_tool_calls_are_checked_and_passed_on() {
+        let p = chat(
+            r#"{"model":"m","messages":[{"role":"user","content":"w?"},
+            {"role":"assistant","tool_calls":[{"id":"call_1","type":"function",
+              "function":{"name":"get_weather","arguments":"{\"city\": \"Oslo\"}"}}]},
+            {"role":"tool","tool_call_id":"call_1","content":"sunny"}]}"#,
+        )
+        .unwrap();
+        let Prompt::Messages(m) = p.request.prompt else {
+            panic!()
+        };
+        assert_eq!(m[1].content, None);
+        assert_eq!(
+            m[1].extra["tool_calls"],
+            serde_json::json!([{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}])
+        );
+        assert_eq!(m[2].extra["tool_call_id"], "call_1");
+        assert!(p.tools.is_none() && p.request.tools.is_none());
+        for (msg, param) in [
+            (
+                r#"{"role":"user","content":"x","tool_calls":[]}"#,
+                "messages[0].tool_calls",
+            ),
+            (
+                r#"{"role":"assistant","tool_calls":[{"type":"function","function":{"name":"f"}}]}"#,
+                "messages[0].tool_calls[0].function",
+            ),
+            (
+                r#"{"role":"assistant","tool_calls":[{"type":"code","function":{"name":"f","arguments":"{}"}}]}"#,
+                "messages[0].tool_calls[0].type",
+            ),
+            (
+                r#"{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":{}}}]}"#,
+                "messages[0].tool_calls",
+            ),
+            (
+                r#"{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{}","x":1}}]}"#,
+                "messages[0].tool_calls[0].function.x",
+            ),
+        ] {
+            let e = chat(&format!(r#"{{"model":"m","messages":[{msg}]}}"#)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{msg}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn tools_reach_the_engine_request() {
+        let p = chat(&format!(
+            r#"{{{MSG},"tools":[{{"type":"function","function":{{"name":"f","description":"d"}}}}],"tool_choice":"auto"}}"#
+        ))
+        .unwrap();
+        let t = p.tools.as_ref().unwrap();
+        assert_eq!(t.names, vec!["f"]);
+        assert_eq!(p.request.tools.as_ref(), Some(&t.tools));
+        assert!(matches!(
+            &t.tools,
+            crate::engine::template::OrderedJson::Array(a) if a.len() == 1
+        ));
+        assert!(
+            p.tool_parsing.is_none(),
+            "set only once the template is known"
+        );
+        let e = chat(&format!(r#"{{{MSG},"tools":{{}}}}"#)).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools"));
+        let e = chat(&format!(
+            r#"{{{MSG},"tools":[{{"type":"function","function":{{"name":"f"}}}}],"tool_choice":5}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tool_choice"));
+    }
+
+    #[test]
     fn completion_prompts() {
         let c = |b: &str| parse(Kind::Completion, b.as_bytes());
         assert!(matches!(
