@@ -157,6 +157,54 @@ pub struct ToolCallParser {
     after_call: bool,
     /// Some content has been returned.
     any_content: bool,
+    /// Bytes of the region already searched for its end (so each piece is looked at once,
+    /// not the whole region again: a model that never closes a call costs linear time).
+    scanned: usize,
+    /// Llama: the bracket matching of the JSON object so far.
+    json: JsonScan,
+}
+
+/// Incremental bracket matching of a JSON object (strings and escapes respected).
+#[derive(Default)]
+struct JsonScan {
+    /// Where in the buffer the object starts.
+    start: usize,
+    /// Bytes of the object scanned so far.
+    pos: usize,
+    depth: usize,
+    in_str: bool,
+    escaped: bool,
+}
+
+impl JsonScan {
+    /// Length of the object at the start of `s`, once closed; scans only what is new.
+    fn advance(&mut self, s: &str) -> Option<usize> {
+        for (i, c) in s[self.pos..].char_indices() {
+            let i = self.pos + i;
+            if self.in_str {
+                match c {
+                    _ if self.escaped => self.escaped = false,
+                    '\\' => self.escaped = true,
+                    '"' => self.in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => self.in_str = true,
+                '{' | '[' => self.depth += 1,
+                '}' | ']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.pos = s.len();
+        None
+    }
 }
 
 impl ToolCallParser {
@@ -173,6 +221,8 @@ impl ToolCallParser {
             calls: 0,
             after_call: false,
             any_content: false,
+            scanned: 0,
+            json: JsonScan::default(),
         }
     }
 
@@ -216,6 +266,8 @@ impl ToolCallParser {
                         self.after_call = self.region_calls > 0;
                         self.region_calls = 0;
                         self.pos = 0;
+                        self.scanned = 0;
+                        self.json = JsonScan::default();
                     }
                 }
             } else if !self.text(out, eof) {
@@ -344,6 +396,19 @@ impl ToolCallParser {
         Region::End(end)
     }
 
+    /// Position of `pat` at or after `start`, searching only text not searched before.
+    fn find_end(&mut self, start: usize, pat: &str) -> Option<usize> {
+        let mut from = start.max(self.scanned.saturating_sub(pat.len() - 1));
+        while !self.buf.is_char_boundary(from) {
+            from -= 1;
+        }
+        let found = self.buf[from..].find(pat).map(|i| from + i);
+        if found.is_none() {
+            self.scanned = self.buf.len();
+        }
+        found
+    }
+
     fn known(&self, name: &str) -> bool {
         self.names.iter().any(|n| n == name)
     }
@@ -359,7 +424,10 @@ impl ToolCallParser {
             let rest = &self.buf[at..];
             if rest.starts_with(DS_CALL_BEGIN) {
                 let body_start = at + DS_CALL_BEGIN.len();
-                let Some(len) = self.buf[body_start..].find(DS_CALL_END) else {
+                let Some(len) = self
+                    .find_end(body_start, DS_CALL_END)
+                    .map(|e| e - body_start)
+                else {
                     return if eof {
                         self.fail(out, self.buf.len())
                     } else {
@@ -405,7 +473,10 @@ impl ToolCallParser {
             return self.fail(out, self.buf.len());
         };
         let body_start = open + HERMES_BEGIN.len();
-        let Some(len) = self.buf[body_start..].find(HERMES_END) else {
+        let Some(len) = self
+            .find_end(body_start, HERMES_END)
+            .map(|e| e - body_start)
+        else {
             return if eof {
                 self.fail(out, self.buf.len())
             } else {
@@ -444,7 +515,13 @@ impl ToolCallParser {
         if !rest.starts_with('{') {
             return self.fail(out, at);
         }
-        let Some(len) = json_object_len(rest) else {
+        if self.json.start != at {
+            self.json = JsonScan {
+                start: at,
+                ..JsonScan::default()
+            };
+        }
+        let Some(len) = self.json.advance(&self.buf[at..]) else {
             return if eof {
                 self.fail(out, self.buf.len())
             } else {
@@ -490,10 +567,13 @@ fn is_strict_prefix(s: &str, markers: &[&str]) -> bool {
 /// when none can).
 fn held_suffix(buf: &str, markers: &[&str]) -> usize {
     let longest = markers.iter().map(|m| m.len()).max().unwrap_or(0);
-    let from = buf.len().saturating_sub(longest);
-    buf.char_indices()
-        .map(|(i, _)| i)
-        .filter(|&i| i >= from)
+    let mut from = buf.len().saturating_sub(longest);
+    while !buf.is_char_boundary(from) {
+        from -= 1;
+    }
+    buf[from..]
+        .char_indices()
+        .map(|(i, _)| from + i)
         .find(|&i| is_strict_prefix(&buf[i..], markers))
         .unwrap_or(buf.len())
 }
@@ -574,34 +654,6 @@ fn json_call(
 fn offset_in(whole: &str, part: &str) -> Option<usize> {
     let off = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
     (off + part.len() <= whole.len()).then_some(off)
-}
-
-/// Length of the JSON object at the start of `s` (`None` while it is not closed).
-fn json_object_len(s: &str) -> Option<usize> {
-    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
-    for (i, c) in s.char_indices() {
-        if in_str {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => in_str = true,
-            '{' | '[' => depth += 1,
-            '}' | ']' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 #[cfg(test)]

@@ -321,3 +321,23 @@ fn arguments_come_in_the_pieces_the_model_wrote() {
         .count();
     assert!(arg_pieces > 3, "{pieces:?}");
 }
+
+#[test]
+fn a_call_that_never_closes_is_content_at_the_end() {
+    // Many small pieces after an opening marker: each is looked at once (the end marker and
+    // the JSON brackets are searched incrementally), and the whole text comes back.
+    for (format, open) in [
+        (ToolFormat::Hermes, "<tool_call>{\"name\": \"get_time\", \"arguments\": {\"x\": \""),
+        (ToolFormat::DeepSeek, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{\"x\": \""),
+        (ToolFormat::LlamaJson, "{\"name\": \"get_time\", \"parameters\": {\"x\": \""),
+    ] {
+        let mut p = ToolCallParser::new(format, names());
+        let mut pieces = p.push(open);
+        for _ in 0..20_000 {
+            pieces.extend(p.push("ab} "));
+        }
+        pieces.extend(p.finish());
+        let text = format!("{open}{}", "ab} ".repeat(20_000));
+        assert_eq!(collect(pieces), Parsed { content: text, calls: vec![] }, "{format:?}");
+    }
+}
