@@ -546,3 +546,126 @@ def test_mtls_requires_a_client_certificate(tmp_path):
         anonymous.close()
     finally:
         s.stop()
+
+
+# --- tool calling -------------------------------------------------------------------------
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+TOOL_TURN = [
+    {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 °C"},
+]
+
+
+@pytest.fixture(scope="module")
+def tools_server(tmp_path_factory):
+    """The Qwen2 fixture with a tool-capable (Hermes / Qwen2.5-style) chat template."""
+    import shutil
+    model = tmp_path_factory.mktemp("tools-model") / MODEL
+    shutil.copytree(QWEN, model)
+    shutil.copy(ROOT / "scripts" / "fixtures" / "hermes-tools.jinja", model / "chat_template.jinja")
+    s = Server(tmp_path_factory.mktemp("tools") / "state", model=model)
+    s.wait_ready()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def tools_client(tools_server):
+    return tools_server.client(tools_server.key("tools"))
+
+
+def test_tool_turn_renders_through_the_r1_template(client):
+    # The R1 template renders assistant tool calls and tool results (it has no tool list).
+    r = chat(client, messages=TOOL_TURN, max_tokens=4, seed=1)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    longer = chat(client, messages=TOOL_TURN + [{"role": "tool", "tool_call_id": "call_2",
+                                                 "content": "and windy"}], max_tokens=4, seed=1)
+    assert longer.usage.prompt_tokens > r.usage.prompt_tokens
+
+
+def test_tools_on_a_template_without_tool_support_is_400(server, key):
+    e = err(post(server, key, json.dumps({**BODY, "tools": [WEATHER]})), 400)
+    assert e["param"] == "tools" and "does not support tools" in e["message"], e
+
+
+def test_tools_auto_and_none_are_accepted(tools_client):
+    plain = chat(tools_client, max_tokens=3, seed=2)
+    for choice in ("auto", "none"):
+        r = chat(tools_client, tools=[WEATHER], tool_choice=choice, max_tokens=3, seed=2)
+        c = r.choices[0]
+        # The random fixture writes no calls: the answer is content.
+        assert c.finish_reason in ("stop", "length") and not c.message.tool_calls
+        assert isinstance(c.message.content, str)
+        # The tool definitions are in the prompt.
+        assert r.usage.prompt_tokens > plain.usage.prompt_tokens + 20
+    # Default tool_choice (auto) and parallel_tool_calls, streamed.
+    stream = chat(tools_client, tools=[WEATHER], parallel_tool_calls=False,
+                  max_tokens=4, seed=2, stream=True)
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert all(not ch.choices[0].delta.tool_calls for ch in chunks)
+    # A tool turn through this template (the fixture's 512-token context has no room for
+    # the tool list as well).
+    r = chat(tools_client, messages=TOOL_TURN, max_tokens=3, seed=2)
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {**WEATHER["function"], "strict": True}}]},
+     "tools[0].function.strict"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+])
+def test_unsupported_tool_features_are_400_naming_them(tools_client, extra, param):
+    kw = {"tools": [WEATHER], **extra}
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(tools_client, max_tokens=2, **kw)
+    assert info.value.status_code == 400
+    assert info.value.body["param"] == param, info.value.body
+
+
+CALLS_BEGIN_ID = 1543  # <｜tool▁calls▁begin｜> in the fixture tokenizer (tests/fixtures/README.md)
+
+
+@pytest.fixture(scope="module")
+def r1_tools_client(tmp_path_factory):
+    """The Qwen2 fixture with the R1 template plus a tool list in the system prompt: a
+    template that renders tools and teaches the DeepSeek call tokens."""
+    import shutil
+    model = tmp_path_factory.mktemp("r1-tools-model") / MODEL
+    shutil.copytree(QWEN, model)
+    r1 = (ROOT / "scripts" / "fixtures" / "deepseek-r1-distill.jinja").read_text()
+    anchor = "{{bos_token}}{{ns.system_prompt}}"
+    assert anchor in r1
+    (model / "chat_template.jinja").write_text(r1.replace(
+        anchor, anchor + "{% if tools %}{{ '\\n\\n# Tools\\n' }}{% for tool in tools %}"
+                         "{{ tool | tojson }}{% endfor %}{% endif %}"))
+    s = Server(tmp_path_factory.mktemp("r1-tools") / "state", model=model)
+    s.wait_ready()
+    yield s.client(s.key("tools"))
+    s.stop()
+
+
+def test_forced_call_tokens_that_make_no_call_come_back_as_content(r1_tools_client):
+    # logit_bias makes the model write DeepSeek's call-opening token over and over: the
+    # start of a call that never becomes one. The tool-call reader holds it back, then must
+    # return it as content, exactly what tool_choice none (no reading) returns.
+    kw = dict(tools=[WEATHER], max_tokens=8, temperature=0, logit_bias={str(CALLS_BEGIN_ID): 100},
+              extra_body={"max_reasoning_tokens": 1})
+    auto = chat(r1_tools_client, tool_choice="auto", **kw).choices[0]
+    none = chat(r1_tools_client, tool_choice="none", **kw).choices[0]
+    assert "<｜tool▁calls▁begin｜>" in none.message.content, none.message
+    assert auto.message.content == none.message.content
+    assert not auto.message.tool_calls and auto.finish_reason == none.finish_reason
+    chunks = list(chat(r1_tools_client, tool_choice="auto", stream=True, **kw))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == none.message.content
+    assert all(not c.choices[0].delta.tool_calls for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == none.finish_reason

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::gate::{self, Admission, Call, Cost};
 use super::openai::{self, Chunks, Delta, Kind, Parsed};
+use super::tools::{Out, ToolStream};
 use super::{json_response, rag, sse, unix_now, App, Body};
 use crate::engine::{Event, GenerateOutput, RequestHandle, TokenLogprob};
 use crate::keys::{KeyInfo, Scope};
@@ -59,6 +60,9 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
         inflight: parsed.n,
     })?;
     let served = app.ready()?;
+    // Whether the model can take the request's tools, and how its calls read.
+    parsed.tool_parsing =
+        super::tools::resolve(parsed.tools.as_ref(), served.scheduler.template())?;
     let citations = match parsed.knowledge.clone() {
         Some(k) => Some(retrieve(&app, k, &mut parsed).await?),
         None => None,
@@ -264,6 +268,97 @@ struct ChoiceState {
     logprobs: Vec<TokenLogprob>,
     text_len: usize,
     done: Option<GenerateOutput>,
+    /// Reads tool calls out of the answer (chat with tools and `tool_choice: auto`).
+    tools: Option<ToolStream>,
+}
+
+impl ChoiceState {
+    fn new(parsed: &Parsed) -> Self {
+        ChoiceState {
+            tools: parsed.tool_parsing.as_ref().map(ToolStream::new),
+            ..ChoiceState::default()
+        }
+    }
+
+    /// The chunks for a piece of reasoning or answer text of choice `i`. Answer text goes
+    /// through the tool-call reader when there is one, which may hold it back (a call being
+    /// written) and returns it as content or `tool_calls` deltas. Logprobs go with the next
+    /// chunk sent.
+    fn text_chunks(&mut self, chunks: &Chunks<'_>, i: usize, ev: &Event) -> Vec<Value> {
+        let (content, reasoning) = match ev {
+            Event::Content(t) => (Some(t.as_str()), None),
+            Event::Reasoning(t) => (None, Some(t.as_str())),
+            _ => return Vec::new(),
+        };
+        let offset = self.text_len;
+        self.text_len += content.map_or(0, str::len) + reasoning.map_or(0, str::len);
+        match (&mut self.tools, content) {
+            (Some(ts), Some(text)) => {
+                let outs = ts.push(text);
+                self.out_chunks(chunks, i, outs)
+            }
+            _ => {
+                let lps = std::mem::take(&mut self.logprobs);
+                let d = Delta {
+                    content,
+                    reasoning,
+                    logprobs: &lps,
+                    ..Delta::default()
+                };
+                vec![chunks.delta(i, d, offset)]
+            }
+        }
+    }
+
+    fn out_chunks(&mut self, chunks: &Chunks<'_>, i: usize, outs: Vec<Out>) -> Vec<Value> {
+        let mut v = Vec::with_capacity(outs.len());
+        for o in outs {
+            let lps = std::mem::take(&mut self.logprobs);
+            let d = match o {
+                Out::Content(t) => chunks.delta(
+                    i,
+                    Delta {
+                        content: Some(&t),
+                        logprobs: &lps,
+                        ..Delta::default()
+                    },
+                    self.text_len,
+                ),
+                Out::Call(c) => chunks.delta(
+                    i,
+                    Delta {
+                        logprobs: &lps,
+                        tool_call: Some(c),
+                        ..Delta::default()
+                    },
+                    self.text_len,
+                ),
+            };
+            v.push(d);
+        }
+        v
+    }
+
+    /// The last chunks of choice `i`: what the tool-call reader still held, then the
+    /// `finish_reason`.
+    fn done_chunks(&mut self, chunks: &Chunks<'_>, i: usize, o: GenerateOutput) -> Vec<Value> {
+        let mut v = match self.tools.as_mut().map(ToolStream::finish) {
+            Some(outs) => self.out_chunks(chunks, i, outs),
+            None => Vec::new(),
+        };
+        let lps = std::mem::take(&mut self.logprobs);
+        let d = Delta {
+            // Chat's final delta is empty; completions carry an empty text.
+            content: None,
+            logprobs: &lps,
+            finish: Some(o.finish_reason),
+            made_tool_calls: self.tools.as_ref().is_some_and(|t| t.calls() > 0),
+            ..Delta::default()
+        };
+        v.push(chunks.delta(i, d, self.text_len));
+        self.done = Some(o);
+        v
+    }
 }
 
 /// Turn engine events into SSE chunks until every choice is done or the client is gone.
@@ -274,7 +369,7 @@ async fn pump(ctx: Ctx, mut rx: mpsc::Receiver<(usize, Event)>, out: mpsc::Sende
         created: ctx.created,
     };
     let n = ctx.parsed.n;
-    let mut state: Vec<ChoiceState> = (0..n).map(|_| ChoiceState::default()).collect();
+    let mut state: Vec<ChoiceState> = (0..n).map(|_| ChoiceState::new(&ctx.parsed)).collect();
     let mut last = vec![None; n];
     let gone = |ctx: &Ctx| {
         ctx.app
@@ -298,7 +393,7 @@ async fn pump(ctx: Ctx, mut rx: mpsc::Receiver<(usize, Event)>, out: mpsc::Sende
                 content: Some(""),
                 ..Delta::default()
             };
-            let mut v = chunks.delta(i, &first, 0);
+            let mut v = chunks.delta(i, first, 0);
             // The sources come with the first chunk, so a client can show them while the
             // answer streams.
             if let (0, Some(c), Some(o)) = (i, &ctx.citations, v.as_object_mut()) {
@@ -328,36 +423,16 @@ async fn pump(ctx: Ctx, mut rx: mpsc::Receiver<(usize, Event)>, out: mpsc::Sende
             Event::Logprob(l) => st.logprobs.push(l),
             Event::Reasoning(t) | Event::Content(t) if t.is_empty() => {}
             ev @ (Event::Reasoning(_) | Event::Content(_)) => {
-                let (content, reasoning) = match &ev {
-                    Event::Content(t) => (Some(t.as_str()), None),
-                    Event::Reasoning(t) => (None, Some(t.as_str())),
-                    _ => (None, None),
-                };
-                let lps = std::mem::take(&mut st.logprobs);
-                let offset = st.text_len;
-                st.text_len += content.map_or(0, str::len) + reasoning.map_or(0, str::len);
-                let d = Delta {
-                    content,
-                    reasoning,
-                    logprobs: &lps,
-                    ..Delta::default()
-                };
-                let v = chunks.delta(i, &d, offset);
+                let vs = st.text_chunks(&chunks, i, &ev);
                 ctx.observe_text(&mut last, i);
-                send!(v);
+                for v in vs {
+                    send!(v);
+                }
             }
             Event::Done(o) => {
-                let lps = std::mem::take(&mut st.logprobs);
-                let d = Delta {
-                    // Chat's final delta is empty; completions carry an empty text.
-                    content: None,
-                    logprobs: &lps,
-                    finish: Some(o.finish_reason),
-                    ..Delta::default()
-                };
-                let v = chunks.delta(i, &d, st.text_len);
-                st.done = Some(o);
-                send!(v);
+                for v in st.done_chunks(&chunks, i, o) {
+                    send!(v);
+                }
             }
             Event::Error(msg) => {
                 send!(sse::error_chunk(&ApiError::internal(msg)));
@@ -372,4 +447,220 @@ async fn pump(ctx: Ctx, mut rx: mpsc::Receiver<(usize, Event)>, out: mpsc::Sende
         send!(chunks.usage(ctx.prompt_tokens, &outs));
     }
     let _ = out.send(sse::done()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::toolcall::ToolFormat;
+    use crate::engine::FinishReason;
+
+    /// A chat request with two tools, parsed as the handler parses it, and the tool reading
+    /// `resolve` would pick for a model with a Hermes (Qwen2.5) or DeepSeek template.
+    fn parsed(format: ToolFormat, extra: &str) -> Parsed {
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"stream":true,
+            "tools":[{{"type":"function","function":{{"name":"get_weather"}}}},
+                     {{"type":"function","function":{{"name":"get_time"}}}}]{extra}}}"#
+        );
+        let mut p = openai::parse(Kind::Chat, body.as_bytes()).unwrap();
+        let t = p.tools.as_ref().unwrap();
+        p.tool_parsing = Some(super::super::tools::ToolParsing {
+            format,
+            names: t.names.clone(),
+            parallel: t.parallel,
+        });
+        p
+    }
+
+    fn output(text: &str, reasoning: Option<&str>) -> GenerateOutput {
+        GenerateOutput {
+            token_ids: vec![1],
+            text: text.into(),
+            reasoning: reasoning.map(str::to_string),
+            finish_reason: FinishReason::Stop,
+            prompt_tokens: 3,
+            completion_tokens: 1,
+            reasoning_tokens: 0,
+            logprobs: None,
+        }
+    }
+
+    /// The stream of one choice for these engine events, through the handler's chunk code.
+    fn stream(p: &Parsed, events: Vec<Event>, done: GenerateOutput) -> Vec<Value> {
+        let chunks = Chunks {
+            parsed: p,
+            id: "chatcmpl-x",
+            created: 1,
+        };
+        let mut st = ChoiceState::new(p);
+        let mut out = Vec::new();
+        for ev in events {
+            out.extend(st.text_chunks(&chunks, 0, &ev));
+        }
+        out.extend(st.done_chunks(&chunks, 0, done));
+        out
+    }
+
+    /// Reassemble a stream as the official SDKs do: content and reasoning concatenated,
+    /// tool calls merged by `index` (id, type and name from the first delta, arguments
+    /// appended).
+    fn reassemble(chunks: &[Value]) -> Value {
+        let (mut content, mut reasoning) = (String::new(), String::new());
+        let mut calls: Vec<Value> = Vec::new();
+        let mut finish = Value::Null;
+        for c in chunks {
+            let choice = &c["choices"][0];
+            let d = &choice["delta"];
+            content.push_str(d["content"].as_str().unwrap_or(""));
+            reasoning.push_str(d["reasoning_content"].as_str().unwrap_or(""));
+            for tc in d["tool_calls"].as_array().into_iter().flatten() {
+                let i = tc["index"].as_u64().unwrap() as usize;
+                if i == calls.len() {
+                    assert!(
+                        tc["id"].is_string() && tc["function"]["name"].is_string(),
+                        "{tc}"
+                    );
+                    calls.push(serde_json::json!({
+                        "id": tc["id"], "type": tc["type"],
+                        "function": {"name": tc["function"]["name"], "arguments": ""}
+                    }));
+                }
+                let args = tc["function"]["arguments"].as_str().unwrap_or("");
+                let a = calls[i]["function"]["arguments"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+                    + args;
+                calls[i]["function"]["arguments"] = Value::String(a);
+            }
+            if !choice["finish_reason"].is_null() {
+                finish = choice["finish_reason"].clone();
+            }
+        }
+        serde_json::json!({"content": content, "reasoning": reasoning, "calls": calls, "finish": finish})
+    }
+
+    /// The same answer as a whole response: the fields `reassemble` gives, ids left out.
+    fn whole(p: &Parsed, o: GenerateOutput) -> Value {
+        let v = openai::response(p, "chatcmpl-x", 1, &[o]);
+        let m = &v["choices"][0]["message"];
+        let calls: Vec<Value> = m["tool_calls"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| serde_json::json!({"type": c["type"], "function": c["function"]}))
+            .collect();
+        serde_json::json!({
+            "content": m["content"].as_str().unwrap_or(""),
+            "reasoning": m["reasoning_content"].as_str().unwrap_or(""),
+            "calls": calls,
+            "finish": v["choices"][0]["finish_reason"],
+        })
+    }
+
+    fn without_ids(mut v: Value) -> Value {
+        for c in v["calls"].as_array_mut().unwrap() {
+            let id = c.as_object_mut().unwrap().remove("id").unwrap();
+            assert!(id.as_str().unwrap().starts_with("call_"), "{id}");
+        }
+        v
+    }
+
+    fn pieces(text: &str, n: usize) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        chars.chunks(n).map(|c| c.iter().collect()).collect()
+    }
+
+    #[test]
+    fn streamed_tool_calls_reassemble_to_the_whole_response() {
+        let r1 = "Let me look. <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"北京\"}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+        let hermes = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Zürich\"}}\n</tool_call>";
+        for (format, text, reasoning) in [
+            (ToolFormat::DeepSeek, r1, Some("The user wants weather.")),
+            (ToolFormat::Hermes, hermes, None),
+        ] {
+            let p = parsed(format, "");
+            for n in [1, 3, 17] {
+                let mut events: Vec<Event> = reasoning
+                    .map(|r| pieces(r, n).into_iter().map(Event::Reasoning).collect())
+                    .unwrap_or_default();
+                events.extend(pieces(text, n).into_iter().map(Event::Content));
+                let chunks = stream(&p, events, output(text, reasoning));
+                let got = without_ids(reassemble(&chunks));
+                let want = whole(&p, output(text, reasoning));
+                assert_eq!(got, want, "{format:?} {n}");
+                assert_eq!(want["finish"], "tool_calls");
+                assert_eq!(want["reasoning"], reasoning.unwrap_or(""));
+                assert!(!want["calls"].as_array().unwrap().is_empty());
+            }
+        }
+        // The content before the calls, in the whole response.
+        let p = parsed(ToolFormat::DeepSeek, "");
+        let v = openai::response(&p, "x", 1, &[output(r1, None)]);
+        assert_eq!(v["choices"][0]["message"]["content"], "Let me look.");
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"city\": \"北京\"}"
+        );
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][1]["type"],
+            "function"
+        );
+    }
+
+    #[test]
+    fn answers_without_calls_and_malformed_calls_are_content() {
+        let p = parsed(ToolFormat::Hermes, "");
+        for text in [
+            "It is sunny.",
+            "<tool_call>{\"name\": \"nope\", \"arguments\": {}}</tool_call>",
+            "<tool_call>{\"name\"",
+        ] {
+            let chunks = stream(
+                &p,
+                pieces(text, 2).into_iter().map(Event::Content).collect(),
+                output(text, None),
+            );
+            let got = reassemble(&chunks);
+            assert_eq!(got["content"], text);
+            assert_eq!(got["finish"], "stop");
+            assert!(got["calls"].as_array().unwrap().is_empty());
+            assert_eq!(whole(&p, output(text, None))["content"], text);
+        }
+        // Without tool reading (tool_choice none) the same call text is content too.
+        let mut none = parsed(ToolFormat::Hermes, r#","tool_choice":"none""#);
+        none.tool_parsing = None;
+        let text = "<tool_call>{\"name\": \"get_time\", \"arguments\": {}}</tool_call>";
+        let got = reassemble(&stream(
+            &none,
+            vec![Event::Content(text.into())],
+            output(text, None),
+        ));
+        assert_eq!(
+            (got["content"].as_str(), got["finish"].as_str()),
+            (Some(text), Some("stop"))
+        );
+    }
+
+    #[test]
+    fn one_call_when_parallel_calls_are_off() {
+        let p = parsed(ToolFormat::Hermes, r#","parallel_tool_calls":false"#);
+        let text = "<tool_call>{\"name\": \"get_time\", \"arguments\": {}}</tool_call>\n<tool_call>{\"name\": \"get_weather\", \"arguments\": {}}</tool_call>";
+        let got = reassemble(&stream(
+            &p,
+            vec![Event::Content(text.into())],
+            output(text, None),
+        ));
+        assert_eq!(got["calls"].as_array().unwrap().len(), 1);
+        assert_eq!(got["calls"][0]["function"]["name"], "get_time");
+        assert_eq!(
+            whole(&p, output(text, None))["calls"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 }

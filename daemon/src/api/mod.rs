@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod rag;
 pub mod routes;
 pub mod sse;
+pub mod tools;
 pub mod wire;
 
 use std::convert::Infallible;

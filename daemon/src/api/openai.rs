@@ -9,12 +9,13 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::tools::{ToolParsing, ToolRequest};
 use super::wire::chat::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
     ChatCompletionRequest, ChatDelta, ChatLogprobs, ChatMessage as WireMessage, Completion,
     CompletionChoice, CompletionChunk, CompletionChunkChoice, CompletionLogprobs,
     CompletionRequest, CompletionTokensDetails, Content, PromptInput, Stop, StreamOptions,
-    TopLogprob, Usage,
+    ToolCallDelta, ToolCallParam, TopLogprob, Usage,
 };
 use super::wire::{self, top};
 use crate::engine::generate::Prompt;
@@ -49,6 +50,11 @@ pub struct Parsed {
     pub include_usage: bool,
     /// Retrieval from the knowledge base (chat only), see `rag`.
     pub knowledge: Option<super::rag::Knowledge>,
+    /// `tools` and how they are used (chat only), see `tools`.
+    pub tools: Option<ToolRequest>,
+    /// How calls are read from the output; set once the model's template is known
+    /// ([`tools::resolve`](super::tools::resolve)). `None`: the output is all content.
+    pub tool_parsing: Option<ToolParsing>,
 }
 
 impl Parsed {
@@ -130,6 +136,7 @@ fn type_error(kind: Kind, path: &str) -> ApiError {
             )
         }
         "knowledge" => return super::rag::knowledge_type_error(path),
+        "tools" | "tool_choice" | "parallel_tool_calls" => return super::tools::type_error(path),
         "messages" => return message_type_error(path),
         "prompt" => {
             "prompt must be a string, an array with one string, or an array of token ids".into()
@@ -154,6 +161,10 @@ fn message_type_error(path: &str) -> ApiError {
             &at("content"),
             "content must be a string or an array of text parts",
         ),
+        Some("tool_calls") => ApiError::invalid_param(
+            &at("tool_calls"),
+            "tool_calls must be a list of {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}} with string arguments",
+        ),
         _ => ApiError::invalid_param(&format!("messages[{i}]"), "must be an object"),
     }
 }
@@ -161,7 +172,7 @@ fn message_type_error(path: &str) -> ApiError {
 /// Parse and validate a request body.
 pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
     let invalid = |p: &str| type_error(kind, p);
-    let (model, common, prompt, max_tokens, logprobs, knowledge) = match kind {
+    let (model, common, prompt, max_tokens, logprobs, knowledge, tools) = match kind {
         Kind::Chat => {
             let r: ChatCompletionRequest = wire::parse(body, invalid)?;
             let model = model_name(r.model)?;
@@ -191,6 +202,8 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
                 (a, b) => b.or(a),
             };
             let knowledge = r.knowledge.map(super::rag::knowledge).transpose()?;
+            let tools =
+                super::tools::validate(r.tools, r.tool_choice, r.parallel_tool_calls, body)?;
             let max_tokens = opt_range(
                 if r.max_completion_tokens.is_some() {
                     "max_completion_tokens"
@@ -209,6 +222,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
                 max_tokens,
                 logprobs,
                 knowledge,
+                tools,
             )
         }
         Kind::Completion => {
@@ -223,7 +237,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
             }
             let logprobs = opt_range("logprobs", r.logprobs, 0, MAX_COMPLETION_LOGPROBS)?;
             let max_tokens = opt_range("max_tokens", r.max_tokens, 1, u64::from(u32::MAX))?;
-            (model, common!(r), prompt, max_tokens, logprobs, None)
+            (model, common!(r), prompt, max_tokens, logprobs, None, None)
         }
     };
     let c = common;
@@ -283,11 +297,14 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
             max_reasoning_tokens,
             min_tokens: 0,
             logprobs,
+            tools: tools.as_ref().map(|t| t.tools.clone()),
         },
         n,
         stream,
         include_usage,
         knowledge,
+        tools,
+        tool_parsing: None,
     })
 }
 
@@ -438,7 +455,17 @@ fn message(i: usize, m: WireMessage) -> Result<ChatMessage, ApiError> {
             Some(text)
         }
     };
-    if content.is_none() && !(role == "assistant" && m.tool_calls.is_some()) {
+    if m.tool_calls.is_some() && role != "assistant" {
+        return Err(ApiError::invalid_param(
+            &at("tool_calls"),
+            "only assistant messages carry tool_calls",
+        ));
+    }
+    let tool_calls = m
+        .tool_calls
+        .map(|list| tool_calls(&at("tool_calls"), list))
+        .transpose()?;
+    if content.is_none() && tool_calls.is_none() {
         return Err(ApiError::invalid_param(
             &at("content"),
             "content is required",
@@ -450,7 +477,7 @@ fn message(i: usize, m: WireMessage) -> Result<ChatMessage, ApiError> {
     let mut extra = Map::new();
     for (k, v) in [
         ("name", m.name),
-        ("tool_calls", m.tool_calls),
+        ("tool_calls", tool_calls),
         ("tool_call_id", m.tool_call_id),
     ] {
         if let Some(v) = v {
@@ -462,6 +489,44 @@ fn message(i: usize, m: WireMessage) -> Result<ChatMessage, ApiError> {
         content,
         extra,
     })
+}
+
+/// An assistant message's `tool_calls`, checked, as the chat template sees them (the OpenAI
+/// shape, `arguments` a string).
+fn tool_calls(at: &str, list: Vec<ToolCallParam>) -> Result<Value, ApiError> {
+    let mut out = Vec::with_capacity(list.len());
+    for (j, c) in list.into_iter().enumerate() {
+        let at = |k: &str| format!("{at}[{j}].{k}");
+        if c.kind.as_deref().is_some_and(|k| k != "function") {
+            return Err(ApiError::invalid_param(
+                &at("type"),
+                "only `function` tool calls are supported",
+            ));
+        }
+        let Some(f) = c.function else {
+            return Err(ApiError::invalid_param(
+                &at("function"),
+                "function is required",
+            ));
+        };
+        let (Some(name), Some(arguments)) = (f.name, f.arguments) else {
+            return Err(ApiError::invalid_param(
+                &at("function"),
+                "function needs a name and arguments (a JSON string)",
+            ));
+        };
+        let mut call = Map::new();
+        if let Some(id) = c.id {
+            call.insert("id".into(), Value::String(id));
+        }
+        call.insert("type".into(), Value::String("function".into()));
+        call.insert(
+            "function".into(),
+            serde_json::json!({"name": name, "arguments": arguments}),
+        );
+        out.push(Value::Object(call));
+    }
+    Ok(Value::Array(out))
 }
 
 fn completion_prompt(p: Option<PromptInput>) -> Result<Prompt, ApiError> {
@@ -489,6 +554,14 @@ fn completion_prompt(p: Option<PromptInput>) -> Result<Prompt, ApiError> {
             .collect::<Option<Vec<u32>>>()
             .map(Prompt::Ids)
             .ok_or_else(bad),
+    }
+}
+
+/// `finish_reason` of a chat choice: `tool_calls` when the answer ended with calls.
+pub fn chat_finish_reason(r: FinishReason, tool_calls: bool) -> &'static str {
+    match r {
+        FinishReason::Stop if tool_calls => "tool_calls",
+        r => finish_reason(r),
     }
 }
 
@@ -598,16 +671,23 @@ pub fn response(p: &Parsed, id: &str, created: u64, outs: &[GenerateOutput]) -> 
             choices: outs
                 .iter()
                 .enumerate()
-                .map(|(i, o)| ChatChoice {
-                    index: i,
-                    message: AssistantMessage {
-                        role: "assistant",
-                        content: o.text.clone(),
-                        reasoning_content: o.reasoning.clone(),
-                        reasoning: o.reasoning.clone(),
-                    },
-                    logprobs: o.logprobs.as_deref().map(chat_logprobs_of),
-                    finish_reason: finish_reason(o.finish_reason),
+                .map(|(i, o)| {
+                    let (content, calls) = match &p.tool_parsing {
+                        Some(t) => super::tools::split(t, &o.text),
+                        None => (Some(o.text.clone()), Vec::new()),
+                    };
+                    ChatChoice {
+                        index: i,
+                        finish_reason: chat_finish_reason(o.finish_reason, !calls.is_empty()),
+                        message: AssistantMessage {
+                            role: "assistant",
+                            content,
+                            tool_calls: (!calls.is_empty()).then_some(calls),
+                            reasoning_content: o.reasoning.clone(),
+                            reasoning: o.reasoning.clone(),
+                        },
+                        logprobs: o.logprobs.as_deref().map(chat_logprobs_of),
+                    }
                 })
                 .collect(),
             usage,
@@ -657,6 +737,10 @@ pub struct Delta<'a> {
     pub reasoning: Option<&'a str>,
     pub logprobs: &'a [TokenLogprob],
     pub finish: Option<FinishReason>,
+    /// Part of a tool call (chat).
+    pub tool_call: Option<ToolCallDelta>,
+    /// With `finish`: the answer made tool calls (`finish_reason: tool_calls`).
+    pub made_tool_calls: bool,
 }
 
 impl Chunks<'_> {
@@ -694,7 +778,7 @@ impl Chunks<'_> {
     }
 
     /// A chunk for choice `index`.
-    pub fn delta(&self, index: usize, d: &Delta<'_>, text_offset: usize) -> Value {
+    pub fn delta(&self, index: usize, d: Delta<'_>, text_offset: usize) -> Value {
         let has_lp = !d.logprobs.is_empty();
         match self.parsed.kind {
             Kind::Chat => {
@@ -705,9 +789,10 @@ impl Chunks<'_> {
                         content: d.content.map(str::to_string),
                         reasoning_content: d.reasoning.map(str::to_string),
                         reasoning: d.reasoning.map(str::to_string),
+                        tool_calls: d.tool_call.map(|c| vec![c]),
                     },
                     logprobs: has_lp.then(|| chat_logprobs_of(d.logprobs)),
-                    finish_reason: d.finish.map(finish_reason),
+                    finish_reason: d.finish.map(|f| chat_finish_reason(f, d.made_tool_calls)),
                 };
                 self.chat_chunk(vec![choice], self.usage_field())
             }
@@ -933,6 +1018,79 @@ mod tests {
     }
 
     #[test]
+    fn assistant_tool_calls_are_checked_and_passed_on() {
+        let p = chat(
+            r#"{"model":"m","messages":[{"role":"user","content":"w?"},
+            {"role":"assistant","tool_calls":[{"id":"call_1","type":"function",
+              "function":{"name":"get_weather","arguments":"{\"city\": \"Oslo\"}"}}]},
+            {"role":"tool","tool_call_id":"call_1","content":"sunny"}]}"#,
+        )
+        .unwrap();
+        let Prompt::Messages(m) = p.request.prompt else {
+            panic!()
+        };
+        assert_eq!(m[1].content, None);
+        assert_eq!(
+            m[1].extra["tool_calls"],
+            serde_json::json!([{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}])
+        );
+        assert_eq!(m[2].extra["tool_call_id"], "call_1");
+        assert!(p.tools.is_none() && p.request.tools.is_none());
+        for (msg, param) in [
+            (
+                r#"{"role":"user","content":"x","tool_calls":[]}"#,
+                "messages[0].tool_calls",
+            ),
+            (
+                r#"{"role":"assistant","tool_calls":[{"type":"function","function":{"name":"f"}}]}"#,
+                "messages[0].tool_calls[0].function",
+            ),
+            (
+                r#"{"role":"assistant","tool_calls":[{"type":"code","function":{"name":"f","arguments":"{}"}}]}"#,
+                "messages[0].tool_calls[0].type",
+            ),
+            (
+                r#"{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":{}}}]}"#,
+                "messages[0].tool_calls",
+            ),
+            (
+                r#"{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{}","x":1}}]}"#,
+                "messages[0].tool_calls[0].function.x",
+            ),
+        ] {
+            let e = chat(&format!(r#"{{"model":"m","messages":[{msg}]}}"#)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{msg}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn tools_reach_the_engine_request() {
+        let p = chat(&format!(
+            r#"{{{MSG},"tools":[{{"type":"function","function":{{"name":"f","description":"d"}}}}],"tool_choice":"auto"}}"#
+        ))
+        .unwrap();
+        let t = p.tools.as_ref().unwrap();
+        assert_eq!(t.names, vec!["f"]);
+        assert_eq!(p.request.tools.as_ref(), Some(&t.tools));
+        assert!(matches!(
+            &t.tools,
+            crate::engine::template::OrderedJson::Array(a) if a.len() == 1
+        ));
+        assert!(
+            p.tool_parsing.is_none(),
+            "set only once the template is known"
+        );
+        let e = chat(&format!(r#"{{{MSG},"tools":{{}}}}"#)).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools"));
+        let e = chat(&format!(
+            r#"{{{MSG},"tools":[{{"type":"function","function":{{"name":"f"}}}}],"tool_choice":5}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tool_choice"));
+    }
+
+    #[test]
     fn completion_prompts() {
         let c = |b: &str| parse(Kind::Completion, b.as_bytes());
         assert!(matches!(
@@ -1021,7 +1179,7 @@ mod tests {
         };
         let first = c.delta(
             0,
-            &Delta {
+            Delta {
                 role: true,
                 content: Some(""),
                 ..Delta::default()
@@ -1033,7 +1191,7 @@ mod tests {
         assert!(first["usage"].is_null() && first.get("usage").is_some());
         let r = c.delta(
             0,
-            &Delta {
+            Delta {
                 reasoning: Some("think"),
                 ..Delta::default()
             },

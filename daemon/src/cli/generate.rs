@@ -223,6 +223,7 @@ pub(super) fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failu
         max_reasoning_tokens: args.max_reasoning_tokens,
         min_tokens: 0,
         logprobs: None,
+        tools: None,
     };
     if args.concurrency > 1 {
         return generate_concurrent(

@@ -19,7 +19,7 @@ use super::detok::{
 use super::model::ModelSpec;
 use super::runner::RunError;
 use super::sampler::{top_logprobs, Sampler, SamplingParams};
-use super::template::{ChatMessage, ChatTemplate};
+use super::template::{ChatMessage, ChatTemplate, OrderedJson};
 use super::Engine;
 
 /// The closing tag forced when the reasoning budget runs out.
@@ -74,6 +74,8 @@ pub struct GenerateRequest {
     /// Report each sampled token's log-probability with this many most likely alternatives
     /// (OpenAI `logprobs` / `top_logprobs`); `None` = off (no extra work per token).
     pub logprobs: Option<usize>,
+    /// Chat only: the tool definitions (OpenAI `tools` list) given to the chat template.
+    pub tools: Option<OrderedJson>,
 }
 
 impl GenerateRequest {
@@ -88,6 +90,7 @@ impl GenerateRequest {
             max_reasoning_tokens: None,
             min_tokens: tokens,
             logprobs: None,
+            tools: None,
         }
     }
 }
@@ -152,16 +155,24 @@ pub struct Plan {
     pub max_tokens: usize,
 }
 
-/// Render (for chat) and tokenize a prompt. The DeepSeek template emits BOS itself, so the
-/// text is encoded without adding special tokens again.
+/// Render (for chat, with `tools` if any) and tokenize a prompt. The DeepSeek template emits
+/// BOS itself, so the text is encoded without adding special tokens again.
 pub fn prepare_prompt(
     tokenizer: &Tokenizer,
     template: &ChatTemplate,
     prompt: &Prompt,
+    tools: Option<&OrderedJson>,
 ) -> Result<PreparedPrompt, GenerateError> {
+    if tools.is_some() && !template.uses_tools() {
+        // The template would drop them: the model would never learn of the tools.
+        return Err(GenerateError::InvalidParam {
+            param: "tools".into(),
+            message: "this model's chat template does not support tools".into(),
+        });
+    }
     let text = match prompt {
         Prompt::Messages(m) => template
-            .render(m, true)
+            .render_with_tools(m, tools, true)
             .map_err(|e| GenerateError::Template(e.to_string()))?,
         Prompt::Text(t) => t.clone(),
         Prompt::Ids(ids) => {
@@ -218,7 +229,7 @@ pub fn plan_request(
             ),
         });
     }
-    let prompt = prepare_prompt(tokenizer, template, &req.prompt)?;
+    let prompt = prepare_prompt(tokenizer, template, &req.prompt, req.tools.as_ref())?;
     if let Some(&bad) = prompt
         .ids
         .iter()
@@ -469,7 +480,7 @@ impl Sequence {
 impl Engine {
     /// Render (for chat) and tokenize a prompt.
     pub fn prepare(&self, prompt: &Prompt) -> Result<PreparedPrompt, GenerateError> {
-        prepare_prompt(&self.tokenizer, &self.template, prompt)
+        prepare_prompt(&self.tokenizer, &self.template, prompt, None)
     }
 
     /// Whether this model separates reasoning from the answer (has a `</think>` token).
@@ -500,5 +511,50 @@ impl Engine {
                 Next::Finished(reason) => return seq.finish(reason, on_event),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> Tokenizer {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/tiny-qwen2-genai/tokenizer.json"
+        );
+        Tokenizer::from_file(path).expect("fixture tokenizer")
+    }
+
+    fn tools() -> OrderedJson {
+        serde_json::from_str(r#"[{"type":"function","function":{"name":"get_time"}}]"#).unwrap()
+    }
+
+    #[test]
+    fn tools_need_a_template_that_renders_them() {
+        let prompt = Prompt::Messages(vec![ChatMessage::new("user", "hi")]);
+        let r1 = ChatTemplate::from_source(
+            include_str!("../../../scripts/fixtures/deepseek-r1-distill.jinja"),
+            None,
+            None,
+        )
+        .unwrap();
+        match prepare_prompt(&tokenizer(), &r1, &prompt, Some(&tools())) {
+            Err(GenerateError::InvalidParam { param, .. }) => assert_eq!(param, "tools"),
+            other => panic!("{:?}", other.map(|p| p.text)),
+        }
+        assert!(prepare_prompt(&tokenizer(), &r1, &prompt, None).is_ok());
+        let hermes = ChatTemplate::from_source(
+            include_str!("../../../scripts/fixtures/hermes-tools.jinja"),
+            None,
+            None,
+        )
+        .unwrap();
+        let p = prepare_prompt(&tokenizer(), &hermes, &prompt, Some(&tools())).unwrap();
+        assert!(p
+            .text
+            .contains(r#"{"type": "function", "function": {"name": "get_time"}}"#));
+        let plain = prepare_prompt(&tokenizer(), &hermes, &prompt, None).unwrap();
+        assert!(!plain.text.contains("get_time"));
     }
 }

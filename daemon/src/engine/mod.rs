@@ -12,6 +12,7 @@ pub mod runner;
 pub mod sampler;
 pub mod scheduler;
 pub mod template;
+pub mod toolcall;
 
 use std::path::Path;
 use std::sync::Arc;

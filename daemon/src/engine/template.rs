@@ -13,14 +13,21 @@
 //! * `strftime_now(fmt)`;
 //! * Python string/dict methods via `minijinja_contrib::pycompat`;
 //! * Python-style printing of booleans and none (`True`/`False`/`None`);
-//! * lenient undefined values, like jinja2's default `Undefined`.
+//! * lenient undefined values, like jinja2's default `Undefined`;
+//! * `tools` (OpenAI function schemas) passed as HF's `apply_chat_template(tools=…)` does:
+//!   the list as given, `none` without tools, objects keeping their keys in the order the
+//!   client wrote them (Python dicts do, and templates print schemas with `tojson`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use minijinja::value::{Kwargs, ValueKind};
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 use serde::{Deserialize, Serialize};
+
+use super::toolcall::ToolFormat;
 
 /// Name under which the single template is registered in the environment.
 const TEMPLATE_NAME: &str = "chat_template";
@@ -126,6 +133,10 @@ pub struct ChatTemplate {
     origin: String,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    /// The template reads the `tools` variable (renders tool definitions).
+    uses_tools: bool,
+    /// The tool-call form the template teaches, from the markers it renders.
+    tool_format: Option<ToolFormat>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -134,6 +145,8 @@ impl std::fmt::Debug for ChatTemplate {
             .field("origin", &self.origin)
             .field("bos_token", &self.bos_token)
             .field("eos_token", &self.eos_token)
+            .field("uses_tools", &self.uses_tools)
+            .field("tool_format", &self.tool_format)
             .finish_non_exhaustive()
     }
 }
@@ -213,17 +226,35 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        let tool_format = ToolFormat::detect(&source);
         env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(|source| TemplateError::Syntax {
                 origin: origin.clone(),
                 source,
             })?;
+        let uses_tools = env
+            .get_template(TEMPLATE_NAME)
+            .map(|t| t.undeclared_variables(false).contains("tools"))
+            .unwrap_or(false);
         Ok(Self {
             env,
             origin,
             bos_token,
             eos_token,
+            uses_tools,
+            tool_format,
         })
+    }
+
+    /// Whether the template renders tool definitions (reads `tools`). A template that does
+    /// not would silently drop them, so requests with tools are refused for it.
+    pub fn uses_tools(&self) -> bool {
+        self.uses_tools
+    }
+
+    /// The tool-call form the model writes, when the template shows one.
+    pub fn tool_format(&self) -> Option<ToolFormat> {
+        self.tool_format
     }
 
     /// Renders the conversation. `add_generation_prompt` appends the
@@ -231,6 +262,17 @@ impl ChatTemplate {
     pub fn render(
         &self,
         messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`render`](Self::render) with the request's `tools` (the OpenAI list,
+    /// `[{"type": "function", "function": {…}}]`); `None` renders as `none`, as in HF.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&OrderedJson>,
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
         let render_err = |source: Error| match raised_message(&source) {
@@ -246,6 +288,10 @@ impl ChatTemplate {
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", Value::from_serialize(messages)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
+            (
+                "tools",
+                tools.map_or(Value::from(()), OrderedJson::to_value),
+            ),
         ];
         if let Some(bos) = &self.bos_token {
             ctx.push(("bos_token", Value::from(bos.as_str())));
@@ -265,6 +311,152 @@ impl ChatTemplate {
     /// The EOS token text from `tokenizer_config.json`, if any.
     pub fn eos_token(&self) -> Option<&str> {
         self.eos_token.as_deref()
+    }
+}
+
+/// JSON that keeps object keys in the order they were written. serde_json's map (and
+/// minijinja's) sort keys, which would print a tool schema through `tojson` differently from
+/// what the client sent and HF renders.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OrderedJson {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(String),
+    Array(Vec<OrderedJson>),
+    Object(Vec<(String, OrderedJson)>),
+}
+
+impl OrderedJson {
+    /// The template value: objects become maps that enumerate their keys in order.
+    pub fn to_value(&self) -> Value {
+        match self {
+            OrderedJson::Null => Value::from(()),
+            OrderedJson::Bool(b) => Value::from(*b),
+            OrderedJson::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Value::from(i)
+                } else if let Some(u) = n.as_u64() {
+                    Value::from(u)
+                } else {
+                    Value::from(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            OrderedJson::String(s) => Value::from(s.as_str()),
+            OrderedJson::Array(items) => {
+                Value::from(items.iter().map(OrderedJson::to_value).collect::<Vec<_>>())
+            }
+            OrderedJson::Object(entries) => Value::from_object(OrderedMap(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_value()))
+                    .collect(),
+            )),
+        }
+    }
+
+    /// The object's value at `key`.
+    pub fn get(&self, key: &str) -> Option<&OrderedJson> {
+        match self {
+            OrderedJson::Object(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OrderedJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OrderedJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<OrderedJson, E> {
+                Ok(OrderedJson::Null)
+            }
+            fn visit_none<E>(self) -> Result<OrderedJson, E> {
+                Ok(OrderedJson::Null)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<OrderedJson, D::Error> {
+                OrderedJson::deserialize(d)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<OrderedJson, E> {
+                Ok(OrderedJson::Bool(b))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<OrderedJson, E> {
+                Ok(OrderedJson::Number(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<OrderedJson, E> {
+                Ok(OrderedJson::Number(n.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<OrderedJson, E> {
+                serde_json::Number::from_f64(n)
+                    .map(OrderedJson::Number)
+                    .ok_or_else(|| E::custom("number is not finite"))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<OrderedJson, E> {
+                Ok(OrderedJson::String(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<OrderedJson, E> {
+                Ok(OrderedJson::String(s))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OrderedJson, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(OrderedJson::Array(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<OrderedJson, A::Error> {
+                let mut entries: Vec<(String, OrderedJson)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, OrderedJson>()? {
+                    // A repeated key keeps its first place and its last value, as in Python.
+                    match entries.iter_mut().find(|(e, _)| *e == k) {
+                        Some(slot) => slot.1 = v,
+                        None => entries.push((k, v)),
+                    }
+                }
+                Ok(OrderedJson::Object(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A template map that enumerates its keys in insertion order.
+#[derive(Debug)]
+struct OrderedMap(Vec<(String, Value)>);
+
+impl Object for OrderedMap {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(
+            self.0
+                .iter()
+                .map(|(k, _)| Value::from(k.as_str()))
+                .collect(),
+        )
     }
 }
 
@@ -846,6 +1038,86 @@ mod tests {
         ];
         let expected = "<｜begin▁of▁sentence｜>sys<｜User｜>weather?<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"北京\"}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>sunny<｜tool▁output▁end｜>\n<｜tool▁output▁begin｜>12:00<｜tool▁output▁end｜><｜tool▁outputs▁end｜>It is sunny.<｜end▁of▁sentence｜><｜User｜>thanks<｜Assistant｜><think>\n";
         assert_eq!(render(&r1(), &messages, true), expected);
+    }
+
+    const HERMES_TEMPLATE: &str = include_str!("../../../scripts/fixtures/hermes-tools.jinja");
+
+    /// The tools of case `hermes_tools` in `scripts/fixtures/render_template_reference.py`,
+    /// keys deliberately unsorted.
+    const TOOLS: &str = r#"[
+  {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+   "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "城市"},
+   "unit": {"type": "string", "enum": ["c", "f"]}, "days": {"type": "integer", "minimum": 1}},
+   "required": ["city"]}}},
+  {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+]"#;
+
+    /// Expected output produced by Python jinja2 3.1 with HF's settings
+    /// (`scripts/fixtures/render_template_reference.py`, case `hermes_tools`): tool schemas
+    /// printed with their keys in the client's order, assistant `tool_calls`, `tool` turns.
+    #[test]
+    fn hermes_tools_match_jinja2() {
+        let t = ChatTemplate::from_source(HERMES_TEMPLATE, None, None).expect("compiles");
+        assert!(t.uses_tools());
+        assert_eq!(t.tool_format(), Some(ToolFormat::Hermes));
+        let tools: OrderedJson = serde_json::from_str(TOOLS).expect("tools json");
+        let messages: Vec<ChatMessage> = serde_json::from_value(serde_json::json!([
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "weather in 北京?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"北京\"}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "call_2", "content": "12:00"},
+            {"role": "assistant", "content": "It is sunny."},
+            {"role": "user", "content": "thanks"}
+        ]))
+        .expect("messages json");
+        let expected = "<|im_start|>system\nsys\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Weather for a city\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\", \"description\": \"城市\"}, \"unit\": {\"type\": \"string\", \"enum\": [\"c\", \"f\"]}, \"days\": {\"type\": \"integer\", \"minimum\": 1}}, \"required\": [\"city\"]}}}\n{\"type\": \"function\", \"function\": {\"name\": \"get_time\", \"parameters\": {\"type\": \"object\", \"properties\": {}}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n<|im_start|>user\nweather in 北京?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"北京\\\"}\"}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": \"{}\"}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\nsunny\n</tool_response>\n<tool_response>\n12:00\n</tool_response><|im_end|>\n<|im_start|>assistant\nIt is sunny.<|im_end|>\n<|im_start|>user\nthanks<|im_end|>\n<|im_start|>assistant\n";
+        assert_eq!(
+            t.render_with_tools(&messages, Some(&tools), true)
+                .expect("renders"),
+            expected
+        );
+        // Without tools the template takes its plain branch (`tools` is none, as in HF).
+        assert_eq!(render(&t, &[msg("user", "hi")], true), "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn tool_support_is_read_from_the_template() {
+        assert!(!r1().uses_tools());
+        assert_eq!(r1().tool_format(), Some(ToolFormat::DeepSeek));
+        for (src, uses) in [
+            (
+                "{% if not tools is defined %}{% set tools = none %}{% endif %}{{ tools }}",
+                true,
+            ),
+            (
+                "{% for t in tools %}{{ t.function.name }}{% endfor %}",
+                true,
+            ),
+            ("{% set tools = 1 %}{{ tools }}", false),
+            ("{{ messages[0].content }}", false),
+        ] {
+            let t = ChatTemplate::from_source(src, None, None).expect("compiles");
+            assert_eq!(t.uses_tools(), uses, "{src}");
+        }
+    }
+
+    #[test]
+    fn ordered_json_keeps_key_order_through_tojson_and_items() {
+        let t = ChatTemplate::from_source(
+            "{{ tools | tojson }}|{% for k, v in tools[0].items() %}{{ k }},{% endfor %}|{{ tools[0].b }}|{{ tools | length }}",
+            None,
+            None,
+        )
+        .expect("compiles");
+        let tools: OrderedJson =
+            serde_json::from_str(r#"[{"z": 1, "a": [true, null, 2.5], "b": "x"}]"#).unwrap();
+        assert_eq!(
+            t.render_with_tools(&[], Some(&tools), false).unwrap(),
+            r#"[{"z": 1, "a": [true, null, 2.5], "b": "x"}]|z,a,b,|x|1"#
+        );
     }
 
     const GENERIC: &str = "{% for message in messages %}

@@ -1,5 +1,5 @@
 //! `POST /v1/chat/completions` and `POST /v1/completions`: requests, whole responses, stream
-//! chunks, usage, logprobs and `citations`.
+//! chunks, usage, logprobs, tool calls and `citations`.
 
 use std::collections::BTreeMap;
 
@@ -55,6 +55,57 @@ pub enum Content {
     Parts(Vec<ContentPart>),
 }
 
+/// A function the model may call.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDef {
+    /// `a-z`, `A-Z`, `0-9`, `_` and `-`, at most 64 characters; unique among the tools.
+    #[schema(required = true, pattern = "^[a-zA-Z0-9_-]{1,64}$")]
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments object, shown to the model through its chat template.
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Value>,
+    /// Only false: schema-constrained arguments are not supported yet.
+    pub strict: Option<bool>,
+}
+
+/// One entry of `tools`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    /// Only `function`.
+    #[serde(rename = "type")]
+    #[schema(required = true)]
+    pub kind: Option<String>,
+    #[schema(required = true)]
+    pub function: Option<FunctionDef>,
+}
+
+/// The function of an assistant message's tool call.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionCallParam {
+    #[schema(required = true)]
+    pub name: Option<String>,
+    /// The arguments as a JSON string, as this server returned them.
+    #[schema(required = true)]
+    pub arguments: Option<String>,
+}
+
+/// A tool call of an earlier assistant message, fed back to the chat template.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCallParam {
+    /// The id the `tool` message with the result refers to.
+    pub id: Option<String>,
+    /// Only `function`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    #[schema(required = true)]
+    pub function: Option<FunctionCallParam>,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
@@ -67,11 +118,9 @@ pub struct ChatMessage {
     #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<String>)]
     pub name: Option<Value>,
-    /// Passed to the chat template as is.
-    #[serde(default, deserialize_with = "super::present")]
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub tool_calls: Option<Value>,
-    /// Passed to the chat template as is.
+    /// Calls an assistant message made (role `assistant` only), passed to the chat template.
+    pub tool_calls: Option<Vec<ToolCallParam>>,
+    /// Of a `tool` message: the id of the call it answers. Passed to the chat template as is.
     #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<String>)]
     pub tool_call_id: Option<Value>,
@@ -156,6 +205,17 @@ sampling_fields! {
         #[schema(minimum = 0, maximum = 20)]
         pub top_logprobs: Option<u64>,
         pub knowledge: Option<KnowledgeParam>,
+        /// Functions the model may call (1 to 128). Needs a model whose chat template
+        /// renders tools.
+        #[schema(min_items = 1, max_items = 128)]
+        pub tools: Option<Vec<Tool>>,
+        /// `auto` (the default with tools: the model decides) or `none` (the tools are shown
+        /// to the model but its output is not read as calls). `required` and a named function
+        /// are not supported yet.
+        #[schema(value_type = Option<String>)]
+        pub tool_choice: Option<Value>,
+        /// false: at most one call per answer (later ones are dropped). Default true.
+        pub parallel_tool_calls: Option<bool>,
     }
 }
 
@@ -244,12 +304,61 @@ pub struct Citation {
     pub hit: Hit,
 }
 
+/// The function a tool call invokes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments, a JSON object as a string (as the model wrote it).
+    pub arguments: String,
+}
+
+/// A call the model made.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ToolCall {
+    /// `call_` and 24 random characters.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+/// Part of a streamed function call.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct FunctionDelta {
+    /// In the first delta of a call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The next piece of the arguments (empty in the first delta).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
+/// Part of a streamed tool call: the first delta of a call has `id`, `type` and
+/// `function.name`; the following ones add to `function.arguments`.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ToolCallDelta {
+    /// The call's position in `tool_calls`.
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function`, in the first delta of a call.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta,
+}
+
 /// The answer of one choice.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: &'static str,
-    pub content: String,
+    /// null when the answer is only tool calls.
+    #[schema(required = true)]
+    pub content: Option<String>,
+    /// The calls the model made (with `tools` and `tool_choice: auto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
     /// The reasoning (R1 models), without the `<think>` tags.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
@@ -264,7 +373,7 @@ pub struct ChatChoice {
     pub message: AssistantMessage,
     #[schema(required = true)]
     pub logprobs: Option<ChatLogprobs>,
-    /// `stop`, `length` or `cancelled`.
+    /// `stop`, `length`, `tool_calls` or `cancelled`.
     pub finish_reason: &'static str,
 }
 
@@ -315,6 +424,8 @@ pub struct ChatDelta {
     pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

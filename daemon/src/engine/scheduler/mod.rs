@@ -304,6 +304,11 @@ impl Scheduler {
         &self.shared.cfg
     }
 
+    /// The model's chat template (what it supports, e.g. tools).
+    pub fn template(&self) -> &ChatTemplate {
+        &self.shared.template
+    }
+
     /// Validate, tokenize and queue a request. Fails at once when the queue is full, the
     /// request can never fit the KV budget, or it is invalid.
     pub fn submit(&self, req: GenerateRequest) -> Result<RequestHandle, SchedulerError> {
