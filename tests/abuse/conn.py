@@ -170,7 +170,9 @@ def run(tmp: Path, full: bool, only=None):
             att = spawn_attacker(mode, d, conns, seconds + 30, key, interval)
             # The legitimate client starts once the attacker holds its address's share (the
             # per-address cap is full), or after 20 s (10 s at CI scale).
-            want = max_conn // 4 if mode in ("idle", "slowloris", "slowbody") else 1
+            # The daemon keeps cutting slow bodies and idle connections, so the attacker
+            # hovers just under the cap: 90 % of its address's share counts as full.
+            want = (9 * (max_conn // 4)) // 10 if mode in ("idle", "slowloris", "slowbody") else 1
             reached = wait_full(att, want, 20 if full else 10)
             res = probe.run(seconds)
             att.terminate()
