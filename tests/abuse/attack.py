@@ -208,6 +208,13 @@ async def main(a):
     # SIGTERM ends the run early (the driver's measurement is over); the totals still print.
     asyncio.get_running_loop().add_signal_handler(
         signal.SIGTERM, lambda: [t.cancel() for t in tasks])
+    async def progress():
+        while time.monotonic() < until:
+            print(json.dumps({"event": "open", "open": st.open_now, "peak": st.peak_open}), flush=True)
+            await asyncio.sleep(0.5)
+
+    # Progress from the start: the driver waits for it while the connections ramp up.
+    ticker = asyncio.create_task(progress())
     for _ in range(a.conns):
         tasks.append(asyncio.create_task(one(a, st, until, a.mode)))
         # Ramp at a bounded rate so the handshakes do not all land in one instant.
@@ -215,12 +222,6 @@ async def main(a):
             await asyncio.sleep(1.0 / a.rate)
         except asyncio.CancelledError:
             break
-    async def progress():
-        while time.monotonic() < until:
-            print(json.dumps({"event": "open", "open": st.open_now, "peak": st.peak_open}), flush=True)
-            await asyncio.sleep(0.5)
-
-    ticker = asyncio.create_task(progress())
     results = await asyncio.gather(*tasks, return_exceptions=True)
     ticker.cancel()
     crashed = [repr(r) for r in results
