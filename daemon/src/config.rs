@@ -10,6 +10,15 @@ pub const DEFAULT_CONFIG: &str = "/etc/edgeseek/edgeseek.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/edgeseek";
 pub const DEV_STATE_DIR: &str = ".edgeseek";
 
+/// Where a command finds its configuration and state: the global `--config`, `--dev` and
+/// `--state-dir` flags, shared by `serve` and `doctor`.
+#[derive(Clone, Debug, Default)]
+pub struct Paths {
+    pub config: Option<PathBuf>,
+    pub dev: bool,
+    pub state_dir: Option<PathBuf>,
+}
+
 /// A setting that differs between two configs (see [`Config::changes_from`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
