@@ -4,7 +4,7 @@ use super::*;
 use crate::kb::hnsw::Hnsw;
 use crate::kb::store::{CHUNKS, DOCUMENTS, DOC_NAMES, KB_META, TERMS, VECTORS};
 use crate::kb::text::ANALYZER_VERSION;
-use crate::kb::{Chunk, HashEmbed, Script};
+use crate::kb::{Chunk, DocKind, HashEmbed, Script};
 use redb::ReadableTableMetadata;
 
 /// HashEmbed that refuses any batch containing "FAIL" (a model error mid-ingest).
@@ -151,7 +151,7 @@ fn ingest_then_search_list_and_cite() {
     assert_eq!(
         listed
             .iter()
-            .map(|d| d.filename.as_str())
+            .map(|d| d.doc.filename.as_str())
             .collect::<Vec<_>>(),
         ["leave.md", "travel.md"]
     );
