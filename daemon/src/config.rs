@@ -291,14 +291,16 @@ impl Default for EmbeddingsConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
+        // The provider defaults live with the engine that applies them.
+        let providers = ProviderOptions::default();
         EngineConfig {
             model: None,
-            providers: vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
-            provider_policy: ProviderPolicy::Fallback,
-            intra_threads: 0,
-            tensorrt_fp16: true,
-            tensorrt_cache: None,
-            device_id: 0,
+            providers: providers.providers,
+            provider_policy: providers.policy,
+            intra_threads: providers.intra_threads,
+            tensorrt_fp16: providers.tensorrt_fp16,
+            tensorrt_cache: providers.tensorrt_cache,
+            device_id: providers.device_id,
             max_batch: 8,
             max_queue: 64,
             kv_budget_mb: 1024,
