@@ -10,6 +10,15 @@ pub const DEFAULT_CONFIG: &str = "/etc/edgeseek/edgeseek.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/edgeseek";
 pub const DEV_STATE_DIR: &str = ".edgeseek";
 
+/// Where a command finds its configuration and state: the global `--config`, `--dev` and
+/// `--state-dir` flags, shared by `serve` and `doctor`.
+#[derive(Clone, Debug, Default)]
+pub struct Paths {
+    pub config: Option<PathBuf>,
+    pub dev: bool,
+    pub state_dir: Option<PathBuf>,
+}
+
 /// A setting that differs between two configs (see [`Config::changes_from`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -282,14 +291,16 @@ impl Default for EmbeddingsConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
+        // The provider defaults live with the engine that applies them.
+        let providers = ProviderOptions::default();
         EngineConfig {
             model: None,
-            providers: vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
-            provider_policy: ProviderPolicy::Fallback,
-            intra_threads: 0,
-            tensorrt_fp16: true,
-            tensorrt_cache: None,
-            device_id: 0,
+            providers: providers.providers,
+            provider_policy: providers.policy,
+            intra_threads: providers.intra_threads,
+            tensorrt_fp16: providers.tensorrt_fp16,
+            tensorrt_cache: providers.tensorrt_cache,
+            device_id: providers.device_id,
             max_batch: 8,
             max_queue: 64,
             kv_budget_mb: 1024,

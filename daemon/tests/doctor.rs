@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use edgeseek::config::Paths;
 use edgeseek::doctor::{self, Level, Options, Report};
 use edgeseek::engine::ort_env;
 use edgeseek::engine::{Provider, ProviderOptions};
@@ -60,9 +61,11 @@ fn a_model_is_read_and_verified_against_its_manifest() {
     )
     .unwrap();
     let opts = Options {
-        config: Some(cfg),
-        dev: true,
-        state_dir: Some(t.path().join("state")),
+        paths: Paths {
+            config: Some(cfg),
+            dev: true,
+            state_dir: Some(t.path().join("state")),
+        },
         models: vec![model.clone()],
         verify_hashes: true,
     };

@@ -90,7 +90,7 @@ fn inspect(dir: &Path) -> State {
             // among its neighbours.
             assert_eq!(own, d.chunks as usize, "{mode:?} for {d:?}");
         }
-        assert!(state.insert(d.filename.clone(), Some(gen)).is_none());
+        assert!(state.insert(d.doc.filename.clone(), Some(gen)).is_none());
     }
     state
 }

@@ -50,6 +50,16 @@ struct Common {
     state_dir: Option<PathBuf>,
 }
 
+impl Common {
+    fn paths(&self) -> crate::config::Paths {
+        crate::config::Paths {
+            config: self.config.clone(),
+            dev: self.dev,
+            state_dir: self.state_dir.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate a chat answer with a model directory (no daemon needed)
@@ -201,9 +211,7 @@ fn init_logging(default: &str) {
 
 fn serve(common: &Common, args: &ServeArgs) -> Result<(), Failure> {
     let opts = crate::serve::ServeOptions {
-        config: common.config.clone(),
-        dev: common.dev,
-        state_dir: common.state_dir.clone(),
+        paths: common.paths(),
         listen: args.listen.clone(),
         models: args.models.clone(),
     };
@@ -216,9 +224,7 @@ fn serve(common: &Common, args: &ServeArgs) -> Result<(), Failure> {
 /// `edgeseek doctor`: the report on stdout; exit 1 when a check failed (the report says which).
 fn doctor(common: &Common, args: &DoctorArgs) -> Result<(), Failure> {
     let report = crate::doctor::run(&crate::doctor::Options {
-        config: common.config.clone(),
-        dev: common.dev,
-        state_dir: common.state_dir.clone(),
+        paths: common.paths(),
         models: args.models.clone(),
         verify_hashes: !args.no_hash,
     });

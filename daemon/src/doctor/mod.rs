@@ -24,7 +24,7 @@ use self::runtime::{check_gpu, check_runtime};
 use self::service::{check_daemon, check_port, check_unit, query_daemon};
 use self::state::{check_clock, check_config, check_disk, check_state_dir, check_user};
 use self::tls::check_tls;
-use crate::config::Config;
+use crate::config::{Config, Paths};
 use crate::engine::ort_env;
 
 mod models;
@@ -120,9 +120,7 @@ impl Check {
 /// `edgeseek doctor` flags (`--config`, `--dev`, `--state-dir` as for `serve`).
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    pub config: Option<PathBuf>,
-    pub dev: bool,
-    pub state_dir: Option<PathBuf>,
+    pub paths: Paths,
     /// Model directories to check instead of those under `<state_dir>/models`.
     pub models: Vec<PathBuf>,
     /// Hash every file listed in a model's `manifest.sha256` (off: only check they exist).
@@ -263,8 +261,8 @@ fn run_on(opts: &Options, host: &Host) -> Report {
     let mut checks = Vec::new();
     let (config, c) = check_config(opts);
     checks.push(c);
-    let state_dir = config.state_dir(opts.state_dir.as_deref(), opts.dev);
-    let service_uid = if opts.dev {
+    let state_dir = config.state_dir(opts.paths.state_dir.as_deref(), opts.paths.dev);
+    let service_uid = if opts.paths.dev {
         None
     } else {
         nix::unistd::User::from_name(SERVICE_USER)

@@ -217,7 +217,7 @@ pub(super) fn check_models(ctx: &Ctx) -> Vec<Check> {
             "scripts/install --models DIR (or copy a model to {}/<name>/; see README: Models)",
             root.display()
         );
-        return vec![if ctx.opts.dev {
+        return vec![if ctx.opts.paths.dev {
             Check::warn(
                 "models",
                 format!("{detail} (--dev: pass --model DIR to check one)"),

@@ -48,7 +48,7 @@ pub(super) fn check_runtime(ctx: &Ctx) -> Vec<Check> {
                 Check::fail(
                     "onnxruntime",
                     e.to_string(),
-                    if ctx.opts.dev {
+                    if ctx.opts.paths.dev {
                         dev_fix
                     } else {
                         "reinstall the package (it ships /usr/lib/edgeseek/libonnxruntime.so.1.31.1) or set runtime.library"

@@ -63,7 +63,7 @@ pub fn port_of(listen: &str) -> Option<u16> {
 pub(super) fn check_port(ctx: &Ctx, daemon: Option<&Value>) -> Check {
     const NAME: &str = "port";
     // Under systemd the port is edgeseek.socket's; otherwise what `serve` would bind.
-    let from_socket_unit = (!ctx.opts.dev && ctx.host.systemd)
+    let from_socket_unit = (!ctx.opts.paths.dev && ctx.host.systemd)
         .then(|| {
             command_output(
                 "systemctl",
@@ -79,7 +79,7 @@ pub(super) fn check_port(ctx: &Ctx, daemon: Option<&Value>) -> Check {
         Some(x) => x,
         None => {
             let listen = ctx.config.server.listen.clone().unwrap_or_else(|| {
-                if ctx.opts.dev {
+                if ctx.opts.paths.dev {
                     crate::service::DEV_LISTEN
                 } else {
                     crate::service::DEFAULT_LISTEN
@@ -161,13 +161,13 @@ pub(super) fn check_port(ctx: &Ctx, daemon: Option<&Value>) -> Check {
 }
 
 pub(super) fn query_daemon(ctx: &Ctx) -> Result<Option<Value>, String> {
-    let target = crate::admin::cli::target(ctx.opts.dev, &ctx.state_dir, &ctx.config.tls);
+    let target = crate::admin::cli::target(ctx.opts.paths.dev, &ctx.state_dir, &ctx.config.tls);
     crate::admin::cli::query_status(&target).map_err(|e| e.to_string())
 }
 
 pub(super) fn check_daemon(ctx: &Ctx, daemon: &Result<Option<Value>, String>) -> Check {
     const NAME: &str = "daemon";
-    let socket = crate::admin::socket_path(ctx.opts.dev, &ctx.state_dir);
+    let socket = crate::admin::socket_path(ctx.opts.paths.dev, &ctx.state_dir);
     let v = match daemon {
         Err(e) => {
             return Check::warn(
@@ -180,7 +180,7 @@ pub(super) fn check_daemon(ctx: &Ctx, daemon: &Result<Option<Value>, String>) ->
             )
         }
         Ok(None) => {
-            let fix = if ctx.host.systemd && !ctx.opts.dev {
+            let fix = if ctx.host.systemd && !ctx.opts.paths.dev {
                 "systemctl start edgeseek (edgeseek.socket also starts it on the first connection); journalctl -u edgeseek says why it stopped"
             } else {
                 "edgeseek serve (or start the appliance's edgeseek.service)"
@@ -300,7 +300,7 @@ pub fn process_gaps(status: &str) -> Vec<String> {
 
 pub(super) fn check_unit(ctx: &Ctx) -> Check {
     const NAME: &str = "unit.hardening";
-    if ctx.opts.dev {
+    if ctx.opts.paths.dev {
         return Check::skip(
             NAME,
             "--dev: not running under edgeseek.service",

@@ -10,14 +10,14 @@ use super::{
 use crate::config::{Config, DEFAULT_CONFIG};
 
 pub(super) fn check_config(opts: &Options) -> (Config, Check) {
-    let file = match (&opts.config, opts.dev) {
+    let file = match (&opts.paths.config, opts.paths.dev) {
         (Some(f), _) => Some(f.clone()),
         (None, false) if Path::new(DEFAULT_CONFIG).is_file() => Some(PathBuf::from(DEFAULT_CONFIG)),
         _ => None,
     };
-    match Config::load(opts.config.as_deref(), opts.dev) {
+    match Config::load(opts.paths.config.as_deref(), opts.paths.dev) {
         Ok(c) => {
-            let detail = match (&file, opts.dev) {
+            let detail = match (&file, opts.paths.dev) {
                 (Some(f), _) => format!("{} parses", f.display()),
                 (None, true) => "--dev: built-in defaults (no --config)".to_string(),
                 (None, false) => format!("no {DEFAULT_CONFIG}: built-in defaults"),
@@ -37,7 +37,7 @@ pub(super) fn check_config(opts: &Options) -> (Config, Check) {
 }
 
 pub(super) fn check_user(ctx: &Ctx) -> Check {
-    if ctx.opts.dev {
+    if ctx.opts.paths.dev {
         return Check::skip(
             "user",
             "--dev: the daemon runs as the current user",
@@ -101,7 +101,7 @@ pub(super) fn check_state_dir(ctx: &Ctx) -> Check {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return if ctx.opts.dev {
+            return if ctx.opts.paths.dev {
                 Check::ok(
                     NAME,
                     format!("{shown} does not exist yet; the first serve creates it"),

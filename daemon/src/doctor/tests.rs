@@ -215,8 +215,11 @@ fn a_dev_state_dir_with_a_bad_model_and_no_gpu() {
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::write(bad.join("genai_config.json"), "{").unwrap();
     let opts = Options {
-        dev: true,
-        state_dir: Some(state.clone()),
+        paths: Paths {
+            dev: true,
+            state_dir: Some(state.clone()),
+            ..Paths::default()
+        },
         verify_hashes: true,
         ..Options::default()
     };
@@ -269,8 +272,11 @@ fn gpu_driver_and_embeddings_when_present() {
     std::fs::write(embed.join("tokenizer.json"), "{}").unwrap();
     std::fs::write(embed.join("onnx/model_quantized.onnx"), "x").unwrap();
     let opts = Options {
-        dev: true,
-        state_dir: Some(t.path().join("state")),
+        paths: Paths {
+            dev: true,
+            state_dir: Some(t.path().join("state")),
+            ..Paths::default()
+        },
         ..Options::default()
     };
     let r = run_on(&opts, &h);
@@ -299,8 +305,11 @@ fn a_state_dir_file_of_another_owner_fails_as_root() {
     )
     .unwrap();
     let opts = Options {
-        dev: true,
-        state_dir: Some(state.clone()),
+        paths: Paths {
+            dev: true,
+            state_dir: Some(state.clone()),
+            ..Paths::default()
+        },
         ..Options::default()
     };
     let h = host(t.path());

@@ -526,6 +526,25 @@ fn python_formatter(
 }
 
 /// Python's `repr()` for template data (strings quoted as Python does).
+/// The items of a list (or the keys of a dict) between `brackets`, separated by ", " as
+/// Python prints them; `each` writes one.
+fn python_items(
+    value: &Value,
+    brackets: (char, char),
+    out: &mut String,
+    mut each: impl FnMut(Value, &mut String) -> Result<(), Error>,
+) -> Result<(), Error> {
+    out.push(brackets.0);
+    for (i, item) in value.try_iter()?.enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        each(item, out)?;
+    }
+    out.push(brackets.1);
+    Ok(())
+}
+
 fn python_repr(value: &Value, out: &mut String, depth: usize) -> Result<(), Error> {
     if depth > MAX_JSON_DEPTH {
         return Err(Error::new(
@@ -541,28 +560,14 @@ fn python_repr(value: &Value, out: &mut String, depth: usize) -> Result<(), Erro
         ValueKind::Number if !value.is_integer() => out.push_str(&python_float_repr(
             f64::try_from(value.clone()).unwrap_or(f64::NAN),
         )),
-        ValueKind::Seq => {
-            out.push('[');
-            for (i, item) in value.try_iter()?.enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                python_repr(&item, out, depth + 1)?;
-            }
-            out.push(']');
-        }
-        ValueKind::Map => {
-            out.push('{');
-            for (i, key) in value.try_iter()?.enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                python_repr(&key, out, depth + 1)?;
-                out.push_str(": ");
-                python_repr(&value.get_item(&key)?, out, depth + 1)?;
-            }
-            out.push('}');
-        }
+        ValueKind::Seq => python_items(value, ('[', ']'), out, |item, out| {
+            python_repr(&item, out, depth + 1)
+        })?,
+        ValueKind::Map => python_items(value, ('{', '}'), out, |key, out| {
+            python_repr(&key, out, depth + 1)?;
+            out.push_str(": ");
+            python_repr(&value.get_item(&key)?, out, depth + 1)
+        })?,
         _ => {
             let _ = write!(out, "{value}");
         }

@@ -409,6 +409,23 @@ impl ToolCallParser {
         found
     }
 
+    /// The body of a block starting at `body_start` and closed by `close`: its range and the
+    /// byte after the closing marker. Without the marker: `Err(NeedMore)`, or at the end of the
+    /// answer the text so far as content.
+    fn block(
+        &mut self,
+        out: &mut Vec<Piece>,
+        eof: bool,
+        body_start: usize,
+        close: &str,
+    ) -> Result<(std::ops::Range<usize>, usize), Region> {
+        match self.find_end(body_start, close) {
+            Some(body_end) => Ok((body_start..body_end, body_end + close.len())),
+            None if eof => Err(self.fail(out, self.buf.len())),
+            None => Err(Region::NeedMore),
+        }
+    }
+
     fn known(&self, name: &str) -> bool {
         self.names.iter().any(|n| n == name)
     }
@@ -423,19 +440,12 @@ impl ToolCallParser {
             }
             let rest = &self.buf[at..];
             if rest.starts_with(DS_CALL_BEGIN) {
-                let body_start = at + DS_CALL_BEGIN.len();
-                let Some(len) = self
-                    .find_end(body_start, DS_CALL_END)
-                    .map(|e| e - body_start)
-                else {
-                    return if eof {
-                        self.fail(out, self.buf.len())
-                    } else {
-                        Region::NeedMore
-                    };
+                let (body, end) = match self.block(out, eof, at + DS_CALL_BEGIN.len(), DS_CALL_END)
+                {
+                    Ok(block) => block,
+                    Err(region) => return region,
                 };
-                let end = body_start + len + DS_CALL_END.len();
-                match deepseek_call(&self.buf, body_start..body_start + len) {
+                match deepseek_call(&self.buf, body) {
                     Some((name, args)) if self.known(&name) => {
                         self.emit_call(out, name, args, None);
                         self.pos = end;
@@ -472,19 +482,11 @@ impl ToolCallParser {
         let Some(open) = self.buf.find(HERMES_BEGIN) else {
             return self.fail(out, self.buf.len());
         };
-        let body_start = open + HERMES_BEGIN.len();
-        let Some(len) = self
-            .find_end(body_start, HERMES_END)
-            .map(|e| e - body_start)
-        else {
-            return if eof {
-                self.fail(out, self.buf.len())
-            } else {
-                Region::NeedMore
-            };
+        let (body, end) = match self.block(out, eof, open + HERMES_BEGIN.len(), HERMES_END) {
+            Ok(block) => block,
+            Err(region) => return region,
         };
-        let end = body_start + len + HERMES_END.len();
-        match json_call(&self.buf, body_start..body_start + len) {
+        match json_call(&self.buf, body) {
             Some((name, args, decoded)) if self.known(&name) => {
                 self.emit_call(out, name, args, decoded);
                 Region::End(end)

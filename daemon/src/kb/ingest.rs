@@ -274,7 +274,7 @@ impl Ingestor {
             .base
             .list_documents(collection)?
             .iter()
-            .any(|d| d.filename == filename);
+            .any(|d| d.doc.filename == filename);
         let info = self.base.ingest_chunks(collection, doc, chunks)?;
         tracing::info!(
             collection,

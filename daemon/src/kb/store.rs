@@ -63,17 +63,26 @@ pub struct CollectionRecord {
     pub dim: usize,
 }
 
+/// What describes a document: given at ingest, kept unchanged in its [`DocRecord`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocMeta {
+    /// Unique within the collection: ingesting the same name again replaces the document.
+    pub filename: String,
+    pub kind: DocKind,
+    pub title: Option<String>,
+    /// Hex SHA-256 of the source bytes.
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub pages: Option<u32>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DocRecord {
     pub id: String,
     pub collection: String,
-    pub filename: String,
-    pub kind: DocKind,
-    pub title: Option<String>,
-    /// Hex SHA-256 of the uploaded bytes.
-    pub sha256: String,
-    pub size_bytes: u64,
-    pub pages: Option<u32>,
+    /// Flattened: the stored JSON keeps one flat object, as before the split.
+    #[serde(flatten)]
+    pub doc: DocMeta,
     pub chunks: u32,
     /// Unix seconds.
     pub created: u64,
@@ -192,6 +201,20 @@ mod tests {
         let (lo, hi) = doc_chunk_range(d);
         assert!(lo.as_str() <= c.as_str() && c.as_str() < hi.as_str());
         assert!(chunk_id("d_0123456789abcdf0", 0).as_str() >= hi.as_str());
+    }
+
+    #[test]
+    fn a_document_record_is_stored_as_one_flat_object() {
+        // Records written before `DocMeta` was split out must still read back.
+        let stored = r#"{"id":"d_0123456789abcdef","collection":"hr","filename":"a.md","kind":"markdown","title":null,"sha256":"ab","size_bytes":7,"pages":2,"chunks":3,"created":9}"#;
+        let rec: DocRecord = serde_json::from_str(stored).unwrap();
+        assert_eq!(rec.doc.filename, "a.md");
+        assert_eq!(rec.doc.kind, DocKind::Markdown);
+        assert_eq!(
+            (rec.doc.size_bytes, rec.doc.pages, rec.chunks),
+            (7, Some(2), 3)
+        );
+        assert_eq!(serde_json::to_string(&rec).unwrap(), stored);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::AdminBackend;
 use crate::api::{ApiConfig, App};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Paths};
 use crate::engine::embed;
 use crate::keys::{KeyError, KeyStore};
 use crate::store::{Store, StoreError};
@@ -74,9 +74,7 @@ impl ServeError {
 /// `edgeseek serve` flags (`--config`, `--dev`, `--state-dir` are global).
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
-    pub config: Option<PathBuf>,
-    pub dev: bool,
-    pub state_dir: Option<PathBuf>,
+    pub paths: Paths,
     pub listen: Option<String>,
     pub models: Vec<PathBuf>,
 }
@@ -140,15 +138,22 @@ fn model_name(dir: &Path) -> Result<String, ServeError> {
 }
 
 pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
-    let config = Config::load(opts.config.as_deref(), opts.dev)?;
-    let state_dir = config.state_dir(opts.state_dir.as_deref(), opts.dev);
+    let config = Config::load(opts.paths.config.as_deref(), opts.paths.dev)?;
+    let state_dir = config.state_dir(opts.paths.state_dir.as_deref(), opts.paths.dev);
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| ServeError::Usage(format!("state dir {}: {e}", state_dir.display())))?;
     let listen = opts
         .listen
         .clone()
         .or_else(|| config.server.listen.clone())
-        .unwrap_or_else(|| if opts.dev { DEV_LISTEN } else { DEFAULT_LISTEN }.to_string());
+        .unwrap_or_else(|| {
+            if opts.paths.dev {
+                DEV_LISTEN
+            } else {
+                DEFAULT_LISTEN
+            }
+            .to_string()
+        });
     let addr: SocketAddr = listen.parse().map_err(|_| {
         ServeError::Usage(format!(
             "--listen `{listen}`: expected ADDRESS:PORT, e.g. 127.0.0.1:8443"
@@ -196,8 +201,8 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     let daemon = Arc::new(Daemon {
         app,
         tls,
-        config_file: opts.config.clone(),
-        dev: opts.dev,
+        config_file: opts.paths.config.clone(),
+        dev: opts.paths.dev,
         server: std::sync::RwLock::new(config.server.clone()),
         started_with: config.clone(),
         started: Instant::now(),
@@ -210,7 +215,12 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     let backend: std::sync::Weak<dyn AdminBackend> = Arc::downgrade(&daemon) as _;
     daemon.app.admin.set_backend(backend);
     let result = runtime.block_on(listen::serve(
-        &daemon, &config, opts.dev, &state_dir, addr, activated,
+        &daemon,
+        &config,
+        opts.paths.dev,
+        &state_dir,
+        addr,
+        activated,
     ));
     let chat_loaded = wait_for_loader(&daemon.loader, Duration::from_secs(2));
     let embed_loaded = wait_for_loader(&daemon.embed_loader, Duration::from_secs(2));

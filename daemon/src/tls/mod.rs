@@ -164,6 +164,21 @@ mod tests {
         tempfile::tempdir().unwrap()
     }
 
+    /// Writes `content` to `dir/name`; a server whose config `set` points at that file must
+    /// fail to start with an error that names it.
+    fn bad_file_is_named(
+        dir: &Path,
+        name: &str,
+        content: &str,
+        set: impl FnOnce(&mut TlsConfig, PathBuf),
+    ) {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        let mut config = TlsConfig::default();
+        set(&mut config, path);
+        expect_err(TlsServer::new(&config, dir), &[name]);
+    }
+
     #[test]
     fn generates_ca_and_server_with_private_keys() {
         use std::os::unix::fs::PermissionsExt;
@@ -231,14 +246,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("together"));
-        std::fs::write(dir.path().join("c.pem"), "not pem").unwrap();
         std::fs::write(dir.path().join("k.pem"), "not pem").unwrap();
-        let bad = TlsConfig {
-            cert: Some(dir.path().join("c.pem")),
-            key: Some(dir.path().join("k.pem")),
-            ..TlsConfig::default()
-        };
-        expect_err(TlsServer::new(&bad, dir.path()), &["c.pem"]);
+        bad_file_is_named(dir.path(), "c.pem", "not pem", |c, cert| {
+            c.cert = Some(cert);
+            c.key = Some(dir.path().join("k.pem"));
+        });
     }
 
     #[test]
@@ -252,12 +264,7 @@ mod tests {
             ..TlsConfig::default()
         };
         assert!(TlsServer::new(&mtls, dir.path()).is_ok());
-        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
-        let bad = TlsConfig {
-            client_ca: Some(dir.path().join("empty.pem")),
-            ..TlsConfig::default()
-        };
-        expect_err(TlsServer::new(&bad, dir.path()), &["empty.pem"]);
+        bad_file_is_named(dir.path(), "empty.pem", "", |c, ca| c.client_ca = Some(ca));
     }
 
     #[test]

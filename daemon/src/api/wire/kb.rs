@@ -52,12 +52,12 @@ impl From<&DocInfo> for KbDocumentFields {
         KbDocumentFields {
             id: d.id.clone(),
             collection: d.collection.clone(),
-            filename: d.filename.clone(),
-            kind: d.kind,
-            title: d.title.clone(),
-            bytes: d.size_bytes,
-            sha256: d.sha256.clone(),
-            pages: d.pages,
+            filename: d.doc.filename.clone(),
+            kind: d.doc.kind,
+            title: d.doc.title.clone(),
+            bytes: d.doc.size_bytes,
+            sha256: d.doc.sha256.clone(),
+            pages: d.doc.pages,
             created_at: d.created,
         }
     }

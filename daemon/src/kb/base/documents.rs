@@ -54,12 +54,7 @@ impl KnowledgeBase {
         let record = DocRecord {
             id: id.clone(),
             collection: collection.to_string(),
-            filename: doc.filename,
-            kind: doc.kind,
-            title: doc.title,
-            sha256: doc.sha256,
-            size_bytes: doc.size_bytes,
-            pages: doc.pages,
+            doc,
             chunks: chunks.len() as u32,
             created: unix_now(),
         };
@@ -67,7 +62,7 @@ impl KnowledgeBase {
             tx.open_table(DOCUMENTS)?
                 .insert(id.as_str(), encode_json(&id, &record)?.as_slice())?;
             tx.open_table(DOC_NAMES)?
-                .insert((collection, record.filename.as_str()), id.as_str())?;
+                .insert((collection, record.doc.filename.as_str()), id.as_str())?;
             let mut ct = tx.open_table(CHUNKS)?;
             let mut vt = tx.open_table(VECTORS)?;
             let mut tt = tx.open_table(TERMS)?;
@@ -91,7 +86,7 @@ impl KnowledgeBase {
             if let Some((old, old_terms)) = &removed {
                 idx.remove_doc(&old.id, old_terms);
             }
-            idx.add_doc(&id, &record.filename, &vectors, &terms);
+            idx.add_doc(&id, &record.doc.filename, &vectors, &terms);
         }
         drop(_gate);
         self.inner.schedule_if_needed(collection);
@@ -187,7 +182,7 @@ impl KnowledgeBase {
                 id: k.value().to_string(),
                 document_id: rec.id.clone(),
                 collection: rec.collection.clone(),
-                filename: rec.filename.clone(),
+                filename: rec.doc.filename.clone(),
                 ordinal: c.ordinal,
                 page: c.page,
                 heading: (!c.heading.is_empty()).then(|| c.heading.join(" > ")),
@@ -215,7 +210,7 @@ impl KnowledgeBase {
             id: chunk_id.to_string(),
             document_id: doc.id,
             collection: doc.collection,
-            filename: doc.filename,
+            filename: doc.doc.filename,
             ordinal: rec.ordinal,
             page: rec.page,
             heading: (!rec.heading.is_empty()).then(|| rec.heading.join(" > ")),
@@ -237,10 +232,10 @@ pub(super) fn delete_doc_rows(
     };
     let mut names = tx.open_table(DOC_NAMES)?;
     let points_here = names
-        .get((rec.collection.as_str(), rec.filename.as_str()))?
+        .get((rec.collection.as_str(), rec.doc.filename.as_str()))?
         .is_some_and(|v| v.value() == id);
     if points_here {
-        names.remove((rec.collection.as_str(), rec.filename.as_str()))?;
+        names.remove((rec.collection.as_str(), rec.doc.filename.as_str()))?;
     }
     let mut chunks = tx.open_table(CHUNKS)?;
     let mut vectors = tx.open_table(VECTORS)?;

@@ -230,7 +230,7 @@ pub(super) fn build_index(
     let dim = current.then_some(record.dim);
     let mut idx = CollIndex::new(record, current);
     for d in load_docs(tx, name, dim)? {
-        idx.add_doc(&d.record.id, &d.record.filename, &d.vectors, &d.terms);
+        idx.add_doc(&d.record.id, &d.record.doc.filename, &d.vectors, &d.terms);
     }
     Ok(idx)
 }

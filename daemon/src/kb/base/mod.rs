@@ -38,7 +38,7 @@ use self::index::{build_index, CollIndex};
 use self::maintenance::rederive_terms_if_stale;
 use super::store::{self as kbstore, CollectionRecord, COLLECTIONS};
 use super::vector;
-use super::{DocKind, Embed};
+use super::Embed;
 use crate::store::{Store, StoreError};
 use crate::util::{hex, lock, read, unix_now};
 
@@ -180,18 +180,9 @@ pub struct CollectionInfo {
 /// A stored document: the stored record itself.
 pub use super::store::DocRecord as DocInfo;
 
-/// What describes a document being ingested (its chunks come separately).
-#[derive(Clone, Debug, PartialEq)]
-pub struct NewDocument {
-    /// Unique within the collection: ingesting the same name again replaces the document.
-    pub filename: String,
-    pub kind: DocKind,
-    pub title: Option<String>,
-    /// Hex SHA-256 of the source bytes.
-    pub sha256: String,
-    pub size_bytes: u64,
-    pub pages: Option<u32>,
-}
+/// What describes a document being ingested (its chunks come separately); stored as it is in
+/// the document's record.
+pub use super::store::DocMeta as NewDocument;
 
 /// One chunk, for citations.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -4,7 +4,7 @@ use super::*;
 use crate::kb::hnsw::Hnsw;
 use crate::kb::store::{CHUNKS, DOCUMENTS, DOC_NAMES, KB_META, TERMS, VECTORS};
 use crate::kb::text::ANALYZER_VERSION;
-use crate::kb::{Chunk, HashEmbed, Script};
+use crate::kb::{Chunk, DocKind, HashEmbed, Script};
 use redb::ReadableTableMetadata;
 
 /// HashEmbed that refuses any batch containing "FAIL" (a model error mid-ingest).
@@ -49,10 +49,22 @@ fn open(dir: &Path) -> KnowledgeBase {
 
 /// A knowledge base in `dir` with the collection `hr` holding `a.txt`, one chunk of `text`.
 fn open_with_one_doc(dir: &Path, text: &str) -> KnowledgeBase {
+    open_with_docs(dir, &[("hr", "a.txt", &[text])])
+}
+
+/// A knowledge base in `dir` holding each `(collection, filename, chunk texts)` document,
+/// its collection created on first mention.
+fn open_with_docs(dir: &Path, docs: &[(&str, &str, &[&str])]) -> KnowledgeBase {
     let kb = open(dir);
-    kb.create_collection("hr").unwrap();
-    kb.ingest_chunks("hr", doc("a.txt"), chunks(&[text]))
-        .unwrap();
+    let mut created: Vec<&str> = Vec::new();
+    for &(collection, filename, texts) in docs {
+        if !created.contains(&collection) {
+            kb.create_collection(collection).unwrap();
+            created.push(collection);
+        }
+        kb.ingest_chunks(collection, doc(filename), chunks(texts))
+            .unwrap();
+    }
     kb
 }
 
@@ -151,7 +163,7 @@ fn ingest_then_search_list_and_cite() {
     assert_eq!(
         listed
             .iter()
-            .map(|d| d.filename.as_str())
+            .map(|d| d.doc.filename.as_str())
             .collect::<Vec<_>>(),
         ["leave.md", "travel.md"]
     );
@@ -275,21 +287,17 @@ fn searches_see_the_old_or_the_new_version_never_neither_or_both() {
 #[test]
 fn collections_are_filtered_strictly() {
     let dir = tempfile::tempdir().unwrap();
-    let kb = open(dir.path());
-    kb.create_collection("finance").unwrap();
-    kb.create_collection("hr").unwrap();
-    kb.ingest_chunks(
-        "finance",
-        doc("budget.txt"),
-        chunks(&["The salary budget for 2025 grows by four percent."]),
-    )
-    .unwrap();
-    kb.ingest_chunks(
-        "hr",
-        doc("pay.txt"),
-        chunks(&["Salary reviews happen every April."]),
-    )
-    .unwrap();
+    let kb = open_with_docs(
+        dir.path(),
+        &[
+            (
+                "finance",
+                "budget.txt",
+                &["The salary budget for 2025 grows by four percent."],
+            ),
+            ("hr", "pay.txt", &["Salary reviews happen every April."]),
+        ],
+    );
     for mode in [SearchMode::Hybrid, SearchMode::Bm25, SearchMode::Vector] {
         let hits = kb
             .search(&req(&["hr"], "salary budget 2025", mode))
@@ -397,28 +405,28 @@ fn reopening_gives_the_same_results() {
         ("年假", SearchMode::Hybrid),
     ];
     let before: Vec<Vec<Hit>> = {
-        let kb = open(dir.path());
-        kb.create_collection("hr").unwrap();
-        kb.create_collection("it").unwrap();
-        kb.ingest_chunks(
-            "hr",
-            doc("leave.txt"),
-            chunks(&[
-                "Annual leave is 25 days.",
-                "员工每年享有十五天年假。",
-                "Travel expenses are reimbursed.",
-            ]),
-        )
-        .unwrap();
-        kb.ingest_chunks(
-            "it",
-            doc("vpn.txt"),
-            chunks(&[
-                "Reset your VPN password every 90 days.",
-                "The VPN uses WireGuard.",
-            ]),
-        )
-        .unwrap();
+        let kb = open_with_docs(
+            dir.path(),
+            &[
+                (
+                    "hr",
+                    "leave.txt",
+                    &[
+                        "Annual leave is 25 days.",
+                        "员工每年享有十五天年假。",
+                        "Travel expenses are reimbursed.",
+                    ],
+                ),
+                (
+                    "it",
+                    "vpn.txt",
+                    &[
+                        "Reset your VPN password every 90 days.",
+                        "The VPN uses WireGuard.",
+                    ],
+                ),
+            ],
+        );
         // Replace and delete, so the reopened index must also skip dead rows.
         kb.ingest_chunks(
             "it",

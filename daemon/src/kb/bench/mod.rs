@@ -433,7 +433,7 @@ pub fn churn(dir: &Path) -> Result<(), KbError> {
             let id = kb
                 .list_documents("c")?
                 .into_iter()
-                .find(|d| d.filename == file)
+                .find(|d| d.doc.filename == file)
                 .map(|d| d.id);
             if let Some(id) = id {
                 kb.delete_document("c", &id)?;

@@ -541,6 +541,19 @@ mod tests {
         std::fs::read(format!("{path}{name}")).unwrap()
     }
 
+    /// Parses a fixture and checks its title, page count and blocks (kind, text, page).
+    fn assert_fixture(
+        name: &str,
+        title: &str,
+        pages: u32,
+        blocks: Vec<(BlockKind, &str, Option<u32>)>,
+    ) {
+        let doc = parse_in_process(&fixture(name), DocKind::Pdf, &ParseOptions::default()).unwrap();
+        assert_eq!(doc.title.as_deref(), Some(title));
+        assert_eq!(doc.pages, Some(pages));
+        assert_eq!(texts(&doc), blocks);
+    }
+
     fn texts(doc: &ParsedDoc) -> Vec<(BlockKind, &str, Option<u32>)> {
         doc.blocks
             .iter()
@@ -550,13 +563,11 @@ mod tests {
 
     #[test]
     fn english_fixture_structure() {
-        let doc =
-            parse_in_process(&fixture("en.pdf"), DocKind::Pdf, &ParseOptions::default()).unwrap();
-        assert_eq!(doc.title.as_deref(), Some("Expense Policy"));
-        assert_eq!(doc.pages, Some(3));
         use BlockKind::*;
-        assert_eq!(
-            texts(&doc),
+        assert_fixture(
+            "en.pdf",
+            "Expense Policy",
+            3,
             vec![
                 (Heading { level: 1 }, "1 Travel expenses", Some(1)),
                 (
@@ -599,13 +610,11 @@ mod tests {
 
     #[test]
     fn chinese_fixture_with_predefined_cmap() {
-        let doc =
-            parse_in_process(&fixture("zh.pdf"), DocKind::Pdf, &ParseOptions::default()).unwrap();
-        assert_eq!(doc.title.as_deref(), Some("员工手册"));
-        assert_eq!(doc.pages, Some(2));
         use BlockKind::*;
-        assert_eq!(
-            texts(&doc),
+        assert_fixture(
+            "zh.pdf",
+            "员工手册",
+            2,
             vec![
                 (Heading { level: 1 }, "第一章 年假制度", Some(1)),
                 (
