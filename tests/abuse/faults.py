@@ -210,6 +210,16 @@ def openai_error(r):
         return False
 
 
+def kb_collection(c, name):
+    """Wait (up to 120 s) for the knowledge base to open, then create collection `name`."""
+    deadline = time.time() + 120
+    while c.get("/v1/kb/collections").status_code != 200:
+        if time.time() > deadline:
+            raise RuntimeError("knowledge base not ready")
+        time.sleep(0.1)
+    c.post("/v1/kb/collections", json={"name": name})
+
+
 def disk_full(tmp, size_mib):
     """State directory on a small tmpfs; fill it with a ballast file, then ingest documents
     and create keys until the disk is full; free the ballast; check service and durability."""
@@ -230,12 +240,7 @@ def disk_full(tmp, size_mib):
         admin = d.key("admin", "admin")
         h = {"Authorization": f"Bearer {admin}"}
         with d.client(timeout=60, headers=h) as c:
-            deadline = time.time() + 120
-            while c.get("/v1/kb/collections").status_code != 200:
-                if time.time() > deadline:
-                    raise RuntimeError("knowledge base not ready")
-                time.sleep(0.1)
-            c.post("/v1/kb/collections", json={"name": "full"})
+            kb_collection(c, "full")
             # Ballast: all free space but 1 MiB, so the next writes hit ENOSPC soon.
             st = os.statvfs(mnt)
             free = st.f_bavail * st.f_frsize
@@ -360,12 +365,7 @@ def worst_case_upload(tmp, full):
         admin = d.key("admin", "admin")
         h = {"Authorization": f"Bearer {admin}"}
         with d.client(timeout=60, headers=h) as c:
-            deadline = time.time() + 120
-            while c.get("/v1/kb/collections").status_code != 200:
-                if time.time() > deadline:
-                    raise RuntimeError("knowledge base not ready")
-                time.sleep(0.1)
-            c.post("/v1/kb/collections", json={"name": "worst"})
+            kb_collection(c, "worst")
         body = b"a," * (32 << 20)
         result = {}
 
