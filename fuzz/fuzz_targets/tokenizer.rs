@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     let cut = (cut as usize).min(rest.len());
     let (text, ids) = rest.split_at(cut);
     let text = String::from_utf8_lossy(text).into_owned();
-    let _ = prepare_prompt(&f.tokenizer, &f.template, &Prompt::Text(text.clone()));
+    let _ = prepare_prompt(&f.tokenizer, &f.template, &Prompt::Text(text.clone()), None);
 
     let ids: Vec<u32> = ids
         .chunks_exact(2)
