@@ -381,7 +381,7 @@ fn create(t: &Target, c: &CreateArgs) -> Result<(), AdminCliError> {
         Conn::Down => {
             let ks = open_offline(t)?;
             let (info, secret) = ks.create(&c.name, scopes, c.rpm, c.tpm)?;
-            super::created_key_json(&info, &secret)
+            super::created_key_json(info, &secret)
         }
     };
     if c.json {

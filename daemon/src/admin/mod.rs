@@ -510,7 +510,7 @@ async fn dispatch(
                     .map_err(|e| e.to_string())
             })
             .await?;
-            Ok(created_key_json(&info, &secret))
+            Ok(created_key_json(info, &secret))
         }
         "keys.revoke" => {
             let req: RevokeReq = serde_json::from_slice(line).map_err(|e| parse(&e.to_string()))?;

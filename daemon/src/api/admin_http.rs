@@ -129,23 +129,27 @@ pub async fn run_sampler(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The chat model's part of the status, as the app knows it.
+pub fn app_status(app: &App) -> AppStatus {
+    let stats = app.served().map(|s| s.scheduler.stats());
+    AppStatus {
+        model: app.model_name.clone(),
+        ready: stats.is_some(),
+        queue_depth: stats.map(|s| s.queued),
+        active_sequences: stats.map(|s| s.active),
+        tokens_generated: stats.map(|s| s.tokens_generated),
+        cancellations: stats.map(|s| s.cancellations),
+        version: env!("CARGO_PKG_VERSION"),
+    }
+}
+
 /// `GET /v1/admin/status`.
 pub async fn status(c: Call) -> Result<Response<Body>, ApiError> {
     let app = &c.app;
     let status = match app.admin.backend.get().and_then(Weak::upgrade) {
         Some(b) => b.status(),
         // No daemon around the app (unit tests): what the app itself knows.
-        None => {
-            let stats = app.served().map(|s| s.scheduler.stats());
-            wire::value(&AppStatus {
-                model: app.model_name.clone(),
-                ready: stats.is_some(),
-                queue_depth: stats.map(|s| s.queued),
-                active_sequences: stats.map(|s| s.active),
-                cancellations: stats.map(|s| s.cancellations),
-                version: env!("CARGO_PKG_VERSION"),
-            })
-        }
+        None => wire::value(&app_status(app)),
     };
     let last = app.admin.history().last().copied();
     Ok(answer(
@@ -192,7 +196,7 @@ pub async fn create_key(c: Call) -> Result<Response<Body>, ApiError> {
     let (info, secret) =
         blocking(move || store.create(&create.name, create.scopes, create.rpm, create.tpm)).await?;
     tracing::info!(key_id = %info.id, by = %admin.id, "API key created over HTTPS");
-    let mut r = json_response(StatusCode::CREATED, &created_key_json(&info, &secret));
+    let mut r = json_response(StatusCode::CREATED, &created_key_json(info, &secret));
     // The only time the secret exists outside the client: keep it out of every cache.
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

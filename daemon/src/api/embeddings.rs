@@ -69,21 +69,7 @@ fn type_error(path: &str) -> ApiError {
 /// Parse and validate a request body.
 pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
     let r: EmbeddingRequest = super::wire::parse(body, type_error)?;
-    let model = match r.model {
-        Some(s) if !s.is_empty() => s,
-        None => {
-            return Err(ApiError::invalid_param(
-                "model",
-                "you must provide a model parameter",
-            ))
-        }
-        Some(_) => {
-            return Err(ApiError::invalid_param(
-                "model",
-                "must be a non-empty string",
-            ))
-        }
-    };
+    let model = super::wire::model_name(r.model)?;
     let (inputs, single) = inputs(r.input)?;
     let base64 = match r.encoding_format.as_deref() {
         None | Some("float") => false,

@@ -11,11 +11,10 @@ use serde_json::{Map, Value};
 use super::error::ApiError;
 use super::tools::{ToolParsing, ToolRequest};
 use super::wire::chat::{
-    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-    ChatCompletionRequest, ChatDelta, ChatLogprobs, ChatMessage as WireMessage, Completion,
-    CompletionChoice, CompletionChunk, CompletionChunkChoice, CompletionLogprobs,
-    CompletionRequest, CompletionTokensDetails, Content, PromptInput, Stop, StreamOptions,
-    ToolCallDelta, ToolCallParam, TopLogprob, Usage,
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionRequest, ChatDelta, ChatLogprobs,
+    ChatMessage as WireMessage, CompletionChoice, CompletionChunkChoice, CompletionLogprobs,
+    CompletionRequest, CompletionTokensDetails, Content, PromptInput, Response, Stop, StreamChunk,
+    StreamOptions, ToolCallDelta, ToolCallParam, TopLogprob, Usage,
 };
 use super::wire::{self, top};
 use crate::engine::generate::Prompt;
@@ -175,7 +174,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
     let (model, common, prompt, max_tokens, logprobs, knowledge, tools) = match kind {
         Kind::Chat => {
             let r: ChatCompletionRequest = wire::parse(body, invalid)?;
-            let model = model_name(r.model)?;
+            let model = wire::model_name(r.model)?;
             let messages = messages(r.messages)?;
             let logprobs = match (r.logprobs.unwrap_or(false), r.top_logprobs) {
                 (false, Some(_)) => {
@@ -227,7 +226,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
         }
         Kind::Completion => {
             let r: CompletionRequest = wire::parse(body, invalid)?;
-            let model = model_name(r.model)?;
+            let model = wire::model_name(r.model)?;
             let prompt = completion_prompt(r.prompt)?;
             if r.echo == Some(true) {
                 return Err(ApiError::invalid_param(
@@ -306,17 +305,6 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
         tools,
         tool_parsing: None,
     })
-}
-
-fn model_name(model: Option<String>) -> Result<String, ApiError> {
-    match model {
-        Some(s) if !s.is_empty() => Ok(s),
-        Some(_) => Err(ApiError::invalid_param("model", "must be a string")),
-        None => Err(ApiError::invalid_param(
-            "model",
-            "you must provide a model parameter",
-        )),
-    }
 }
 
 fn number(key: &str, v: Option<f64>, lo: f32, hi: f32) -> Result<Option<f32>, ApiError> {
@@ -405,21 +393,12 @@ fn stream_options(o: Option<StreamOptions>, stream: bool) -> Result<bool, ApiErr
 }
 
 fn messages(list: Option<Vec<WireMessage>>) -> Result<Vec<ChatMessage>, ApiError> {
-    match list {
-        Some(l) if !l.is_empty() => l
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| message(i, m))
-            .collect(),
-        Some(_) => Err(ApiError::invalid_param(
-            "messages",
-            "messages must not be empty",
-        )),
-        None => Err(ApiError::invalid_param(
-            "messages",
-            "you must provide messages",
-        )),
-    }
+    let empty = "messages must not be empty";
+    wire::required("messages", list, Vec::is_empty, "messages", empty)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| message(i, m))
+        .collect()
 }
 
 fn message(i: usize, m: WireMessage) -> Result<ChatMessage, ApiError> {
@@ -662,55 +641,63 @@ pub fn response(p: &Parsed, id: &str, created: u64, outs: &[GenerateOutput]) -> 
     let prompt_tokens = outs.first().map_or(0, |o| o.prompt_tokens);
     let refs: Vec<&GenerateOutput> = outs.iter().collect();
     let usage = usage_of(prompt_tokens, &refs);
+    let chat_choice = |(i, o): (usize, &GenerateOutput)| {
+        let (content, calls) = match &p.tool_parsing {
+            Some(t) => super::tools::split(t, &o.text),
+            None => (Some(o.text.clone()), Vec::new()),
+        };
+        ChatChoice {
+            index: i,
+            finish_reason: chat_finish_reason(o.finish_reason, !calls.is_empty()),
+            message: AssistantMessage {
+                role: "assistant",
+                content,
+                tool_calls: (!calls.is_empty()).then_some(calls),
+                reasoning_content: o.reasoning.clone(),
+                reasoning: o.reasoning.clone(),
+            },
+            logprobs: o.logprobs.as_deref().map(chat_logprobs_of),
+        }
+    };
+    let completion_choice = |(i, o): (usize, &GenerateOutput)| CompletionChoice {
+        index: i,
+        text: completion_text(o),
+        logprobs: o.logprobs.as_deref().map(|l| completion_logprobs_of(l, 0)),
+        finish_reason: finish_reason(o.finish_reason),
+    };
+    let choices = outs.iter().enumerate();
     match p.kind {
-        Kind::Chat => wire::value(&ChatCompletion {
-            id: id.to_string(),
-            object: "chat.completion",
+        Kind::Chat => whole(p, id, created, choices.map(chat_choice).collect(), usage),
+        Kind::Completion => whole(
+            p,
+            id,
             created,
-            model: p.model.clone(),
-            choices: outs
-                .iter()
-                .enumerate()
-                .map(|(i, o)| {
-                    let (content, calls) = match &p.tool_parsing {
-                        Some(t) => super::tools::split(t, &o.text),
-                        None => (Some(o.text.clone()), Vec::new()),
-                    };
-                    ChatChoice {
-                        index: i,
-                        finish_reason: chat_finish_reason(o.finish_reason, !calls.is_empty()),
-                        message: AssistantMessage {
-                            role: "assistant",
-                            content,
-                            tool_calls: (!calls.is_empty()).then_some(calls),
-                            reasoning_content: o.reasoning.clone(),
-                            reasoning: o.reasoning.clone(),
-                        },
-                        logprobs: o.logprobs.as_deref().map(chat_logprobs_of),
-                    }
-                })
-                .collect(),
+            choices.map(completion_choice).collect(),
             usage,
-            citations: None,
-        }),
-        Kind::Completion => wire::value(&Completion {
-            id: id.to_string(),
-            object: "text_completion",
-            created,
-            model: p.model.clone(),
-            choices: outs
-                .iter()
-                .enumerate()
-                .map(|(i, o)| CompletionChoice {
-                    index: i,
-                    text: completion_text(o),
-                    logprobs: o.logprobs.as_deref().map(|l| completion_logprobs_of(l, 0)),
-                    finish_reason: finish_reason(o.finish_reason),
-                })
-                .collect(),
-            usage,
-        }),
+        ),
     }
+}
+
+/// The body of a whole response around `choices`; its `object` names the kind.
+fn whole<C: serde::Serialize>(
+    p: &Parsed,
+    id: &str,
+    created: u64,
+    choices: Vec<C>,
+    usage: Usage,
+) -> Value {
+    wire::value(&Response {
+        id: id.to_string(),
+        object: match p.kind {
+            Kind::Chat => "chat.completion",
+            Kind::Completion => "text_completion",
+        },
+        created,
+        model: p.model.clone(),
+        choices,
+        usage,
+        citations: None,
+    })
 }
 
 /// Completions return the generated text as written: reasoning (if the prompt opened one)
@@ -750,30 +737,19 @@ impl Chunks<'_> {
         self.parsed.include_usage.then_some(None)
     }
 
-    fn chat_chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Option<Usage>>) -> Value {
-        wire::value(&ChatCompletionChunk {
+    /// The stream event around `choices`; its `object` names the kind of stream.
+    fn chunk<C: serde::Serialize>(&self, choices: Vec<C>, usage: Option<Option<Usage>>) -> Value {
+        wire::value(&StreamChunk {
             id: self.id.to_string(),
-            object: "chat.completion.chunk",
+            object: match self.parsed.kind {
+                Kind::Chat => "chat.completion.chunk",
+                Kind::Completion => "text_completion",
+            },
             created: self.created,
             model: self.parsed.model.clone(),
             choices,
             usage,
             citations: None,
-        })
-    }
-
-    fn completion_chunk(
-        &self,
-        choices: Vec<CompletionChunkChoice>,
-        usage: Option<Option<Usage>>,
-    ) -> Value {
-        wire::value(&CompletionChunk {
-            id: self.id.to_string(),
-            object: "text_completion",
-            created: self.created,
-            model: self.parsed.model.clone(),
-            choices,
-            usage,
         })
     }
 
@@ -794,7 +770,7 @@ impl Chunks<'_> {
                     logprobs: has_lp.then(|| chat_logprobs_of(d.logprobs)),
                     finish_reason: d.finish.map(|f| chat_finish_reason(f, d.made_tool_calls)),
                 };
-                self.chat_chunk(vec![choice], self.usage_field())
+                self.chunk(vec![choice], self.usage_field())
             }
             Kind::Completion => {
                 let choice = CompletionChunkChoice {
@@ -807,7 +783,7 @@ impl Chunks<'_> {
                     logprobs: has_lp.then(|| completion_logprobs_of(d.logprobs, text_offset)),
                     finish_reason: d.finish.map(finish_reason),
                 };
-                self.completion_chunk(vec![choice], self.usage_field())
+                self.chunk(vec![choice], self.usage_field())
             }
         }
     }
@@ -815,10 +791,8 @@ impl Chunks<'_> {
     /// The final usage chunk (`stream_options.include_usage`): empty choices.
     pub fn usage(&self, prompt_tokens: usize, outs: &[&GenerateOutput]) -> Value {
         let usage = Some(Some(usage_of(prompt_tokens, outs)));
-        match self.parsed.kind {
-            Kind::Chat => self.chat_chunk(Vec::new(), usage),
-            Kind::Completion => self.completion_chunk(Vec::new(), usage),
-        }
+        // Empty choices: the choice type only matters for the schema.
+        self.chunk(Vec::<ChatChunkChoice>::new(), usage)
     }
 }
 

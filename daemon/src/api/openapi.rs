@@ -44,6 +44,20 @@ pub const fn inline<T: ToSchema>() -> BodyDoc {
     }
 }
 
+/// A body of the generic wire type `T` written out in place, with its type argument `A`
+/// referenced by name (utoipa does not collect a generic argument's schema).
+pub const fn inline_of<T: ToSchema, A: ToSchema>() -> BodyDoc {
+    BodyDoc {
+        schema: T::schema,
+        refs: inline_of_refs::<T, A>,
+    }
+}
+
+fn inline_of_refs<T: ToSchema, A: ToSchema>(out: &mut Schemas) {
+    T::schemas(out);
+    named_refs::<A>(out);
+}
+
 /// Text (server-sent events, Prometheus, HTML, ...).
 pub const TEXT: BodyDoc = BodyDoc {
     schema: text,

@@ -267,9 +267,9 @@ static TABLE: &[Route] = &[
                 OpDoc {
                 operation_id: Some("createChatCompletion"),
                 scope: Some("chat"),
-                description: Some("R1 models return the reasoning in `reasoning_content` (alias `reasoning`) and the answer in `content`, in messages and stream deltas. With stream: true each event is a `ChatCompletionChunk`."),
+                description: Some("R1 models return the reasoning in `reasoning_content` (alias `reasoning`) and the answer in `content`, in messages and stream deltas. With stream: true each event is a `StreamChunk` of `ChatChunkChoice`s."),
                 request: &[(JSON, named::<chat_wire::ChatCompletionRequest>())],
-                ok: ("200", "A chat.completion object, or with stream: true a text/event-stream of chat.completion.chunk objects ending with `data: [DONE]`", &[(JSON, named::<chat_wire::ChatCompletion>()), ("text/event-stream", named::<chat_wire::ChatCompletionChunk>())]),
+                ok: ("200", "A chat.completion object, or with stream: true a text/event-stream of chat.completion.chunk objects ending with `data: [DONE]`", &[(JSON, inline_of::<chat_wire::Response<chat_wire::ChatChoice>, chat_wire::ChatChoice>()), ("text/event-stream", inline_of::<chat_wire::StreamChunk<chat_wire::ChatChunkChoice>, chat_wire::ChatChunkChoice>())]),
                 errors: INFERENCE_ERRORS,
                 ..OpDoc::new("Chat completion (JSON or server-sent events)")
             },
@@ -284,9 +284,9 @@ static TABLE: &[Route] = &[
                 OpDoc {
                 operation_id: Some("createCompletion"),
                 scope: Some("chat"),
-                description: Some("The prompt is tokenized as is (no chat template). With stream: true each event is a `CompletionChunk`."),
+                description: Some("The prompt is tokenized as is (no chat template). With stream: true each event is a `StreamChunk` of `CompletionChunkChoice`s."),
                 request: &[(JSON, named::<chat_wire::CompletionRequest>())],
-                ok: ("200", "A text_completion object, or with stream: true a text/event-stream ending with `data: [DONE]`", &[(JSON, named::<chat_wire::Completion>()), ("text/event-stream", named::<chat_wire::CompletionChunk>())]),
+                ok: ("200", "A text_completion object, or with stream: true a text/event-stream ending with `data: [DONE]`", &[(JSON, inline_of::<chat_wire::Response<chat_wire::CompletionChoice>, chat_wire::CompletionChoice>()), ("text/event-stream", inline_of::<chat_wire::StreamChunk<chat_wire::CompletionChunkChoice>, chat_wire::CompletionChunkChoice>())]),
                 errors: INFERENCE_ERRORS,
                 ..OpDoc::new("Text completion (JSON or server-sent events)")
             },

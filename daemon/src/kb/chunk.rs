@@ -305,7 +305,7 @@ impl Packer<'_> {
             }
             // Guarantee the budget with the real count, whatever the tokenizer does at joins.
             let texts = if count_tokens(&text) > max {
-                split_to_fit(&text, max, false, count_tokens)
+                split_to_fit(&text, max, count_tokens)
             } else {
                 vec![text]
             };
@@ -431,16 +431,11 @@ fn split_units(
     small
 }
 
-/// `text` in pieces within `max` tokens: [`split_units`] packed greedily, trimmed.
-fn split_to_fit(
-    text: &str,
-    max: usize,
-    code: bool,
-    count_tokens: &dyn Fn(&str) -> usize,
-) -> Vec<String> {
+/// Prose `text` in pieces within `max` tokens: [`split_units`] packed greedily, trimmed.
+fn split_to_fit(text: &str, max: usize, count_tokens: &dyn Fn(&str) -> usize) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut cur = String::new();
-    for u in split_units(text, max, code, count_tokens) {
+    for u in split_units(text, max, false, count_tokens) {
         let candidate = format!("{cur}{u}");
         if !cur.is_empty() && count_tokens(candidate.trim()) > max {
             out.push(cur.trim().to_string());

@@ -185,14 +185,14 @@ impl KeyStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{open, scopes};
+    use super::super::tests::{chat_key, open};
     use super::*;
 
     #[test]
     fn requests_per_minute() {
         let dir = tempfile::tempdir().unwrap();
         let (ks, clock) = open(dir.path());
-        let (k, _) = ks.create("a", scopes("chat"), Some(3), None).unwrap();
+        let k = chat_key(&ks, "a", Some(3), None);
         for _ in 0..3 {
             ks.check_rate(&k, 0).unwrap();
         }
@@ -204,9 +204,9 @@ mod tests {
         ks.check_rate(&k, 0).unwrap();
         assert!(ks.check_rate(&k, 0).is_err());
         // other keys are independent; keys without limits always pass
-        let (other, _) = ks.create("b", scopes("chat"), Some(1), None).unwrap();
+        let other = chat_key(&ks, "b", Some(1), None);
         ks.check_rate(&other, 0).unwrap();
-        let (free, _) = ks.create("c", scopes("chat"), None, None).unwrap();
+        let free = chat_key(&ks, "c", None, None);
         for _ in 0..1000 {
             ks.check_rate(&free, 1_000_000).unwrap();
         }
@@ -219,7 +219,7 @@ mod tests {
     fn tokens_per_minute() {
         let dir = tempfile::tempdir().unwrap();
         let (ks, clock) = open(dir.path());
-        let (k, _) = ks.create("a", scopes("chat"), None, Some(600)).unwrap();
+        let k = chat_key(&ks, "a", None, Some(600));
         ks.check_rate(&k, 500).unwrap();
         // 100 left; 300 needs 200 more at 10 tokens/s
         assert_eq!(
@@ -244,7 +244,7 @@ mod tests {
     fn rpm_and_tpm_together_charge_nothing_on_refusal() {
         let dir = tempfile::tempdir().unwrap();
         let (ks, _) = open(dir.path());
-        let (k, _) = ks.create("a", scopes("chat"), Some(2), Some(100)).unwrap();
+        let k = chat_key(&ks, "a", Some(2), Some(100));
         ks.check_rate(&k, 90).unwrap();
         // tokens refuse: the request budget must not be spent
         assert!(ks.check_rate(&k, 50).is_err());
@@ -256,7 +256,7 @@ mod tests {
     fn several_requests_at_once_count_each() {
         let dir = tempfile::tempdir().unwrap();
         let (ks, _) = open(dir.path());
-        let (k, _) = ks.create("a", scopes("chat"), Some(10), None).unwrap();
+        let k = chat_key(&ks, "a", Some(10), None);
         ks.check_cost(&k, 4, 0).unwrap();
         ks.check_cost(&k, 4, 0).unwrap();
         // Two left: a request of three choices waits, a single one passes.

@@ -263,7 +263,7 @@ impl KeyStore {
         scopes: Vec<Scope>,
         rpm: Option<u32>,
         tpm: Option<u32>,
-    ) -> Result<(KeyInfo, String), KeyError> {
+    ) -> Result<(KeyRecord, String), KeyError> {
         if !valid_name(name) {
             return Err(KeyError::InvalidName(name.to_string()));
         }
@@ -321,7 +321,7 @@ impl KeyStore {
         let info = record.info();
         write(&self.inner.cache).insert(hash, Arc::new(cached(info.clone(), None)));
         tracing::info!(key_id = %info.id, name = %info.name, "API key created");
-        Ok((info, secret))
+        Ok((record, secret))
     }
 
     /// Every key, revoked ones included, oldest first.
@@ -565,6 +565,16 @@ mod tests {
         parse_scopes(s).unwrap()
     }
 
+    /// A new `chat` key with these limits, as the API sees it.
+    pub(super) fn chat_key(
+        ks: &KeyStore,
+        name: &str,
+        rpm: Option<u32>,
+        tpm: Option<u32>,
+    ) -> KeyInfo {
+        ks.create(name, scopes("chat"), rpm, tpm).unwrap().0.info()
+    }
+
     #[test]
     fn create_authenticate_revoke() {
         let dir = tempfile::tempdir().unwrap();
@@ -577,7 +587,7 @@ mod tests {
             "{secret}"
         );
         assert_eq!(info.name, "laptop");
-        assert_eq!(ks.authenticate(&secret).unwrap(), Some(info.clone()));
+        assert_eq!(ks.authenticate(&secret).unwrap(), Some(info.info()));
 
         // wrong secrets: flipped last char, other prefix, truncated, empty
         let mut wrong = secret.clone();

@@ -191,24 +191,17 @@ impl AdminBackend for Daemon {
 
     fn status(&self) -> Value {
         let id = self.tls.identity();
-        let served = self.app.served();
-        let stats = served.as_ref().map(|s| s.scheduler.stats());
+        let app = crate::api::admin_http::app_status(&self.app);
         let uptime = self.started.elapsed().as_secs_f64();
         let provider = *lock(&self.provider);
         let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
         crate::api::wire::value(&crate::api::wire::admin::AdminStatus {
-            model: self.app.model_name.clone(),
             model_dir: path(&self.app.model_dir),
-            ready: served.is_some(),
             // Why the model failed to load (null while loading or once ready).
             model_error: self.app.failure(),
             provider: provider.map(Provider::as_str),
-            queue_depth: stats.map(|s| s.queued),
-            active_sequences: stats.map(|s| s.active),
-            tokens_generated: stats.map(|s| s.tokens_generated),
-            tokens_per_s: stats.map(|s| s.tokens_generated as f64 / uptime.max(1e-9)),
-            cancellations: stats.map(|s| s.cancellations),
-            version: env!("CARGO_PKG_VERSION"),
+            tokens_per_s: app.tokens_generated.map(|n| n as f64 / uptime.max(1e-9)),
+            app,
             uptime_s: uptime.round(),
             listen: lock(&self.listen_text).clone(),
             embeddings: self.embeddings_status(),

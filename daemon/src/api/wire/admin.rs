@@ -21,55 +21,47 @@ pub struct TlsStatus {
 }
 
 /// The embedding model: `ready` with its numbers, or why not.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub struct EmbeddingsStatus {
     pub ready: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub model_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub provider: Option<&'static str>,
     /// Texts embedded since start.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub inputs: Option<u64>,
     /// Not ready: still loading (true) or failed (false), see `cause`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub loading: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
 }
 
 /// What `edgeseek status` prints.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AdminStatus {
-    pub model: String,
+    #[serde(flatten)]
+    pub app: AppStatus,
     pub model_dir: String,
-    pub ready: bool,
     /// Why the model failed to load (null while loading or once ready).
     pub model_error: Option<String>,
     /// cpu, cuda or tensorrt; null while loading
     pub provider: Option<&'static str>,
-    pub queue_depth: Option<usize>,
-    pub active_sequences: Option<usize>,
-    pub tokens_generated: Option<u64>,
     /// Average since start
     pub tokens_per_s: Option<f64>,
-    pub cancellations: Option<u64>,
-    pub version: &'static str,
     pub uptime_s: f64,
     pub listen: String,
     pub embeddings: EmbeddingsStatus,
     pub tls: TlsStatus,
 }
 
-/// What the app alone knows when no daemon runs around it (tests).
-#[derive(Debug, Serialize)]
+/// What the API app itself knows of the chat model (all the status there is when no daemon
+/// runs around the app, as in tests). The counters are null while the model loads.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AppStatus {
     pub model: String,
     pub ready: bool,
     pub queue_depth: Option<usize>,
     pub active_sequences: Option<usize>,
+    pub tokens_generated: Option<u64>,
     pub cancellations: Option<u64>,
     pub version: &'static str,
 }
@@ -115,22 +107,22 @@ pub struct ApiKey {
     /// Unix seconds.
     pub created: u64,
     pub last_used: Option<u64>,
-    pub rpm: Option<u32>,
-    pub tpm: Option<u32>,
     pub revoked: bool,
     pub revoked_at: Option<u64>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
 }
 
 impl From<KeyRecord> for ApiKey {
     fn from(r: KeyRecord) -> Self {
         ApiKey {
+            scopes: r.scopes.iter().map(ToString::to_string).collect(),
             id: r.id,
             name: r.name,
-            scopes: r.scopes.iter().map(ToString::to_string).collect(),
-            created: r.created,
-            last_used: r.last_used,
             rpm: r.rpm,
             tpm: r.tpm,
+            created: r.created,
+            last_used: r.last_used,
             revoked: r.revoked,
             revoked_at: r.revoked_at,
         }
@@ -158,13 +150,10 @@ pub struct ApiKeyCreate {
 /// A new key with its secret (the only time the secret is shown).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ApiKeyCreated {
-    pub id: String,
-    pub name: String,
-    pub scopes: Vec<String>,
-    pub rpm: Option<u32>,
-    pub tpm: Option<u32>,
     /// `es-` + 64 hex characters; shown only here
     pub secret: String,
+    #[serde(flatten)]
+    pub key: ApiKey,
 }
 
 /// One model of the admin socket's `models.list`.
@@ -238,13 +227,9 @@ pub struct IngestLine<'a> {
 }
 
 /// The answer to `keys.create`, from the daemon or offline: the secret appears only here.
-pub fn created_key_json(info: &crate::keys::KeyInfo, secret: &str) -> serde_json::Value {
+pub fn created_key_json(record: KeyRecord, secret: &str) -> serde_json::Value {
     super::value(&ApiKeyCreated {
-        id: info.id.clone(),
-        name: info.name.clone(),
-        scopes: info.scopes.iter().map(ToString::to_string).collect(),
-        rpm: info.rpm,
-        tpm: info.tpm,
         secret: secret.to_string(),
+        key: ApiKey::from(record),
     })
 }

@@ -378,20 +378,6 @@ pub struct ChatChoice {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ChatCompletion {
-    pub id: String,
-    /// Always `chat.completion`.
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChatChoice>,
-    pub usage: Usage,
-    /// With `knowledge`: the sources of the answer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub citations: Option<Vec<Citation>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct CompletionChoice {
     pub index: usize,
     /// Reasoning (if the prompt opened it) followed by the answer, as generated.
@@ -401,30 +387,31 @@ pub struct CompletionChoice {
     pub finish_reason: &'static str,
 }
 
+/// A whole response: with [`ChatChoice`]s a `chat.completion`, with [`CompletionChoice`]s a
+/// `text_completion`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Completion {
+pub struct Response<C> {
     pub id: String,
-    /// Always `text_completion`.
+    /// `chat.completion` or `text_completion`.
     pub object: &'static str,
     pub created: u64,
     pub model: String,
-    pub choices: Vec<CompletionChoice>,
+    pub choices: Vec<C>,
     pub usage: Usage,
+    /// Chat with `knowledge`: the sources of the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<Citation>>,
 }
 
 /// What one stream chunk adds to a chat choice.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub struct ChatDelta {
     /// `assistant`, in the first chunk of each choice.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
@@ -438,25 +425,6 @@ pub struct ChatChunkChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-/// One `data:` event of a streamed chat completion.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ChatCompletionChunk {
-    pub id: String,
-    /// Always `chat.completion.chunk`.
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChatChunkChoice>,
-    /// With `stream_options.include_usage`: null on every chunk but the last, which has
-    /// empty `choices`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Usage>)]
-    pub usage: Option<Option<Usage>>,
-    /// With `knowledge`: the sources, on the first chunk.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub citations: Option<Vec<Citation>>,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CompletionChunkChoice {
     pub index: usize,
@@ -467,16 +435,22 @@ pub struct CompletionChunkChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-/// One `data:` event of a streamed completion.
+/// One `data:` event of a stream: with [`ChatChunkChoice`]s a `chat.completion.chunk`, with
+/// [`CompletionChunkChoice`]s a `text_completion`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CompletionChunk {
+pub struct StreamChunk<C> {
     pub id: String,
-    /// Always `text_completion`.
+    /// `chat.completion.chunk` or `text_completion`.
     pub object: &'static str,
     pub created: u64,
     pub model: String,
-    pub choices: Vec<CompletionChunkChoice>,
+    pub choices: Vec<C>,
+    /// With `stream_options.include_usage`: null on every chunk but the last, which has
+    /// empty `choices`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Usage>)]
     pub usage: Option<Option<Usage>>,
+    /// Chat with `knowledge`: the sources, on the first chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<Citation>>,
 }

@@ -93,6 +93,30 @@ pub fn from_value<T: DeserializeOwned>(
     })
 }
 
+/// A required, non-empty parameter: absent is "you must provide `what`", empty is `empty`.
+pub fn required<T>(
+    param: &str,
+    value: Option<T>,
+    is_empty: impl Fn(&T) -> bool,
+    what: &str,
+    empty: &str,
+) -> Result<T, ApiError> {
+    match value {
+        Some(v) if !is_empty(&v) => Ok(v),
+        Some(_) => Err(ApiError::invalid_param(param, empty)),
+        None => Err(ApiError::invalid_param(
+            param,
+            format!("you must provide {what}"),
+        )),
+    }
+}
+
+/// The required `model` parameter of an inference request: a non-empty string.
+pub fn model_name(model: Option<String>) -> Result<String, ApiError> {
+    let empty = "must be a non-empty string";
+    required("model", model, String::is_empty, "a model parameter", empty)
+}
+
 /// The top-level parameter of an error path: `messages` of `messages[0].role`.
 pub fn top(path: &str) -> &str {
     path.split(['.', '[']).next().unwrap_or(path)

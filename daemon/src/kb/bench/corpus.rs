@@ -394,10 +394,11 @@ impl Corpus {
     }
 }
 
-/// An embedder that returns the generator's vector for each known text.
-#[derive(Default)]
+/// An embedder that returns the generator's vector for each known text; tokens, limits and
+/// coverage are those of the test embedder [`HashEmbed`](crate::kb::hashembed::HashEmbed).
 pub struct LookupEmbed {
     dim: usize,
+    words: crate::kb::hashembed::HashEmbed,
     map: RwLock<HashMap<String, Vec<f32>>>,
 }
 
@@ -405,6 +406,7 @@ impl LookupEmbed {
     pub fn new(dim: usize) -> LookupEmbed {
         LookupEmbed {
             dim,
+            words: crate::kb::hashembed::HashEmbed::new(dim),
             map: RwLock::new(HashMap::new()),
         }
     }
@@ -429,13 +431,13 @@ impl Embed for LookupEmbed {
         self.dim
     }
     fn count_tokens(&self, text: &str) -> usize {
-        text.split_whitespace().count()
+        self.words.count_tokens(text)
     }
     fn max_tokens(&self) -> usize {
-        512
+        self.words.max_tokens()
     }
     fn covers(&self, script: Script) -> bool {
-        script == Script::Latin
+        self.words.covers(script)
     }
     fn model_id(&self) -> String {
         format!("bench-lookup-{}", self.dim)
