@@ -227,7 +227,7 @@ impl From<GenerateError> for ApiError {
                 ApiError::invalid_param(param, message.clone())
             }
             GenerateError::Template(_) => ApiError::invalid_param("messages", e.to_string()),
-            GenerateError::Tokenizer(_) | GenerateError::Run(_) => {
+            GenerateError::Tokenizer(_) | GenerateError::Constraint(_) | GenerateError::Run(_) => {
                 ApiError::internal(e.to_string())
             }
         }

@@ -297,6 +297,8 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
             min_tokens: 0,
             logprobs,
             tools: tools.as_ref().map(|t| t.tools.clone()),
+            // Compiled against the model once it is known (`chat::inference`).
+            constraint: None,
         },
         n,
         stream,

@@ -332,9 +332,22 @@ fn unwrap_descriptions(v: &mut Value) {
     }
 }
 
-/// The document as committed in `daemon/openapi.json`: pretty-printed, one final newline.
+fn sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&o[k]))).collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The document as committed in `daemon/openapi.json`: keys sorted (stable diffs, whatever
+/// order the generator inserts them in), pretty-printed, one final newline.
 pub fn pretty(doc: &Value) -> String {
-    let mut s = serde_json::to_string_pretty(doc).unwrap_or_default();
+    let mut s = serde_json::to_string_pretty(&sorted(doc)).unwrap_or_default();
     s.push('\n');
     s
 }

@@ -100,6 +100,10 @@ pub(super) struct GenerateArgs {
     /// Force `</think>` after this many reasoning tokens
     #[arg(long, value_name = "N")]
     max_reasoning_tokens: Option<usize>,
+    /// Constrain the answer to JSON valid under the JSON schema in FILE (after the
+    /// reasoning of R1 models), as `response_format: json_schema` does on the API
+    #[arg(long, value_name = "FILE")]
+    json_schema: Option<PathBuf>,
     /// Print text as it is generated (reasoning goes to stderr)
     #[arg(long)]
     stream: bool,
@@ -215,6 +219,22 @@ pub(super) fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failu
 
     let mut engine = Engine::load(&args.model, config.runtime.library.as_deref(), &opts)
         .map_err(Failure::usage)?;
+    let constraint = match &args.json_schema {
+        Some(file) => {
+            let schema = std::fs::read_to_string(file)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+                .map_err(|e| Failure::usage(format!("--json-schema {}: {e}", file.display())))?;
+            let grammar = crate::engine::grammar::Grammar::JsonSchema(schema);
+            let compiled = engine.grammars().compile(&grammar);
+            Some(
+                compiled.map_err(|e| {
+                    Failure::usage(format!("--json-schema {}: {e}", file.display()))
+                })?,
+            )
+        }
+        None => None,
+    };
     let req = GenerateRequest {
         prompt: Prompt::Messages(messages),
         max_tokens: args.max_tokens,
@@ -224,6 +244,7 @@ pub(super) fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failu
         min_tokens: 0,
         logprobs: None,
         tools: None,
+        constraint,
     };
     if args.concurrency > 1 {
         return generate_concurrent(

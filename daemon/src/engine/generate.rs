@@ -16,6 +16,7 @@ use tokenizers::Tokenizer;
 use super::detok::{
     prompt_opens_reasoning, IncrementalDecoder, ReasoningSplitter, Split, StopMatcher,
 };
+use super::grammar::Constraint;
 use super::model::ModelSpec;
 use super::runner::RunError;
 use super::sampler::{top_logprobs, Sampler, SamplingParams};
@@ -41,6 +42,8 @@ pub enum GenerateError {
     Template(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("constrained decoding: {0}")]
+    Constraint(String),
     #[error(transparent)]
     Run(#[from] RunError),
 }
@@ -76,6 +79,9 @@ pub struct GenerateRequest {
     pub logprobs: Option<usize>,
     /// Chat only: the tool definitions (OpenAI `tools` list) given to the chat template.
     pub tools: Option<OrderedJson>,
+    /// The answer must follow this grammar (`response_format`, forced tool calls): masks
+    /// the logits from the first answer token, after the reasoning block of R1 models.
+    pub constraint: Option<Constraint>,
 }
 
 impl GenerateRequest {
@@ -91,6 +97,7 @@ impl GenerateRequest {
             min_tokens: tokens,
             logprobs: None,
             tools: None,
+            constraint: None,
         }
     }
 }
@@ -289,6 +296,7 @@ pub struct Sequence {
     reasoning_model: bool,
     stopped_by_string: bool,
     logprobs: Option<(usize, Vec<TokenLogprob>)>,
+    constraint: Option<Constraint>,
     tokenizer: Arc<Tokenizer>,
 }
 
@@ -312,6 +320,7 @@ impl Sequence {
             sampler: Sampler::new(req.sampling.clone()),
             decoder: IncrementalDecoder::new(tokenizer.clone(), true),
             logprobs: req.logprobs.map(|k| (k, Vec::new())),
+            constraint: req.constraint.clone(),
             tokenizer,
             stops: StopMatcher::new(req.stop.clone()),
             splitter: ReasoningSplitter::new(reasoning_model && plan.prompt.opens_reasoning),
@@ -344,6 +353,28 @@ impl Sequence {
         self.prompt_ids.len() + self.max_tokens
     }
 
+    /// The grammar that masks the next token, if one applies to it: none while the model
+    /// reasons (R1 models think freely; the constraint starts with the answer).
+    fn active_constraint(&mut self) -> Option<&mut Constraint> {
+        if self.splitter.in_reasoning() {
+            return None;
+        }
+        self.constraint.as_mut()
+    }
+
+    /// Compute the grammar mask for the next token ahead of its logits (the scheduler calls
+    /// this on a second thread while the forward pass runs). No-op without a constraint.
+    pub fn prepare_mask(&mut self) {
+        if let Some(c) = self.active_constraint() {
+            c.prepare();
+        }
+    }
+
+    /// Whether [`Sequence::prepare_mask`] has work to do.
+    pub fn is_constrained(&self) -> bool {
+        self.constraint.is_some()
+    }
+
     /// Sample the next token from `logits` (the last position's row) and run it through the
     /// text pipeline. `on_event` returning `false` cancels.
     pub fn advance(
@@ -361,11 +392,27 @@ impl Sequence {
                 }
             }
         }
+        let constrained = match self.active_constraint() {
+            Some(c) => {
+                c.apply(logits)
+                    .map_err(|e| GenerateError::Constraint(e.to_string()))?;
+                true
+            }
+            None => false,
+        };
         let sampled = self
             .sampler
             .sample(logits, &self.prompt_ids, &self.generated);
         if self.eos_ids.contains(&sampled.token) {
             return Ok(Next::Finished(FinishReason::Stop));
+        }
+        let mut grammar_done = false;
+        if constrained {
+            if let Some(c) = self.constraint.as_mut() {
+                c.commit(sampled.token)
+                    .map_err(|e| GenerateError::Constraint(e.to_string()))?;
+                grammar_done = c.is_finished();
+            }
         }
         if let Some((k, list)) = self.logprobs.as_mut() {
             let decode = |id: u32| self.tokenizer.decode(&[id], false).unwrap_or_default();
@@ -409,6 +456,10 @@ impl Sequence {
                 self.stopped_by_string = true;
                 return Ok(Next::Finished(FinishReason::Stop));
             }
+        }
+        if grammar_done {
+            // Nothing but EOS could follow: end here instead of spending a step on it.
+            return Ok(Next::Finished(FinishReason::Stop));
         }
         if self.generated.len() >= self.max_tokens {
             return Ok(Next::Finished(FinishReason::Length));

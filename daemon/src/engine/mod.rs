@@ -4,6 +4,7 @@
 pub mod detok;
 pub mod embed;
 pub mod generate;
+pub mod grammar;
 pub mod model;
 pub mod onnx;
 pub mod ort_env;
@@ -50,6 +51,12 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// A grammar compiler for this model (constrained decoding).
+    pub fn grammars(&self) -> grammar::Grammars {
+        let spec = &self.runner.spec;
+        grammar::Grammars::new(self.tokenizer.clone(), spec.vocab_size, &spec.eos_ids)
+    }
+
     /// Load the model in `dir`; `library` is the configured ONNX Runtime path, if any.
     pub fn load(
         dir: &Path,

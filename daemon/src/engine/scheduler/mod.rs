@@ -43,6 +43,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::generate::{plan_request, GenerateError, Sequence, TokenLogprob};
+use super::grammar::Grammars;
 use super::model::ModelSpec;
 use super::template::ChatTemplate;
 use super::{Engine, GenerateOutput, GenerateRequest, Provider};
@@ -238,6 +239,7 @@ struct Shared {
     spec: ModelSpec,
     provider: Provider,
     bytes_per_token: u64,
+    grammars: Grammars,
 }
 
 /// Handle to the batching loop; cheap to clone and share between threads.
@@ -283,6 +285,7 @@ impl Scheduler {
                 stop,
                 counters,
                 cfg,
+                grammars: Grammars::new(tokenizer.clone(), spec.vocab_size, &spec.eos_ids),
                 tokenizer,
                 template,
                 spec,
@@ -307,6 +310,11 @@ impl Scheduler {
     /// The model's chat template (what it supports, e.g. tools).
     pub fn template(&self) -> &ChatTemplate {
         &self.shared.template
+    }
+
+    /// Compiles `response_format` schemas and forced tool calls for this model.
+    pub fn grammars(&self) -> &Grammars {
+        &self.shared.grammars
     }
 
     /// Validate, tokenize and queue a request. Fails at once when the queue is full, the

@@ -43,7 +43,27 @@ impl Worker {
                 RunError::Cache("a running sequence has no token to feed".into())
             })?);
         }
-        let logits = self.runner.step(batch, &tokens)?;
+        let rows = &mut self.rows;
+        let runner = &mut self.runner;
+        let constrained = rows
+            .iter()
+            .any(|r| r.seq.as_ref().is_some_and(Sequence::is_constrained));
+        let logits = if constrained {
+            // The grammar masks for these logits depend only on the ids sampled so far:
+            // compute them on a second thread while the forward pass runs.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for row in rows.iter_mut().filter(|r| r.pending.is_empty()) {
+                        if let Some(seq) = row.seq.as_mut() {
+                            seq.prepare_mask();
+                        }
+                    }
+                });
+                runner.step(batch, &tokens)
+            })?
+        } else {
+            runner.step(batch, &tokens)?
+        };
         self.counters.steps.fetch_add(1, Ordering::Relaxed);
         self.counters
             .max_batch_seen

@@ -1,0 +1,186 @@
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use super::*;
+
+const EOS: u32 = 1536;
+
+fn tokenizer() -> Arc<Tokenizer> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/tiny-qwen2-genai/tokenizer.json"
+    );
+    Arc::new(Tokenizer::from_file(path).expect("fixture tokenizer"))
+}
+
+/// The fixture's logits are 1552 wide; pad a little as real models do.
+fn grammars() -> Grammars {
+    Grammars::new(tokenizer(), 1600, &[EOS])
+}
+
+/// Walk the grammar with uniformly random allowed ids (what a random model does under the
+/// mask) until EOS or `limit` ids; the text produced.
+fn random_walk(g: &Grammars, grammar: &Grammar, seed: u64, limit: usize) -> Option<String> {
+    let tok = tokenizer();
+    let mut c = g.compile(grammar).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut ids = Vec::new();
+    for _ in 0..limit {
+        let mut logits = vec![0f32; 1600];
+        c.apply(&mut logits).unwrap();
+        let allowed: Vec<u32> = (0..logits.len() as u32)
+            .filter(|&i| logits[i as usize].is_finite())
+            .collect();
+        assert!(!allowed.is_empty(), "a mask that allows nothing");
+        // Padding ids past the tokenizer never pass.
+        assert!(allowed.iter().all(|&i| i < 1552 || i == EOS));
+        // Prefer ending once the grammar allows it, so walks finish.
+        let id = if allowed.contains(&EOS) && rng.random_bool(0.5) {
+            EOS
+        } else {
+            allowed[rng.random_range(0..allowed.len())]
+        };
+        if id == EOS {
+            return Some(tok.decode(&ids, false).unwrap());
+        }
+        c.commit(id).unwrap();
+        ids.push(id);
+        if c.is_finished() {
+            return Some(tok.decode(&ids, false).unwrap());
+        }
+    }
+    None
+}
+
+fn nested_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 12},
+            "unit": {"enum": ["celsius", "fahrenheit"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7},
+            "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3},
+            "where": {
+                "type": "object",
+                "properties": {"lat": {"type": "number", "minimum": -90, "maximum": 90}, "code": {"type": "string", "maxLength": 4}},
+                "required": ["code"],
+                "additionalProperties": false
+            }
+        },
+        "required": ["city", "unit", "where"],
+        "additionalProperties": false
+    })
+}
+
+/// The checks of `nested_schema`, written out.
+fn check_nested(v: &Value) {
+    let o = v.as_object().expect("an object");
+    for k in o.keys() {
+        assert!(
+            ["city", "unit", "days", "tags", "where"].contains(&k.as_str()),
+            "{k}"
+        );
+    }
+    assert!(o["city"].as_str().unwrap().chars().count() <= 12);
+    assert!(["celsius", "fahrenheit"].contains(&o["unit"].as_str().unwrap()));
+    if let Some(d) = o.get("days") {
+        let d = d.as_i64().expect("integer days");
+        assert!((1..=7).contains(&d));
+    }
+    if let Some(t) = o.get("tags") {
+        let t = t.as_array().unwrap();
+        assert!(t.len() <= 3 && t.iter().all(Value::is_boolean));
+    }
+    let w = o["where"].as_object().unwrap();
+    assert!(w["code"].as_str().unwrap().chars().count() <= 4);
+    assert!(w.keys().all(|k| k == "lat" || k == "code"));
+    if let Some(l) = w.get("lat") {
+        assert!((-90.0..=90.0).contains(&l.as_f64().expect("a number")));
+    }
+}
+
+#[test]
+fn random_walks_under_a_schema_are_valid_json_of_that_schema() {
+    let g = grammars();
+    let grammar = Grammar::JsonSchema(nested_schema());
+    let mut finished = 0;
+    for seed in 0..40 {
+        let Some(text) = random_walk(&g, &grammar, seed, 400) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        check_nested(&v);
+        finished += 1;
+    }
+    // Numbers and strings are bounded, so nearly every walk completes.
+    assert!(finished >= 30, "{finished} of 40 walks finished");
+}
+
+#[test]
+fn json_object_allows_any_object_and_nothing_else() {
+    let g = grammars();
+    let grammar = Grammar::JsonSchema(json!({"type": "object"}));
+    let mut finished = 0;
+    for seed in 0..20 {
+        if let Some(text) = random_walk(&g, &grammar, seed, 300) {
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert!(v.is_object(), "{text}");
+            finished += 1;
+        }
+    }
+    assert!(finished > 0);
+}
+
+#[test]
+fn a_lark_grammar_with_an_embedded_schema() {
+    let g = grammars();
+    let lark = r#"
+start: "<tool_call>\n" call "\n</tool_call>"
+call: %json {"type": "object", "properties": {"name": {"const": "get_weather"}, "arguments": {"type": "object", "properties": {"city": {"enum": ["Oslo", "Paris"]}}, "required": ["city"], "additionalProperties": false}}, "required": ["name", "arguments"], "additionalProperties": false}
+"#;
+    let grammar = Grammar::Lark(lark.into());
+    for seed in 0..10 {
+        let text = random_walk(&g, &grammar, seed, 300).expect("the call completes");
+        let body = text
+            .strip_prefix("<tool_call>\n")
+            .and_then(|t| t.strip_suffix("\n</tool_call>"))
+            .unwrap_or_else(|| panic!("{text}"));
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["name"], "get_weather");
+        assert!(v["arguments"]["city"] == "Oslo" || v["arguments"]["city"] == "Paris");
+    }
+}
+
+#[test]
+fn unenforceable_grammars_are_errors_with_a_cause() {
+    let g = grammars();
+    let remote = json!({"$ref": "https://example.com/schema.json"});
+    let e = g.compile(&Grammar::JsonSchema(remote)).unwrap_err();
+    assert!(!e.0.is_empty());
+    let e = g
+        .compile(&Grammar::JsonSchema(json!({"type": "no-such-type"})))
+        .unwrap_err();
+    assert!(!e.0.is_empty());
+    let e = g.compile(&Grammar::Lark("start: (".into())).unwrap_err();
+    assert!(!e.0.is_empty());
+}
+
+#[test]
+fn clones_are_independent() {
+    let g = grammars();
+    let mut a = g
+        .compile(&Grammar::JsonSchema(json!({"enum": ["yes", "no"]})))
+        .unwrap();
+    let tok = tokenizer();
+    let quote = tok.encode("\"", false).unwrap().get_ids()[0];
+    let b = a.clone();
+    a.commit(quote).unwrap();
+    let mut la = vec![0f32; 1600];
+    let mut lb = vec![0f32; 1600];
+    a.apply(&mut la).unwrap();
+    let mut b = b;
+    b.apply(&mut lb).unwrap();
+    // b has not seen the quote: it still allows it; a, inside the string, does not.
+    assert!(lb[quote as usize].is_finite());
+    assert!(la[quote as usize].is_infinite());
+}
