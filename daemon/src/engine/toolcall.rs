@@ -27,6 +27,8 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub mod grammar;
+
 const DS_CALLS_BEGIN: &str = "<｜tool▁calls▁begin｜>";
 const DS_CALLS_END: &str = "<｜tool▁calls▁end｜>";
 const DS_CALL_BEGIN: &str = "<｜tool▁call▁begin｜>";

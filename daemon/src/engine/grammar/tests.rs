@@ -184,3 +184,80 @@ fn clones_are_independent() {
     assert!(lb[quote as usize].is_finite());
     assert!(la[quote as usize].is_infinite());
 }
+
+/// Forced calls in each format: every random walk is a call the model's parser reads back,
+/// with the forced name and arguments valid under the tool's schema.
+#[test]
+fn forced_tool_calls_parse_back_in_every_format() {
+    use crate::engine::toolcall::grammar::{call_grammar, CallMode, ToolSpec};
+    use crate::engine::toolcall::{parse, ToolFormat};
+    let g = grammars();
+    let tools = vec![
+        ToolSpec {
+            name: "get_weather".into(),
+            parameters: Some(json!({
+                "type": "object",
+                "properties": {
+                    "city": {"enum": ["Oslo", "Paris", "北京"]},
+                    "unit": {"enum": ["c", "f"]}
+                },
+                "required": ["city"],
+                "additionalProperties": false
+            })),
+        },
+        ToolSpec {
+            name: "get_time".into(),
+            parameters: Some(json!({
+                "type": "object",
+                "properties": {"zone": {"type": "string", "maxLength": 8}},
+                "required": ["zone"],
+                "additionalProperties": false
+            })),
+        },
+    ];
+    let names: Vec<String> = tools.iter().map(|t| t.name.clone()).collect();
+    for format in [
+        ToolFormat::Hermes,
+        ToolFormat::DeepSeek,
+        ToolFormat::LlamaJson,
+    ] {
+        for mode in [
+            CallMode::Required { parallel: true },
+            CallMode::Named("get_time".into()),
+        ] {
+            let lark = call_grammar(format, &tools, &mode).unwrap();
+            let grammar = Grammar::Lark(lark.clone());
+            let mut calls_seen = 0;
+            for seed in 0..12 {
+                let Some(text) = random_walk(&g, &grammar, seed, 400) else {
+                    continue;
+                };
+                let parsed = parse(format, &names, &text);
+                assert!(
+                    !parsed.calls.is_empty() && parsed.content.trim().is_empty(),
+                    "{format:?} {mode:?}: {text:?} -> {parsed:?}"
+                );
+                for c in &parsed.calls {
+                    let args: Value = serde_json::from_str(&c.arguments).unwrap();
+                    match c.name.as_str() {
+                        "get_weather" => {
+                            assert!(mode != CallMode::Named("get_time".into()));
+                            assert!(
+                                ["Oslo", "Paris", "北京"].contains(&args["city"].as_str().unwrap())
+                            );
+                        }
+                        "get_time" => {
+                            assert!(args["zone"].as_str().unwrap().chars().count() <= 8)
+                        }
+                        other => panic!("{other}"),
+                    }
+                }
+                calls_seen += parsed.calls.len();
+            }
+            assert!(
+                calls_seen >= 6,
+                "{format:?} {mode:?}: {calls_seen} calls\n{lark}"
+            );
+        }
+    }
+}
