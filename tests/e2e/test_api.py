@@ -618,11 +618,10 @@ def test_tools_auto_and_none_are_accepted(tools_client):
 
 
 @pytest.mark.parametrize("extra,param", [
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "tool_choice"),
     ({"tools": [{"type": "function", "function": {**WEATHER["function"], "strict": True}}]},
      "tools[0].function.strict"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tool_choice": {"type": "function", "function": {"name": "get_time"}}}, "tool_choice"),
+    ({"tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
 ])
 def test_unsupported_tool_features_are_400_naming_them(tools_client, extra, param):
     kw = {"tools": [WEATHER], **extra}

@@ -22,7 +22,8 @@ use super::error::ApiError;
 use super::gate::{self, Admission, Call, Cost};
 use super::openai::{self, Chunks, Delta, Kind, Parsed};
 use super::tools::{Out, ToolStream};
-use super::{json_response, rag, sse, unix_now, App, Body};
+use super::{json_response, rag, sse, unix_now, App, Body, Served};
+use crate::engine::grammar::Grammar;
 use crate::engine::{Event, GenerateOutput, RequestHandle, TokenLogprob};
 use crate::keys::{KeyInfo, Scope};
 
@@ -63,6 +64,7 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
     // Whether the model can take the request's tools, and how its calls read.
     parsed.tool_parsing =
         super::tools::resolve(parsed.tools.as_ref(), served.scheduler.template())?;
+    constrain(&served, &mut parsed).await?;
     let citations = match parsed.knowledge.clone() {
         Some(k) => Some(retrieve(&app, k, &mut parsed).await?),
         None => None,
@@ -111,6 +113,36 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
     } else {
         whole_response(ctx, rx).await
     }
+}
+
+/// Compile the grammar the answer must follow (`response_format`, or forced tool calls) for
+/// this model: a grammar the engine cannot enforce is a 400 naming its parameter.
+async fn constrain(served: &Arc<Served>, parsed: &mut Parsed) -> Result<(), ApiError> {
+    let forced = match (&parsed.tools, &parsed.tool_parsing) {
+        (Some(t), Some(p)) => super::tools::forced_calls(t, p.format)?,
+        _ => None,
+    };
+    let (grammar, param) = match (parsed.response_format.clone(), forced) {
+        (None, None) => return Ok(()),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                "response_format cannot be combined with forced tool calls (tool_choice \
+                 \"required\" or a named function)",
+            ))
+        }
+        (Some(g), None) => (g, "response_format"),
+        (None, Some(lark)) => (Grammar::Lark(lark), "tool_choice"),
+    };
+    let s = served.clone();
+    let compiled = tokio::task::spawn_blocking(move || s.scheduler.grammars().compile(&grammar))
+        .await
+        .map_err(|e| ApiError::internal(format!("grammar task failed: {e}")))?;
+    let c = compiled.map_err(|e| {
+        ApiError::invalid_param(param, format!("{param} cannot be enforced: {}", e.0))
+    })?;
+    parsed.request.constraint = Some(c);
+    Ok(())
 }
 
 /// Retrieve for a knowledge-grounded chat: search the collections for the last user message,

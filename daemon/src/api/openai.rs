@@ -13,11 +13,12 @@ use super::tools::{ToolParsing, ToolRequest};
 use super::wire::chat::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionRequest, ChatDelta, ChatLogprobs,
     ChatMessage as WireMessage, CompletionChoice, CompletionChunkChoice, CompletionLogprobs,
-    CompletionRequest, CompletionTokensDetails, Content, PromptInput, Response, Stop, StreamChunk,
-    StreamOptions, ToolCallDelta, ToolCallParam, TopLogprob, Usage,
+    CompletionRequest, CompletionTokensDetails, Content, PromptInput, Response, ResponseFormat,
+    Stop, StreamChunk, StreamOptions, ToolCallDelta, ToolCallParam, TopLogprob, Usage,
 };
 use super::wire::{self, top};
 use crate::engine::generate::Prompt;
+use crate::engine::grammar::Grammar;
 use crate::engine::sampler::SamplingParams;
 use crate::engine::template::ChatMessage;
 use crate::engine::{FinishReason, GenerateOutput, GenerateRequest, TokenLogprob};
@@ -54,6 +55,9 @@ pub struct Parsed {
     /// How calls are read from the output; set once the model's template is known
     /// ([`tools::resolve`](super::tools::resolve)). `None`: the output is all content.
     pub tool_parsing: Option<ToolParsing>,
+    /// `response_format` (chat only): the grammar of the answer, compiled for the model
+    /// once it is known.
+    pub response_format: Option<Grammar>,
 }
 
 impl Parsed {
@@ -136,6 +140,9 @@ fn type_error(kind: Kind, path: &str) -> ApiError {
         }
         "knowledge" => return super::rag::knowledge_type_error(path),
         "tools" | "tool_choice" | "parallel_tool_calls" => return super::tools::type_error(path),
+        "response_format" => {
+            "response_format must be {\"type\": \"text\" | \"json_object\" | \"json_schema\", \"json_schema\": {\"name\", \"schema\"}}".into()
+        }
         "messages" => return message_type_error(path),
         "prompt" => {
             "prompt must be a string, an array with one string, or an array of token ids".into()
@@ -171,74 +178,90 @@ fn message_type_error(path: &str) -> ApiError {
 /// Parse and validate a request body.
 pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
     let invalid = |p: &str| type_error(kind, p);
-    let (model, common, prompt, max_tokens, logprobs, knowledge, tools) = match kind {
-        Kind::Chat => {
-            let r: ChatCompletionRequest = wire::parse(body, invalid)?;
-            let model = wire::model_name(r.model)?;
-            let messages = messages(r.messages)?;
-            let logprobs = match (r.logprobs.unwrap_or(false), r.top_logprobs) {
-                (false, Some(_)) => {
-                    return Err(ApiError::invalid_param(
+    let (model, common, prompt, max_tokens, logprobs, knowledge, tools, response_format) =
+        match kind {
+            Kind::Chat => {
+                let r: ChatCompletionRequest = wire::parse(body, invalid)?;
+                let model = wire::model_name(r.model)?;
+                let messages = messages(r.messages)?;
+                let logprobs = match (r.logprobs.unwrap_or(false), r.top_logprobs) {
+                    (false, Some(_)) => {
+                        return Err(ApiError::invalid_param(
+                            "top_logprobs",
+                            "top_logprobs requires logprobs: true",
+                        ))
+                    }
+                    (true, top) => Some(range(
                         "top_logprobs",
-                        "top_logprobs requires logprobs: true",
-                    ))
-                }
-                (true, top) => Some(range(
-                    "top_logprobs",
-                    top.unwrap_or(0),
-                    0,
-                    MAX_TOP_LOGPROBS,
-                )?),
-                (false, None) => None,
-            };
-            let max_tokens = match (r.max_tokens, r.max_completion_tokens) {
-                (Some(a), Some(b)) if a != b => {
-                    return Err(ApiError::invalid_param(
-                        "max_tokens",
-                        "set max_completion_tokens or max_tokens, not both",
-                    ))
-                }
-                (a, b) => b.or(a),
-            };
-            let knowledge = r.knowledge.map(super::rag::knowledge).transpose()?;
-            let tools =
-                super::tools::validate(r.tools, r.tool_choice, r.parallel_tool_calls, body)?;
-            let max_tokens = opt_range(
-                if r.max_completion_tokens.is_some() {
-                    "max_completion_tokens"
-                } else {
-                    "max_tokens"
-                },
-                max_tokens,
-                1,
-                u64::from(u32::MAX),
-            )?;
-            let c = common!(r);
-            (
-                model,
-                c,
-                Prompt::Messages(messages),
-                max_tokens,
-                logprobs,
-                knowledge,
-                tools,
-            )
-        }
-        Kind::Completion => {
-            let r: CompletionRequest = wire::parse(body, invalid)?;
-            let model = wire::model_name(r.model)?;
-            let prompt = completion_prompt(r.prompt)?;
-            if r.echo == Some(true) {
-                return Err(ApiError::invalid_param(
-                    "echo",
-                    "echo is not supported; the prompt is not repeated in the output",
-                ));
+                        top.unwrap_or(0),
+                        0,
+                        MAX_TOP_LOGPROBS,
+                    )?),
+                    (false, None) => None,
+                };
+                let max_tokens = match (r.max_tokens, r.max_completion_tokens) {
+                    (Some(a), Some(b)) if a != b => {
+                        return Err(ApiError::invalid_param(
+                            "max_tokens",
+                            "set max_completion_tokens or max_tokens, not both",
+                        ))
+                    }
+                    (a, b) => b.or(a),
+                };
+                let knowledge = r.knowledge.map(super::rag::knowledge).transpose()?;
+                let tools =
+                    super::tools::validate(r.tools, r.tool_choice, r.parallel_tool_calls, body)?;
+                let response_format = r
+                    .response_format
+                    .map(response_format)
+                    .transpose()?
+                    .flatten();
+                let max_tokens = opt_range(
+                    if r.max_completion_tokens.is_some() {
+                        "max_completion_tokens"
+                    } else {
+                        "max_tokens"
+                    },
+                    max_tokens,
+                    1,
+                    u64::from(u32::MAX),
+                )?;
+                let c = common!(r);
+                (
+                    model,
+                    c,
+                    Prompt::Messages(messages),
+                    max_tokens,
+                    logprobs,
+                    knowledge,
+                    tools,
+                    response_format,
+                )
             }
-            let logprobs = opt_range("logprobs", r.logprobs, 0, MAX_COMPLETION_LOGPROBS)?;
-            let max_tokens = opt_range("max_tokens", r.max_tokens, 1, u64::from(u32::MAX))?;
-            (model, common!(r), prompt, max_tokens, logprobs, None, None)
-        }
-    };
+            Kind::Completion => {
+                let r: CompletionRequest = wire::parse(body, invalid)?;
+                let model = wire::model_name(r.model)?;
+                let prompt = completion_prompt(r.prompt)?;
+                if r.echo == Some(true) {
+                    return Err(ApiError::invalid_param(
+                        "echo",
+                        "echo is not supported; the prompt is not repeated in the output",
+                    ));
+                }
+                let logprobs = opt_range("logprobs", r.logprobs, 0, MAX_COMPLETION_LOGPROBS)?;
+                let max_tokens = opt_range("max_tokens", r.max_tokens, 1, u64::from(u32::MAX))?;
+                (
+                    model,
+                    common!(r),
+                    prompt,
+                    max_tokens,
+                    logprobs,
+                    None,
+                    None,
+                    None,
+                )
+            }
+        };
     let c = common;
 
     let mut sampling = SamplingParams::r1_defaults();
@@ -306,7 +329,52 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
         knowledge,
         tools,
         tool_parsing: None,
+        response_format,
     })
+}
+
+/// `response_format`: the grammar the answer must follow, `None` for plain text.
+fn response_format(f: ResponseFormat) -> Result<Option<Grammar>, ApiError> {
+    let bad = |m: &str| ApiError::invalid_param("response_format", m);
+    match (f.kind.as_deref(), f.json_schema) {
+        (Some("text"), None) => Ok(None),
+        (Some("json_object"), None) => Ok(Some(Grammar::JsonSchema(
+            serde_json::json!({"type": "object"}),
+        ))),
+        (Some("json_schema"), Some(js)) => {
+            let name = js.name.unwrap_or_default();
+            let ok = (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(ApiError::invalid_param(
+                    "response_format.json_schema.name",
+                    "the name must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -",
+                ));
+            }
+            match js.schema {
+                None => Ok(Some(Grammar::JsonSchema(serde_json::json!({})))),
+                Some(s) if s.is_object() || s.is_boolean() => Ok(Some(Grammar::JsonSchema(s))),
+                Some(_) => Err(ApiError::invalid_param(
+                    "response_format.json_schema.schema",
+                    "schema must be a JSON Schema object",
+                )),
+            }
+        }
+        (Some("json_schema"), None) => Err(bad(
+            "type json_schema needs `json_schema`: {\"name\", \"schema\"}",
+        )),
+        (Some("text" | "json_object"), Some(_)) => {
+            Err(bad("`json_schema` goes only with type json_schema"))
+        }
+        (Some(t), _) => Err(bad(&format!(
+            "response_format type `{t}` is not supported; use text, json_object or json_schema"
+        ))),
+        (None, _) => Err(bad(
+            "response_format needs a type: text, json_object or json_schema",
+        )),
+    }
 }
 
 fn number(key: &str, v: Option<f64>, lo: f32, hi: f32) -> Result<Option<f32>, ApiError> {

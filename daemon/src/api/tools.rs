@@ -3,11 +3,14 @@
 //! [`engine::toolcall`](crate::engine::toolcall)) into `message.tool_calls` and streamed
 //! `delta.tool_calls`.
 //!
-//! What this slice does not do is refused with a 400 naming the parameter, never served
-//! unconstrained: `tool_choice: "required"` or a named function, and `strict: true` (both need
-//! constrained decoding). `tool_choice: "none"` still shows the tools to the model (so the
-//! prompt, and its cached prefix, stays the same across turns) but does not read calls from
-//! the output: whatever the model writes is content.
+//! `tool_choice: "required"` or a named function forces calls with constrained decoding (a
+//! grammar of the model's own call syntax, see
+//! [`engine::toolcall::grammar`](crate::engine::toolcall::grammar)): the answer is calls whose
+//! arguments follow each function's `parameters`. `strict: true` with `tool_choice: "auto"`
+//! (optional calls, constrained once begun) is refused with a 400 naming it, never served
+//! unconstrained. `tool_choice: "none"` still shows the tools to the model (so the prompt,
+//! and its cached prefix, stays the same across turns) but does not read calls from the
+//! output: whatever the model writes is content.
 
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Deserialize;
@@ -16,16 +19,21 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::wire::chat::{FunctionCall, FunctionDelta, Tool, ToolCall, ToolCallDelta};
 use crate::engine::template::{ChatTemplate, OrderedJson};
+use crate::engine::toolcall::grammar::{call_grammar, CallMode, ToolSpec};
 use crate::engine::toolcall::{Piece, ToolCallParser, ToolFormat};
 
 /// Most tools per request (OpenAI's limit).
 pub const MAX_TOOLS: usize = 128;
 
-/// Whether calls are read from the output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether calls are read from the output, and whether they are forced.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Choice {
     Auto,
     None,
+    /// One call or more (of any tool).
+    Required,
+    /// One call of this tool.
+    Named(String),
 }
 
 /// The validated tool parameters of a request.
@@ -34,6 +42,8 @@ pub struct ToolRequest {
     /// The `tools` list as the client wrote it (key order kept), for the chat template.
     pub tools: OrderedJson,
     pub names: Vec<String>,
+    /// Each function's `parameters` schema, for forced calls.
+    pub specs: Vec<ToolSpec>,
     pub choice: Choice,
     pub parallel: bool,
 }
@@ -50,19 +60,12 @@ fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid_param(param, message)
 }
 
-fn not_yet(param: &str, what: &str) -> ApiError {
-    invalid(
-        param,
-        format!("{what} is not supported yet (it needs constrained decoding)"),
-    )
-}
-
 /// The 400 for a value of the wrong JSON type inside the tool parameters.
 pub fn type_error(path: &str) -> ApiError {
     match super::wire::top(path) {
         "tool_choice" => invalid(
             "tool_choice",
-            "tool_choice must be \"auto\" or \"none\"",
+            "tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}",
         ),
         "parallel_tool_calls" => invalid("parallel_tool_calls", "must be a boolean"),
         _ => invalid(
@@ -91,11 +94,13 @@ pub fn validate(
         None => Choice::Auto,
         Some(Value::String(s)) if s == "auto" => Choice::Auto,
         Some(Value::String(s)) if s == "none" => Choice::None,
-        Some(Value::String(s)) if s == "required" => {
-            return Err(not_yet("tool_choice", "tool_choice \"required\""))
-        }
-        Some(Value::Object(_)) => {
-            return Err(not_yet("tool_choice", "a named function in tool_choice"))
+        Some(Value::String(s)) if s == "required" => Choice::Required,
+        Some(Value::Object(o)) => {
+            let name = match (o.get("type"), o.get("function").and_then(|f| f.get("name"))) {
+                (Some(Value::String(t)), Some(Value::String(n))) if t == "function" => n.clone(),
+                _ => return Err(type_error("tool_choice")),
+            };
+            Choice::Named(name)
         }
         Some(_) => return Err(type_error("tool_choice")),
     };
@@ -121,6 +126,7 @@ pub fn validate(
         ));
     }
     let mut names: Vec<String> = Vec::with_capacity(tools.len());
+    let mut specs: Vec<ToolSpec> = Vec::with_capacity(tools.len());
     for (i, t) in tools.into_iter().enumerate() {
         let at = |k: &str| format!("tools[{i}].{k}");
         match t.kind.as_deref() {
@@ -155,10 +161,26 @@ pub fn validate(
                 "parameters must be a JSON Schema object",
             ));
         }
-        if f.strict == Some(true) {
-            return Err(not_yet(&at("function.strict"), "strict: true"));
+        if f.strict == Some(true) && matches!(choice, Choice::Auto | Choice::None) {
+            return Err(invalid(
+                &at("function.strict"),
+                "strict: true is supported with tool_choice \"required\" or a named function \
+                 (then the arguments follow the schema); with \"auto\" not yet",
+            ));
         }
+        specs.push(ToolSpec {
+            name: name.clone(),
+            parameters: f.parameters,
+        });
         names.push(name);
+    }
+    if let Choice::Named(n) = &choice {
+        if !names.contains(n) {
+            return Err(invalid(
+                "tool_choice",
+                format!("tool_choice names `{n}`, which is not one of the tools"),
+            ));
+        }
     }
     #[derive(Deserialize)]
     struct Raw {
@@ -169,9 +191,25 @@ pub fn validate(
     Ok(Some(ToolRequest {
         tools: raw.tools,
         names,
+        specs,
         choice,
         parallel: parallel.unwrap_or(true),
     }))
+}
+
+/// The grammar that forces this request's calls (`tool_choice` `required` or a named
+/// function) in `format`; `None` when calls are not forced.
+pub fn forced_calls(req: &ToolRequest, format: ToolFormat) -> Result<Option<String>, ApiError> {
+    let mode = match &req.choice {
+        Choice::Required => CallMode::Required {
+            parallel: req.parallel,
+        },
+        Choice::Named(n) => CallMode::Named(n.clone()),
+        Choice::Auto | Choice::None => return Ok(None),
+    };
+    call_grammar(format, &req.specs, &mode)
+        .map(Some)
+        .map_err(|e| invalid("tool_choice", e))
 }
 
 /// How to read this request's calls from the output of a model with `template`: `None`
@@ -344,31 +382,36 @@ mod tests {
     }
 
     #[test]
-    fn auto_and_none_are_accepted_and_the_rest_named() {
+    fn every_tool_choice_is_read_and_bad_ones_named() {
         let r = check(&tools_body("")).unwrap().unwrap();
-        assert_eq!((r.choice, r.parallel), (Choice::Auto, true));
+        assert_eq!((r.choice.clone(), r.parallel), (Choice::Auto, true));
         assert_eq!(r.names, vec!["get_weather"]);
+        assert_eq!(r.specs.len(), 1);
         let r = check(&tools_body(
             r#","tool_choice":"none","parallel_tool_calls":false"#,
         ))
         .unwrap()
         .unwrap();
         assert_eq!((r.choice, r.parallel), (Choice::None, false));
-        for (extra, param) in [
-            (r#","tool_choice":"required""#, "tool_choice"),
-            (
-                r#","tool_choice":{"type":"function","function":{"name":"get_weather"}}"#,
-                "tool_choice",
-            ),
-            (r#","tool_choice":"sometimes""#, "tool_choice"),
+        let r = check(&tools_body(r#","tool_choice":"required""#)).unwrap().unwrap();
+        assert_eq!(r.choice, Choice::Required);
+        let named = r#","tool_choice":{"type":"function","function":{"name":"get_weather"}}"#;
+        let r = check(&tools_body(named)).unwrap().unwrap();
+        assert_eq!(r.choice, Choice::Named("get_weather".into()));
+        for extra in [
+            r#","tool_choice":"sometimes""#,
+            r#","tool_choice":{"type":"function","function":{"name":"get_time"}}"#,
+            r#","tool_choice":{"type":"function"}"#,
         ] {
             let e = check(&tools_body(extra)).unwrap_err();
-            assert_eq!(e.param.as_deref(), Some(param), "{extra}");
+            assert_eq!(e.param.as_deref(), Some("tool_choice"), "{extra}");
         }
-        let e = check(r#"{"tools":[{"type":"function","function":{"name":"f","strict":true}}]}"#)
-            .unwrap_err();
+        // strict: with a forced call it is what happens anyway; with auto not yet.
+        let strict = r#"{"tools":[{"type":"function","function":{"name":"f","strict":true}}]"#;
+        let e = check(&format!("{strict}}}")).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("tools[0].function.strict"));
-        assert!(e.message.contains("not supported yet"), "{}", e.message);
+        assert!(e.message.contains("not yet"), "{}", e.message);
+        assert!(check(&format!(r#"{strict},"tool_choice":"required"}}"#)).is_ok());
         for (body, param) in [
             (r#"{"tools":[]}"#, "tools"),
             (

@@ -66,7 +66,8 @@ pub struct FunctionDef {
     /// JSON Schema of the arguments object, shown to the model through its chat template.
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Value>,
-    /// Only false: schema-constrained arguments are not supported yet.
+    /// With `tool_choice` `required` or a named function the arguments always follow
+    /// `parameters`; `strict: true` with `auto` is not supported yet (400).
     pub strict: Option<bool>,
 }
 
@@ -209,14 +210,47 @@ sampling_fields! {
         /// renders tools.
         #[schema(min_items = 1, max_items = 128)]
         pub tools: Option<Vec<Tool>>,
-        /// `auto` (the default with tools: the model decides) or `none` (the tools are shown
-        /// to the model but its output is not read as calls). `required` and a named function
-        /// are not supported yet.
-        #[schema(value_type = Option<String>)]
+        /// `auto` (the default with tools: the model decides), `none` (the tools are shown
+        /// to the model but its output is not read as calls), `required` (the answer is one
+        /// or more calls) or `{"type": "function", "function": {"name": N}}` (one call of N).
+        /// Forced calls are constrained: their arguments follow the function's `parameters`.
+        #[schema(value_type = Option<Object>)]
         pub tool_choice: Option<Value>,
         /// false: at most one call per answer (later ones are dropped). Default true.
         pub parallel_tool_calls: Option<bool>,
+        /// `{"type": "text"}` (default), `{"type": "json_object"}` (the answer is a JSON
+        /// object) or `{"type": "json_schema", "json_schema": {"name", "schema"}}` (JSON
+        /// valid under the schema). Enforced by constrained decoding, after the reasoning of
+        /// R1 models; a schema that cannot be enforced is a 400.
+        pub response_format: Option<ResponseFormat>,
     }
+}
+
+/// `response_format` of a chat request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFormat {
+    /// `text`, `json_object` or `json_schema`.
+    #[serde(rename = "type")]
+    #[schema(required = true)]
+    pub kind: Option<String>,
+    /// With `json_schema`.
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    /// `a-z`, `A-Z`, `0-9`, `_` and `-`, at most 64 characters.
+    #[schema(required = true)]
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// The JSON Schema (default: any JSON value). Local `$ref`s only.
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+    /// Accepted; the schema is always enforced.
+    pub strict: Option<bool>,
 }
 
 /// `prompt` of a completion.
