@@ -448,7 +448,7 @@ export class ChatView {
       s.raw.hidden = args.json || streaming;
       const state = result ? 'done' : streaming ? 'calling' : canAnswer ? 'waiting' : 'unanswered';
       s.el.dataset.state = state;
-      put(s.badge, t(`chat.tool.${state}`));
+      put(s.badge, { done: t('chat.tool.done'), calling: t('chat.tool.calling'), waiting: t('chat.tool.waiting'), unanswered: t('chat.tool.unanswered') }[state]);
       s.badge.className = `badge${state === 'waiting' ? ' warn' : state === 'done' ? ' good' : ''}`;
       s.result.hidden = !result;
       // The "Result" heading goes with a shown result (the form has its own label).

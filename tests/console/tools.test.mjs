@@ -317,6 +317,20 @@ test('whole responses (streaming off): message.tool_calls as steps; arguments th
   assert.match(await page.locator('.tool-step').nth(1).locator('.tool-raw').textContent(), /Not valid JSON/);
   await page.locator('.tool-step').nth(1).scrollIntoViewIfNeeded();
   await shot(page, 'tools-whole-raw');
+
+  // A new message instead of results: the unanswered calls stay out of the request (each call
+  // sent needs its tool message), and their steps no longer ask for a result.
+  breakArgs = false;
+  await send(page, 'Never mind.');
+  await page.locator('.msg.assistant').nth(1).waitFor();
+  await idle(page);
+  assert.equal(log.length, 3);
+  assert.deepEqual(log[2].body.messages, [{ role: 'user', content: 'Weather and time in Oslo?' }, { role: 'user', content: 'Never mind.' }]);
+  const old = page.locator('.msg.assistant').first();
+  assert.deepEqual(await old.locator('.tool-step').evaluateAll((els) => els.map((e) => e.dataset.state)), ['unanswered', 'unanswered']);
+  assert.deepEqual(await old.locator('.tool-step .badge').allTextContents(), ['no result', 'no result']);
+  assert.equal(await old.locator('.tool-form:visible').count(), 0);
+  assert.deepEqual((await page.locator('.msg.assistant').last().locator('.tool-step').evaluateAll((els) => els.map((e) => e.dataset.state))), ['waiting', 'waiting']);
   await openSettings(page);
   await page.locator('.settings [name="stream"]').check();
   await closeSettings(page);
