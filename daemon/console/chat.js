@@ -1,5 +1,7 @@
 // Chat: conversations (IndexedDB), model picker, streamed answers with a thinking panel,
-// stop / regenerate / copy, knowledge collections with numbered sources.
+// stop / regenerate / copy, knowledge collections with numbered sources, and tool calls: the
+// user's own `tools` (Settings), each call the model makes shown as a collapsible step where the
+// user types its result, which goes back as a `role: "tool"` message.
 
 import { h, put, copyText, confirmDialog, toast, nextId } from './dom.js';
 import { t } from './i18n.js';
@@ -11,7 +13,7 @@ const SETTINGS = 'edgeseek.chat.settings';
 const KB_DEFAULT = 'edgeseek.chat.knowledge';
 
 function loadSettings() {
-  const d = { system: '', temperature: '', maxTokens: '', budget: '' };
+  const d = { system: '', temperature: '', maxTokens: '', budget: '', tools: '', stream: true };
   try { return { ...d, ...JSON.parse(localStorage.getItem(SETTINGS) || '{}') }; } catch { return d; }
 }
 
@@ -19,6 +21,60 @@ function num(v) {
   if (v === '' || v === null || v === undefined) return undefined;
   const n = Number(v);
   return Number.isFinite(n) ? n : undefined;
+}
+
+/**
+ * The Tools setting checked before anything is sent: `{}` when empty, `{ tools }` for an OpenAI
+ * `tools` array, `{ error }` saying what is wrong. The daemon checks the rest (and answers a
+ * model whose template has no tools with a 400 that the message then shows).
+ */
+export function parseTools(text) {
+  if (!text || !text.trim()) return {};
+  let v;
+  try { v = JSON.parse(text); } catch (e) { return { error: t('chat.tools.json', { why: e.message }) }; }
+  if (!Array.isArray(v) || !v.length) return { error: t('chat.tools.array') };
+  for (const [i, tool] of v.entries()) {
+    const f = tool && typeof tool === 'object' ? tool.function : null;
+    if (!f || tool.type !== 'function' || typeof f !== 'object' || typeof f.name !== 'string' || !f.name.trim()) {
+      return { error: t('chat.tools.item', { i }) };
+    }
+    const p = f.parameters;
+    if (p !== undefined && (!p || typeof p !== 'object' || Array.isArray(p))) return { error: t('chat.tools.params', { i }) };
+  }
+  return { tools: v };
+}
+
+/**
+ * Fold streamed `delta.tool_calls` pieces into whole calls as the OpenAI SDKs do: a call is
+ * found by its `index`; `id`, `type` and `function.name` are taken when a piece has them (the
+ * first one does), `function.arguments` pieces are appended in order.
+ */
+export function addToolDeltas(calls, deltas) {
+  for (const d of deltas) {
+    if (!d || !Number.isInteger(d.index) || d.index < 0) continue;
+    calls[d.index] ??= { id: '', type: 'function', function: { name: '', arguments: '' } };
+    const c = calls[d.index];
+    if (d.id) c.id = d.id;
+    if (d.type) c.type = d.type;
+    if (d.function?.name) c.function.name = d.function.name;
+    if (d.function?.arguments) c.function.arguments += d.function.arguments;
+  }
+  return calls;
+}
+
+/** A call's arguments for reading: pretty-printed JSON, or the text as sent when it is not JSON. */
+function prettyArgs(text) {
+  try { return { text: JSON.stringify(JSON.parse(text), null, 2), json: true }; } catch { return { text: text || '', json: false }; }
+}
+
+/** The calls of an assistant message (a streamed list may have holes until every index came). */
+const callsOf = (m) => (m.tool_calls || []).filter(Boolean);
+
+/** tool_call_id → its `role: "tool"` message, over a whole conversation. */
+function toolResults(c) {
+  const out = new Map();
+  for (const m of c.messages) if (m.role === 'tool') out.set(m.tool_call_id, m);
+  return out;
 }
 
 function titleOf(text) {
@@ -73,7 +129,9 @@ export class ChatView {
       field(t('chat.system'), setting('system', { tag: 'textarea', rows: 3, name: 'system' })),
       field(t('chat.temperature'), setting('temperature', { type: 'number', min: 0, max: 2, step: 0.1, placeholder: t('chat.default'), name: 'temperature' })),
       field(t('chat.maxtokens'), setting('maxTokens', { type: 'number', min: 1, step: 1, placeholder: t('chat.default'), name: 'max_tokens' })),
-      field(t('chat.budget'), setting('budget', { type: 'number', min: 0, step: 1, placeholder: t('chat.default'), name: 'max_reasoning_tokens' })));
+      field(t('chat.budget'), setting('budget', { type: 'number', min: 0, step: 1, placeholder: t('chat.default'), name: 'max_reasoning_tokens' })),
+      this.buildStreamSetting(),
+      this.buildToolsSetting());
     this.setBtn = h('button', {
       type: 'button', 'aria-expanded': 'false', 'aria-controls': this.setPanel.id,
       onclick: () => this.togglePopover(this.setPanel, this.setBtn),
@@ -119,6 +177,52 @@ export class ChatView {
         if (!panel.hidden) { this.closePopover(panel, btn); btn.focus(); }
       }
     };
+  }
+
+  /** "Stream answers": off, the answer comes as one JSON response (`message.tool_calls` whole). */
+  buildStreamSetting() {
+    const id = nextId('set');
+    const box = h('input', { type: 'checkbox', id, name: 'stream', checked: this.settings.stream !== false });
+    box.addEventListener('change', () => { this.settings.stream = box.checked; localStorage.setItem(SETTINGS, JSON.stringify(this.settings)); });
+    return h('div', { class: 'check' }, box, h('label', { for: id }, t('chat.stream')));
+  }
+
+  /** "Tools (JSON)": an OpenAI `tools` array sent with every request, checked as it is typed. */
+  buildToolsSetting() {
+    const id = nextId('set');
+    const msgId = nextId('tools-msg');
+    this.toolsMsg = h('p', { class: 'formmsg error', id: msgId, role: 'alert' });
+    this.toolsInput = h('textarea', {
+      id, name: 'tools', rows: 4, class: 'mono tools-json', spellcheck: 'false', 'aria-describedby': msgId,
+      placeholder: '[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]',
+      value: this.settings.tools || '',
+    });
+    this.toolsInput.addEventListener('input', () => {
+      this.settings.tools = this.toolsInput.value;
+      localStorage.setItem(SETTINGS, JSON.stringify(this.settings));
+      this.checkTools();
+    });
+    this.checkTools();
+    return h('div', { class: 'field' }, h('label', { for: id }, t('chat.tools')), this.toolsInput, this.toolsMsg);
+  }
+
+  /** The Tools setting parsed; shows its error next to the field. */
+  checkTools() {
+    const r = parseTools(this.settings.tools);
+    put(this.toolsMsg, r.error || '');
+    if (r.error) this.toolsInput.setAttribute('aria-invalid', 'true');
+    else this.toolsInput.removeAttribute('aria-invalid');
+    return r;
+  }
+
+  /** The tools to send, or null (after showing why) when the setting is not a valid array. */
+  toolsOrRefuse() {
+    const r = this.checkTools();
+    if (!r.error) return r;
+    if (this.setPanel.hidden) this.togglePopover(this.setPanel, this.setBtn);
+    this.toolsInput.focus();
+    toast(r.error);
+    return null;
   }
 
   async init() {
@@ -248,13 +352,15 @@ export class ChatView {
       put(this.msgs, h('div', { class: 'empty' }, h('p', null, t('chat.empty'))));
       return;
     }
-    put(this.msgs, c.messages.map((m, i) => this.renderMessage(m, i === c.messages.length - 1)));
+    // Tool results show inside the step of the call they answer, not as messages of their own.
+    const shown = c.messages.filter((m) => m.role !== 'tool');
+    put(this.msgs, shown.map((m, i) => this.renderMessage(m, i === shown.length - 1, c)));
     this.msgs.scrollTop = this.msgs.scrollHeight;
   }
 
   // --- messages ---------------------------------------------------------------------------
 
-  renderMessage(m, last) {
+  renderMessage(m, last, conv) {
     if (m.role === 'user') {
       return h('article', { class: 'msg user', 'aria-label': t('chat.you') },
         h('div', { class: 'bubble' }, m.content));
@@ -264,10 +370,11 @@ export class ChatView {
     const thinking = h('details', { class: 'thinking' }, summary, thinkBody);
     const answer = h('div', { class: 'answer md' });
     const sources = h('div', { class: 'sources' });
+    const steps = h('div', { class: 'tool-steps' });
     const status = h('p', { class: 'status' });
     const actions = h('div', { class: 'actions' });
-    const el = h('article', { class: 'msg assistant', 'aria-label': t('chat.assistant') }, thinking, answer, sources, status, actions);
-    this.refs.set(m, { el, summary, thinkBody, thinking, answer, sources, status, actions });
+    const el = h('article', { class: 'msg assistant', 'aria-label': t('chat.assistant') }, thinking, answer, steps, sources, status, actions);
+    this.refs.set(m, { el, summary, thinkBody, thinking, answer, steps, stepEls: [], conv, sources, status, actions });
     this.paint(m, last);
     return el;
   }
@@ -294,12 +401,14 @@ export class ChatView {
       sourceLabel: t('kb.sources'),
     };
     put(r.answer, renderMarkdown(m.content || '', opts));
+    const pending = this.paintSteps(m, r, streaming, last);
     this.paintSources(m, r);
     r.status.className = 'status';
     if (m.error) { put(r.status, m.error); r.status.classList.add('error'); r.status.setAttribute('role', 'alert'); }
     else if (m.stopped) put(r.status, t('chat.stopped'));
     else if (!streaming && m.finish === 'length') put(r.status, t('chat.length'));
-    else if (streaming && !m.content && !m.reasoning) { put(r.status, t('chat.waiting')); r.status.classList.add('live'); }
+    else if (pending) put(r.status, pending === 1 ? t('chat.tool.asked.1') : t('chat.tool.asked', { n: pending }));
+    else if (streaming && !m.content && !m.reasoning && !callsOf(m).length) { put(r.status, t('chat.waiting')); r.status.classList.add('live'); }
     else put(r.status);
     if (streaming) put(r.actions);
     else {
@@ -307,6 +416,104 @@ export class ChatView {
         m.content ? h('button', { type: 'button', class: 'small ghost', onclick: () => this.copy(m.content) }, t('chat.copy')) : null,
         last ? h('button', { type: 'button', class: 'small ghost', onclick: () => this.regenerate() }, t('chat.regenerate')) : null);
     }
+  }
+
+  /**
+   * One collapsible step per tool call: its name, its arguments (pretty JSON, or raw when the
+   * text is not JSON), and its result — the `role: "tool"` message with its id — or, on the
+   * latest answer while nothing runs, a box to type the result in. Steps are updated in place
+   * (not rebuilt), so what the user opened, closed or typed stays. Returns how many calls of
+   * this answer still wait for a result the user can give.
+   */
+  paintSteps(m, r, streaming, last) {
+    const calls = callsOf(m);
+    r.steps.hidden = !calls.length;
+    if (!calls.length) return 0;
+    const results = toolResults(r.conv || this.conv);
+    const canAnswer = last && !streaming && !this.busy && !m.error && !m.stopped;
+    let pending = 0;
+    calls.forEach((call, i) => {
+      let s = r.stepEls[i];
+      if (!s) {
+        s = this.buildStep(m, call);
+        r.stepEls[i] = s;
+        r.steps.append(s.el);
+      }
+      s.call = call;
+      s.el.dataset.callId = call.id;
+      const result = results.get(call.id);
+      const args = prettyArgs(call.function.arguments);
+      put(s.name, call.function.name);
+      put(s.args, args.text);
+      s.raw.hidden = args.json || streaming;
+      const state = result ? 'done' : streaming ? 'calling' : canAnswer ? 'waiting' : 'unanswered';
+      s.el.dataset.state = state;
+      put(s.badge, { done: t('chat.tool.done'), calling: t('chat.tool.calling'), waiting: t('chat.tool.waiting'), unanswered: t('chat.tool.unanswered') }[state]);
+      s.badge.className = `badge${state === 'waiting' ? ' warn' : state === 'done' ? ' good' : ''}`;
+      s.result.hidden = !result;
+      // The "Result" heading goes with a shown result (the form has its own label).
+      s.resultHead.hidden = !result;
+      put(s.result, result ? result.content : '');
+      s.form.hidden = state !== 'waiting';
+      s.send.disabled = false;
+      if (state === 'waiting') pending += 1;
+    });
+    return pending;
+  }
+
+  buildStep(m, call) {
+    const inputId = nextId('tool-result');
+    const s = {
+      name: h('span', { class: 'tool-name mono' }),
+      badge: h('span', { class: 'badge' }),
+      args: h('pre', { class: 'tool-args' }),
+      raw: h('p', { class: 'muted tool-raw' }, t('chat.tool.raw')),
+      resultHead: h('p', { class: 'tool-label' }, t('chat.tool.result')),
+      result: h('pre', { class: 'tool-result' }),
+      input: h('textarea', { id: inputId, name: 'tool_result', rows: 2, class: 'mono', placeholder: t('chat.tool.placeholder') }),
+      send: h('button', { type: 'submit', class: 'small primary' }, t('chat.tool.send')),
+    };
+    s.input.setAttribute('aria-label', t('chat.tool.input', { name: call.function.name || '' }));
+    s.form = h('form', { class: 'tool-form' },
+      h('label', { for: inputId }, t('chat.tool.result')), s.input, h('div', { class: 'row end' }, s.send));
+    s.form.addEventListener('submit', (e) => { e.preventDefault(); this.answerCall(m, s); });
+    s.input.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) { e.preventDefault(); this.answerCall(m, s); }
+    });
+    s.el = h('details', { class: 'tool-step', open: true },
+      h('summary', null, h('span', { class: 'tool-kind' }, t('chat.tool.call')), s.name, s.badge),
+      h('div', { class: 'tool-body' },
+        h('p', { class: 'tool-label' }, t('chat.tool.args')), s.args, s.raw,
+        s.resultHead, s.result, s.form));
+    return s;
+  }
+
+  /**
+   * The user's result for one call becomes a `role: "tool"` message right after the answer
+   * (after the results already given); once every call of the answer has one, the
+   * conversation goes on.
+   */
+  async answerCall(m, s) {
+    const c = this.refs.get(m)?.conv || this.conv;
+    if (this.busy || s.form.hidden) return;
+    const results = toolResults(c);
+    if (results.has(s.call.id)) return;
+    const calls = callsOf(m);
+    const rest = calls.filter((x) => x !== s.call && !results.has(x.id));
+    // Checked before the result is kept, so a bad Tools setting loses nothing.
+    if (!rest.length && !this.toolsOrRefuse()) return;
+    let at = c.messages.indexOf(m) + 1;
+    while (at < c.messages.length && c.messages[at].role === 'tool') at += 1;
+    c.messages.splice(at, 0, { role: 'tool', tool_call_id: s.call.id, name: s.call.function.name, content: s.input.value });
+    s.input.value = '';
+    if (rest.length) {
+      this.paint(m, true);
+      await this.save(c);
+      const next = this.refs.get(m).stepEls.find((x) => x && x.call === rest[0]);
+      next?.input.focus();
+      return;
+    }
+    await this.generate(c);
   }
 
   paintSources(m, r) {
@@ -335,6 +542,7 @@ export class ChatView {
       this.loadModels();
       return;
     }
+    if (!this.toolsOrRefuse()) return;
     const c = this.conv;
     if (!c.messages.length) c.title = titleOf(text);
     c.model = this.modelSel.value;
@@ -347,7 +555,10 @@ export class ChatView {
   async regenerate() {
     const c = this.conv;
     if (this.busy || !c.messages.length) return;
-    if (c.messages[c.messages.length - 1].role === 'assistant') c.messages.pop();
+    if (!this.toolsOrRefuse()) return;
+    // The latest answer goes, with the results the user gave its calls so far.
+    while (c.messages.length && c.messages[c.messages.length - 1].role === 'tool') c.messages.pop();
+    if (c.messages.length && c.messages[c.messages.length - 1].role === 'assistant') c.messages.pop();
     await this.generate(c);
   }
 
@@ -362,11 +573,26 @@ export class ChatView {
     const s = this.settings;
     const messages = [];
     if (s.system && s.system.trim()) messages.push({ role: 'system', content: s.system.trim() });
+    const results = toolResults(c);
     for (const m of c.messages) {
       if (m.role === 'user') messages.push({ role: 'user', content: m.content });
-      else if (m.content && !m.error) messages.push({ role: 'assistant', content: m.content });
+      else if (m.role === 'tool') messages.push({ role: 'tool', tool_call_id: m.tool_call_id, content: m.content });
+      else if (!m.error) {
+        // Only answered calls go back: every call in a request needs its tool message (the
+        // user may have moved on without giving some results).
+        const calls = callsOf(m).filter((x) => results.has(x.id));
+        if (calls.length) {
+          messages.push({
+            role: 'assistant', content: m.content || null,
+            tool_calls: calls.map((x) => ({ id: x.id, type: x.type || 'function', function: { name: x.function.name, arguments: x.function.arguments } })),
+          });
+        } else if (m.content) messages.push({ role: 'assistant', content: m.content });
+      }
     }
-    const body = { model: c.model || this.modelSel.value, messages, stream_options: { include_usage: true } };
+    const body = { model: c.model || this.modelSel.value, messages };
+    if (s.stream !== false) body.stream_options = { include_usage: true };
+    const tools = parseTools(s.tools).tools;
+    if (tools) body.tools = tools;
     const temperature = num(s.temperature);
     const maxTokens = num(s.maxTokens);
     const budget = num(s.budget);
@@ -404,22 +630,36 @@ export class ChatView {
       });
     };
     try {
-      await streamChat(body, controller.signal, (chunk) => {
-        if (Array.isArray(chunk.citations)) msg.citations = chunk.citations;
-        const ch = chunk.choices && chunk.choices[0];
-        const d = ch && ch.delta;
-        if (d) {
-          const r = d.reasoning_content ?? d.reasoning;
-          if (r) { if (thinkStart === null) thinkStart = performance.now(); msg.reasoning += r; }
-          if (d.content) {
-            if (thinkStart !== null && !msg.thinkMs) msg.thinkMs = performance.now() - thinkStart;
-            msg.content += d.content;
-          }
-        }
+      if (this.settings.stream === false) {
+        // One JSON answer: `message` is whole, `tool_calls` included.
+        const r = await api('POST', '/v1/chat/completions', { ...body, stream: false }, { signal: controller.signal });
+        if (Array.isArray(r.citations)) msg.citations = r.citations;
+        const ch = r.choices && r.choices[0];
+        const m = (ch && ch.message) || {};
+        msg.reasoning = m.reasoning_content ?? m.reasoning ?? '';
+        msg.content = m.content || '';
+        if (Array.isArray(m.tool_calls) && m.tool_calls.length) msg.tool_calls = m.tool_calls;
         if (ch && ch.finish_reason) msg.finish = ch.finish_reason;
-        if (chunk.usage) msg.usage = chunk.usage;
-        refresh();
-      });
+        if (r.usage) msg.usage = r.usage;
+      } else {
+        await streamChat(body, controller.signal, (chunk) => {
+          if (Array.isArray(chunk.citations)) msg.citations = chunk.citations;
+          const ch = chunk.choices && chunk.choices[0];
+          const d = ch && ch.delta;
+          if (d) {
+            const r = d.reasoning_content ?? d.reasoning;
+            if (r) { if (thinkStart === null) thinkStart = performance.now(); msg.reasoning += r; }
+            if (d.content) {
+              if (thinkStart !== null && !msg.thinkMs) msg.thinkMs = performance.now() - thinkStart;
+              msg.content += d.content;
+            }
+            if (Array.isArray(d.tool_calls)) addToolDeltas(msg.tool_calls ??= [], d.tool_calls);
+          }
+          if (ch && ch.finish_reason) msg.finish = ch.finish_reason;
+          if (chunk.usage) msg.usage = chunk.usage;
+          refresh();
+        });
+      }
     } catch (e) {
       if (e && e.name === 'AbortError') msg.stopped = true;
       // Anything else is the connection breaking mid-answer.

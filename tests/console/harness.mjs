@@ -22,10 +22,11 @@ export const EOS = '1536';
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export class Daemon {
-  static async start({ config } = {}) {
+  /** `model`: a model directory other than the fixture (e.g. a copy with another template). */
+  static async start({ config, model = MODEL_DIR } = {}) {
     const d = new Daemon();
     d.state = fs.mkdtempSync(path.join(os.tmpdir(), 'edgeseek-console-'));
-    const args = ['serve', '--dev', '--state-dir', d.state, '--listen', '127.0.0.1:0', '--model', MODEL_DIR];
+    const args = ['serve', '--dev', '--state-dir', d.state, '--listen', '127.0.0.1:0', '--model', model];
     if (config) {
       const f = path.join(d.state, 'edgeseek.toml');
       fs.writeFileSync(f, config);
