@@ -618,8 +618,6 @@ def test_tools_auto_and_none_are_accepted(tools_client):
 
 
 @pytest.mark.parametrize("extra,param", [
-    ({"tools": [{"type": "function", "function": {**WEATHER["function"], "strict": True}}]},
-     "tools[0].function.strict"),
     ({"tool_choice": {"type": "function", "function": {"name": "get_time"}}}, "tool_choice"),
     ({"tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
 ])

@@ -228,3 +228,39 @@ def test_a_tool_turn_after_a_forced_call_renders(tool_server):
                 {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
     r = chat(c, tools=TOOLS, messages=messages, tool_choice="none", max_tokens=4, seed=1)
     assert r.choices[0].finish_reason in ("stop", "length")
+
+
+CALLS_BEGIN_ID = 1543  # <｜tool▁calls▁begin｜> in the fixture tokenizer (tests/fixtures/README.md)
+
+
+@pytest.fixture(scope="module")
+def deepseek_tools(tmp_path_factory):
+    r1 = (ROOT / "scripts" / "fixtures" / "deepseek-r1-distill.jinja").read_text()
+    anchor = "{{bos_token}}{{ns.system_prompt}}"
+    s = tool_model(tmp_path_factory, "tools-optional", r1.replace(
+        anchor, anchor + "{% if tools %}{% for tool in tools %}{{ tool.function.name }}{% endfor %}{% endif %}"))
+    yield s.client(s.key("optional"))
+    s.stop()
+
+
+def test_auto_with_a_strict_tool_constrains_a_call_once_opened(deepseek_tools):
+    # logit_bias makes the model open a call at once (the call-opening token); from there the
+    # grammar holds: the call completes with valid arguments. Without strict the same request
+    # writes the opening token over and over (test_api: it comes back as content).
+    # Both strict: a free-form argument object would let the bias write the opening token
+    # inside its strings forever. One call per answer.
+    strict_tools = [{**t, "function": {**t["function"], "strict": True}} for t in TOOLS]
+    kw = dict(tools=strict_tools, tool_choice="auto", max_tokens=150, temperature=1.0,
+              parallel_tool_calls=False, logit_bias={str(CALLS_BEGIN_ID): 100}, **R1)
+    calls = 0
+    for seed in range(5):
+        r = chat(deepseek_tools, seed=seed, **kw).choices[0]
+        if r.finish_reason == "length":
+            continue
+        assert r.finish_reason == "tool_calls" and r.message.tool_calls, r
+        assert len(r.message.tool_calls) == 1
+        check_call(r.message.tool_calls[0])
+        calls += 1
+    assert calls >= 3, calls
+    free = chat(deepseek_tools, seed=0, **{**kw, "tools": TOOLS}).choices[0]
+    assert not free.message.tool_calls and "<｜tool▁calls▁begin｜>" in free.message.content

@@ -118,21 +118,24 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
 /// Compile the grammar the answer must follow (`response_format`, or forced tool calls) for
 /// this model: a grammar the engine cannot enforce is a 400 naming its parameter.
 async fn constrain(served: &Arc<Served>, parsed: &mut Parsed) -> Result<(), ApiError> {
-    let forced = match (&parsed.tools, &parsed.tool_parsing) {
-        (Some(t), Some(p)) => super::tools::forced_calls(t, p.format)?,
+    let calls = match (&parsed.tools, &parsed.tool_parsing) {
+        (Some(t), Some(p)) => super::tools::call_constraint(t, p.format)?,
         _ => None,
     };
-    let (grammar, param) = match (parsed.response_format.clone(), forced) {
+    let trigger = calls.as_ref().and_then(|(_, t)| *t);
+    let (grammar, param) = match (parsed.response_format.clone(), calls) {
         (None, None) => return Ok(()),
+        // Optional calls: the answer is free text or calls, and the JSON format would
+        // contradict both.
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_param(
                 "response_format",
-                "response_format cannot be combined with forced tool calls (tool_choice \
-                 \"required\" or a named function)",
+                "response_format cannot be combined with constrained tool calls (tool_choice \
+                 \"required\", a named function, or strict tools)",
             ))
         }
         (Some(g), None) => (g, "response_format"),
-        (None, Some(lark)) => (Grammar::Lark(lark), "tool_choice"),
+        (None, Some((lark, _))) => (Grammar::Lark(lark), "tool_choice"),
     };
     let s = served.clone();
     let compiled = tokio::task::spawn_blocking(move || s.scheduler.grammars().compile(&grammar))
@@ -141,7 +144,10 @@ async fn constrain(served: &Arc<Served>, parsed: &mut Parsed) -> Result<(), ApiE
     let c = compiled.map_err(|e| {
         ApiError::invalid_param(param, format!("{param} cannot be enforced: {}", e.0))
     })?;
-    parsed.request.constraint = Some(c);
+    parsed.request.constraint = Some(match trigger {
+        Some(t) => c.dormant_until(t),
+        None => c,
+    });
     Ok(())
 }
 
@@ -515,6 +521,7 @@ mod tests {
             completion_tokens: 1,
             reasoning_tokens: 0,
             logprobs: None,
+            mask: None,
         }
     }
 

@@ -1180,6 +1180,7 @@ mod tests {
             completion_tokens: 2,
             reasoning_tokens: 1,
             logprobs: None,
+            mask: None,
         }
     }
 

@@ -6,9 +6,9 @@
 //! `tool_choice: "required"` or a named function forces calls with constrained decoding (a
 //! grammar of the model's own call syntax, see
 //! [`engine::toolcall::grammar`](crate::engine::toolcall::grammar)): the answer is calls whose
-//! arguments follow each function's `parameters`. `strict: true` with `tool_choice: "auto"`
-//! (optional calls, constrained once begun) is refused with a 400 naming it, never served
-//! unconstrained. `tool_choice: "none"` still shows the tools to the model (so the prompt,
+//! arguments follow each function's `parameters`. With `tool_choice: "auto"` and a `strict`
+//! function the model may answer in text, but a call it opens is constrained from its opening
+//! marker on (the strict functions' arguments follow their schemas). `tool_choice: "none"` still shows the tools to the model (so the prompt,
 //! and its cached prefix, stays the same across turns) but does not read calls from the
 //! output: whatever the model writes is content.
 
@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::wire::chat::{FunctionCall, FunctionDelta, Tool, ToolCall, ToolCallDelta};
 use crate::engine::template::{ChatTemplate, OrderedJson};
-use crate::engine::toolcall::grammar::{call_grammar, CallMode, ToolSpec};
+use crate::engine::toolcall::grammar::{call_grammar, trigger, CallMode, ToolSpec};
 use crate::engine::toolcall::{Piece, ToolCallParser, ToolFormat};
 
 /// Most tools per request (OpenAI's limit).
@@ -44,6 +44,8 @@ pub struct ToolRequest {
     pub names: Vec<String>,
     /// Each function's `parameters` schema, for forced calls.
     pub specs: Vec<ToolSpec>,
+    /// Each function's `strict`.
+    pub strict: Vec<bool>,
     pub choice: Choice,
     pub parallel: bool,
 }
@@ -127,6 +129,7 @@ pub fn validate(
     }
     let mut names: Vec<String> = Vec::with_capacity(tools.len());
     let mut specs: Vec<ToolSpec> = Vec::with_capacity(tools.len());
+    let mut strict: Vec<bool> = Vec::with_capacity(tools.len());
     for (i, t) in tools.into_iter().enumerate() {
         let at = |k: &str| format!("tools[{i}].{k}");
         match t.kind.as_deref() {
@@ -161,13 +164,7 @@ pub fn validate(
                 "parameters must be a JSON Schema object",
             ));
         }
-        if f.strict == Some(true) && matches!(choice, Choice::Auto | Choice::None) {
-            return Err(invalid(
-                &at("function.strict"),
-                "strict: true is supported with tool_choice \"required\" or a named function \
-                 (then the arguments follow the schema); with \"auto\" not yet",
-            ));
-        }
+        strict.push(f.strict == Some(true));
         specs.push(ToolSpec {
             name: name.clone(),
             parameters: f.parameters,
@@ -192,23 +189,48 @@ pub fn validate(
         tools: raw.tools,
         names,
         specs,
+        strict,
         choice,
         parallel: parallel.unwrap_or(true),
     }))
 }
 
-/// The grammar that forces this request's calls (`tool_choice` `required` or a named
-/// function) in `format`; `None` when calls are not forced.
-pub fn forced_calls(req: &ToolRequest, format: ToolFormat) -> Result<Option<String>, ApiError> {
+/// The grammar of this request's calls in `format`, and the text it starts from when the
+/// calls are optional: forced calls (`tool_choice` `required` or a named function) follow
+/// every function's schema from the first answer token; with `auto` and a `strict`
+/// function, a call the model opens follows the grammar from its opening marker (the strict
+/// functions' arguments their schemas, the others any object). `None`: unconstrained.
+pub fn call_constraint(
+    req: &ToolRequest,
+    format: ToolFormat,
+) -> Result<Option<(String, Option<&'static str>)>, ApiError> {
     let mode = match &req.choice {
         Choice::Required => CallMode::Required {
             parallel: req.parallel,
         },
         Choice::Named(n) => CallMode::Named(n.clone()),
+        Choice::Auto if req.strict.contains(&true) => CallMode::Optional {
+            parallel: req.parallel,
+        },
         Choice::Auto | Choice::None => return Ok(None),
     };
+    if let CallMode::Optional { .. } = mode {
+        let specs: Vec<ToolSpec> = req
+            .specs
+            .iter()
+            .zip(&req.strict)
+            .map(|(t, &strict)| ToolSpec {
+                name: t.name.clone(),
+                parameters: if strict { t.parameters.clone() } else { None },
+            })
+            .collect();
+        let at = req.strict.iter().position(|&s| s).unwrap_or(0);
+        let lark = call_grammar(format, &specs, &mode)
+            .map_err(|e| invalid(&format!("tools[{at}].function.strict"), e))?;
+        return Ok(Some((lark, trigger(format))));
+    }
     call_grammar(format, &req.specs, &mode)
-        .map(Some)
+        .map(|g| Some((g, None)))
         .map_err(|e| invalid("tool_choice", e))
 }
 
@@ -393,7 +415,9 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!((r.choice, r.parallel), (Choice::None, false));
-        let r = check(&tools_body(r#","tool_choice":"required""#)).unwrap().unwrap();
+        let r = check(&tools_body(r#","tool_choice":"required""#))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.choice, Choice::Required);
         let named = r#","tool_choice":{"type":"function","function":{"name":"get_weather"}}"#;
         let r = check(&tools_body(named)).unwrap().unwrap();
@@ -406,11 +430,10 @@ mod tests {
             let e = check(&tools_body(extra)).unwrap_err();
             assert_eq!(e.param.as_deref(), Some("tool_choice"), "{extra}");
         }
-        // strict: with a forced call it is what happens anyway; with auto not yet.
+        // strict is read per function.
         let strict = r#"{"tools":[{"type":"function","function":{"name":"f","strict":true}}]"#;
-        let e = check(&format!("{strict}}}")).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("tools[0].function.strict"));
-        assert!(e.message.contains("not yet"), "{}", e.message);
+        let r = check(&format!("{strict}}}")).unwrap().unwrap();
+        assert_eq!(r.strict, vec![true]);
         assert!(check(&format!(r#"{strict},"tool_choice":"required"}}"#)).is_ok());
         for (body, param) in [
             (r#"{"tools":[]}"#, "tools"),

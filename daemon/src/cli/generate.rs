@@ -107,11 +107,12 @@ pub(super) struct GenerateArgs {
     /// Print text as it is generated (reasoning goes to stderr)
     #[arg(long)]
     stream: bool,
-    /// Run N copies of the request at once through the batching scheduler (seeds S+i);
-    /// with --json prints {"results": [...], "provider", "wall_s", "aggregate_tok_s"}
-    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "stream",
+    /// Run N copies of the request at once through the batching scheduler (seeds S+i), as
+    /// the server runs requests (N = 1: one); with --json prints {"results": [...],
+    /// "provider", "wall_s", "aggregate_tok_s"}. Without it: one request on this thread
+    #[arg(long, value_name = "N", conflicts_with = "stream",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
-    concurrency: u16,
+    concurrency: Option<u16>,
     /// Print exactly one JSON object with ids, text, reasoning, provider and counts
     #[arg(long)]
     json: bool,
@@ -202,6 +203,9 @@ struct JsonResult<'a> {
     provider: Provider,
     prompt_tokens: usize,
     completion_tokens: usize,
+    /// With --json-schema: mask time (microseconds) and count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mask: Option<crate::engine::grammar::MaskStats>,
 }
 
 pub(super) fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failure> {
@@ -246,14 +250,8 @@ pub(super) fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failu
         tools: None,
         constraint,
     };
-    if args.concurrency > 1 {
-        return generate_concurrent(
-            &config,
-            engine,
-            req,
-            usize::from(args.concurrency),
-            args.json,
-        );
+    if let Some(n) = args.concurrency {
+        return generate_concurrent(&config, engine, req, usize::from(n), args.json);
     }
     let stream = args.stream;
     let json = args.json;
@@ -305,6 +303,7 @@ fn json_result(out: &GenerateOutput, provider: Provider) -> JsonResult<'_> {
         provider,
         prompt_tokens: out.prompt_tokens,
         completion_tokens: out.completion_tokens,
+        mask: out.mask,
     }
 }
 

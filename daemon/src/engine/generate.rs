@@ -16,7 +16,7 @@ use tokenizers::Tokenizer;
 use super::detok::{
     prompt_opens_reasoning, IncrementalDecoder, ReasoningSplitter, Split, StopMatcher,
 };
-use super::grammar::Constraint;
+use super::grammar::{Constraint, MaskStats};
 use super::model::ModelSpec;
 use super::runner::RunError;
 use super::sampler::{top_logprobs, Sampler, SamplingParams};
@@ -147,6 +147,9 @@ pub struct GenerateOutput {
     /// Per sampled token (forced `</think>` ids have none), when requested.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// With a constraint: where its mask time went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<MaskStats>,
 }
 
 /// The rendered and tokenized prompt.
@@ -297,6 +300,8 @@ pub struct Sequence {
     stopped_by_string: bool,
     logprobs: Option<(usize, Vec<TokenLogprob>)>,
     constraint: Option<Constraint>,
+    /// The end of the answer so far, while the constraint waits for its trigger.
+    trigger_window: String,
     tokenizer: Arc<Tokenizer>,
 }
 
@@ -321,6 +326,7 @@ impl Sequence {
             decoder: IncrementalDecoder::new(tokenizer.clone(), true),
             logprobs: req.logprobs.map(|k| (k, Vec::new())),
             constraint: req.constraint.clone(),
+            trigger_window: String::new(),
             tokenizer,
             stops: StopMatcher::new(req.stop.clone()),
             splitter: ReasoningSplitter::new(reasoning_model && plan.prompt.opens_reasoning),
@@ -359,7 +365,38 @@ impl Sequence {
         if self.splitter.in_reasoning() {
             return None;
         }
-        self.constraint.as_mut()
+        self.constraint.as_mut().filter(|c| c.trigger().is_none())
+    }
+
+    /// A dormant constraint watches the answer text for its trigger and wakes on it. If the
+    /// text already left the grammar, the constraint is dropped: the answer is then read as
+    /// the model wrote it (a malformed call comes back as content).
+    fn watch_trigger(&mut self, answer_piece: &str) {
+        let Some(c) = self.constraint.as_mut() else {
+            return;
+        };
+        let Some(trigger) = c.trigger() else {
+            return;
+        };
+        self.trigger_window.push_str(answer_piece);
+        if let Some(at) = self.trigger_window.find(trigger) {
+            let from = self.trigger_window.split_off(at);
+            self.trigger_window.clear();
+            if let Err(e) = c.wake(&from) {
+                tracing::debug!(error = %e, "optional tool call left its grammar; unconstrained");
+                self.constraint = None;
+            }
+            return;
+        }
+        // Keep only what could still be the start of the trigger.
+        let keep = trigger.len().saturating_sub(1);
+        if self.trigger_window.len() > keep {
+            let mut cut = self.trigger_window.len() - keep;
+            while !self.trigger_window.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.trigger_window.drain(..cut);
+        }
     }
 
     /// Compute the grammar mask for the next token ahead of its logits (the scheduler calls
@@ -447,6 +484,9 @@ impl Sequence {
                 .decoder
                 .push(id)
                 .map_err(|e| GenerateError::Tokenizer(e.to_string()))?;
+            if !self.splitter.in_reasoning() {
+                self.watch_trigger(&piece);
+            }
             let out = self.stops.push(&piece);
             let split = self.splitter.push(&out.text);
             if !self.emit(split, on_event) {
@@ -524,6 +564,7 @@ impl Sequence {
             finish_reason: finish,
             reasoning_tokens: self.reasoning_tokens,
             logprobs: self.logprobs.map(|(_, list)| list),
+            mask: self.constraint.as_ref().map(Constraint::stats),
         })
     }
 }

@@ -12,6 +12,9 @@
 //! the mask is usually ready when the logits are.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use serde::Serialize;
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory};
@@ -128,6 +131,8 @@ impl Grammars {
         Ok(Constraint {
             matcher,
             mask: None,
+            stats: MaskStats::default(),
+            trigger: None,
         })
     }
 }
@@ -152,11 +157,26 @@ pub fn compact(schema: &serde_json::Value) -> serde_json::Value {
     s
 }
 
+/// Where a sequence's mask time went (`edgeseek generate --json`, `scripts/bench-constrained`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct MaskStats {
+    /// Masks applied (one per constrained token).
+    pub masks: u64,
+    /// Time computing masks, wherever it ran, microseconds.
+    pub compute_us: u64,
+    /// The part of it the sampler waited for (mask not ready when the logits were).
+    pub wait_us: u64,
+}
+
 /// The grammar state of one sequence.
 pub struct Constraint {
     matcher: Matcher,
     /// The mask for the next id, computed ahead by [`Constraint::prepare`].
     mask: Option<Result<SimpleVob, String>>,
+    stats: MaskStats,
+    /// Dormant until the answer contains this text (optional tool calls): then the grammar
+    /// is fed the text from it on, and masks from the next token.
+    trigger: Option<String>,
 }
 
 impl Clone for Constraint {
@@ -165,6 +185,8 @@ impl Clone for Constraint {
         Constraint {
             matcher: self.matcher.deep_clone(),
             mask: self.mask.clone(),
+            stats: self.stats,
+            trigger: self.trigger.clone(),
         }
     }
 }
@@ -181,17 +203,22 @@ impl Constraint {
     /// Compute the mask for the next id now, if it is not known yet.
     pub fn prepare(&mut self) {
         if self.mask.is_none() {
+            let t = Instant::now();
             self.mask = Some(
                 self.matcher
                     .compute_mask_or_eos()
                     .map_err(|e| e.to_string()),
             );
+            self.stats.compute_us += t.elapsed().as_micros() as u64;
         }
     }
 
     /// Set every id the grammar does not allow next to -inf in `logits`.
     pub fn apply(&mut self, logits: &mut [f32]) -> Result<(), GrammarError> {
+        let t = Instant::now();
         self.prepare();
+        self.stats.wait_us += t.elapsed().as_micros() as u64;
+        self.stats.masks += 1;
         let mask = match self.mask.as_ref() {
             Some(Ok(m)) => m,
             Some(Err(e)) => return Err(GrammarError(e.clone())),
@@ -211,6 +238,38 @@ impl Constraint {
         self.matcher
             .consume_token(id)
             .map_err(|e| GrammarError(e.to_string()))
+    }
+
+    /// Apply nothing until the answer contains `trigger` (see [`Constraint::wake`]).
+    pub fn dormant_until(mut self, trigger: &str) -> Self {
+        self.trigger = Some(trigger.to_string());
+        self
+    }
+
+    /// The text that wakes a dormant constraint; `None` once awake (or never dormant).
+    pub fn trigger(&self) -> Option<&str> {
+        self.trigger.as_deref()
+    }
+
+    /// Wake a dormant constraint with the answer text from the trigger on (the trigger and
+    /// whatever the same token wrote after it): the grammar consumes those bytes, and masks
+    /// from the next token. An error means the model's text already left the grammar.
+    pub fn wake(&mut self, text: &str) -> Result<(), GrammarError> {
+        self.trigger = None;
+        self.mask = None;
+        let env = self
+            .matcher
+            .tok_env()
+            .map_err(|e| GrammarError(e.to_string()))?;
+        // Any ids spelling these bytes will do: the grammar reads bytes.
+        let ids = env.tok_trie().greedy_tokenize(text.as_bytes());
+        self.matcher
+            .consume_tokens(&ids)
+            .map_err(|e| GrammarError(e.to_string()))
+    }
+
+    pub fn stats(&self) -> MaskStats {
+        self.stats
     }
 
     /// The grammar is complete and allows nothing but the end of the sequence.

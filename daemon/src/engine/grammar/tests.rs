@@ -261,3 +261,35 @@ fn forced_tool_calls_parse_back_in_every_format() {
         }
     }
 }
+
+/// An optional-call constraint wakes on its trigger with the text the token wrote after it.
+#[test]
+fn a_dormant_constraint_wakes_on_its_trigger() {
+    use crate::engine::toolcall::grammar::{call_grammar, trigger, CallMode, ToolSpec};
+    use crate::engine::toolcall::ToolFormat;
+    let g = grammars();
+    let tools = [ToolSpec {
+        name: "get_weather".into(),
+        parameters: Some(json!({"type": "object", "properties": {"city": {"enum": ["Oslo"]}}})),
+    }];
+    let mode = CallMode::Optional { parallel: false };
+    let lark = call_grammar(ToolFormat::Hermes, &tools, &mode).unwrap();
+    let t = trigger(ToolFormat::Hermes).unwrap();
+    let c = g.compile(&Grammar::Lark(lark)).unwrap().dormant_until(t);
+    assert_eq!(c.trigger(), Some("<tool_call>"));
+    let tok = tokenizer();
+    let brace = tok.encode("{", false).unwrap().get_ids()[0];
+
+    // The trigger and, from the same token, the newline the format puts after it.
+    let mut awake = c.clone();
+    awake.wake("<tool_call>\n").unwrap();
+    assert_eq!(awake.trigger(), None);
+    let mut logits = vec![0f32; 1600];
+    awake.apply(&mut logits).unwrap();
+    assert!(logits[brace as usize].is_finite());
+    assert!(logits[EOS as usize].is_infinite());
+
+    // Text after the trigger that the format does not allow: an error, never a silent pass.
+    let mut off = c;
+    assert!(off.wake("<tool_call> nope").is_err());
+}

@@ -1,6 +1,7 @@
 //! Grammars that make a model write tool calls in its own format: forced calls for
 //! `tool_choice: "required"` or a named function, their arguments valid under each
-//! function's `parameters` schema.
+//! function's `parameters` schema; and, for `strict` tools under `tool_choice: "auto"`, the
+//! same grammar held back until the model opens a call itself ([`trigger`]).
 //!
 //! The grammars are Lark in llguidance's dialect; each call's JSON is an embedded `%json`
 //! schema (the function name as a `const`, the arguments as the function's `parameters`)
@@ -29,6 +30,19 @@ pub enum CallMode {
     Required { parallel: bool },
     /// One call of this tool.
     Named(String),
+    /// Calls the model may make: the grammar of `Required`, applied from the format's
+    /// opening marker on (see [`trigger`]).
+    Optional { parallel: bool },
+}
+
+/// The text that opens the calls of `format`: where an optional-call grammar starts.
+/// `None` for Llama's bare JSON, which cannot be told from a JSON answer while written.
+pub fn trigger(format: ToolFormat) -> Option<&'static str> {
+    match format {
+        ToolFormat::Hermes => Some(HERMES_BEGIN),
+        ToolFormat::DeepSeek => Some(DS_CALLS_BEGIN),
+        ToolFormat::LlamaJson => None,
+    }
 }
 
 /// The arguments' schema of `t`.
@@ -72,7 +86,14 @@ pub fn call_grammar(
     mode: &CallMode,
 ) -> Result<String, String> {
     let (chosen, parallel): (Vec<&ToolSpec>, bool) = match mode {
-        CallMode::Required { parallel } => (tools.iter().collect(), *parallel),
+        CallMode::Optional { .. } if trigger(format).is_none() => {
+            return Err("strict tools with tool_choice \"auto\" are not supported for this \
+                        model's tool format (bare JSON calls); use \"required\" or a named function"
+                .into())
+        }
+        CallMode::Required { parallel } | CallMode::Optional { parallel } => {
+            (tools.iter().collect(), *parallel)
+        }
         CallMode::Named(name) => {
             let t = tools
                 .iter()
