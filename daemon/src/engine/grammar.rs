@@ -166,6 +166,8 @@ pub struct MaskStats {
     pub compute_us: u64,
     /// The part of it the sampler waited for (mask not ready when the logits were).
     pub wait_us: u64,
+    /// Committing sampled ids to the grammar (on the engine thread), microseconds.
+    pub commit_us: u64,
 }
 
 /// The grammar state of one sequence.
@@ -234,10 +236,14 @@ impl Constraint {
 
     /// Record the id sampled (or forced) next; the next mask must be computed again.
     pub fn commit(&mut self, id: u32) -> Result<(), GrammarError> {
+        let t = Instant::now();
         self.mask = None;
-        self.matcher
+        let r = self
+            .matcher
             .consume_token(id)
-            .map_err(|e| GrammarError(e.to_string()))
+            .map_err(|e| GrammarError(e.to_string()));
+        self.stats.commit_us += t.elapsed().as_micros() as u64;
+        r
     }
 
     /// Apply nothing until the answer contains `trigger` (see [`Constraint::wake`]).

@@ -96,6 +96,9 @@ pub(super) struct Worker {
     waiting: Option<Job>,
     /// KV of recent prompts, for prompts that share their beginning.
     prefix: PrefixCache,
+    /// How long the last decode step's forward pass took (whether masks are computed beside
+    /// the next one, see `step`).
+    last_step: std::time::Duration,
 }
 
 impl Worker {
@@ -122,6 +125,7 @@ impl Worker {
             joining: Vec::new(),
             waiting: None,
             prefix,
+            last_step: std::time::Duration::ZERO,
         }
     }
 

@@ -2,11 +2,16 @@
 //! one decode forward for every running row, and one prefill chunk of a waiting prompt.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::super::Event;
 use super::{finish, Worker};
 use crate::engine::generate::Sequence;
 use crate::engine::runner::{RowSource, RunError};
+
+/// The shortest decode step (measured on the previous one) that grammar masks are computed
+/// beside: well above a thread's start and a mask's usual cost (tens of microseconds).
+const MASK_AHEAD_MIN_STEP: Duration = Duration::from_millis(2);
 
 impl Worker {
     /// Rebuild the batch KV if rows left or sequences join: the one place KV is copied.
@@ -48,9 +53,11 @@ impl Worker {
         let constrained = rows
             .iter()
             .any(|r| r.seq.as_ref().is_some_and(Sequence::is_constrained));
-        let logits = if constrained {
-            // The grammar masks for these logits depend only on the ids sampled so far:
-            // compute them on a second thread while the forward pass runs.
+        let started = Instant::now();
+        // The grammar masks for these logits depend only on the ids sampled so far: with a
+        // forward pass long enough to hide them (and a thread's start), compute them on a
+        // second thread meanwhile. Short steps (tiny models) compute them inline in `advance`.
+        let logits = if constrained && self.last_step >= MASK_AHEAD_MIN_STEP {
             std::thread::scope(|s| {
                 s.spawn(|| {
                     for row in rows.iter_mut().filter(|r| r.pending.is_empty()) {
@@ -64,6 +71,7 @@ impl Worker {
         } else {
             runner.step(batch, &tokens)?
         };
+        self.last_step = started.elapsed();
         self.counters.steps.fetch_add(1, Ordering::Relaxed);
         self.counters
             .max_batch_seen
