@@ -9,7 +9,9 @@ import shutil
 import openai
 import pytest
 
-from test_api import MODEL, QWEN, ROOT, Server, chat, err, post
+# The fixture model served over HTTPS, a chat key and an SDK client (module-scoped: this
+# module gets its own daemon).
+from test_api import MODEL, QWEN, ROOT, Server, chat, client, err, key, post, server  # noqa: F401
 
 # Reasoning is cut after one token (the fixture's template opens <think>): the constraint
 # starts with the answer.
@@ -48,24 +50,6 @@ def check_schema(v):
     assert set(w) <= {"code", "lat"} and isinstance(w["code"], str) and len(w["code"]) <= 4
     if "lat" in w:
         assert isinstance(w["lat"], (int, float)) and -90 <= w["lat"] <= 90
-
-
-@pytest.fixture(scope="module")
-def r1(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("structured") / "state")
-    s.wait_ready()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def key(r1):
-    return r1.key("structured")
-
-
-@pytest.fixture(scope="module")
-def client(r1, key):
-    return r1.client(key)
 
 
 def fmt(schema):
@@ -120,10 +104,10 @@ def test_several_choices_each_follow_the_schema(client):
     ({"type": "yaml"}, "response_format", "not supported"),
     ({"type": "json_object", "json_schema": {"name": "x"}}, "response_format", "only with"),
 ])
-def test_unenforceable_or_malformed_formats_are_400(r1, key, response_format, param, words):
+def test_unenforceable_or_malformed_formats_are_400(server, key, response_format, param, words):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
             "response_format": response_format}
-    e = err(post(r1, key, json.dumps(body)), 400)
+    e = err(post(server, key, json.dumps(body)), 400)
     assert e["param"] == param and words in e["message"], e
 
 
