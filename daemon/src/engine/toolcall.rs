@@ -7,7 +7,12 @@
 //!   `\n```json\n{…}\n```<｜tool▁call▁end｜>` (more calls separated by newlines)
 //!   `<｜tool▁calls▁end｜>`; the V3.1 form `<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{…}` is read too.
 //! * **Hermes** (Qwen2.5, Hermes 2/3): one `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`
-//!   block per call.
+//!   block per call. Qwen2.5-Coder, though taught this by its template, mostly writes the call
+//!   object without the tags: bare, or in a ```` ```json ```` fence. That is read as a call
+//!   too, but only when it is the whole answer (nothing before or after it) and names one of
+//!   the request's tools, so JSON inside an ordinary answer stays content. The Qwen2.5-Coder
+//!   template also shows the object with doubled braces (`{{"name": …}}`, a literal `{{` in a
+//!   Jinja string), which the model copies: one doubled outer pair is accepted.
 //! * **Llama 3.x JSON**: `{"name": …, "parameters": {…}}` as the whole answer, optionally after
 //!   `<|python_tag|>`, several separated by `;`.
 //!
@@ -37,6 +42,8 @@ const DS_SEP: &str = "<｜tool▁sep｜>";
 const HERMES_BEGIN: &str = "<tool_call>";
 const HERMES_END: &str = "</tool_call>";
 const PYTHON_TAG: &str = "<|python_tag|>";
+const JSON_FENCE: &str = "```json";
+const FENCE_END: &str = "```";
 
 /// How a model writes a tool call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,8 +169,10 @@ pub struct ToolCallParser {
     /// Bytes of the region already searched for its end (so each piece is looked at once,
     /// not the whole region again: a model that never closes a call costs linear time).
     scanned: usize,
-    /// Llama: the bracket matching of the JSON object so far.
+    /// Llama, and Hermes without tags: the bracket matching of the JSON object so far.
     json: JsonScan,
+    /// Hermes: the current region is a tagless call object (see [`Self::hermes_bare`]).
+    bare: bool,
 }
 
 /// Incremental bracket matching of a JSON object (strings and escapes respected).
@@ -176,11 +185,16 @@ struct JsonScan {
     depth: usize,
     in_str: bool,
     escaped: bool,
+    /// The object's length, once closed (asked again, it is not scanned again).
+    closed: Option<usize>,
 }
 
 impl JsonScan {
     /// Length of the object at the start of `s`, once closed; scans only what is new.
     fn advance(&mut self, s: &str) -> Option<usize> {
+        if self.closed.is_some() {
+            return self.closed;
+        }
         for (i, c) in s[self.pos..].char_indices() {
             let i = self.pos + i;
             if self.in_str {
@@ -198,7 +212,8 @@ impl JsonScan {
                 '}' | ']' => {
                     self.depth = self.depth.saturating_sub(1);
                     if self.depth == 0 {
-                        return Some(i + 1);
+                        self.closed = Some(i + 1);
+                        return self.closed;
                     }
                 }
                 _ => {}
@@ -225,6 +240,7 @@ impl ToolCallParser {
             any_content: false,
             scanned: 0,
             json: JsonScan::default(),
+            bare: false,
         }
     }
 
@@ -257,6 +273,7 @@ impl ToolCallParser {
             if self.in_region {
                 let r = match self.format {
                     ToolFormat::DeepSeek => self.deepseek(out, eof),
+                    ToolFormat::Hermes if self.bare => self.hermes_bare(out, eof),
                     ToolFormat::Hermes => self.hermes(out, eof),
                     ToolFormat::LlamaJson => self.llama(out, eof),
                 };
@@ -270,6 +287,7 @@ impl ToolCallParser {
                         self.pos = 0;
                         self.scanned = 0;
                         self.json = JsonScan::default();
+                        self.bare = false;
                     }
                 }
             } else if !self.text(out, eof) {
@@ -315,6 +333,19 @@ impl ToolCallParser {
             if rest.starts_with('{') {
                 self.in_region = true;
                 return true;
+            }
+        }
+        if self.format == ToolFormat::Hermes && !self.any_content && self.calls == 0 {
+            // A tagless call object can only be the whole answer: a `{` or ```` ```json ````
+            // first opens one (a strict prefix of the fence is held until it is told).
+            let rest = self.buf.trim_start();
+            if rest.starts_with('{') || rest.starts_with(JSON_FENCE) {
+                self.in_region = true;
+                self.bare = true;
+                return true;
+            }
+            if !eof && (rest.is_empty() || is_strict_prefix(rest, &[JSON_FENCE])) {
+                return false;
             }
         }
         let markers = self.format.markers();
@@ -497,6 +528,69 @@ impl ToolCallParser {
         }
     }
 
+    /// Hermes without tags: the whole answer is one call object, bare or in a ```` ```json ````
+    /// fence. Held until the object closes; anything but whitespace after it (or after the
+    /// fence) makes the whole region content, so the call is returned at the end of the answer.
+    fn hermes_bare(&mut self, out: &mut Vec<Piece>, eof: bool) -> Region {
+        let lead = ws_len(&self.buf);
+        let fenced = self.buf[lead..].starts_with(JSON_FENCE);
+        let at = if fenced {
+            let f = lead + JSON_FENCE.len();
+            f + ws_len(&self.buf[f..])
+        } else {
+            lead
+        };
+        let rest = &self.buf[at..];
+        if rest.is_empty() {
+            return if eof {
+                self.fail(out, self.buf.len())
+            } else {
+                Region::NeedMore
+            };
+        }
+        if !rest.starts_with('{') {
+            return self.fail(out, self.buf.len());
+        }
+        if self.json.start != at {
+            self.json = JsonScan {
+                start: at,
+                ..JsonScan::default()
+            };
+        }
+        let Some(len) = self.json.advance(&self.buf[at..]) else {
+            return if eof {
+                self.fail(out, self.buf.len())
+            } else {
+                Region::NeedMore
+            };
+        };
+        let end = at + len;
+        let mut tail = &self.buf[end..];
+        if fenced {
+            let t = tail.trim_start();
+            if let Some(after) = t.strip_prefix(FENCE_END) {
+                tail = after;
+            } else if !eof && (t.is_empty() || is_strict_prefix(t, &[FENCE_END])) {
+                return Region::NeedMore;
+            } else {
+                return self.fail(out, self.buf.len());
+            }
+        }
+        if !tail.trim().is_empty() {
+            return self.fail(out, self.buf.len());
+        }
+        if !eof {
+            return Region::NeedMore;
+        }
+        match json_call(&self.buf, at..end) {
+            Some((name, args, decoded)) if self.known(&name) => {
+                self.emit_call(out, name, args, decoded);
+                Region::End(self.buf.len())
+            }
+            _ => self.fail(out, self.buf.len()),
+        }
+    }
+
     /// Llama: `[<|python_tag|>] {json}`, the object's end found by bracket matching.
     fn llama(&mut self, out: &mut Vec<Piece>, eof: bool) -> Region {
         let mut at = self.buf.len()
@@ -635,7 +729,17 @@ fn json_call(
         parameters: Option<&'a RawValue>,
     }
     let text = buf[range].trim();
-    let call: Call<'_> = serde_json::from_str(text).ok()?;
+    let call: Call<'_> = match serde_json::from_str(text) {
+        Ok(call) => call,
+        // `{{"name": …}}`: one doubled outer pair of braces, as the Qwen2.5-Coder template
+        // shows the call.
+        Err(_) => serde_json::from_str(
+            text.strip_prefix('{')
+                .and_then(|t| t.strip_suffix('}'))
+                .filter(|t| t.trim_start().starts_with('{'))?,
+        )
+        .ok()?,
+    };
     let raw = match (call.arguments, call.parameters) {
         (Some(a), None) | (None, Some(a)) => a,
         (None, None) => return Some((call.name, 0..0, Some("{}".into()))),

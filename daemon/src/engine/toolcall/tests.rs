@@ -68,6 +68,9 @@ fn corpus() -> Vec<(ToolFormat, String)> {
         (LlamaJson, "{\"name\": \"get_time\", \"parameters\": {".into()),
         (LlamaJson, "The set {1, 2} is small.".into()),
     ];
+    for bare in hermes_bare_calls().into_iter().chain(hermes_bare_content()) {
+        v.push((Hermes, bare.to_string()));
+    }
     v.push((Hermes, "emoji 🎉 then <tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"東京🗼\"}}</tool_call>".into()));
     v
 }
@@ -180,6 +183,85 @@ fn text_before_a_call_stays_content_and_is_not_held_back() {
     // Text after the calls is content again, without the whitespace around the calls.
     let p = whole(ToolFormat::DeepSeek, &format!("{DS_ONE}\nDone."));
     assert_eq!((p.content.as_str(), p.calls.len()), ("Done.", 1));
+}
+
+/// What Qwen2.5-Coder-1.5B-Instruct writes instead of `<tool_call>` blocks (greedy, its own
+/// template, a get_weather tool): each is the whole answer and one call.
+fn hermes_bare_calls() -> Vec<&'static str> {
+    vec![
+        "{{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"celsius\"}}}",
+        "```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\n    \"city\": \"上海\",\n    \"unit\": \"celsius\"\n  }\n}\n```",
+        "  {\"name\": \"get_time\", \"arguments\": {}}\n",
+        "```json\n{\"name\": \"get_time\", \"arguments\": \"{\\\"tz\\\": \\\"UTC\\\"}\"}```",
+    ]
+}
+
+/// Tagless objects that are not calls: content, verbatim.
+fn hermes_bare_content() -> Vec<&'static str> {
+    vec![
+        // An unknown function (the model invents one for a question the tools do not cover).
+        "```json\n{\n  \"name\": \"multiply\",\n  \"arguments\": {\"a\": 17, \"b\": 23}\n}\n```",
+        // Text after the object, or before it.
+        "{\"name\": \"get_time\", \"arguments\": {}} is how you would call it.",
+        "```json\n{\"name\": \"get_time\", \"arguments\": {}}\n```\nThat is the call.",
+        "Call it like this: {\"name\": \"get_time\", \"arguments\": {}}",
+        // Not a call object, an unclosed fence or object, other fences.
+        "```json\n{\"city\": \"Paris\"}\n```",
+        "```json\n{\"name\": \"get_time\", \"arguments\": {}}",
+        "{\"name\": \"get_time\", \"arguments\": {",
+        "```python\nprint({1: 2})\n```",
+        "```json",
+        "{{\"name\": \"get_time\"}} and {{more}}",
+        "{{{\"name\": \"get_time\", \"arguments\": {}}}}",
+    ]
+}
+
+#[test]
+fn hermes_tagless_call_objects_are_calls_only_as_the_whole_answer() {
+    let expected = [
+        call(
+            "get_weather",
+            "{\"city\": \"Paris\", \"unit\": \"celsius\"}",
+        ),
+        call(
+            "get_weather",
+            "{\n    \"city\": \"上海\",\n    \"unit\": \"celsius\"\n  }",
+        ),
+        call("get_time", "{}"),
+        call("get_time", "{\"tz\": \"UTC\"}"),
+    ];
+    for (text, want) in hermes_bare_calls().into_iter().zip(expected) {
+        let p = whole(ToolFormat::Hermes, text);
+        assert_eq!((p.content.as_str(), p.calls), ("", vec![want]), "{text}");
+    }
+    for text in hermes_bare_content() {
+        let p = whole(ToolFormat::Hermes, text);
+        assert_eq!((p.content.as_str(), p.calls.len()), (text, 0), "{text}");
+    }
+    // Tagged calls still win, and a fence is only a call in the Hermes format.
+    let p = whole(ToolFormat::Hermes, HERMES_TWO);
+    assert_eq!(p.calls.len(), 2);
+    let text = hermes_bare_calls()[1];
+    let p = whole(ToolFormat::DeepSeek, text);
+    assert_eq!((p.content.as_str(), p.calls.len()), (text, 0));
+}
+
+#[test]
+fn hermes_tagless_answers_that_are_not_calls_stream_before_the_end() {
+    // A fence of another language, or text after the object, is content at once, not held
+    // to the end of the answer.
+    let mut p = ToolCallParser::new(ToolFormat::Hermes, names());
+    let mut got = p.push("```");
+    got.extend(p.push("python\nx = 1"));
+    assert_eq!(collect(got).content, "```python\nx = 1");
+    let mut p = ToolCallParser::new(ToolFormat::Hermes, names());
+    let mut got = p.push("{\"name\": \"get_time\", \"arguments\": {}}");
+    assert_eq!(got, vec![], "a possible call is held");
+    got.extend(p.push(" is the call"));
+    assert_eq!(
+        collect(got).content,
+        "{\"name\": \"get_time\", \"arguments\": {}} is the call"
+    );
 }
 
 #[test]
