@@ -542,29 +542,15 @@ impl ToolCallParser {
         };
         let rest = &self.buf[at..];
         if rest.is_empty() {
-            return if eof {
-                self.fail(out, self.buf.len())
-            } else {
-                Region::NeedMore
-            };
+            return self.more_or_fail(out, eof);
         }
         if !rest.starts_with('{') {
             return self.fail(out, self.buf.len());
         }
-        if self.json.start != at {
-            self.json = JsonScan {
-                start: at,
-                ..JsonScan::default()
-            };
-        }
-        let Some(len) = self.json.advance(&self.buf[at..]) else {
-            return if eof {
-                self.fail(out, self.buf.len())
-            } else {
-                Region::NeedMore
-            };
+        let end = match self.object_end(out, at, eof) {
+            Ok(end) => end,
+            Err(region) => return region,
         };
-        let end = at + len;
         let mut tail = &self.buf[end..];
         if fenced {
             let t = tail.trim_start();
@@ -591,6 +577,30 @@ impl ToolCallParser {
         }
     }
 
+    /// Where the JSON object at `at` ends, found incrementally (bracket matching carried
+    /// over between pieces); else what to return: wait for more, or give it back at the end.
+    fn object_end(&mut self, out: &mut Vec<Piece>, at: usize, eof: bool) -> Result<usize, Region> {
+        if self.json.start != at {
+            self.json = JsonScan {
+                start: at,
+                ..JsonScan::default()
+            };
+        }
+        match self.json.advance(&self.buf[at..]) {
+            Some(len) => Ok(at + len),
+            None => Err(self.more_or_fail(out, eof)),
+        }
+    }
+
+    /// An unfinished region: wait for more text, or at the end give it back as content.
+    fn more_or_fail(&mut self, out: &mut Vec<Piece>, eof: bool) -> Region {
+        if eof {
+            self.fail(out, self.buf.len())
+        } else {
+            Region::NeedMore
+        }
+    }
+
     /// Llama: `[<|python_tag|>] {json}`, the object's end found by bracket matching.
     fn llama(&mut self, out: &mut Vec<Piece>, eof: bool) -> Region {
         let mut at = self.buf.len()
@@ -604,29 +614,15 @@ impl ToolCallParser {
         }
         let rest = &self.buf[at..];
         if rest.is_empty() || (!eof && is_strict_prefix(rest, &[PYTHON_TAG])) {
-            return if eof {
-                self.fail(out, self.buf.len())
-            } else {
-                Region::NeedMore
-            };
+            return self.more_or_fail(out, eof);
         }
         if !rest.starts_with('{') {
             return self.fail(out, at);
         }
-        if self.json.start != at {
-            self.json = JsonScan {
-                start: at,
-                ..JsonScan::default()
-            };
-        }
-        let Some(len) = self.json.advance(&self.buf[at..]) else {
-            return if eof {
-                self.fail(out, self.buf.len())
-            } else {
-                Region::NeedMore
-            };
+        let end = match self.object_end(out, at, eof) {
+            Ok(end) => end,
+            Err(region) => return region,
         };
-        let end = at + len;
         match json_call(&self.buf, at..end) {
             Some((name, args, decoded)) if self.known(&name) => {
                 self.emit_call(out, name, args, decoded);
