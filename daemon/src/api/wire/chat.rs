@@ -67,7 +67,7 @@ pub struct FunctionDef {
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Value>,
     /// With `tool_choice` `required` or a named function the arguments always follow
-    /// `parameters`; `strict: true` with `auto` is not supported yet (400).
+    /// `parameters`; with `auto` and `strict: true` a call the model opens follows them.
     pub strict: Option<bool>,
 }
 
