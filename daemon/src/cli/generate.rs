@@ -221,21 +221,27 @@ pub(super) fn generate(common: &Common, args: &GenerateArgs) -> Result<(), Failu
     };
     let sampling = sampling_from(args)?;
 
-    let mut engine = Engine::load(&args.model, config.runtime.library.as_deref(), &opts)
-        .map_err(Failure::usage)?;
-    let constraint = match &args.json_schema {
-        Some(file) => {
-            let schema = std::fs::read_to_string(file)
+    // The schema file is checked before the model loads (seconds), compiled after (it needs
+    // the model's tokenizer).
+    let schema_error =
+        |file: &Path, e: String| Failure::usage(format!("--json-schema {}: {e}", file.display()));
+    let schema = match &args.json_schema {
+        Some(file) => Some((
+            file,
+            std::fs::read_to_string(file)
                 .map_err(|e| e.to_string())
                 .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-                .map_err(|e| Failure::usage(format!("--json-schema {}: {e}", file.display())))?;
+                .map_err(|e| schema_error(file, e))?,
+        )),
+        None => None,
+    };
+    let mut engine = Engine::load(&args.model, config.runtime.library.as_deref(), &opts)
+        .map_err(Failure::usage)?;
+    let constraint = match schema {
+        Some((file, schema)) => {
             let grammar = crate::engine::grammar::Grammar::JsonSchema(schema);
             let compiled = engine.grammars().compile(&grammar);
-            Some(
-                compiled.map_err(|e| {
-                    Failure::usage(format!("--json-schema {}: {e}", file.display()))
-                })?,
-            )
+            Some(compiled.map_err(|e| schema_error(file, e.to_string()))?)
         }
         None => None,
     };
