@@ -407,7 +407,9 @@ impl Sequence {
         }
     }
 
-    /// Whether [`Sequence::prepare_mask`] has work to do.
+    /// Whether the sequence has a grammar at all (dormant or waiting for the answer counts):
+    /// the scheduler then offers [`Sequence::prepare_mask`] a thread, which may find nothing
+    /// to do yet.
     pub fn is_constrained(&self) -> bool {
         self.constraint.is_some()
     }
