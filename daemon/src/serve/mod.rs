@@ -182,7 +182,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         ca = ?id.ca_path,
         "TLS identity"
     );
-    let keys = KeyStore::open(Store::open_in(&state_dir, crate::kb::store::MIGRATIONS)?)?;
+    let keys = KeyStore::open(Store::open_in(&state_dir, crate::schema::MIGRATIONS)?)?;
     let app = Arc::new(App::new(
         name.clone(),
         model_dir.clone(),
