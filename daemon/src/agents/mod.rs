@@ -31,6 +31,9 @@ fn migrate_v3(tx: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// An agent is chat model `agent:NAME`.
+pub const MODEL_PREFIX: &str = "agent:";
+
 /// The built-in tools, by the name the model sees.
 pub const BUILTIN_TOOLS: &[&str] = &["kb_search", "web_search", "fetch_url", "current_time"];
 /// Prefix of a tool served by a registered MCP server: `mcp:SERVER/TOOL` or `mcp:SERVER/*`.
@@ -140,7 +143,8 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 impl AgentPatch {
-    fn apply(self, a: &mut Agent) {
+    /// Set the present fields on `a` (validate it afterwards).
+    pub fn apply(self, a: &mut Agent) {
         macro_rules! set {
             ($($f:ident),*) => {$( if let Some(v) = self.$f { a.$f = v; } )*};
         }
