@@ -277,3 +277,21 @@ def test_ssrf_lab_refuses_without_root(monkeypatch):
     with pytest.raises(AssertionError, match="needs root"):
         with ssrf_lab():
             pass
+
+
+def test_ssrf_lab_bridges_loopback_ports_both_ways():
+    with ssrf_lab() as lab, site() as s:
+        # The test reaches a server inside the namespace (as it will the daemon's API) ...
+        port = lab.forward_in(lab.port)
+        status, _, body = webtools.http_get(f"http://127.0.0.1:{port}/from-host")
+        assert status == 200
+        assert b"Served on 127.0.0.1, path /from-host." in body and lab.marker.encode() in body
+        # ... and a process inside reaches a host-loopback service at the same URL as outside.
+        assert lab.expose(s.port) == s.port
+        r = lab.fetch(s.page("parking").url)
+        assert r.get("status") == 200 and "<title>Parking garage access</title>" in r["body"], r
+        assert s.requests[-1] == "/pages/parking.html"
+        big = lab.fetch(lab.url("127.0.0.1", "/bytes?n=300000"))
+        assert len(big["body"]) == 300000
+        status, _, body = webtools.http_get(f"http://127.0.0.1:{port}/bytes?n=300000")
+        assert status == 200 and len(body) == 300000

@@ -637,6 +637,61 @@ def _serve_lab(port: int, marker: str, requests_log: str, ready: str) -> None:
     httpd.serve_forever()
 
 
+def _setns(path: str) -> None:
+    """Move the calling thread into the network namespace at `path` (root)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+    finally:
+        os.close(fd)
+
+
+def _serve_forward(listen_ns: str, listen_port: int, connect_ns: str, connect_port: int,
+                   ready: str) -> None:
+    """Accept on 127.0.0.1:listen_port in one network namespace, connect each connection to
+    127.0.0.1:connect_port in another and copy bytes both ways. A socket stays in the namespace
+    it was made in, and setns moves only the calling thread, so one process spans both."""
+    _setns(listen_ns)
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", listen_port))
+    lsock.listen(64)
+    Path(ready).write_text(str(lsock.getsockname()[1]))
+
+    def pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def handle(client):
+        _setns(connect_ns)  # this thread only
+        try:
+            upstream = socket.create_connection(("127.0.0.1", connect_port), timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        t = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+        t.start()
+        pump(client, upstream)
+        t.join()
+        client.close()
+        upstream.close()
+
+    while True:
+        c, _ = lsock.accept()
+        threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+
 def _sh(*argv, check=True):
     p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     if check and p.returncode != 0:
@@ -677,6 +732,7 @@ class Lab:
     startup_s: float
     addrs: dict = field(default_factory=lambda: dict(LAB_ADDRS))
     hosts: dict = field(default_factory=lambda: dict(LAB_HOSTS))
+    _procs: list = field(default_factory=list, repr=False)
 
     @property
     def prefix(self) -> list[str]:
@@ -736,6 +792,38 @@ class Lab:
         """What the lab server was asked: {"local" (address hit), "host", "path", "peer"}."""
         return _jsonl(self.requests_log)
 
+    def forward_in(self, port: int, timeout: float = 10.0) -> int:
+        """Make 127.0.0.1:`port` inside the namespace (say, the daemon's API) reachable from
+        this test at 127.0.0.1:RETURNED_PORT. Lasts as long as the lab."""
+        return self._forward(f"/proc/{os.getpid()}/ns/net", 0, f"/run/netns/{self.ns}", port,
+                             timeout)
+
+    def expose(self, port: int, timeout: float = 10.0) -> int:
+        """Make the host's 127.0.0.1:`port` (say, searxng() or mcp_server()) reachable inside
+        the namespace at 127.0.0.1:`port`, the same URL as outside. Lasts as long as the lab."""
+        return self._forward(f"/run/netns/{self.ns}", port, f"/proc/{os.getpid()}/ns/net", port,
+                             timeout)
+
+    def _forward(self, listen_ns, listen_port, connect_ns, connect_port, timeout) -> int:
+        ready = self.requests_log.parent / f"forward-{secrets.token_hex(4)}"
+        log = ready.with_suffix(".log")
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, str(HERE), "serve-forward", "--listen-ns", listen_ns,
+                 "--listen-port", str(listen_port), "--connect-ns", connect_ns,
+                 "--connect-port", str(connect_port), "--ready", str(ready)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        self._procs.append(proc)
+        deadline = time.monotonic() + timeout
+        while not ready.exists() or not ready.read_text():
+            if proc.poll() is not None:
+                raise AssertionError(f"forwarder exited ({proc.returncode}){_tail(log)}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"forwarder not ready in {timeout}s{_tail(log)}")
+            time.sleep(0.02)
+        return int(ready.read_text())
+
 
 @contextlib.contextmanager
 def ssrf_lab(port: int = 8080, timeout: float = 30.0):
@@ -745,7 +833,10 @@ def ssrf_lab(port: int = 8080, timeout: float = 30.0):
     localhost. An HTTP server on [::]:`port` (dual-stack, so 0.0.0.0 too) inside answers on
     every address, loopback included: any path -> a page naming the address
     and the lab's secret `marker`; /redirect?to=URL[&status=30x] -> redirect; /bytes?n=N;
-    /slow?s=SECONDS. Yields a `Lab`. Everything is removed afterwards, whatever happened."""
+    /slow?s=SECONDS. Yields a `Lab`: `prefix`, `addrs`, `port`, `marker`, `url()`, `run()`,
+    `popen()`, `fetch()`, `requests()`, and `forward_in()` / `expose()` to bridge loopback
+    ports between the namespace and the host. Everything is removed afterwards, whatever
+    happened."""
     if os.geteuid() != 0:
         raise AssertionError("ssrf_lab needs root (network namespaces, /etc/netns); the test "
                              "machines and CI run as root")
@@ -754,7 +845,7 @@ def ssrf_lab(port: int = 8080, timeout: float = 30.0):
     _remove_stale_labs()
     ns = f"{_NS_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
     tmp = Path(tempfile.mkdtemp(prefix="edgeseek-lab-"))
-    proc = None
+    proc = lab = None
     try:
         t0 = time.monotonic()
         _sh("ip", "netns", "add", ns)
@@ -797,6 +888,8 @@ def ssrf_lab(port: int = 8080, timeout: float = 30.0):
         print(f"ssrf_lab: namespace {ns} up in {lab.startup_s:.2f}s")
         yield lab
     finally:
+        for p in (lab._procs if lab is not None else []):
+            _stop(p)
         if proc is not None:
             _stop(proc)
         _remove_ns(ns)
@@ -820,11 +913,19 @@ def main(argv=None) -> None:
     lab.add_argument("--marker", required=True)
     lab.add_argument("--requests-log", required=True)
     lab.add_argument("--ready", required=True)
+    f = sub.add_parser("serve-forward", help="TCP forwarder between two network namespaces")
+    f.add_argument("--listen-ns", required=True)
+    f.add_argument("--listen-port", type=int, required=True)
+    f.add_argument("--connect-ns", required=True)
+    f.add_argument("--connect-port", type=int, required=True)
+    f.add_argument("--ready", required=True)
     a = ap.parse_args(argv)
     if a.cmd == "serve-mcp":
         _serve_mcp(a.port, a.calls_log, os.environ.get("EDGESEEK_TEST_MCP_TOKEN"))
-    else:
+    elif a.cmd == "serve-lab":
         _serve_lab(a.port, a.marker, a.requests_log, a.ready)
+    else:
+        _serve_forward(a.listen_ns, a.listen_port, a.connect_ns, a.connect_port, a.ready)
 
 
 if __name__ == "__main__":
