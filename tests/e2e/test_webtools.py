@@ -5,6 +5,7 @@ them; these prove the services behave as those tests will assume."""
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -40,6 +41,9 @@ def test_site_search_endpoint_and_pages():
         status, headers, body = webtools.http_get(s.page("parking").url)
         assert status == 200 and headers["Content-Type"].startswith("text/html")
         assert b"<title>Parking garage access</title>" in body and b"level -2" in body
+        zh = get_json(f"{s.url}/search?q={urllib.request.quote('访客 密码')}")
+        assert [x["url"] for x in zh["results"]] == [s.page("wifi-zh").url]
+        assert get_json(f"{s.url}/search?q={urllib.request.quote('访客 停车')}")["results"] == []
         assert webtools.http_get(f"{s.url}/pages/missing.html")[0] == 404
         assert s.requests[-1] == "/pages/missing.html"
 
@@ -57,6 +61,14 @@ def test_searxng_answers_from_the_fixture_site(web):
         assert r["results"][0]["engines"] == ["fixture"]
         # SearXNG really asked the site (not a cache): the query reached its search endpoint.
         assert query in s.searches()
+
+
+def test_searxng_chinese_query(web):
+    s, sx = web
+    r = get_json(f"{sx}/search?q={urllib.request.quote('无线网络 密码')}&format=json")
+    page = s.page("wifi-zh")
+    assert [(x["url"], x["title"], x["content"]) for x in r["results"]] == \
+        [(page.url, page.title, page.snippet)], r
 
 
 def test_searxng_returns_nothing_for_a_query_no_page_matches(web):
@@ -144,7 +156,7 @@ def test_mcp_calls_and_call_log(mcp):
         "order A-1001: shipped, 3 items, carrier SF Express, eta 2026-12-09"
     assert missing.data == "order Z-9: not found"
     assert failed.is_error and "always raises" in failed.content[0].text
-    calls = [c for c in mcp.calls()[before:]]
+    calls = mcp.calls()[before:]
     starts = [c for c in calls if c["event"] == "start"]
     assert [(c["tool"], c["args"]) for c in starts] == [
         ("add", {"a": 2, "b": 40}), ("lookup_order", {"order_id": "A-1001"}),
@@ -272,6 +284,21 @@ def test_ssrf_lab_cleans_up_after_a_failure_and_kills_its_processes():
     assert sleeper.wait(timeout=10) == -9
 
 
+def test_ssrf_lab_removes_namespaces_a_killed_run_left():
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs, like that of a SIGKILLed pytest
+    stale = f"edgeseek-lab-{gone.pid}-dead00"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    Path(f"/etc/netns/{stale}").mkdir(parents=True)
+    try:
+        with ssrf_lab() as lab:
+            assert stale not in netns_list() and lab.ns in netns_list()
+            assert not Path(f"/etc/netns/{stale}").exists()
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)
+        shutil.rmtree(f"/etc/netns/{stale}", ignore_errors=True)
+
+
 def test_ssrf_lab_refuses_without_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(AssertionError, match="needs root"):
@@ -295,3 +322,66 @@ def test_ssrf_lab_bridges_loopback_ports_both_ways():
         assert len(big["body"]) == 300000
         status, _, body = webtools.http_get(f"http://127.0.0.1:{port}/bytes?n=300000")
         assert status == 200 and len(body) == 300000
+
+
+class RawMcp:
+    """The streamable HTTP transport spoken by hand, as the daemon's client will speak it."""
+
+    def __init__(self, url):
+        self.url = url
+        self.headers = {"Accept": "application/json, text/event-stream"}
+        r = self.post({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                       "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                  "clientInfo": {"name": "raw", "version": "1"}}})
+        assert r.status_code == 200, r.text
+        self.headers["Mcp-Session-Id"] = r.headers["mcp-session-id"]
+        self.headers["MCP-Protocol-Version"] = "2025-06-18"
+        assert self.post({"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code \
+            == 202
+
+    def post(self, msg, timeout=10.0):
+        return httpx.post(self.url, json=msg, headers=self.headers, timeout=timeout)
+
+    def call(self, id, name, arguments, timeout=10.0):
+        return self.post({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                          "params": {"name": name, "arguments": arguments}}, timeout)
+
+
+def wait_for_event(m, before, event, n=1, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        calls = m.calls()[before:]
+        if sum(c["event"] == event for c in calls) >= n:
+            return calls
+        time.sleep(0.05)
+    raise AssertionError(f"no {event!r} in {m.calls()[before:]}")
+
+
+def test_mcp_raw_http_cancel_notification_cancels_a_dropped_connection_does_not(mcp):
+    import threading
+
+    raw = RawMcp(mcp.url)
+    r = raw.call(2, "add", {"a": 20, "b": 22})
+    data = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
+    assert data[0]["result"]["structuredContent"] == {"result": 42}
+
+    # notifications/cancelled for a running call: the tool is cancelled.
+    before = len(mcp.calls())
+    t = threading.Thread(target=lambda: raw.call(3, "slow", {"seconds": 30}, timeout=40),
+                         daemon=True)
+    t.start()
+    wait_for_event(mcp, before, "start")
+    r = raw.post({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                  "params": {"requestId": 3, "reason": "test"}})
+    assert r.status_code == 202
+    calls = wait_for_event(mcp, before, "cancel")
+    assert [c["event"] for c in calls] == ["start", "cancel"]
+    assert calls[0]["request_id"] == "3"
+
+    # Only dropping the HTTP request does not: the call runs to its end.
+    before = len(mcp.calls())
+    with pytest.raises(httpx.ReadTimeout):
+        raw.call(4, "slow", {"seconds": 1.5}, timeout=0.5)
+    calls = wait_for_event(mcp, before, "end", timeout=10)
+    assert [c["event"] for c in calls] == ["start", "end"]
+    t.join(timeout=10)

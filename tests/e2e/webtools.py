@@ -131,7 +131,7 @@ class Page:
     @property
     def snippet(self) -> str:
         """What the search endpoint returns as the result's content: the first sentence."""
-        return self.text.split(". ")[0].rstrip(".") + "."
+        return re.split(r"(?<=[.。])\s*", self.text, maxsplit=1)[0]
 
     def words(self) -> set[str]:
         return set(re.findall(r"\w+", f"{self.title} {self.text}".lower()))
@@ -162,6 +162,8 @@ FIXTURE_PAGES = [
     Page("parking", "Parking garage access",
          "The parking garage opens at 7:00 and closes at 21:00. Badge access is requested "
          "from facilities.\n\nElectric car chargers are on level -2."),
+    Page("wifi-zh", "访客无线网络",
+         "访客无线网络的名称是 Guest-5G。密码每周一在前台更新。员工请使用公司网络。"),
 ]
 
 
@@ -188,10 +190,16 @@ class Site:
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     def search(self, query: str) -> list[Page]:
+        """Pages holding every word of `query`; a word with non-ASCII letters (Chinese has no
+        spaces between words) matches as a substring of the title or text."""
         words = re.findall(r"\w+", query.lower())
         if not words:
             return []
-        return [p for p in self.pages if all(w in p.words() for w in words)]
+
+        def has(p, w):
+            return w in p.words() or (not w.isascii() and w in f"{p.title} {p.text}".lower())
+
+        return [p for p in self.pages if all(has(p, w) for w in words)]
 
     def page(self, slug: str) -> Page:
         return next(p for p in self.pages if p.slug == slug)
@@ -272,7 +280,8 @@ import json, logging, os, runpy, sys
 _net = open(os.environ["EDGESEEK_TEST_NETLOG"], "a", buffering=1)
 def _audit(event, args):
     if event == "socket.connect":
-        _net.write(json.dumps({"event": "connect", "address": list(args[1]) if isinstance(args[1], tuple) else str(args[1])}) + "\n")
+        addr = list(args[1]) if isinstance(args[1], tuple) else str(args[1])
+        _net.write(json.dumps({"event": "connect", "address": addr}) + "\n")
     elif event == "socket.getaddrinfo":
         host = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
         _net.write(json.dumps({"event": "getaddrinfo", "host": host, "port": str(args[1])}) + "\n")
@@ -538,6 +547,9 @@ class McpServer:
     def __iter__(self):  # `url, calls_log = mcp` unpacking
         return iter((self.url, self.calls_log))
 
+    def __getitem__(self, i):
+        return (self.url, self.calls_log)[i]
+
 
 @contextlib.contextmanager
 def mcp_server(token: str | None = None, timeout: float = 60.0):
@@ -546,7 +558,9 @@ def mcp_server(token: str | None = None, timeout: float = 60.0):
 
     calls_log gets one JSON line per call start ({"event":"start","call":N,"tool","args",
     "request_id"}) and one per end ({"event":"end","call":N,"ok",…}) or cancellation
-    ({"event":"cancel","call":N,"reason"}). With `token`, requests without
+    ({"event":"cancel","call":N,"reason"}). A call is cancelled by the client's
+    notifications/cancelled; a client that only drops the HTTP request leaves it running to its
+    end (test_webtools checks both). With `token`, requests without
     `Authorization: Bearer TOKEN` get 401."""
     tmp = Path(tempfile.mkdtemp(prefix="edgeseek-mcp-"))
     port = free_port()
