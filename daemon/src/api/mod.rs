@@ -39,8 +39,8 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 
-use crate::engine::{Embedder, Scheduler};
 use crate::agents::AgentStore;
+use crate::engine::{Embedder, Scheduler};
 use crate::keys::KeyStore;
 use crate::util::{read, unix_now, write};
 use error::ApiError;

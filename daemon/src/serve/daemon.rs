@@ -129,6 +129,11 @@ impl Daemon {
 }
 
 impl AdminBackend for Daemon {
+    fn agents(&self, op: crate::api::agents_http::AgentOp) -> Result<Value, String> {
+        crate::api::agents_http::run(&self.app.agents, op, Some(&self.app.model_name))
+            .map_err(|e| e.message)
+    }
+
     fn kb(&self, cmd: &str, req: &Value) -> Result<Value, String> {
         let kb = self.app.kb().map_err(|e| e.message)?;
         let base = kb.base();
