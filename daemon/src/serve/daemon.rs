@@ -70,6 +70,7 @@ impl Daemon {
             self.app.set_config(ApiConfig {
                 max_body_bytes: new.server.max_body_bytes,
                 max_inflight_per_key: new.max_inflight_per_key(),
+                agents: super::agent_limits(&new.agents),
             });
         }
         if !restart.is_empty() {
