@@ -126,9 +126,9 @@ pub struct Page {
 /// How HTML becomes text.
 #[derive(Clone, Debug)]
 enum HtmlParse {
-    /// In the knowledge base's parser process (`edgeseek parse-worker`, the running
-    /// executable), with its memory, CPU and time limits: the HTML is untrusted.
-    Worker,
+    /// In the knowledge base's parser process (`edgeseek parse-worker`), with its memory,
+    /// CPU and time limits: the HTML is untrusted. `None`: the running executable.
+    Worker(Option<std::path::PathBuf>),
     /// In this process: unit tests, whose executable is not `edgeseek`.
     #[cfg(test)]
     InProcess,
@@ -162,8 +162,16 @@ impl Fetcher {
             max_bytes: cfg.max_bytes,
             timeout: Duration::from_secs(cfg.timeout_s),
             max_redirects: cfg.max_redirects,
-            html: HtmlParse::Worker,
+            html: HtmlParse::Worker(None),
         })
+    }
+
+    /// This fetcher running `exe` as the HTML parser worker (`exe parse-worker`) instead of
+    /// the running executable, which is right for the daemon; integration tests name the
+    /// built `edgeseek` binary.
+    pub fn with_parse_worker(mut self, exe: std::path::PathBuf) -> Fetcher {
+        self.html = HtmlParse::Worker(Some(exe));
+        self
     }
 
     /// This fetcher parsing HTML in-process (unit tests run in a binary that is not
@@ -337,7 +345,13 @@ impl Fetcher {
         charset: Option<String>,
         url: &str,
     ) -> Result<(Option<String>, String), WebError> {
+        let worker_exe = match &self.html {
+            HtmlParse::Worker(exe) => exe.clone(),
+            #[cfg(test)]
+            HtmlParse::InProcess => None,
+        };
         let opts = ParseOptions {
+            worker_exe,
             charset,
             timeout: self.timeout,
             max_input_bytes: self.max_bytes,
@@ -345,7 +359,7 @@ impl Fetcher {
         };
         let html = self.html.clone();
         let parsed = tokio::task::spawn_blocking(move || match html {
-            HtmlParse::Worker => parse::parse(&body, DocKind::Html, &opts),
+            HtmlParse::Worker(_) => parse::parse(&body, DocKind::Html, &opts),
             #[cfg(test)]
             HtmlParse::InProcess => parse::parse_in_process(&body, DocKind::Html, &opts),
         })
@@ -469,14 +483,16 @@ impl reqwest::dns::Resolve for CheckedResolver {
             if addrs.is_empty() {
                 return Err(failed("no addresses".to_string()));
             }
-            for a in &addrs {
-                policy
-                    .check(&host, a.ip())
-                    .map_err(|b| Box::new(b) as BoxError)?;
-            }
+            check_all(&policy, &host, &addrs).map_err(|b| Box::new(b) as BoxError)?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+/// Every address a name resolved to must pass: one refused address refuses the name, since
+/// the connector may pick any of them (and a rebinding name mixes a public one in).
+fn check_all(policy: &Policy, host: &str, addrs: &[SocketAddr]) -> Result<(), Blocked> {
+    addrs.iter().try_for_each(|a| policy.check(host, a.ip()))
 }
 
 /// A reqwest failure as a [`WebError`]: a refusal of the resolver stays a refusal.

@@ -434,6 +434,30 @@ async fn https_server_certificate_is_verified() {
 }
 
 #[test]
+fn every_resolved_address_is_checked() {
+    let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+    let policy = config(&["10.9.0.0/16"]).policy().unwrap();
+    assert!(check_all(&policy, "ok.example", &[sa("8.8.8.8:0"), sa("10.9.1.1:0")]).is_ok());
+    // One private address among public ones refuses the name, wherever it stands.
+    for addrs in [
+        [sa("8.8.8.8:0"), sa("192.168.0.1:0")],
+        [sa("192.168.0.1:0"), sa("8.8.8.8:0")],
+    ] {
+        let e = check_all(&policy, "rebind.example", &addrs).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rebind.example resolves to 192.168.0.1, a private address (allow it in [fetch] allow)"
+        );
+    }
+    let e = check_all(
+        &policy,
+        "v6.example",
+        &[sa("[2606:4700::1]:0"), sa("[::1]:0")],
+    );
+    assert!(e.is_err());
+}
+
+#[test]
 fn charset_parameter() {
     assert_eq!(
         charset_param("text/html; charset=UTF-8").as_deref(),
