@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod engine;
 pub mod kb;
 pub mod keys;
+pub mod mcp;
 pub mod serve;
 pub mod service;
 pub mod store;
