@@ -11,7 +11,11 @@
 //!   transport (server restarted, connection lost) is dropped and the request is tried once
 //!   more on a fresh one; a server that answers 404 for an expired session is re-initialized
 //!   by rmcp itself. Connecting is serialized per server, so a burst of calls to a server that
-//!   just came back opens one session, not one each.
+//!   just came back opens one session, not one each. A call in flight while its server restarts
+//!   loses its answer with the old process; rmcp does not report that, so it ends at its
+//!   timeout (the next call works). A call retried after a transport failure runs twice if the
+//!   server had already read it when the connection broke; MCP has no idempotency key to stop
+//!   that, and a server that is down is the common case the retry is for.
 //! * **Tool lists are cached** for [`TOOLS_TTL`]: every agent request needs the list (to
 //!   offer the model its tools, to check an allowlist), and asking each server every time
 //!   would put a LAN round trip in front of every chat. A failed tool call marks the list
@@ -255,7 +259,7 @@ pub enum McpError {
     UnknownServer { server: String },
     /// The server could not be reached or the session broke (refused, DNS, TLS, HTTP status,
     /// unreadable token file).
-    #[error("MCP server {server} ({url}): {msg}")]
+    #[error("MCP server {server} ({url}): {}", one_line(msg))]
     Unavailable {
         server: String,
         url: String,
@@ -263,14 +267,15 @@ pub enum McpError {
     },
     /// The server answered with a JSON-RPC error (unknown tool, invalid arguments) or with
     /// something this client does not handle.
-    #[error("MCP server {server} ({url}): {msg}")]
+    #[error("MCP server {server} ({url}): {}", one_line(msg))]
     Protocol {
         server: String,
         url: String,
         msg: String,
     },
-    /// The tool ran and reported failure (`isError: true`); `msg` is its text.
-    #[error("MCP server {server} ({url}): tool {tool} failed: {msg}")]
+    /// The tool ran and reported failure (`isError: true`); `msg` is its text as sent (the
+    /// message shows it on one line).
+    #[error("MCP server {server} ({url}): tool {tool} failed: {}", one_line(msg))]
     Tool {
         server: String,
         url: String,
@@ -304,6 +309,26 @@ impl McpError {
             other => other.to_string(),
         }
     }
+}
+
+/// The longest server-supplied text an error message repeats.
+const MAX_ERROR_TEXT: usize = 500;
+
+/// `text` on one line (runs of whitespace, newlines included, become one space) and at most
+/// [`MAX_ERROR_TEXT`] characters: a server's error can be a multi-line validation report.
+fn one_line(text: &str) -> String {
+    let mut out = String::new();
+    for (i, word) in text.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    if let Some((cut, _)) = out.char_indices().nth(MAX_ERROR_TEXT) {
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }
 
 /// The MCP client of the daemon: one per process, cheap to clone (all clones share sessions

@@ -207,6 +207,28 @@ fn error_kinds() {
     };
     assert_eq!(tool.kind(), "error");
     assert_eq!(tool.message(), "locked");
+
+    // A multi-line report from the server: the message is one line, the text kept whole.
+    let report = "2 validation errors\na\n  must be an integer\nb\n  missing";
+    let tool = McpError::Tool {
+        server: "erp".into(),
+        url: "http://h/mcp".into(),
+        tool: "add".into(),
+        msg: report.into(),
+    };
+    assert_eq!(
+        tool.to_string(),
+        "MCP server erp (http://h/mcp): tool add failed: 2 validation errors a must be an integer b missing"
+    );
+    assert_eq!(tool.message(), report);
+    let long = McpError::Protocol {
+        server: "erp".into(),
+        url: "http://h/mcp".into(),
+        msg: "é".repeat(2000),
+    };
+    let line = long.to_string();
+    assert!(line.ends_with('…'), "{line}");
+    assert_eq!(line.chars().filter(|c| *c == 'é').count(), 500);
 }
 
 // ---- a real MCP server ----------------------------------------------------------------------
@@ -716,4 +738,72 @@ async fn bearer_token_and_redirect() {
         ],
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_one_session() {
+    let server = TestServer::start(Options::default()).await;
+    let mcp = mcp_for(&[("t", server.url())]);
+    // All start before any session exists: one connect, the others wait for it.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..8i64 {
+        let mcp = mcp.clone();
+        set.spawn(async move {
+            let r = mcp.call("t", "add", json!({"a": i, "b": 100}), LONG).await;
+            (i, r)
+        });
+    }
+    let slow = {
+        let mcp = mcp.clone();
+        tokio::spawn(async move { mcp.call("t", "slow", json!({"ms": 200}), LONG).await })
+    };
+    while let Some(done) = set.join_next().await {
+        let (i, r) = done.unwrap();
+        assert_eq!(r.unwrap(), (i + 100).to_string());
+    }
+    assert_eq!(slow.await.unwrap().unwrap(), "slept 200 ms");
+    assert_eq!(server.sessions.load(Ordering::SeqCst), 1);
+    server.stop().await;
+}
+
+/// A server restarted while a call is in flight: that call's answer is lost with the old
+/// process. It fails (today rmcp leaves it to the timeout) no later than its timeout, and the
+/// next call goes through on a session with the new process.
+#[tokio::test]
+async fn call_cut_off_by_a_restart_fails_within_its_timeout() {
+    for json in [false, true] {
+        let opts = Options { json, token: None };
+        let server = TestServer::start(opts).await;
+        let mcp = mcp_for(&[("t", server.url())]);
+        assert_eq!(
+            mcp.call("t", "add", json!({"a": 1, "b": 1}), LONG)
+                .await
+                .unwrap(),
+            "2"
+        );
+        let started = Instant::now();
+        let call = {
+            let mcp = mcp.clone();
+            let limit = Duration::from_millis(1500);
+            tokio::spawn(async move { mcp.call("t", "slow", json!({"ms": 800}), limit).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let addr = server.stop().await;
+        let server = TestServer::start_at(addr, opts).await;
+        let cut = call.await.unwrap();
+        assert!(cut.is_err(), "json {json}: {cut:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            mcp.call("t", "add", json!({"a": 2, "b": 2}), LONG)
+                .await
+                .unwrap(),
+            "4"
+        );
+        assert_eq!(server.sessions.load(Ordering::SeqCst), 1);
+        server.stop().await;
+    }
 }
