@@ -441,6 +441,11 @@ fn mcp_for(servers: &[(&str, String)]) -> Mcp {
 
 const LONG: Duration = Duration::from_secs(10);
 
+/// `add(a, b)` on `server`, with a generous timeout.
+async fn add(mcp: &Mcp, server: &str, a: i64, b: i64) -> Result<String, McpError> {
+    mcp.call(server, "add", json!({"a": a, "b": b}), LONG).await
+}
+
 #[tokio::test]
 async fn lists_and_calls_tools() {
     for json in [false, true] {
@@ -455,21 +460,14 @@ async fn lists_and_calls_tools() {
         let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["add", "fail", "picture", "slow"]);
-        let add = tools.iter().find(|t| t.name == "add").unwrap();
-        assert_eq!(add.description, "Adds two integers");
-        assert_eq!(add.input_schema["type"], "object");
-        assert!(
-            add.input_schema["properties"]["a"].is_object(),
-            "{}",
-            add.input_schema
-        );
-        assert!(
-            add.input_schema["properties"]["b"].is_object(),
-            "{}",
-            add.input_schema
-        );
+        let adder = tools.iter().find(|t| t.name == "add").unwrap();
+        assert_eq!(adder.description, "Adds two integers");
+        assert_eq!(adder.input_schema["type"], "object");
+        let properties = &adder.input_schema["properties"];
+        assert!(properties["a"].is_object(), "{properties}");
+        assert!(properties["b"].is_object(), "{properties}");
 
-        let sum = mcp.call("t", "add", json!({"a": 2, "b": 40}), LONG).await;
+        let sum = add(&mcp, "t", 2, 40).await;
         assert_eq!(sum.unwrap(), "42");
         let pic = mcp
             .call("t", "picture", serde_json::Value::Null, LONG)
@@ -525,7 +523,7 @@ async fn tool_errors_and_bad_requests() {
     expect_err(no_server, &["MCP server crm is not configured"]);
 
     // None of it broke the session.
-    let sum = mcp.call("erp", "add", json!({"a": 1, "b": 1}), LONG).await;
+    let sum = add(&mcp, "erp", 1, 1).await;
     assert_eq!(sum.unwrap(), "2");
     assert_eq!(server.sessions.load(Ordering::SeqCst), 1);
     server.stop().await;
@@ -535,12 +533,7 @@ async fn tool_errors_and_bad_requests() {
 async fn timeout_cancels_the_call_and_the_session_lives_on() {
     let mut server = TestServer::start(Options::default()).await;
     let mcp = mcp_for(&[("t", server.url())]);
-    assert_eq!(
-        mcp.call("t", "add", json!({"a": 1, "b": 2}), LONG)
-            .await
-            .unwrap(),
-        "3"
-    );
+    assert_eq!(add(&mcp, "t", 1, 2).await.unwrap(), "3");
 
     let started = Instant::now();
     let slow = mcp
@@ -560,12 +553,7 @@ async fn timeout_cancels_the_call_and_the_session_lives_on() {
     );
     server.expect_cancelled().await;
 
-    assert_eq!(
-        mcp.call("t", "add", json!({"a": 2, "b": 2}), LONG)
-            .await
-            .unwrap(),
-        "4"
-    );
+    assert_eq!(add(&mcp, "t", 2, 2).await.unwrap(), "4");
     assert_eq!(server.sessions.load(Ordering::SeqCst), 1);
     server.stop().await;
 }
@@ -574,12 +562,7 @@ async fn timeout_cancels_the_call_and_the_session_lives_on() {
 async fn dropped_call_is_cancelled_and_the_next_call_works() {
     let mut server = TestServer::start(Options::default()).await;
     let mcp = mcp_for(&[("t", server.url())]);
-    assert_eq!(
-        mcp.call("t", "add", json!({"a": 1, "b": 2}), LONG)
-            .await
-            .unwrap(),
-        "3"
-    );
+    assert_eq!(add(&mcp, "t", 1, 2).await.unwrap(), "3");
 
     // The caller gives up (a client disconnect): the future is dropped mid-call.
     let call = mcp.call("t", "slow", json!({"ms": 10_000}), LONG);
@@ -592,27 +575,10 @@ async fn dropped_call_is_cancelled_and_the_next_call_works() {
     // Also a call dropped before its session existed: a fresh Mcp, dropped while connecting
     // or sending, leaves nothing behind that breaks the next call.
     let fresh = mcp_for(&[("t", server.url())]);
-    drop(
-        tokio::time::timeout(
-            Duration::from_millis(1),
-            fresh.call("t", "add", json!({"a": 0, "b": 0}), LONG),
-        )
-        .await,
-    );
-    assert_eq!(
-        fresh
-            .call("t", "add", json!({"a": 5, "b": 5}), LONG)
-            .await
-            .unwrap(),
-        "10"
-    );
+    drop(tokio::time::timeout(Duration::from_millis(1), add(&fresh, "t", 0, 0)).await);
+    assert_eq!(add(&fresh, "t", 5, 5).await.unwrap(), "10");
 
-    assert_eq!(
-        mcp.call("t", "add", json!({"a": 2, "b": 3}), LONG)
-            .await
-            .unwrap(),
-        "5"
-    );
+    assert_eq!(add(&mcp, "t", 2, 3).await.unwrap(), "5");
     // The first Mcp kept its session; the fresh one opened at most two.
     let sessions = server.sessions.load(Ordering::SeqCst);
     assert!((2..=3).contains(&sessions), "{sessions} sessions");
@@ -643,22 +609,14 @@ async fn server_restart_reconnects_and_lists_refresh_after_failures() {
     let server = TestServer::start(Options::default()).await;
     let url = server.url();
     let mcp = mcp_for(&[("t", url.clone())]);
-    assert_eq!(
-        mcp.call("t", "add", json!({"a": 1, "b": 1}), LONG)
-            .await
-            .unwrap(),
-        "2"
-    );
+    assert_eq!(add(&mcp, "t", 1, 1).await.unwrap(), "2");
     assert!(mcp.tools().await[0].tools.is_ok());
 
     let addr = server.stop().await;
     // The list is still served from the cache while it is fresh ...
     assert!(mcp.tools().await[0].tools.is_ok());
     // ... a call finds the server gone ...
-    let e = mcp
-        .call("t", "add", json!({"a": 1, "b": 1}), LONG)
-        .await
-        .unwrap_err();
+    let e = add(&mcp, "t", 1, 1).await.unwrap_err();
     assert_eq!(
         e.to_string(),
         format!("MCP server t ({url}): connection refused")
@@ -669,24 +627,14 @@ async fn server_restart_reconnects_and_lists_refresh_after_failures() {
 
     // The same server comes back on the same address: the next call opens a new session.
     let server = TestServer::start_at(addr, Options::default()).await;
-    assert_eq!(
-        mcp.call("t", "add", json!({"a": 2, "b": 2}), LONG)
-            .await
-            .unwrap(),
-        "4"
-    );
+    assert_eq!(add(&mcp, "t", 2, 2).await.unwrap(), "4");
     assert_eq!(server.sessions.load(Ordering::SeqCst), 1);
 
     // Restarted under a live session (no failed call in between): the old session is unknown
     // to the new process, and the call still goes through.
     let addr = server.stop().await;
     let server = TestServer::start_at(addr, Options::default()).await;
-    assert_eq!(
-        mcp.call("t", "add", json!({"a": 3, "b": 3}), LONG)
-            .await
-            .unwrap(),
-        "6"
-    );
+    assert_eq!(add(&mcp, "t", 3, 3).await.unwrap(), "6");
     assert_eq!(server.sessions.load(Ordering::SeqCst), 1);
     server.stop().await;
 }
@@ -716,12 +664,7 @@ async fn bearer_token_and_redirect() {
     };
 
     let mcp = with(Some(token.clone()));
-    assert_eq!(
-        mcp.call("erp", "add", json!({"a": 1, "b": 2}), LONG)
-            .await
-            .unwrap(),
-        "3"
-    );
+    assert_eq!(add(&mcp, "erp", 1, 2).await.unwrap(), "3");
 
     let none = with(None).call("erp", "add", json!({}), LONG).await;
     expect_err(none, &[&format!("MCP server erp ({url}): HTTP 401")]);
@@ -749,7 +692,7 @@ async fn concurrent_calls_share_one_session() {
     for i in 0..8i64 {
         let mcp = mcp.clone();
         set.spawn(async move {
-            let r = mcp.call("t", "add", json!({"a": i, "b": 100}), LONG).await;
+            let r = add(&mcp, "t", i, 100).await;
             (i, r)
         });
     }
@@ -775,12 +718,7 @@ async fn call_cut_off_by_a_restart_fails_within_its_timeout() {
         let opts = Options { json, token: None };
         let server = TestServer::start(opts).await;
         let mcp = mcp_for(&[("t", server.url())]);
-        assert_eq!(
-            mcp.call("t", "add", json!({"a": 1, "b": 1}), LONG)
-                .await
-                .unwrap(),
-            "2"
-        );
+        assert_eq!(add(&mcp, "t", 1, 1).await.unwrap(), "2");
         let started = Instant::now();
         let call = {
             let mcp = mcp.clone();
@@ -797,12 +735,7 @@ async fn call_cut_off_by_a_restart_fails_within_its_timeout() {
             "{:?}",
             started.elapsed()
         );
-        assert_eq!(
-            mcp.call("t", "add", json!({"a": 2, "b": 2}), LONG)
-                .await
-                .unwrap(),
-            "4"
-        );
+        assert_eq!(add(&mcp, "t", 2, 2).await.unwrap(), "4");
         assert_eq!(server.sessions.load(Ordering::SeqCst), 1);
         server.stop().await;
     }
