@@ -740,3 +740,55 @@ async fn call_cut_off_by_a_restart_fails_within_its_timeout() {
         server.stop().await;
     }
 }
+
+/// https:// goes through rustls with ring and the system's roots: a self-signed server is
+/// refused at the handshake, with the reason in the one line.
+#[tokio::test]
+async fn https_server_with_an_untrusted_certificate() {
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = key.cert.der().clone();
+    let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], private)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accept = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = acceptor.accept(stream).await;
+        }
+    });
+    let url = format!("https://{addr}/mcp/");
+    let mcp = mcp_for(&[("tls", url.clone())]);
+    let e = add(&mcp, "tls", 1, 1).await.unwrap_err();
+    let line = e.to_string();
+    assert!(
+        line.starts_with(&format!("MCP server tls ({url}): ")),
+        "{line}"
+    );
+    assert!(line.contains("certificate"), "{line}");
+    assert!(matches!(e, McpError::Unavailable { .. }), "{e:?}");
+    accept.abort();
+}
+
+#[test]
+fn without_system_roots_every_certificate_is_refused_with_the_reason() {
+    use rustls::client::danger::ServerCertVerifier;
+    let v = NoRoots {
+        why: "No CA certificates were loaded from the system".into(),
+        schemes: vec![],
+    };
+    let cert = rustls::pki_types::CertificateDer::from(vec![0u8; 4]);
+    let name = rustls::pki_types::ServerName::try_from("mcp.lan").unwrap();
+    let r = v.verify_server_cert(&cert, &[], &name, &[], rustls::pki_types::UnixTime::now());
+    expect_err(
+        r.map(|_| ()),
+        &["No CA certificates were loaded from the system"],
+    );
+}
