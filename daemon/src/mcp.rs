@@ -338,6 +338,14 @@ pub struct Mcp {
     servers: Arc<[Arc<Server>]>,
 }
 
+impl std::fmt::Debug for Mcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.servers.iter().map(|s| (&s.config.name, &s.config.url)))
+            .finish()
+    }
+}
+
 type Session = RunningService<RoleClient, ClientConfig>;
 
 struct Server {

@@ -519,6 +519,7 @@ async fn tool_errors_and_bad_requests() {
     let not_object = mcp.call("erp", "add", json!([1, 2]), LONG).await;
     expect_err(not_object, &["tool arguments must be a JSON object"]);
 
+    assert_eq!(format!("{mcp:?}"), format!("[(\"erp\", \"{url}\")]"));
     let no_server = mcp.call("crm", "add", json!({}), LONG).await;
     expect_err(no_server, &["MCP server crm is not configured"]);
 
