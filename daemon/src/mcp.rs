@@ -365,6 +365,13 @@ struct Listing {
     tools: Result<Vec<McpTool>, McpError>,
 }
 
+impl Default for Mcp {
+    /// No servers.
+    fn default() -> Self {
+        Mcp::new(McpConfig::default())
+    }
+}
+
 impl Mcp {
     /// Takes a validated config. Nothing is contacted until the first request.
     pub fn new(config: McpConfig) -> Mcp {
