@@ -28,7 +28,10 @@ class Server:
     """One `edgeseek serve --dev` process."""
 
     def __init__(self, state: Path, model: Path = QWEN, config: str | None = None,
-                 client_cert: tuple[Path, Path] | None = None, listen: str = "127.0.0.1:0"):
+                 client_cert: tuple[Path, Path] | None = None, listen: str = "127.0.0.1:0",
+                 prefix: list[str] | None = None, url_map=None):
+        """`prefix`: argv to run the daemon under (e.g. `ip netns exec NS`); `url_map`: turns
+        the address it prints into the one this test reaches it at."""
         self.state = state
         self.client_cert = client_cert
         state.mkdir(parents=True, exist_ok=True)
@@ -41,9 +44,11 @@ class Server:
         env = {k: v for k, v in os.environ.items() if k != "ORT_DYLIB_PATH"}
         env["EDGESEEK_LOG"] = env.get("EDGESEEK_TEST_LOG", "warn")
         self.log = open(state / "serve.log", "w")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True)
+        self.proc = subprocess.Popen((prefix or []) + args, cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.url = self._read_url(timeout=60)
+        if url_map:
+            self.url = url_map(self.url)
         self.ca = state / "tls" / "ca.pem"
         # No pooled keep-alive connections: the server closes idle ones after
         # server.header_read_timeout_s, and a test that reuses one after a slow test would
