@@ -4,6 +4,7 @@
 //! concern (see README "Architecture").
 
 pub mod admin;
+pub mod agents;
 pub mod api;
 pub mod bench;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod doctor;
 pub mod engine;
 pub mod kb;
 pub mod keys;
+pub mod schema;
 pub mod serve;
 pub mod service;
 pub mod store;

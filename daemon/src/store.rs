@@ -6,8 +6,8 @@
 //! the CLI open it directly (see `admin::cli`).
 //!
 //! The store knows no module's tables but its own (`meta`, `keys`): whoever opens it passes the
-//! schema steps in order (the daemon's list is [`crate::kb::store::MIGRATIONS`]: this module's
-//! [`KEYS_V1`], then the knowledge base's step), so the store imports nothing above it.
+//! schema steps in order (the daemon's list is [`crate::schema::MIGRATIONS`]: this module's
+//! [`KEYS_V1`], then the knowledge base's and the agents' steps), so it imports nothing above it.
 //!
 //! Adding a table: define its `TableDefinition` in the owning module, write
 //! `fn vN(tx: &WriteTransaction) -> Result<(), StoreError>` that opens (and thereby creates) it and
@@ -198,7 +198,7 @@ impl Store {
     }
 
     /// Open (or create) the database at `path` and bring its schema up to date with
-    /// `migrations`, every schema step in order (the daemon's: [`crate::kb::store::MIGRATIONS`]).
+    /// `migrations`, every schema step in order (the daemon's: [`crate::schema::MIGRATIONS`]).
     pub fn open(path: &Path, migrations: &[Migration]) -> Result<Store, StoreError> {
         let open_err = |msg: String| StoreError::Open {
             file: path.to_path_buf(),

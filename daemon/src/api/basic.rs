@@ -5,6 +5,7 @@ use super::gate::Call;
 use super::wire::{self, models::Model};
 use super::{full, json_response, Body, ModelState, OPENAPI};
 use hyper::{Response, StatusCode};
+use crate::keys::Scope;
 
 /// `GET /healthz`: the process answers.
 pub async fn healthz(_: Call) -> Result<Response<Body>, ApiError> {
@@ -60,6 +61,14 @@ pub async fn models(c: Call) -> Result<Response<Body>, ApiError> {
     if let Some((e, loaded_at)) = app.embedder_loaded() {
         data.push(Model::new(e.name(), loaded_at));
     }
+    let key = c.key()?;
+    data.extend(
+        app.agents
+            .list()
+            .iter()
+            .filter(|a| key.allows(&Scope::Agent(a.name.clone())))
+            .map(|a| Model::agent(a)),
+    );
     Ok(json_response(
         StatusCode::OK,
         &wire::value(&wire::List::new(data)),
@@ -79,6 +88,15 @@ pub async fn model(c: Call) -> Result<Response<Body>, ApiError> {
             StatusCode::OK,
             &wire::value(&Model::new(e.name(), loaded_at)),
         )),
-        _ => Err(ApiError::model_not_found(id)),
+        _ => match id.strip_prefix(crate::agents::MODEL_PREFIX) {
+            Some(name) if c.key()?.allows(&Scope::Agent(name.to_string())) => {
+                let a = app
+                    .agents
+                    .get(name)
+                    .ok_or_else(|| ApiError::model_not_found(id))?;
+                Ok(json_response(StatusCode::OK, &wire::value(&Model::agent(&a))))
+            }
+            _ => Err(ApiError::model_not_found(id)),
+        },
     }
 }

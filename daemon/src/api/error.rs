@@ -44,7 +44,7 @@ impl ApiError {
         self
     }
 
-    fn with_code(mut self, code: &'static str) -> Self {
+    pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
     }

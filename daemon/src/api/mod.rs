@@ -8,6 +8,7 @@
 //! and is counted in the metrics by route pattern.
 
 pub mod admin_http;
+pub mod agents_http;
 pub mod basic;
 pub mod chat;
 pub mod console;
@@ -39,6 +40,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 
 use crate::engine::{Embedder, Scheduler};
+use crate::agents::AgentStore;
 use crate::keys::KeyStore;
 use crate::util::{read, unix_now, write};
 use error::ApiError;
@@ -102,6 +104,8 @@ pub struct App {
     embed: RwLock<EmbedState>,
     kb: RwLock<KbState>,
     keys: KeyStore,
+    /// The agents admins built (chat with them as model `agent:NAME`).
+    pub agents: AgentStore,
     pub metrics: Metrics,
     /// Admin HTTP endpoints: the status source and the tokens/s history.
     pub admin: admin_http::AdminHttp,
@@ -112,7 +116,13 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(model_name: String, model_dir: PathBuf, keys: KeyStore, cfg: ApiConfig) -> App {
+    pub fn new(
+        model_name: String,
+        model_dir: PathBuf,
+        keys: KeyStore,
+        agents: AgentStore,
+        cfg: ApiConfig,
+    ) -> App {
         App {
             model_name,
             model_dir,
@@ -120,6 +130,7 @@ impl App {
             embed: RwLock::new(EmbedState::Off("no embedding model is configured".into())),
             kb: RwLock::new(KbState::Loading),
             keys,
+            agents,
             metrics: Metrics::default(),
             admin: admin_http::AdminHttp::default(),
             cfg: RwLock::new(cfg),

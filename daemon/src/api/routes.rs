@@ -18,7 +18,7 @@ use super::openapi::*;
 use super::wire::{
     admin, chat as chat_wire, embeddings as embeddings_wire, kb as kb_wire, models, List,
 };
-use super::{admin_http, basic, chat, console, embeddings, kb, Body};
+use super::{admin_http, agents_http, basic, chat, console, embeddings, kb, Body};
 use crate::keys::Scope;
 use utoipa::openapi::path::ParameterIn;
 
@@ -372,6 +372,89 @@ static TABLE: &[Route] = &[
                 ok: ("200", "The revoked key", &[(JSON, named::<admin::ApiKey>())]),
                 errors: &["401", "403", "404", "409"],
                 ..OpDoc::new("Revoke an API key")
+            },
+            ),
+            route(
+                "GET",
+                "/v1/admin/agents",
+                Access::Scope(admin_scope),
+                One,
+                NO_BODY,
+                handler!(agents_http::list),
+                OpDoc {
+                operation_id: Some("adminListAgents"),
+                scope: Some("admin"),
+                description: Some("Every agent, by name. Keys with scope `agent:NAME` (or `agent:*`) chat with one as model `agent:NAME`."),
+                ok: ("200", "Agents", &[(JSON, inline::<List<crate::agents::Agent>>())]),
+                errors: &["401", "403"],
+                ..OpDoc::new("List agents")
+            },
+            ),
+            route(
+                "POST",
+                "/v1/admin/agents",
+                Access::Scope(admin_scope),
+                One,
+                SMALL,
+                handler!(agents_http::create),
+                OpDoc {
+                operation_id: Some("adminCreateAgent"),
+                scope: Some("admin"),
+                description: Some("`name` and any other field of the agent (absent ones get their defaults; `created` and `updated` are set by the server, so a shown agent can be posted again under a new name)."),
+                request: &[(JSON, named::<crate::agents::Agent>())],
+                ok: ("201", "The agent", &[(JSON, named::<crate::agents::Agent>())]),
+                errors: &["400", "401", "403", "409", "413"],
+                ..OpDoc::new("Create an agent")
+            },
+            ),
+            route(
+                "GET",
+                "/v1/admin/agents/{name}",
+                Access::Scope(admin_scope),
+                One,
+                NO_BODY,
+                handler!(agents_http::show),
+                OpDoc {
+                operation_id: Some("adminShowAgent"),
+                scope: Some("admin"),
+                params: &[path_param("name", None)],
+                ok: ("200", "The agent", &[(JSON, named::<crate::agents::Agent>())]),
+                errors: &["401", "403", "404"],
+                ..OpDoc::new("One agent")
+            },
+            ),
+            route(
+                "PATCH",
+                "/v1/admin/agents/{name}",
+                Access::Scope(admin_scope),
+                One,
+                SMALL,
+                handler!(agents_http::update),
+                OpDoc {
+                operation_id: Some("adminUpdateAgent"),
+                scope: Some("admin"),
+                description: Some("The fields to change; `null` clears `model`, `reasoning_budget` and `temperature`. The name cannot change."),
+                params: &[path_param("name", None)],
+                request: &[(JSON, named::<crate::agents::AgentPatch>())],
+                ok: ("200", "The changed agent", &[(JSON, named::<crate::agents::Agent>())]),
+                errors: &["400", "401", "403", "404", "413"],
+                ..OpDoc::new("Change an agent")
+            },
+            ),
+            route(
+                "DELETE",
+                "/v1/admin/agents/{name}",
+                Access::Scope(admin_scope),
+                One,
+                NO_BODY,
+                handler!(agents_http::delete),
+                OpDoc {
+                operation_id: Some("adminDeleteAgent"),
+                scope: Some("admin"),
+                params: &[path_param("name", None)],
+                ok: ("200", "`{\"name\", \"deleted\": true}`", &[(JSON, OBJECT)]),
+                errors: &["401", "403", "404"],
+                ..OpDoc::new("Delete an agent")
             },
             ),
             route(

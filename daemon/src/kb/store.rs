@@ -34,9 +34,9 @@ pub const TERMS: TableDefinition<&str, &[u8]> = TableDefinition::new("kb_terms")
 
 pub const META_ANALYZER: &str = "analyzer";
 
-/// Every schema step of the daemon's database, in order: the store's own (API keys), then the
-/// knowledge base's. The store runs what it is given; the list lives here, with the highest
-/// module that owns tables, so that the store needs to import none of them. Append only.
+/// The schema steps up to the knowledge base's: the store's own (API keys), then this module's.
+/// The daemon opens its file with the whole list, [`crate::schema::MIGRATIONS`]; the knowledge
+/// base's own tests and benchmarks need only this prefix.
 pub const MIGRATIONS: &[Migration] = &[KEYS_V1, KB_V2];
 
 /// Schema step 2: the knowledge-base tables.

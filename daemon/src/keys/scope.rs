@@ -17,6 +17,10 @@ pub enum Scope {
     Embeddings,
     KbRead(String),
     KbWrite(String),
+    /// May chat with this agent (`model: "agent:NAME"`); `*` covers every agent.
+    Agent(String),
+    /// May search the web (the `web_search` chat extension, web tools inside agents).
+    Web,
     Admin,
 }
 
@@ -27,6 +31,8 @@ impl fmt::Display for Scope {
             Scope::Embeddings => f.write_str("embeddings"),
             Scope::KbRead(c) => write!(f, "kb:read:{c}"),
             Scope::KbWrite(c) => write!(f, "kb:write:{c}"),
+            Scope::Agent(a) => write!(f, "agent:{a}"),
+            Scope::Web => f.write_str("web"),
             Scope::Admin => f.write_str("admin"),
         }
     }
@@ -52,13 +58,22 @@ impl FromStr for Scope {
             "chat" => Ok(Scope::Chat),
             "embeddings" => Ok(Scope::Embeddings),
             "admin" => Ok(Scope::Admin),
+            "web" => Ok(Scope::Web),
             _ => {
                 if let Some(c) = s.strip_prefix("kb:read:") {
                     Ok(Scope::KbRead(collection(c)?))
                 } else if let Some(c) = s.strip_prefix("kb:write:") {
                     Ok(Scope::KbWrite(collection(c)?))
+                } else if let Some(a) = s.strip_prefix("agent:") {
+                    if a == "*" || crate::agents::valid_name(a) {
+                        Ok(Scope::Agent(a.to_string()))
+                    } else {
+                        Err(bad(
+                            "agent must be `*` or 1-64 letters, digits, `-`, `_`, `.`",
+                        ))
+                    }
                 } else {
-                    Err(bad("expected chat, embeddings, kb:read:COLLECTION, kb:write:COLLECTION or admin"))
+                    Err(bad("expected chat, embeddings, web, kb:read:COLLECTION, kb:write:COLLECTION, agent:NAME or admin"))
                 }
             }
         }
@@ -104,6 +119,8 @@ impl KeyInfo {
             (Scope::Chat, Scope::Chat) | (Scope::Embeddings, Scope::Embeddings) => true,
             (Scope::KbRead(g) | Scope::KbWrite(g), Scope::KbRead(w)) => covers(g, w),
             (Scope::KbWrite(g), Scope::KbWrite(w)) => covers(g, w),
+            (Scope::Agent(g), Scope::Agent(w)) => covers(g, w),
+            (Scope::Web, Scope::Web) => true,
             _ => false,
         })
     }
@@ -133,6 +150,9 @@ mod tests {
             "kb:read:docs",
             "kb:write:*",
             "kb:read:规章制度",
+            "agent:helpdesk",
+            "agent:*",
+            "web",
         ] {
             assert_eq!(s.parse::<Scope>().unwrap().to_string(), s);
         }
@@ -143,6 +163,9 @@ mod tests {
             "kb:read",
             "kb:delete:x",
             "kb:read:a b",
+            "agent:",
+            "agent:a b",
+            "web:x",
         ] {
             assert!(bad.parse::<Scope>().is_err(), "{bad}");
         }
@@ -179,8 +202,23 @@ mod tests {
         let ww = info("kb:write:*");
         assert!(ww.allows(&Scope::KbRead("x".into())) && ww.allows(&Scope::KbWrite("y".into())));
 
+        let ag = info("agent:helpdesk,web");
+        assert!(ag.allows(&Scope::Agent("helpdesk".into())) && ag.allows(&Scope::Web));
+        assert!(!ag.allows(&Scope::Agent("hr".into())) && !ag.allows(&Scope::Chat));
+        assert!(!ag.allows(&Scope::Agent("*".into())));
+        assert!(info("agent:*").allows(&Scope::Agent("hr".into())));
+        assert!(!info("chat").allows(&Scope::Web));
+
         let a = info("admin");
-        for s in ["chat", "embeddings", "admin", "kb:write:x", "kb:read:*"] {
+        for s in [
+            "chat",
+            "embeddings",
+            "admin",
+            "kb:write:x",
+            "kb:read:*",
+            "agent:x",
+            "web",
+        ] {
             assert!(a.allows(&s.parse().unwrap()), "{s}");
         }
     }

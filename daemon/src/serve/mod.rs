@@ -52,6 +52,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("API keys: {0}")]
     Keys(#[from] KeyError),
+    #[error("agents: {0}")]
+    Agents(#[from] crate::agents::AgentError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -182,11 +184,14 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         ca = ?id.ca_path,
         "TLS identity"
     );
-    let keys = KeyStore::open(Store::open_in(&state_dir, crate::kb::store::MIGRATIONS)?)?;
+    let store = Store::open_in(&state_dir, crate::schema::MIGRATIONS)?;
+    let agents = crate::agents::AgentStore::open(store.clone())?;
+    let keys = KeyStore::open(store)?;
     let app = Arc::new(App::new(
         name.clone(),
         model_dir.clone(),
         keys,
+        agents,
         ApiConfig {
             max_body_bytes: config.server.max_body_bytes,
             max_inflight_per_key: config.max_inflight_per_key(),

@@ -11,6 +11,9 @@ pub struct Model {
     /// Unix seconds the model was loaded.
     pub created: u64,
     pub owned_by: &'static str,
+    /// Agents (`agent:NAME`) only: what the admin wrote about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 impl Model {
@@ -20,6 +23,15 @@ impl Model {
             object: "model",
             created: loaded_at,
             owned_by: "edgeseek",
+            description: None,
+        }
+    }
+
+    /// An agent, listed as model `agent:NAME`.
+    pub fn agent(a: &crate::agents::Agent) -> Model {
+        Model {
+            description: Some(a.description.clone()),
+            ..Model::new(&format!("{}{}", crate::agents::MODEL_PREFIX, a.name), a.created)
         }
     }
 }
