@@ -25,6 +25,7 @@ export class AgentsView {
     this.collections = null; // names, or an ApiError
     this.models = [];
     this.chat = null;
+    this.chatFor = null;
     this.build();
   }
 
@@ -140,7 +141,6 @@ export class AgentsView {
 
   /** Fill the form with agent `a` (null: a new agent) and bind the test chat to it. */
   edit(a, { keepChat = false } = {}) {
-    const changed = (this.selected && this.selected.name) !== (a && a.name);
     this.selected = a;
     const f = this.f;
     put(this.heading, a ? t('agents.edit', { name: a.name }) : t('agents.new'));
@@ -171,7 +171,8 @@ export class AgentsView {
       li.classList.toggle('current', cur);
       if (cur) b.setAttribute('aria-current', 'true'); else b.removeAttribute('aria-current');
     }
-    if (changed || !keepChat) this.bindChat(a);
+    // The test chat goes on while the same agent is saved again (its next turn reads the change).
+    if (!keepChat || this.chatFor !== (a ? a.name : null)) this.bindChat(a);
   }
 
   /** Checkboxes: each tool the daemon offers, `mcp:SERVER/*` per server, and chosen ones it no longer offers. */
@@ -294,6 +295,7 @@ export class AgentsView {
   bindChat(a) {
     this.chat?.destroy();
     this.chat = null;
+    this.chatFor = a ? a.name : null;
     if (!a) { put(this.testBox, h('p', { class: 'muted' }, t('agents.test.unsaved'))); return; }
     this.chat = new ChatView(null, { agent: a.name });
     put(this.testBox, this.chat.el);
