@@ -59,6 +59,9 @@ pub struct Config {
     /// `[limits]`: fairness between API keys.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[agents]`: limits of agent runs.
+    #[serde(default)]
+    pub agents: AgentsConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
 }
@@ -80,6 +83,27 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             key_queue_share: 0.25,
+        }
+    }
+}
+
+/// `[agents]`: limits every agent run keeps (agents themselves are made with
+/// `edgeseek agents create` or the admin API, and live in the database).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// Seconds one tool call may take before the model is told it timed out. Default 30.
+    pub tool_timeout_s: u64,
+    /// Longest tool result given to the model, in characters (sources share it). Default
+    /// 4000: several results still fit the context of a small model.
+    pub result_chars: usize,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            tool_timeout_s: 30,
+            result_chars: 4000,
         }
     }
 }
@@ -367,6 +391,18 @@ impl Config {
                 return Err(bad("engine.providers", &format!("`{p}` listed twice")));
             }
             seen.push(*p);
+        }
+        if !(1..=3600).contains(&self.agents.tool_timeout_s) {
+            return Err(bad(
+                "agents.tool_timeout_s",
+                "must be from 1 to 3600 seconds",
+            ));
+        }
+        if !(100..=1_000_000).contains(&self.agents.result_chars) {
+            return Err(bad(
+                "agents.result_chars",
+                "must be from 100 to 1000000 characters",
+            ));
         }
         let share = self.limits.key_queue_share;
         if !(share > 0.0 && share <= 1.0) {

@@ -276,14 +276,18 @@ pub(super) fn call_timeout(
 
 /// Open the database directly because no daemon is listening.
 fn open_offline(t: &Target) -> Result<KeyStore, AdminCliError> {
-    let store = Store::open_in(&t.state_dir, crate::schema::MIGRATIONS).map_err(|e| match e {
+    Ok(KeyStore::open(open_store(t)?)?)
+}
+
+/// The database, opened directly because no daemon is listening.
+pub(super) fn open_store(t: &Target) -> Result<Store, AdminCliError> {
+    Store::open_in(&t.state_dir, crate::schema::MIGRATIONS).map_err(|e| match e {
         StoreError::InUse { file } => AdminCliError::Orphaned {
             db: file,
             socket: t.socket.clone(),
         },
         other => AdminCliError::Store(other),
-    })?;
-    Ok(KeyStore::open(store)?)
+    })
 }
 
 pub(super) fn out(text: &str) -> Result<(), AdminCliError> {

@@ -19,8 +19,10 @@
 //! ```
 //! Commands: `status`, `models.list`, `keys.create`, `keys.list`, `keys.revoke`, `reload`,
 //! `kb.ingest` (`collection`, `filename`, `content_type`, `data` base64, `create`),
-//! `kb.collections`, `kb.create` / `kb.delete` (`name`).
+//! `kb.collections`, `kb.create` / `kb.delete` (`name`), `agents.list`, `agents.show` /
+//! `agents.delete` (`name`), `agents.create` (`agent`), `agents.update` (`name`, `patch`).
 
+pub mod agents_cli;
 pub mod cli;
 pub mod kb_cli;
 
@@ -39,6 +41,7 @@ use crate::keys::{KeyStore, Scope};
 use crate::util::blocking;
 
 pub use crate::api::admin_http::AdminBackend;
+use crate::api::agents_http::AgentOp;
 pub use crate::api::wire::admin::created_key_json;
 
 /// Protocol version spoken by this build.
@@ -468,6 +471,26 @@ struct RevokeReq {
     key: String,
 }
 
+/// An `agents.*` request: `name` (show, update, delete), `agent` (create: the whole agent),
+/// `patch` (update: the fields to change).
+fn agent_op(cmd: &str, line: &[u8]) -> Result<AgentOp, String> {
+    #[derive(Deserialize)]
+    struct R {
+        name: Option<String>,
+        agent: Option<Value>,
+        patch: Option<Value>,
+    }
+    let r: R = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let name = || r.name.clone().ok_or("missing `name`");
+    Ok(match cmd {
+        "agents.list" => AgentOp::List,
+        "agents.show" => AgentOp::Show(name()?),
+        "agents.delete" => AgentOp::Delete(name()?),
+        "agents.create" => AgentOp::Create(r.agent.clone().ok_or("missing `agent`")?),
+        _ => AgentOp::Update(name()?, r.patch.clone().ok_or("missing `patch`")?),
+    })
+}
+
 async fn dispatch(
     line: &[u8],
     keys: &KeyStore,
@@ -527,6 +550,11 @@ async fn dispatch(
                 &crate::api::wire::admin::Reloaded { reloaded: true },
             ))
         }
+        "agents.list" | "agents.show" | "agents.create" | "agents.update" | "agents.delete" => {
+            let op = agent_op(&cmd, line).map_err(|e| parse(&e))?;
+            let b = backend.clone();
+            blocking(move || b.agents(op)).await
+        }
         kb @ ("kb.ingest" | "kb.collections" | "kb.create" | "kb.delete") => {
             let req: Value = serde_json::from_slice(line).map_err(|e| parse(&e.to_string()))?;
             let (b, kb) = (backend.clone(), kb.to_string());
@@ -534,7 +562,8 @@ async fn dispatch(
         }
         other => Err(format!(
             "unknown command `{other}` (known: status, models.list, keys.create, keys.list, \
-             keys.revoke, reload, kb.ingest, kb.collections, kb.create, kb.delete)"
+             keys.revoke, reload, kb.ingest, kb.collections, kb.create, kb.delete, agents.list, \
+             agents.show, agents.create, agents.update, agents.delete)"
         )),
     }
 }

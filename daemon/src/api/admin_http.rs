@@ -53,6 +53,12 @@ pub trait AdminBackend: Send + Sync + 'static {
         let _ = req;
         Err(format!("`{cmd}`: this daemon has no knowledge base"))
     }
+    /// Agent commands (`agents.*`), run as [`agents_http::run`](super::agents_http::run) runs
+    /// them for the HTTPS API. Called on a blocking thread (writes wait for redb).
+    fn agents(&self, op: super::agents_http::AgentOp) -> Result<serde_json::Value, String> {
+        let _ = op;
+        Err("this daemon has no agents".into())
+    }
 }
 
 #[derive(Default)]

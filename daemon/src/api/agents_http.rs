@@ -106,7 +106,7 @@ fn patch_body(body: Value) -> Result<AgentPatch, ApiError> {
 pub fn agent_error(e: AgentError) -> ApiError {
     let msg = e.to_string();
     match e {
-        AgentError::Invalid { field, why } => ApiError::invalid_param(field, why),
+        AgentError::Invalid { field, .. } => ApiError::invalid_param(field, msg),
         AgentError::Exists(_) => ApiError {
             status: StatusCode::CONFLICT,
             ..ApiError::invalid_param("name", msg).with_code("agent_exists")
@@ -172,8 +172,8 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, AgentStore) {
         let d = tempfile::tempdir().unwrap();
-        let s = AgentStore::open(Store::open_in(d.path(), crate::schema::MIGRATIONS).unwrap())
-            .unwrap();
+        let s =
+            AgentStore::open(Store::open_in(d.path(), crate::schema::MIGRATIONS).unwrap()).unwrap();
         (d, s)
     }
 
@@ -186,33 +186,67 @@ mod tests {
     fn operations_and_their_errors() {
         let (_d, s) = store();
         let create = |v: Value| run(&s, AgentOp::Create(v), Some("qwen"));
-        let a = create(serde_json::json!({"name": "it", "tools": ["kb_search"], "collections": ["it"]}))
-            .unwrap();
-        assert_eq!((a["max_steps"].as_u64(), a["model"].is_null()), (Some(6), true));
+        let a = create(
+            serde_json::json!({"name": "it", "tools": ["kb_search"], "collections": ["it"]}),
+        )
+        .unwrap();
+        assert_eq!(
+            (a["max_steps"].as_u64(), a["model"].is_null()),
+            (Some(6), true)
+        );
         // A shown agent posts again as a copy (created/updated ignored)...
         let mut copy = run(&s, AgentOp::Show("it".into()), None).unwrap();
         copy["name"] = "it2".into();
-        assert_eq!(create(copy).unwrap()["tools"], serde_json::json!(["kb_search"]));
+        assert_eq!(
+            create(copy).unwrap()["tools"],
+            serde_json::json!(["kb_search"])
+        );
         // ...and each rule has its status and parameter.
         let conflict = param(create(serde_json::json!({"name": "it"})));
         assert_eq!(conflict, (StatusCode::CONFLICT, Some("name".into())));
         for (body, p) in [
             (serde_json::json!({"tools": []}), "name"),
             (serde_json::json!({"name": "x", "tools": ["nope"]}), "tools"),
-            (serde_json::json!({"name": "x", "max_steps": "3"}), "max_steps"),
+            (
+                serde_json::json!({"name": "x", "max_steps": "3"}),
+                "max_steps",
+            ),
             (serde_json::json!({"name": "x", "color": "red"}), "color"),
             (serde_json::json!({"name": "x", "model": "other"}), "model"),
         ] {
-            assert_eq!(param(create(body)), (StatusCode::BAD_REQUEST, Some(p.into())));
+            assert_eq!(
+                param(create(body)),
+                (StatusCode::BAD_REQUEST, Some(p.into()))
+            );
         }
         let upd = |n: &str, v: Value| run(&s, AgentOp::Update(n.into(), v), Some("qwen"));
-        assert_eq!(upd("it", serde_json::json!({"model": "qwen"})).unwrap()["model"], "qwen");
-        assert_eq!(upd("it", serde_json::json!({"model": null})).unwrap()["model"], Value::Null);
-        assert_eq!(param(upd("it", serde_json::json!({"name": "y"}))).1.as_deref(), Some("name"));
-        assert_eq!(param(upd("nobody", serde_json::json!({}))).0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            upd("it", serde_json::json!({"model": "qwen"})).unwrap()["model"],
+            "qwen"
+        );
+        assert_eq!(
+            upd("it", serde_json::json!({"model": null})).unwrap()["model"],
+            Value::Null
+        );
+        assert_eq!(
+            param(upd("it", serde_json::json!({"name": "y"})))
+                .1
+                .as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            param(upd("nobody", serde_json::json!({}))).0,
+            StatusCode::NOT_FOUND
+        );
         let list = run(&s, AgentOp::List, None).unwrap();
         assert_eq!(list["data"].as_array().map(Vec::len), Some(2));
-        assert_eq!(run(&s, AgentOp::Delete("it2".into()), None).unwrap()["deleted"], true);
-        assert_eq!(param(run(&s, AgentOp::Show("it2".into()), None)).0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            run(&s, AgentOp::Delete("it2".into()), None).unwrap()["deleted"],
+            true
+        );
+        assert_eq!(
+            param(run(&s, AgentOp::Show("it2".into()), None)).0,
+            StatusCode::NOT_FOUND
+        );
     }
 }

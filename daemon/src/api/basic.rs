@@ -4,8 +4,8 @@ use super::error::ApiError;
 use super::gate::Call;
 use super::wire::{self, models::Model};
 use super::{full, json_response, Body, ModelState, OPENAPI};
-use hyper::{Response, StatusCode};
 use crate::keys::Scope;
+use hyper::{Response, StatusCode};
 
 /// `GET /healthz`: the process answers.
 pub async fn healthz(_: Call) -> Result<Response<Body>, ApiError> {
@@ -94,7 +94,10 @@ pub async fn model(c: Call) -> Result<Response<Body>, ApiError> {
                     .agents
                     .get(name)
                     .ok_or_else(|| ApiError::model_not_found(id))?;
-                Ok(json_response(StatusCode::OK, &wire::value(&Model::agent(&a))))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &wire::value(&Model::agent(&a)),
+                ))
             }
             _ => Err(ApiError::model_not_found(id)),
         },

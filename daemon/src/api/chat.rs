@@ -40,7 +40,27 @@ pub async fn completion(c: Call) -> Result<Response<Body>, ApiError> {
 async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> {
     let app = c.app.clone();
     let key = c.key()?.clone();
+    // The route takes any key, since an agent-only key chats with its agents; a key that may
+    // do neither is refused before its body is read.
+    let agents = key
+        .scopes
+        .iter()
+        .any(|s| matches!(s, Scope::Agent(_) | Scope::Admin));
+    if !agents {
+        gate::require(&key, &Scope::Chat)?;
+    }
     let mut parsed = openai::parse(kind, &c.body)?;
+    if let Some(name) = parsed.model.strip_prefix(crate::agents::MODEL_PREFIX) {
+        if kind == Kind::Chat {
+            let name = name.to_string();
+            return super::agent::chat(c, parsed, &name).await;
+        }
+        return Err(ApiError::invalid_param(
+            "model",
+            "agents answer chat completions (/v1/chat/completions), not text completions",
+        ));
+    }
+    gate::require(&key, &Scope::Chat)?;
     if parsed.model != app.model_name {
         return Err(ApiError::model_not_found(&parsed.model));
     }
@@ -61,10 +81,7 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
         inflight: parsed.n,
     })?;
     let served = app.ready()?;
-    // Whether the model can take the request's tools, and how its calls read.
-    parsed.tool_parsing =
-        super::tools::resolve(parsed.tools.as_ref(), served.scheduler.template())?;
-    constrain(&served, &mut parsed).await?;
+    prepare(&served, &mut parsed).await?;
     let citations = match parsed.knowledge.clone() {
         Some(k) => Some(retrieve(&app, k, &mut parsed).await?),
         None => None,
@@ -72,17 +89,7 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
     let rid = c.rid.clone();
     tracing::debug!(request_id = %rid, key_id = %key.id, n = parsed.n, stream = parsed.stream, "inference");
 
-    let sched = served.scheduler.clone();
-    let p = parsed.clone();
-    // Submitting renders the chat template and tokenizes: CPU work, off the reactor. If one
-    // of n choices is refused, the handles already made are dropped (cancelled).
-    let handles = tokio::task::spawn_blocking(move || {
-        (0..p.n)
-            .map(|i| sched.submit(p.request_for(i)))
-            .collect::<Result<Vec<RequestHandle>, _>>()
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("submit task failed: {e}")))??;
+    let handles = submit(&served, &parsed).await?;
 
     let prompt_tokens = handles.first().map_or(0, RequestHandle::prompt_tokens);
     let (tx, rx) = mpsc::channel(64);
@@ -113,6 +120,33 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
     } else {
         whole_response(ctx, rx).await
     }
+}
+
+/// Make a parsed request ready for this model: whether the model can take its tools and how
+/// its calls read, then the grammar its answer must follow.
+pub(super) async fn prepare(served: &Arc<Served>, parsed: &mut Parsed) -> Result<(), ApiError> {
+    parsed.tool_parsing =
+        super::tools::resolve(parsed.tools.as_ref(), served.scheduler.template())?;
+    constrain(served, parsed).await
+}
+
+/// Submit the `n` choices of `parsed` to the engine. Submitting renders the chat template and
+/// tokenizes: CPU work, off the reactor. If one of n choices is refused, the handles already
+/// made are dropped (cancelled).
+pub(super) async fn submit(
+    served: &Arc<Served>,
+    parsed: &Parsed,
+) -> Result<Vec<RequestHandle>, ApiError> {
+    let sched = served.scheduler.clone();
+    let p = parsed.clone();
+    tokio::task::spawn_blocking(move || {
+        (0..p.n)
+            .map(|i| sched.submit(p.request_for(i)))
+            .collect::<Result<Vec<RequestHandle>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("submit task failed: {e}")))?
+    .map_err(ApiError::from)
 }
 
 /// Compile the grammar the answer must follow (`response_format`, or forced tool calls) for

@@ -8,6 +8,7 @@
 //! and is counted in the metrics by route pattern.
 
 pub mod admin_http;
+pub mod agent;
 pub mod agents_http;
 pub mod basic;
 pub mod chat;
@@ -39,8 +40,8 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 
-use crate::engine::{Embedder, Scheduler};
 use crate::agents::AgentStore;
+use crate::engine::{Embedder, Scheduler};
 use crate::keys::KeyStore;
 use crate::util::{read, unix_now, write};
 use error::ApiError;
@@ -93,6 +94,8 @@ pub struct ApiConfig {
     /// Sequences one key may have in flight (`limits.key_queue_share` of the engine's
     /// capacity).
     pub max_inflight_per_key: usize,
+    /// Tool timeout and result size of agent runs (`[agents]`).
+    pub agents: agent::run::AgentLimits,
 }
 
 /// Shared state of every connection.
@@ -256,6 +259,11 @@ impl App {
     /// The API settings in effect.
     pub fn config(&self) -> ApiConfig {
         read(&self.cfg).clone()
+    }
+
+    /// The limits of agent runs now.
+    pub fn agent_limits(&self) -> agent::run::AgentLimits {
+        read(&self.cfg).agents
     }
 
     /// New API settings (config reload); requests that already read their limit keep it.

@@ -260,14 +260,16 @@ static TABLE: &[Route] = &[
             route(
                 "POST",
                 "/v1/chat/completions",
-                Access::Scope(chat_scope),
+                // `chat`, or `agent:NAME` for model `agent:NAME`: the handler checks, before
+                // it reads the body when the key has neither.
+                Key,
                 ByHandler,
                 INFERENCE,
                 handler!(chat::chat),
                 OpDoc {
                 operation_id: Some("createChatCompletion"),
-                scope: Some("chat"),
-                description: Some("R1 models return the reasoning in `reasoning_content` (alias `reasoning`) and the answer in `content`, in messages and stream deltas. With stream: true each event is a `StreamChunk` of `ChatChunkChoice`s."),
+                scope: Some("chat (agent:NAME for model agent:NAME)"),
+                description: Some("R1 models return the reasoning in `reasoning_content` (alias `reasoning`) and the answer in `content`, in messages and stream deltas. With stream: true each event is a `StreamChunk` of `ChatChunkChoice`s. Model `agent:NAME` runs that agent's tool loop in the server: the answer streams as `content`, each tool step as a chunk with an empty delta and an `agent_step` object, and the response (the last chunk when streamed) carries `agent` and `citations`."),
                 request: &[(JSON, named::<chat_wire::ChatCompletionRequest>())],
                 ok: ("200", "A chat.completion object, or with stream: true a text/event-stream of chat.completion.chunk objects ending with `data: [DONE]`", &[(JSON, inline_of::<chat_wire::Response<chat_wire::ChatChoice>, chat_wire::ChatChoice>()), ("text/event-stream", inline_of::<chat_wire::StreamChunk<chat_wire::ChatChunkChoice>, chat_wire::ChatChunkChoice>())]),
                 errors: INFERENCE_ERRORS,

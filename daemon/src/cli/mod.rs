@@ -77,6 +77,9 @@ enum Command {
     /// The knowledge base: ingest documents, list, create and delete collections (through the
     /// running daemon)
     Kb(crate::admin::kb_cli::KbArgs),
+    /// Agents: assistants built from instructions, tools and knowledge collections (through the
+    /// running daemon, or on the database when none runs)
+    Agents(crate::admin::agents_cli::AgentsArgs),
     /// Serve the OpenAI-compatible HTTPS API (and the admin socket)
     Serve(ServeArgs),
     /// Knowledge-base index benchmark (scripts/bench-kb)
@@ -181,6 +184,7 @@ pub fn main() -> ExitCode {
         Command::Models(args) => admin(&cli.common, |t| crate::admin::cli::models(t, args)),
         Command::Tls(args) => admin(&cli.common, |t| crate::admin::cli::tls(t, args)),
         Command::Kb(args) => admin(&cli.common, |t| crate::admin::kb_cli::kb(t, args)),
+        Command::Agents(args) => admin(&cli.common, |t| crate::admin::agents_cli::agents(t, args)),
         Command::Serve(args) => serve(&cli.common, args),
         Command::BenchKb(args) => crate::kb::bench::main(args).map_err(Failure::runtime),
         Command::ParseWorker(_) => Ok(()),

@@ -77,16 +77,20 @@ pub enum DocKind {
 pub const DOCX_MIME: &str =
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
 
+/// The media type of an HTTP `Content-Type` without its parameters, lower-cased
+/// (`Text/HTML; charset=utf-8` → `text/html`).
+pub fn media_type(ct: &str) -> String {
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 impl DocKind {
     /// From an HTTP `Content-Type` (parameters such as `; charset=utf-8` are ignored).
     pub fn from_content_type(ct: &str) -> Option<DocKind> {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        Some(match essence.as_str() {
+        Some(match media_type(ct).as_str() {
             "text/plain" => DocKind::Text,
             "text/markdown" | "text/x-markdown" => DocKind::Markdown,
             "text/html" | "application/xhtml+xml" => DocKind::Html,

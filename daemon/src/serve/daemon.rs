@@ -70,6 +70,7 @@ impl Daemon {
             self.app.set_config(ApiConfig {
                 max_body_bytes: new.server.max_body_bytes,
                 max_inflight_per_key: new.max_inflight_per_key(),
+                agents: super::agent_limits(&new.agents),
             });
         }
         if !restart.is_empty() {
@@ -129,6 +130,11 @@ impl Daemon {
 }
 
 impl AdminBackend for Daemon {
+    fn agents(&self, op: crate::api::agents_http::AgentOp) -> Result<Value, String> {
+        crate::api::agents_http::run(&self.app.agents, op, Some(&self.app.model_name))
+            .map_err(|e| e.message)
+    }
+
     fn kb(&self, cmd: &str, req: &Value) -> Result<Value, String> {
         let kb = self.app.kb().map_err(|e| e.message)?;
         let base = kb.base();

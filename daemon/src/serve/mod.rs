@@ -195,6 +195,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         ApiConfig {
             max_body_bytes: config.server.max_body_bytes,
             max_inflight_per_key: config.max_inflight_per_key(),
+            agents: agent_limits(&config.agents),
         },
     ));
 
@@ -272,4 +273,12 @@ fn wait_for_loader(
     }
     let _ = handle.join();
     true
+}
+
+/// The API's agent limits from `[agents]`.
+pub(crate) fn agent_limits(c: &crate::config::AgentsConfig) -> crate::api::agent::run::AgentLimits {
+    crate::api::agent::run::AgentLimits {
+        tool_timeout: Duration::from_secs(c.tool_timeout_s),
+        result_chars: c.result_chars,
+    }
 }

@@ -199,6 +199,19 @@ pub enum AdminRequest<'a> {
     KeysRevoke { key: &'a str },
     #[serde(rename = "kb.collections")]
     KbCollections,
+    #[serde(rename = "agents.list")]
+    AgentsList,
+    #[serde(rename = "agents.show")]
+    AgentsShow { name: &'a str },
+    #[serde(rename = "agents.create")]
+    AgentsCreate { agent: serde_json::Value },
+    #[serde(rename = "agents.update")]
+    AgentsUpdate {
+        name: &'a str,
+        patch: serde_json::Value,
+    },
+    #[serde(rename = "agents.delete")]
+    AgentsDelete { name: &'a str },
     #[serde(rename = "kb.create")]
     KbCreate { name: &'a str },
     #[serde(rename = "kb.delete")]

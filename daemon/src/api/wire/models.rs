@@ -31,7 +31,10 @@ impl Model {
     pub fn agent(a: &crate::agents::Agent) -> Model {
         Model {
             description: Some(a.description.clone()),
-            ..Model::new(&format!("{}{}", crate::agents::MODEL_PREFIX, a.name), a.created)
+            ..Model::new(
+                &format!("{}{}", crate::agents::MODEL_PREFIX, a.name),
+                a.created,
+            )
         }
     }
 }
