@@ -62,6 +62,12 @@ pub struct Config {
     /// `[agents]`: limits of agent runs.
     #[serde(default)]
     pub agents: AgentsConfig,
+    /// `[web_search]`: the office's SearXNG (web search is off until `searxng_url` is set).
+    #[serde(default)]
+    pub web_search: crate::web::WebSearchConfig,
+    /// `[fetch]`: the rules of every page the daemon fetches (`fetch_url`, web search pages).
+    #[serde(default)]
+    pub fetch: crate::web::FetchConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
 }
@@ -392,6 +398,9 @@ impl Config {
             }
             seen.push(*p);
         }
+        for checked in [self.web_search.validate(), self.fetch.validate()] {
+            checked.map_err(|e| bad(&e.key, &e.msg))?;
+        }
         if !(1..=3600).contains(&self.agents.tool_timeout_s) {
             return Err(bad(
                 "agents.tool_timeout_s",
@@ -561,6 +570,7 @@ impl Config {
         compare!("" c old rest, live: false, kb);
         let (l, o) = (&self.limits, &old.limits);
         compare!("limits." l o rest.limits, live: true, key_queue_share);
+        compare!("" c old rest, live: true, agents web_search fetch);
         if rest != *old {
             out.push(Change {
                 key: "(other settings)",

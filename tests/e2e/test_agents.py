@@ -77,8 +77,9 @@ def srv(tmp_path_factory):
     s.stop()
 
 
-def api(s, method, path, key=None, **kw):
-    return s.http.request(method, path, headers={"Authorization": f"Bearer {key or s.admin}"}, **kw)
+def api(s, method, path, key=None, headers=None, **kw):
+    h = {"Authorization": f"Bearer {key or s.admin}", **(headers or {})}
+    return s.http.request(method, path, headers=h, **kw)
 
 
 def make_agent(s, **fields):
@@ -95,8 +96,7 @@ def kb(srv):
     for coll, name, text in [("hr", "parental.md", HR_DOC), ("public", "vpn.md", PUBLIC_DOC)]:
         assert api(srv, "POST", "/v1/kb/collections", json={"name": coll}).status_code == 201
         r = api(srv, "POST", f"/v1/kb/collections/{coll}/documents", params={"filename": name},
-                content=text.encode(), headers={"Authorization": f"Bearer {srv.admin}",
-                                                "Content-Type": "text/markdown"})
+                content=text.encode(), headers={"Content-Type": "text/markdown"})
         assert r.status_code == 201, r.text
 
 
@@ -169,7 +169,7 @@ def test_forced_first_call_runs_the_tool_and_the_trace_is_in_the_answer(srv):
     make_agent(srv, name="clock", tools=["current_time"], instructions="Tell the time.")
     key = srv.key("clock-user", "agent:clock")
     tc = {"type": "function", "function": {"name": "current_time"}}
-    r = chat(srv, key, "agent:clock", tool_choice=tc, max_tokens=12, seed=3)
+    r = chat(srv, key, "agent:clock", tool_choice=tc, max_tokens=80, seed=3)
     assert r.status_code == 200, r.text
     v = r.json()
     steps = v["agent"]["steps"]
@@ -263,7 +263,6 @@ def test_disconnect_cancels_the_run(srv):
     while time.time() < deadline and srv.metric("edgeseek_client_disconnects_total") == before:
         time.sleep(0.1)
     assert srv.metric("edgeseek_client_disconnects_total") > before
-    assert "agent run cancelled" in srv.logs() or True  # logged at info; warn level in tests
     # Nothing of the run is left in the engine.
     deadline = time.time() + 10
     while time.time() < deadline and srv.metric("edgeseek_active_sequences") > 0:

@@ -295,8 +295,13 @@ impl Agent {
 
     /// Whether `url` is under one of the agent's `fetch_sites` (any URL when there are none).
     pub fn may_fetch(&self, url: &str) -> bool {
-        self.fetch_sites.is_empty() || self.fetch_sites.iter().any(|s| url.starts_with(s))
+        under_sites(&self.fetch_sites, url)
     }
+}
+
+/// Whether `url` is under one of `sites` (URL prefixes; any URL when there are none).
+pub fn under_sites(sites: &[String], url: &str) -> bool {
+    sites.is_empty() || sites.iter().any(|s| url.starts_with(s.as_str()))
 }
 
 fn dedupe(v: &mut Vec<String>) {

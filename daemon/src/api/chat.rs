@@ -49,11 +49,9 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
     if !agents {
         gate::require(&key, &Scope::Chat)?;
     }
-    let mut parsed = openai::parse(kind, &c.body)?;
-    if let Some(name) = parsed.model.strip_prefix(crate::agents::MODEL_PREFIX) {
+    if let Some(name) = agent_of(&c.body) {
         if kind == Kind::Chat {
-            let name = name.to_string();
-            return super::agent::chat(c, parsed, &name).await;
+            return super::agent::chat(c, &name).await;
         }
         return Err(ApiError::invalid_param(
             "model",
@@ -61,6 +59,7 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
         ));
     }
     gate::require(&key, &Scope::Chat)?;
+    let mut parsed = openai::parse(kind, &c.body)?;
     if parsed.model != app.model_name {
         return Err(ApiError::model_not_found(&parsed.model));
     }
@@ -71,6 +70,18 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
             gate::require(&key, &Scope::KbRead(col.clone()))?;
         }
     }
+    let web = match &parsed.web {
+        Some(_) => {
+            gate::require(&key, &Scope::Web)?;
+            Some(app.web().search.ok_or_else(|| {
+                ApiError::invalid_param(
+                    "web_search",
+                    "web_search is not configured on this server ([web_search] searxng_url)",
+                )
+            })?)
+        }
+        None => None,
+    };
     // Admission before any work (retrieval, templating, the engine): `n` choices are `n`
     // requests and `n` sequences in flight, and the prompt counts against the token budget
     // (estimated from the body; the exact count is settled after generation).
@@ -82,9 +93,10 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
     })?;
     let served = app.ready()?;
     prepare(&served, &mut parsed).await?;
-    let citations = match parsed.knowledge.clone() {
-        Some(k) => Some(retrieve(&app, k, &mut parsed).await?),
-        None => None,
+    let citations = if parsed.knowledge.is_some() || web.is_some() {
+        Some(retrieve(&app, web.as_ref(), &mut parsed).await?)
+    } else {
+        None
     };
     let rid = c.rid.clone();
     tracing::debug!(request_id = %rid, key_id = %key.id, n = parsed.n, stream = parsed.stream, "inference");
@@ -120,6 +132,19 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
     } else {
         whole_response(ctx, rx).await
     }
+}
+
+/// The agent a request body names (`"model": "agent:NAME"`), read before the body is
+/// parsed as a chat request, since an agent request is parsed its own way.
+fn agent_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Model {
+        model: Option<String>,
+    }
+    let m: Model = serde_json::from_slice(body).ok()?;
+    m.model?
+        .strip_prefix(crate::agents::MODEL_PREFIX)
+        .map(str::to_string)
 }
 
 /// Make a parsed request ready for this model: whether the model can take its tools and how
@@ -185,36 +210,57 @@ async fn constrain(served: &Arc<Served>, parsed: &mut Parsed) -> Result<(), ApiE
     Ok(())
 }
 
-/// Retrieve for a knowledge-grounded chat: search the collections for the last user message,
-/// put the hits into that message as numbered sources, and return the `citations`.
+/// Retrieve for a grounded chat: search the knowledge collections and/or the web for the
+/// last user message, put the sources into that message as numbered sources, and return the
+/// `citations`.
 async fn retrieve(
     app: &Arc<App>,
-    k: rag::Knowledge,
+    web: Option<&crate::web::WebSearch>,
     parsed: &mut Parsed,
 ) -> Result<Value, ApiError> {
-    let kb = app.kb()?;
+    let param = if parsed.knowledge.is_some() {
+        "knowledge"
+    } else {
+        "web_search"
+    };
     let crate::engine::Prompt::Messages(messages) = &mut parsed.request.prompt else {
         return Err(ApiError::invalid_param(
-            "knowledge",
-            "knowledge is only supported on chat completions",
+            param,
+            format!("{param} is only supported on chat completions"),
         ));
     };
     let query = rag::query_of(messages)
         .ok_or_else(|| {
-            ApiError::invalid_param("knowledge", "knowledge needs a user message to search for")
+            ApiError::invalid_param(param, format!("{param} needs a user message to search for"))
         })?
         .to_string();
-    let req = crate::kb::base::SearchRequest {
-        collections: k.collections,
-        query,
-        top_k: k.top_k,
-        mode: crate::kb::base::SearchMode::Hybrid,
+    let hits = match parsed.knowledge.clone() {
+        Some(k) => {
+            let kb = app.kb()?;
+            let req = crate::kb::base::SearchRequest {
+                collections: k.collections,
+                query: query.clone(),
+                top_k: k.top_k,
+                mode: crate::kb::base::SearchMode::Hybrid,
+            };
+            tokio::task::spawn_blocking(move || kb.base().search(&req))
+                .await
+                .map_err(|e| ApiError::internal(format!("search task failed: {e}")))??
+        }
+        None => Vec::new(),
     };
-    let hits = tokio::task::spawn_blocking(move || kb.base().search(&req))
-        .await
-        .map_err(|e| ApiError::internal(format!("search task failed: {e}")))??;
-    rag::augment(messages, &hits);
-    Ok(rag::citations_json(&hits))
+    let results = match (web, &parsed.web) {
+        (Some(ws), Some(p)) => {
+            let top_n = p.top_n.unwrap_or(ws.config().top_n);
+            let fetch = p.fetch.unwrap_or(ws.config().fetch).min(top_n);
+            ws.search(&query, top_n, fetch)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("web search failed: {e}")))?
+        }
+        _ => Vec::new(),
+    };
+    rag::augment(messages, &hits, &results);
+    Ok(rag::citations_json(&hits, &results))
 }
 
 /// Move one choice's events from the engine into the response's channel. It ends at the last

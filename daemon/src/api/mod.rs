@@ -98,6 +98,14 @@ pub struct ApiConfig {
     pub agents: agent::run::AgentLimits,
 }
 
+/// What the daemon may reach on the web: pages through the address rules of `[fetch]`
+/// (always), web search when `[web_search]` names a SearXNG.
+#[derive(Clone, Default)]
+pub struct WebTools {
+    pub fetcher: Option<crate::web::Fetcher>,
+    pub search: Option<crate::web::WebSearch>,
+}
+
 /// Shared state of every connection.
 pub struct App {
     /// The served name of the model (its directory name), known before it is loaded.
@@ -109,6 +117,8 @@ pub struct App {
     keys: KeyStore,
     /// The agents admins built (chat with them as model `agent:NAME`).
     pub agents: AgentStore,
+    /// Web search and page fetching (`[web_search]`, `[fetch]`); replaced on reload.
+    web: RwLock<WebTools>,
     pub metrics: Metrics,
     /// Admin HTTP endpoints: the status source and the tokens/s history.
     pub admin: admin_http::AdminHttp,
@@ -134,6 +144,7 @@ impl App {
             kb: RwLock::new(KbState::Loading),
             keys,
             agents,
+            web: RwLock::default(),
             metrics: Metrics::default(),
             admin: admin_http::AdminHttp::default(),
             cfg: RwLock::new(cfg),
@@ -259,6 +270,16 @@ impl App {
     /// The API settings in effect.
     pub fn config(&self) -> ApiConfig {
         read(&self.cfg).clone()
+    }
+
+    /// The web tools now.
+    pub fn web(&self) -> WebTools {
+        read(&self.web).clone()
+    }
+
+    /// New web tools (start, config reload).
+    pub fn set_web(&self, w: WebTools) {
+        *write(&self.web) = w;
     }
 
     /// The limits of agent runs now.

@@ -53,6 +53,8 @@ pub struct Parsed {
     pub include_usage: bool,
     /// Retrieval from the knowledge base (chat only), see `rag`.
     pub knowledge: Option<super::rag::Knowledge>,
+    /// Web search (`web_search`, chat only), see `rag`.
+    pub web: Option<super::rag::WebParam>,
     /// `tools` and how they are used (chat only), see `tools`.
     pub tools: Option<ToolRequest>,
     /// How calls are read from the output; set once the model's template is known
@@ -142,6 +144,7 @@ fn type_error(kind: Kind, path: &str) -> ApiError {
             )
         }
         "knowledge" => return super::rag::knowledge_type_error(path),
+        "web_search" => return super::rag::web_type_error(),
         "tools" | "tool_choice" | "parallel_tool_calls" => return super::tools::type_error(path),
         "response_format" => {
             "response_format must be {\"type\": \"text\" | \"json_object\" | \"json_schema\", \"json_schema\": {\"name\", \"schema\"}}".into()
@@ -181,7 +184,7 @@ fn message_type_error(path: &str) -> ApiError {
 /// Parse and validate a request body.
 pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
     let invalid = |p: &str| type_error(kind, p);
-    let (model, common, prompt, max_tokens, logprobs, knowledge, tools, response_format) =
+    let (model, common, prompt, max_tokens, logprobs, knowledge, web, tools, response_format) =
         match kind {
             Kind::Chat => {
                 let r: ChatCompletionRequest = wire::parse(body, invalid)?;
@@ -212,6 +215,11 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
                     (a, b) => b.or(a),
                 };
                 let knowledge = r.knowledge.map(super::rag::knowledge).transpose()?;
+                let web = r
+                    .web_search
+                    .map(super::rag::web_param)
+                    .transpose()?
+                    .flatten();
                 let tools =
                     super::tools::validate(r.tools, r.tool_choice, r.parallel_tool_calls, body)?;
                 let response_format = r
@@ -237,6 +245,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
                     max_tokens,
                     logprobs,
                     knowledge,
+                    web,
                     tools,
                     response_format,
                 )
@@ -259,6 +268,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
                     prompt,
                     max_tokens,
                     logprobs,
+                    None,
                     None,
                     None,
                     None,
@@ -330,6 +340,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
         stream,
         include_usage,
         knowledge,
+        web,
         tools,
         tool_parsing: None,
         response_format,

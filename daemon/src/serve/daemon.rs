@@ -67,6 +67,10 @@ impl Daemon {
         }
         if changes.iter().any(|c| c.live) {
             *write(&self.server) = new.server.clone();
+            match super::web_tools(&new) {
+                Ok(w) => self.app.set_web(w),
+                Err(e) => tracing::warn!(error = %e, "{why}: web tools not changed"),
+            }
             self.app.set_config(ApiConfig {
                 max_body_bytes: new.server.max_body_bytes,
                 max_inflight_per_key: new.max_inflight_per_key(),

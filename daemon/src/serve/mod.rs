@@ -217,6 +217,9 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         loader: std::sync::Mutex::new(None),
         embed_loader: std::sync::Mutex::new(None),
     });
+    daemon
+        .app
+        .set_web(web_tools(&config).map_err(|e| ServeError::Usage(format!("web tools: {e}")))?);
     // The HTTPS admin endpoints report the same status object as the admin socket.
     let backend: std::sync::Weak<dyn AdminBackend> = Arc::downgrade(&daemon) as _;
     daemon.app.admin.set_backend(backend);
@@ -281,4 +284,17 @@ pub(crate) fn agent_limits(c: &crate::config::AgentsConfig) -> crate::api::agent
         tool_timeout: Duration::from_secs(c.tool_timeout_s),
         result_chars: c.result_chars,
     }
+}
+
+/// The web tools `[fetch]` and `[web_search]` describe.
+pub(crate) fn web_tools(c: &Config) -> Result<crate::api::WebTools, crate::web::WebError> {
+    let fetcher = crate::web::Fetcher::new(&c.fetch)?;
+    let search = match &c.web_search.searxng_url {
+        Some(_) => Some(crate::web::WebSearch::new(&c.web_search, fetcher.clone())?),
+        None => None,
+    };
+    Ok(crate::api::WebTools {
+        fetcher: Some(fetcher),
+        search,
+    })
 }

@@ -26,18 +26,35 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::gate::{self, Call, Cost};
-use super::openai::{self, Chunks, Delta, Parsed};
+use super::openai::{self, Chunks, Delta, Kind, Parsed};
 use super::{json_response, sse, unix_now, App, Body};
 use crate::agents::Agent;
 use crate::engine::{FinishReason, GenerateOutput};
 use crate::keys::{KeyInfo, Scope};
 use run::{Ev, Outcome, Run};
 
-/// `POST /v1/chat/completions` for `agent:NAME` (`parsed` is the client's request).
-pub async fn chat(mut c: Call, parsed: Parsed, name: &str) -> Result<Response<Body>, ApiError> {
+/// `POST /v1/chat/completions` for `agent:NAME`.
+pub async fn chat(mut c: Call, name: &str) -> Result<Response<Body>, ApiError> {
     let app = c.app.clone();
     let key = c.key()?.clone();
     gate::require(&key, &Scope::Agent(name.to_string()))?;
+    let body = match super::wire::object(&c.body)? {
+        Value::Object(o) => o,
+        _ => {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ))
+        }
+    };
+    // The client's request, checked as a chat request; `tool_choice` (and
+    // `parallel_tool_calls`) are for the agent's tools, which the client does not send.
+    let mut checked = body.clone();
+    checked.remove("tool_choice");
+    checked.remove("parallel_tool_calls");
+    let parsed = openai::parse(
+        Kind::Chat,
+        &serde_json::to_vec(&checked).unwrap_or_default(),
+    )?;
     let agent = app
         .agents
         .get(name)
@@ -55,13 +72,16 @@ pub async fn chat(mut c: Call, parsed: Parsed, name: &str) -> Result<Response<Bo
             app.model_name
         )));
     }
-    let body = match super::wire::object(&c.body)? {
-        Value::Object(o) => o,
-        _ => return Err(ApiError::bad_request("the request body must be a JSON object")),
-    };
     let kit = tools::Kit::for_caller(&app, &agent, &key);
     let offered = kit.names();
-    let run = Run::new(app.clone(), served, agent.clone(), kit, body, app.agent_limits());
+    let run = Run::new(
+        app.clone(),
+        served,
+        agent.clone(),
+        kit,
+        body,
+        app.agent_limits(),
+    );
     // The first turn is prepared here, so what makes it impossible (a template without tool
     // support, a tool_choice naming a tool not offered) is an HTTP error, not a stream error.
     let first = run.next_turn().await?;
@@ -188,8 +208,12 @@ async fn whole(ctx: Ctx, mut rx: mpsc::Receiver<Ev>) -> Result<Response<Body>, A
             Some(Ev::Failed(e)) => return Err(e),
             Some(Ev::Done(o)) => {
                 ctx.account(&o);
-                let mut v =
-                    openai::response(&ctx.parsed, &ctx.id, ctx.created, &[output(&o, content, reasoning)]);
+                let mut v = openai::response(
+                    &ctx.parsed,
+                    &ctx.id,
+                    ctx.created,
+                    &[output(&o, content, reasoning)],
+                );
                 v["agent"] = ctx.agent_json(&o, true);
                 v["citations"] = Value::Array(o.citations);
                 return Ok(json_response(StatusCode::OK, &v));

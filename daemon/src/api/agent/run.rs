@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use super::super::chat::{prepare, submit};
 use super::super::error::ApiError;
 use super::super::openai::{self, Kind, Parsed};
+use super::super::rag::cut;
 use super::super::tools::{Out, ToolParsing, ToolStream};
 use super::super::{App, Served};
 use super::tools::{self, Failure, Kit, Output};
@@ -145,7 +146,12 @@ impl Run {
     /// The chat request of the next model turn, parsed and prepared for the model.
     pub async fn next_turn(&self) -> Result<Parsed, ApiError> {
         let mut b = self.body.clone();
-        for k in ["stream", "stream_options", "tool_choice", "parallel_tool_calls"] {
+        for k in [
+            "stream",
+            "stream_options",
+            "tool_choice",
+            "parallel_tool_calls",
+        ] {
             b.remove(k);
         }
         b.insert("model".into(), self.app.model_name.clone().into());
@@ -299,8 +305,7 @@ impl Run {
                             arguments: String::new(),
                         });
                     }
-                    if let (Some(c), Some(a)) = (t.calls.get_mut(d.index), d.function.arguments)
-                    {
+                    if let (Some(c), Some(a)) = (t.calls.get_mut(d.index), d.function.arguments) {
                         c.arguments.push_str(&a);
                     }
                 }
@@ -315,8 +320,7 @@ impl Run {
         let step = self.round;
         let mut set = JoinSet::new();
         for (i, call) in turn.calls.iter().enumerate() {
-            let args: Result<Value, String> = match serde_json::from_str::<Value>(&call.arguments)
-            {
+            let args: Result<Value, String> = match serde_json::from_str::<Value>(&call.arguments) {
                 Ok(v @ Value::Object(_)) => Ok(v),
                 Ok(_) => Err("the arguments are not a JSON object".into()),
                 Err(e) => Err(format!("the arguments are not valid JSON: {e}")),
@@ -396,7 +400,12 @@ impl Run {
                     let (text, cites) = self.render(out.text, out.sources);
                     ("ok", out.summary, text, cites)
                 }
-                Err(f) => (f.status, f.message.clone(), format!("error: {}", f.message), Vec::new()),
+                Err(f) => (
+                    f.status,
+                    f.message.clone(),
+                    format!("error: {}", f.message),
+                    Vec::new(),
+                ),
             };
             let mut s = json!({"step": step, "call": call.id, "tool": call.name,
                 "arguments": shown, "status": status, "summary": summary,
@@ -439,14 +448,6 @@ impl Run {
 
 async fn send(tx: &mpsc::Sender<Ev>, ev: Ev) -> Result<(), Stop> {
     tx.send(ev).await.map_err(|_| Stop::Gone)
-}
-
-/// At most `max` characters of `s`, with a mark where it was cut.
-fn cut(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        None => s.to_string(),
-        Some((at, _)) => format!("{} […]", &s[..at]),
-    }
 }
 
 #[cfg(test)]

@@ -20,9 +20,17 @@ use crate::keys::{KeyInfo, Scope};
 const KB_TOP_K: usize = 5;
 
 /// What runs a tool.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Impl {
-    KbSearch { collections: Vec<String> },
+    KbSearch {
+        collections: Vec<String>,
+    },
+    WebSearch(crate::web::WebSearch),
+    FetchUrl {
+        fetcher: crate::web::Fetcher,
+        /// The agent's `fetch_sites` (empty: any URL the fetch rules allow).
+        sites: Vec<String>,
+    },
     CurrentTime,
 }
 
@@ -81,6 +89,8 @@ impl Kit {
     /// The agent's tools that `key` may use, in the agent's order.
     pub fn for_caller(app: &App, agent: &Agent, key: &KeyInfo) -> Kit {
         let mut tools = Vec::new();
+        let web = app.web();
+        let may_web = key.allows(&Scope::Web);
         for t in &agent.tools {
             match t.as_str() {
                 "kb_search" => {
@@ -98,18 +108,48 @@ impl Kit {
                         description: "Search the company's documents. Returns numbered \
                                       passages; cite them as [n]."
                             .into(),
+                        parameters: query_schema(),
+                        imp: Impl::KbSearch { collections },
+                    });
+                }
+                "web_search" => {
+                    let Some(ws) = web.search.clone().filter(|_| may_web) else {
+                        continue;
+                    };
+                    tools.push(Offered {
+                        name: "web_search".into(),
+                        description: "Search the web. Returns numbered results (title, URL, \
+                                      text); cite them as [n]."
+                            .into(),
+                        parameters: query_schema(),
+                        imp: Impl::WebSearch(ws),
+                    });
+                }
+                "fetch_url" => {
+                    let Some(fetcher) = web.fetcher.clone().filter(|_| may_web) else {
+                        continue;
+                    };
+                    tools.push(Offered {
+                        name: "fetch_url".into(),
+                        description: "Read a web page (http or https URL). Returns its text; \
+                                      cite it as [n]."
+                            .into(),
                         parameters: json!({
                             "type": "object",
-                            "properties": {"query": {"type": "string", "description": "What to look for"}},
-                            "required": ["query"]
+                            "properties": {"url": {"type": "string", "description": "The page's URL", "maxLength": 2048}},
+                            "required": ["url"],
+                            "additionalProperties": false
                         }),
-                        imp: Impl::KbSearch { collections },
+                        imp: Impl::FetchUrl {
+                            fetcher,
+                            sites: agent.fetch_sites.clone(),
+                        },
                     });
                 }
                 "current_time" => tools.push(Offered {
                     name: "current_time".into(),
                     description: "The current date and time (UTC).".into(),
-                    parameters: json!({"type": "object", "properties": {}}),
+                    parameters: json!({"type": "object", "properties": {}, "additionalProperties": false}),
                     imp: Impl::CurrentTime,
                 }),
                 _ => {}
@@ -163,6 +203,69 @@ pub async fn call(app: Arc<App>, tool: Offered, arguments: Value) -> Result<Outp
                 sources: Vec::new(),
             })
         }
+        Impl::WebSearch(ws) => {
+            let query = string_arg(&arguments, "query")?;
+            let cfg = ws.config();
+            let results = ws
+                .search(&query, cfg.top_n, cfg.fetch)
+                .await
+                .map_err(web_failure)?;
+            let summary = match results.len() {
+                0 => "no web result".to_string(),
+                n => format!(
+                    "{n} web result{}: {}",
+                    if n == 1 { "" } else { "s" },
+                    results
+                        .iter()
+                        .map(|r| r.url.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let sources = results
+                .iter()
+                .map(|r| Source {
+                    citation: json!({"url": r.url, "title": r.title, "text": r.snippet}),
+                    header: format!("{} — {}", r.title, r.url),
+                    text: r.text.clone().unwrap_or_else(|| r.snippet.clone()),
+                })
+                .collect();
+            Ok(Output {
+                text: "The web search found nothing.".into(),
+                sources,
+                summary,
+            })
+        }
+        Impl::FetchUrl { fetcher, sites } => {
+            let url = string_arg(&arguments, "url")?;
+            if !crate::agents::under_sites(&sites, &url) {
+                return Err(Failure {
+                    status: "refused",
+                    message: format!(
+                        "{url}: outside the sites this agent may read ({})",
+                        sites.join(", ")
+                    ),
+                });
+            }
+            let page = fetcher.fetch(&url).await.map_err(web_failure)?;
+            let title = page.title.clone().unwrap_or_else(|| page.url.clone());
+            let summary = format!(
+                "{} ({} bytes, {} characters of text)",
+                page.url,
+                page.bytes,
+                page.text.chars().count()
+            );
+            let snippet = super::super::rag::cut(page.text.trim(), 300);
+            Ok(Output {
+                text: String::new(),
+                sources: vec![Source {
+                    citation: json!({"url": page.url, "title": title, "text": snippet}),
+                    header: format!("{title} — {}", page.url),
+                    text: page.text,
+                }],
+                summary,
+            })
+        }
         Impl::KbSearch { collections } => {
             let query = string_arg(&arguments, "query")?;
             let kb = app.kb().map_err(|e| Failure::error(e.message))?;
@@ -209,6 +312,24 @@ pub async fn call(app: Arc<App>, tool: Offered, arguments: Value) -> Result<Outp
                 summary,
             })
         }
+    }
+}
+
+/// The parameters of the search tools.
+fn query_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"query": {"type": "string", "description": "What to look for", "maxLength": 200}},
+        "required": ["query"],
+        "additionalProperties": false
+    })
+}
+
+/// A failed web call: its kind (`refused`, `timeout`, `error`) is the step's status.
+fn web_failure(e: crate::web::WebError) -> Failure {
+    Failure {
+        status: e.kind(),
+        message: e.to_string(),
     }
 }
 

@@ -206,6 +206,12 @@ sampling_fields! {
         #[schema(minimum = 0, maximum = 20)]
         pub top_logprobs: Option<u64>,
         pub knowledge: Option<KnowledgeParam>,
+        /// Ground the answer in web results (联网搜索) from the office's SearXNG: `true`, or
+        /// `{"top_n": 1-20, "fetch": 0-top_n}` (results in the prompt, best pages fetched
+        /// and read). Needs the key's `web` scope and `[web_search]` configured; the
+        /// response then carries `citations` with `url` and `title`.
+        #[schema(value_type = Option<Object>)]
+        pub web_search: Option<Value>,
         /// Functions the model may call (1 to 128). Needs a model whose chat template
         /// renders tools.
         #[schema(min_items = 1, max_items = 128)]
