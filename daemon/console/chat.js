@@ -161,6 +161,8 @@ export class ChatView {
     this.conv = null;
     this.busy = null; // { controller, msg, conv }
     this.refs = new WeakMap(); // message → its elements
+    // Agent steps the user opened (by call id): a conversation drawn again keeps them open.
+    this.openSteps = new Set();
     this.settings = this.fixed ? { stream: true } : loadSettings();
     this.collections = null; // null: not asked yet; array; or an ApiError
     this.modelTimer = null;
@@ -673,8 +675,9 @@ export class ChatView {
       const key = st.call || `step-${st.step}`;
       let s = r.traceEls.get(key);
       if (!s) {
-        s = stepFrame('', 'tool-step agent-step', false);
+        s = stepFrame('', 'tool-step agent-step', this.openSteps.has(key));
         s.el.setAttribute('role', 'listitem');
+        s.el.addEventListener('toggle', () => { if (s.el.open) this.openSteps.add(key); else this.openSteps.delete(key); });
         s.summaryHead = h('p', { class: 'tool-label' }, t('chat.step.summary'));
         s.summary = h('p', { class: 'step-summary' });
         s.duration = h('span', { class: 'step-duration muted' });
@@ -875,7 +878,9 @@ export class ChatView {
             if (Array.isArray(st.citations)) msg.citations = addCitations(msg.citations || [], st.citations);
           }
         }
-        if (r.agent_stopped) msg.agentStopped = r.agent_stopped;
+        // Why an agent stopped early (the step limit): `agent.stopped`, or `agent_stopped`.
+        const stopped = r.agent?.stopped ?? r.agent_stopped;
+        if (stopped) msg.agentStopped = stopped;
         const ch = r.choices && r.choices[0];
         const m = (ch && ch.message) || {};
         msg.reasoning = m.reasoning_content ?? m.reasoning ?? '';
@@ -890,7 +895,8 @@ export class ChatView {
             addStep(msg.steps ??= [], chunk.agent_step);
             if (Array.isArray(chunk.agent_step.citations)) msg.citations = addCitations(msg.citations || [], chunk.agent_step.citations);
           }
-          if (chunk.agent_stopped) msg.agentStopped = chunk.agent_stopped;
+          const stopped = chunk.agent?.stopped ?? chunk.agent_stopped;
+          if (stopped) msg.agentStopped = stopped;
           const ch = chunk.choices && chunk.choices[0];
           const d = ch && ch.delta;
           if (d) {

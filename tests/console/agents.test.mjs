@@ -5,9 +5,15 @@
 // the chat's model picker (whole answers' `agent.steps`), the Web search toggle (and a key
 // without the `web` scope, an appliance without a search service), and the phone layout.
 //
-// The random fixture model never calls a tool by itself: the tests' requests go out as the
-// console builds them plus `tool_choice` naming the tool, which the daemon applies to an
-// agent's first turn only, and a small `max_tokens` per turn. The search service the daemon is
+// The random fixture model never calls a tool by itself, and its template renders no tools. As
+// in tests/e2e/test_agents.py, the daemon serves a copy of it (made by `agentModel` below) whose
+// chat template renders tools and teaches Hermes-style `<tool_call>` blocks, and whose added
+// tokens 1548 and 1549 (unused by that template) decode to a complete web_search / kb_search
+// call followed by `#END#`. The tests' requests go out as the console builds them plus
+// `logit_bias` forcing one of those tokens, `stop: ["#END#"]` and a small `max_tokens`: every
+// turn of the agent calls that tool, until its step limit gives the model a last turn without
+// tools; the daemon's own tool-call reader, loop and tools do the rest, and every response the
+// page renders is the daemon's, read from the wire. The search service the daemon is
 // configured with is a SearXNG-compatible JSON endpoint on 127.0.0.1 (below, `searchService`)
 // that answers after a delay, so the page has time to show a running step before it finishes;
 // its results include a `javascript:` URL and HTML in a title, which must stay text.
@@ -16,8 +22,38 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import http from 'node:http';
-import { Daemon, browser, watch, shot, MODEL } from './harness.mjs';
+import os from 'node:os';
+import path from 'node:path';
+import { Daemon, browser, watch, shot, MODEL, MODEL_DIR } from './harness.mjs';
+
+const END = '#END#';
+const WEB = '1548';
+const KB = '1549';
+const CALLS = { [WEB]: ['web_search', { query: 'vpn setup' }], [KB]: ['kb_search', { query: 'annual leave' }] };
+const TEMPLATE = `{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.tool_calls %}{% for c in m.tool_calls %}<call>{{ c.function.name }}</call>{% endfor %}{% else %}{{ (m.content or '')[:300] }}{% endif %}<|im_end|>\n{% endfor %}{% if tools %}<|im_start|>system\nCall with <tool_call>\n{"name": …, "arguments": …}\n</tool_call>{% for t in tools %} {{ t.function.name }}{% endfor %}<|im_end|>\n{% endif %}<|im_start|>assistant\n`;
+
+/** The fixture copied (same name) with the tool template and the two call tokens. */
+function agentModel() {
+  const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'edgeseek-agent-model-')), MODEL);
+  fs.cpSync(MODEL_DIR, dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'chat_template.jinja'), TEMPLATE);
+  const tokPath = path.join(dir, 'tokenizer.json');
+  const cfgPath = path.join(dir, 'tokenizer_config.json');
+  const tok = JSON.parse(fs.readFileSync(tokPath, 'utf8'));
+  const cfg = JSON.parse(fs.readFileSync(cfgPath, 'utf8'));
+  for (const [id, [name, args]] of Object.entries(CALLS)) {
+    const text = `<tool_call>\n${JSON.stringify({ name, arguments: args })}\n</tool_call>${END}`;
+    const added = tok.added_tokens.find((a) => String(a.id) === id);
+    assert.equal(added.special, false);
+    added.content = text;
+    cfg.added_tokens_decoder[id].content = text;
+  }
+  fs.writeFileSync(tokPath, JSON.stringify(tok));
+  fs.writeFileSync(cfgPath, JSON.stringify(cfg));
+  return dir;
+}
 
 const INJECT = '<img src=x onerror=alert(1)>';
 const RESULTS = [
@@ -47,7 +83,8 @@ async function searchService(delay = SEARCH_DELAY_MS) {
 }
 
 let search;
-let d; // with web search
+let modelDir;
+let d; // with web search, serving the tool-calling copy of the fixture
 let bare; // without
 let adminKey;
 let b;
@@ -84,7 +121,8 @@ async function forward(p, log, extra) {
   return async () => { p.off('response', onResponse); await p.unroute('**/v1/chat/completions'); };
 }
 
-const forced = (tool) => ({ tool_choice: { type: 'function', function: { name: tool } }, max_tokens: 24 });
+/** Request fields that make every turn of an agent write the call of `token`. */
+const forced = (token) => ({ logit_bias: { [token]: 100 }, stop: [END], max_tokens: 8 });
 
 const idle = (p) => p.locator('.composer .send').first().waitFor({ state: 'visible', timeout: 90_000 });
 
@@ -115,7 +153,8 @@ function wireSteps(text) {
 
 before(async () => {
   search = await searchService();
-  d = await Daemon.start({ config: `[web_search]\nsearxng_url = "${search.url}"\ntop_n = 3\nfetch = 0\ntimeout_s = 10\n` });
+  modelDir = agentModel();
+  d = await Daemon.start({ model: modelDir, config: `[web_search]\nsearxng_url = "${search.url}"\ntop_n = 3\nfetch = 0\ntimeout_s = 10\n` });
   bare = await Daemon.start();
   adminKey = d.key('console-agents-admin', 'admin');
   // A collection with a document for kb_search (the KB's own upload API), once the knowledge
@@ -141,6 +180,7 @@ after(async () => {
   await d?.stop();
   await bare?.stop();
   await search?.close();
+  if (modelDir) fs.rmSync(path.dirname(modelDir), { recursive: true, force: true });
 });
 
 test('Agents page: the form creates an agent with the tools and collections the daemon offers', async () => {
@@ -200,7 +240,7 @@ test('Agents page: the daemon\'s errors show at the form and mark the field; edi
   assert.equal((await d.json('GET', '/v1/admin/agents/helpdesk', { key: adminKey })).json.max_steps, 3, 'nothing was saved');
 
   // Fixed, and other fields changed: the temperature cleared goes as null.
-  await form.locator('[name="max_steps"]').fill('4');
+  await form.locator('[name="max_steps"]').fill('2');
   assert.equal(await form.locator('[name="max_steps"]').getAttribute('aria-invalid'), null);
   await form.locator('[name="description"]').fill('IT helpdesk (staff only)');
   await form.locator('[name="temperature"]').fill('');
@@ -209,7 +249,7 @@ test('Agents page: the daemon\'s errors show at the form and mark the field; edi
   await form.locator('button[type="submit"]').click();
   await page.locator('.toast-item', { hasText: 'Agent “helpdesk” saved.' }).waitFor();
   const a = (await d.json('GET', '/v1/admin/agents/helpdesk', { key: adminKey })).json;
-  assert.deepEqual([a.description, a.max_steps, a.temperature, a.reasoning_budget, a.tools], ['IT helpdesk (staff only)', 4, null, 16, ['kb_search']]);
+  assert.deepEqual([a.description, a.max_steps, a.temperature, a.reasoning_budget, a.tools], ['IT helpdesk (staff only)', 2, null, 16, ['kb_search']]);
   assert.equal(await msg.textContent(), '');
 
   // A new agent with a taken name, then with a bad one: the daemon's messages, at the form.
@@ -250,24 +290,24 @@ test('Agents page: the daemon\'s errors show at the form and mark the field; edi
 test('test chat: a streamed step shows running, then finishes in place with its summary; web sources are safe links', async () => {
   // An agent whose tool is web search: the search service takes 1.5 s, long enough to see it run.
   assert.equal((await d.json('POST', '/v1/admin/agents', {
-    key: adminKey, body: { name: 'researcher', description: 'Looks things up', tools: ['web_search'], max_steps: 2 },
+    key: adminKey, body: { name: 'researcher', description: 'Looks things up', tools: ['web_search'], max_steps: 1 },
   })).status, 201);
   await page.reload();
   await page.locator('.agent-list .col', { hasText: 'researcher' }).click();
   await page.locator('.agent-test .test-title', { hasText: 'agent:researcher' }).waitFor();
   const chat = page.locator('.agent-test');
   const log = [];
-  const stop = await forward(page, log, forced('web_search'));
-  // Every frame: which element shows which step in which state.
+  const stop = await forward(page, log, forced(WEB));
+  // Every frame: the states each call's step showed, and the most elements a call had at once.
   await page.evaluate(() => {
-    window.seen = [];
-    const ids = new WeakMap();
-    let next = 0;
+    window.seen = {};
     const tick = () => {
+      const n = {};
       for (const e of document.querySelectorAll('.agent-test .agent-step')) {
-        if (!ids.has(e)) { next += 1; ids.set(e, next); }
-        const now = [ids.get(e), e.dataset.call, e.dataset.status];
-        if (!window.seen.some((s) => s.join() === now.join())) window.seen.push(now);
+        const s = (window.seen[e.dataset.call] ??= { states: [], most: 0 });
+        if (s.states.at(-1) !== e.dataset.status) s.states.push(e.dataset.status);
+        n[e.dataset.call] = (n[e.dataset.call] || 0) + 1;
+        s.most = Math.max(s.most, n[e.dataset.call]);
       }
       if (!window.stopSeen) requestAnimationFrame(tick);
     };
@@ -278,6 +318,9 @@ test('test chat: a streamed step shows running, then finishes in place with its 
   await chat.locator('.composer textarea').press('Enter');
   await chat.locator('.agent-step[data-status="running"]').waitFor({ timeout: 30_000 });
   assert.equal(await chat.locator('.agent-step .badge').first().textContent(), 'running…');
+  // Opened while it runs, it stays open when it finishes and when the answer ends.
+  await chat.locator('.agent-step summary').first().click();
+  assert.equal(await chat.locator('.agent-step').first().evaluate((e) => e.open), true);
   await shot(page, 'agents-test-running');
   await idle(chat);
   await logged(log, 1);
@@ -290,24 +333,29 @@ test('test chat: a streamed step shows running, then finishes in place with its 
   assert.equal(log[0].body.stream, true);
   for (const k of ['tools', 'knowledge', 'web_search']) assert.equal(log[0].body[k], undefined, k);
   const { all, done } = wireSteps(log[0].text);
-  assert.ok(done.length >= 1, log[0].text.slice(0, 2000));
+  assert.equal(done.length, 1, log[0].text.slice(0, 2000));
   const first = done[0];
   assert.equal(first.tool, 'web_search');
   assert.equal(first.status, 'ok');
   assert.deepEqual(all.filter((s) => s.call === first.call).map((s) => s.status), ['running', 'ok']);
-  assert.ok(search.queries.length > before, 'the daemon asked the search service');
+  assert.deepEqual(first.arguments, { query: 'vpn setup' });
+  assert.equal(search.queries.length, before + 1);
+  assert.equal(search.queries.at(-1).q, 'vpn setup');
+  // One step was the limit: the daemon says it stopped there, and so does the page.
+  const last = events(log[0].text).find((e) => e.agent);
+  assert.equal(last.agent.name, 'researcher');
+  assert.equal(last.agent.stopped, 'max_steps');
+  assert.equal(await chat.locator('.msg.assistant .status').textContent(), 'The agent stopped at its step limit before it finished (Agents → Max steps).');
 
-  // The page: one element per call, which showed `running` and then, the same element, `ok`.
-  const mine = seen.filter((s) => s[1] === first.call);
-  assert.deepEqual(mine.map((s) => s[2]), ['running', 'ok']);
-  assert.equal(new Set(mine.map((s) => s[0])).size, 1, 'updated in place');
+  // The page: the call's step showed `running`, then `ok`, and was never shown twice.
+  assert.deepEqual(seen[first.call], { states: ['running', 'ok'], most: 1 });
   assert.deepEqual(await shownSteps(chat), done.map((s) => ({ call: s.call, status: s.status, tool: s.tool, summary: s.summary || '' })));
   const step = chat.locator('.agent-step').first();
   assert.match(await step.locator('.step-duration').textContent(), new RegExp(`^${first.duration_ms} ms$`));
-  // Collapsed at first; the summary line opens it on the arguments the daemon reported.
-  assert.equal(await step.evaluate((e) => e.open), false);
-  await step.locator('summary').click();
+  assert.equal(await step.evaluate((e) => e.open), true, 'still open');
   assert.deepEqual(JSON.parse(await step.locator('.tool-args').textContent()), first.arguments);
+  await step.locator('summary').click();
+  assert.equal(await step.locator('.tool-args').isVisible(), false);
 
   // Web citations: http(s) ones as links opening a new page without an opener; the rest text.
   const cites = first.citations || [];
@@ -326,7 +374,7 @@ test('test chat: a kb_search step brings the agent\'s knowledge passages as sour
   const chat = page.locator('.agent-test');
   await chat.locator('.test-title', { hasText: 'agent:helpdesk' }).waitFor();
   const log = [];
-  const stop = await forward(page, log, forced('kb_search'));
+  const stop = await forward(page, log, forced(KB));
   await chat.locator('.composer textarea').fill('How many days of leave?');
   await chat.locator('.composer textarea').press('Enter');
   await chat.locator('.agent-step').first().waitFor({ timeout: 30_000 });
@@ -337,8 +385,11 @@ test('test chat: a kb_search step brings the agent\'s knowledge passages as sour
   assert.equal(done[0].tool, 'kb_search');
   assert.equal(done[0].status, 'ok');
   assert.deepEqual(await shownSteps(chat), done.map((s) => ({ call: s.call, status: s.status, tool: s.tool, summary: s.summary || '' })));
-  const cites = done.flatMap((s) => s.citations || []);
+  assert.equal(done.length, 2, 'two steps: the limit set on the form');
+  const cites = events(log[0].text).find((e) => e.agent).citations;
   assert.ok(cites.length > 0 && cites.every((c) => c.collection === 'it' && c.filename === 'handbook.md'), JSON.stringify(cites));
+  assert.deepEqual(done.flatMap((s) => s.citations || []).map((c) => c.index), cites.map((c) => c.index), 'the steps brought the answer\'s sources');
+  assert.deepEqual(await chat.locator('.sources .source .n').allTextContents(), cites.map((c) => String(c.index)));
   assert.deepEqual(await chat.locator('.sources .source .file').allTextContents(), cites.map((c) => c.filename));
   // A source opens the cited passage.
   await chat.locator('.sources .source').first().click();
@@ -358,7 +409,8 @@ test('test chat: a kb_search step brings the agent\'s knowledge passages as sour
 });
 
 test('chat: keys with agent scopes pick agents (with their description); whole answers show agent.steps', async () => {
-  const p = await b.context.newPage();
+  const t = await browser();
+  const p = await t.context.newPage();
   const seen = watch(p);
   try {
     // A chat-only key lists no agents.
@@ -367,7 +419,8 @@ test('chat: keys with agent scopes pick agents (with their description); whole a
     assert.equal(await p.locator('.toolbar select optgroup').count(), 0);
     await p.locator('header button', { hasText: 'Sign out' }).click();
 
-    const userKey = d.key('helpdesk-user', 'chat,agent:helpdesk');
+    // kb_search searches what both the agent and the key may read.
+    const userKey = d.key('helpdesk-user', 'chat,agent:helpdesk,kb:read:it');
     await signIn(p, d, userKey);
     const group = p.locator('.toolbar select optgroup[label="Agents"]');
     await group.waitFor({ state: 'attached' });
@@ -388,7 +441,7 @@ test('chat: keys with agent scopes pick agents (with their description); whole a
     await p.locator('.settings [name="stream"]').uncheck();
     await p.locator('.toolbar button', { hasText: 'Settings' }).click();
     const log = [];
-    const stop = await forward(p, log, forced('kb_search'));
+    const stop = await forward(p, log, forced(KB));
     await p.fill('.composer textarea', 'Leave days?');
     await p.keyboard.press('Enter');
     await idle(p);
@@ -402,7 +455,8 @@ test('chat: keys with agent scopes pick agents (with their description); whole a
     assert.ok(r.agent.steps.length >= 1);
     const msg = p.locator('.msg.assistant').last();
     assert.deepEqual(await shownSteps(msg), r.agent.steps.map((s) => ({ call: s.call, status: s.status, tool: s.tool, summary: s.summary || '' })));
-    assert.equal(await msg.locator('.answer').textContent(), r.choices[0].message.content || '');
+    const squash = (x) => (x || '').replace(/\s+/g, '');
+    assert.equal(squash(await msg.locator('.answer').textContent()), squash(r.choices[0].message.content));
     assert.deepEqual(await msg.locator('.sources .source .file').allTextContents(), (r.citations || []).map((c) => c.filename || c.title || c.url));
     await shot(p, 'chat-agent-whole');
     // Kept with the conversation: after a reload the steps are still there.
@@ -411,12 +465,13 @@ test('chat: keys with agent scopes pick agents (with their description); whole a
     assert.equal(await p.locator('.msg.assistant .agent-step').count(), r.agent.steps.length);
     assert.deepEqual(seen, []);
   } finally {
-    await p.close();
+    await t.close();
   }
 });
 
 test('chat: Web search sends web_search and shows its sources as links; a key without `web` is told why', async () => {
-  const p = await b.context.newPage();
+  const t = await browser();
+  const p = await t.context.newPage();
   const seen = watch(p);
   try {
     await signIn(p, d, d.key('web-user', 'chat,web'));
@@ -426,7 +481,7 @@ test('chat: Web search sends web_search and shows its sources as links; a key wi
     await toggle.click();
     assert.equal(await toggle.getAttribute('aria-pressed'), 'true');
     const log = [];
-    const stop = await forward(p, log, { max_tokens: 24, max_reasoning_tokens: 4 });
+    const stop = await forward(p, log, { max_tokens: 24 });
     const before = search.queries.length;
     await p.fill('.composer textarea', 'printer queue floor 2');
     await p.keyboard.press('Enter');
@@ -452,8 +507,11 @@ test('chat: Web search sends web_search and shows its sources as links; a key wi
     await p.locator('header button', { hasText: 'Sign out' }).click();
 
     // Without the `web` scope: the daemon's 403, said plainly; the toggle goes off and says why.
+    // (The toggle's last position is this browser's default for new chats.)
     await signIn(p, d, d.key('no-web', 'chat'));
-    await toggle.click();
+    await p.locator('.messages .empty').waitFor();
+    if ((await toggle.getAttribute('aria-pressed')) !== 'true') await toggle.click();
+    assert.equal(await toggle.getAttribute('aria-pressed'), 'true');
     await p.fill('.composer textarea', 'search something');
     await p.keyboard.press('Enter');
     await idle(p);
@@ -467,7 +525,7 @@ test('chat: Web search sends web_search and shows its sources as links; a key wi
     await shot(p, 'chat-web-denied');
     assert.deepEqual(seen, []);
   } finally {
-    await p.close();
+    await t.close();
   }
 });
 
@@ -483,6 +541,7 @@ test('chat: on an appliance without a search service the toggle says so (admin: 
     await p.locator('header button', { hasText: 'Sign out' }).click();
 
     await signIn(p, bare, bare.key('bare-web', 'chat,web'));
+    await p.locator('.messages .empty').waitFor();
     assert.equal(await toggle.isDisabled(), false);
     await toggle.click();
     await p.fill('.composer textarea', 'anything');
@@ -511,7 +570,7 @@ test('phone-sized screen in Chinese: the Agents page and its test chat fit, ever
     await p.locator('.agent-list .col', { hasText: 'helpdesk' }).click();
     await p.locator('.agent-test .test-title').waitFor();
     const log = [];
-    const stop = await forward(p, log, forced('kb_search'));
+    const stop = await forward(p, log, forced(KB));
     await p.locator('.agent-test .composer textarea').fill('年假有几天？');
     await p.locator('.agent-test .composer textarea').press('Enter');
     await p.locator('.agent-test .agent-step').first().waitFor({ timeout: 30_000 });
