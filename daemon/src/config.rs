@@ -68,6 +68,9 @@ pub struct Config {
     /// `[fetch]`: the rules of every page the daemon fetches (`fetch_url`, web search pages).
     #[serde(default)]
     pub fetch: crate::web::FetchConfig,
+    /// `[[mcp.servers]]`: MCP servers on the LAN whose tools agents may be given.
+    #[serde(default)]
+    pub mcp: crate::mcp::McpConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
 }
@@ -401,6 +404,7 @@ impl Config {
         for checked in [self.web_search.validate(), self.fetch.validate()] {
             checked.map_err(|e| bad(&e.key, &e.msg))?;
         }
+        self.mcp.validate().map_err(|e| bad(&e.key, &e.msg))?;
         if !(1..=3600).contains(&self.agents.tool_timeout_s) {
             return Err(bad(
                 "agents.tool_timeout_s",
@@ -570,7 +574,7 @@ impl Config {
         compare!("" c old rest, live: false, kb);
         let (l, o) = (&self.limits, &old.limits);
         compare!("limits." l o rest.limits, live: true, key_queue_share);
-        compare!("" c old rest, live: true, agents web_search fetch);
+        compare!("" c old rest, live: true, agents web_search fetch mcp);
         if rest != *old {
             out.push(Change {
                 key: "(other settings)",

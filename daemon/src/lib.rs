@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod engine;
 pub mod kb;
 pub mod keys;
+pub mod mcp;
 pub mod schema;
 pub mod serve;
 pub mod service;

@@ -36,8 +36,6 @@ pub const MODEL_PREFIX: &str = "agent:";
 
 /// The built-in tools, by the name the model sees.
 pub const BUILTIN_TOOLS: &[&str] = &["kb_search", "web_search", "fetch_url", "current_time"];
-/// Prefix of a tool served by a registered MCP server: `mcp:SERVER/TOOL` or `mcp:SERVER/*`.
-pub const MCP_PREFIX: &str = "mcp:";
 
 pub const DEFAULT_MAX_STEPS: u32 = 6;
 pub const MAX_STEPS: u32 = 16;
@@ -172,20 +170,15 @@ pub fn check_tool(t: &str) -> Result<(), String> {
     if BUILTIN_TOOLS.contains(&t) {
         return Ok(());
     }
-    let Some(rest) = t.strip_prefix(MCP_PREFIX) else {
+    if !crate::mcp::McpRef::is_mcp(t) {
         return Err(format!(
             "unknown tool `{t}` (built-in: {}; MCP tools: mcp:SERVER/TOOL or mcp:SERVER/*)",
             BUILTIN_TOOLS.join(", ")
         ));
-    };
-    let ok = |s: &str| valid_name(s) && s.is_ascii();
-    match rest.split_once('/') {
-        Some((server, tool)) if ok(server) && (tool == "*" || ok(tool)) => Ok(()),
-        _ => Err(format!(
-            "`{t}`: an MCP tool is mcp:SERVER/TOOL or mcp:SERVER/* (names of letters, digits, \
-             -, _, .)"
-        )),
     }
+    crate::mcp::McpRef::parse(t)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl Agent {

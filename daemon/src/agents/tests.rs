@@ -106,7 +106,7 @@ fn every_field_is_checked() {
     ] {
         assert_eq!(field(&|a| a.tools = vec![ok.into()]), None, "{ok}");
     }
-    for bad in ["mcp:erp", "mcp:/x", "mcp:erp/", "mcp:e p/x", "mcp:erp/a/b"] {
+    for bad in ["mcp:erp", "mcp:/x", "mcp:erp/", "mcp:e p/x", "mcp:erp/a b"] {
         assert_eq!(
             field(&|a| a.tools = vec![bad.into()]),
             Some("tools"),

@@ -104,6 +104,8 @@ pub struct ApiConfig {
 pub struct WebTools {
     pub fetcher: Option<crate::web::Fetcher>,
     pub search: Option<crate::web::WebSearch>,
+    /// The MCP servers of `[mcp]` (none configured: empty).
+    pub mcp: crate::mcp::Mcp,
 }
 
 /// Shared state of every connection.

@@ -461,6 +461,22 @@ static TABLE: &[Route] = &[
             ),
             route(
                 "GET",
+                "/v1/admin/tools",
+                Access::Scope(admin_scope),
+                One,
+                NO_BODY,
+                handler!(agents_http::tools),
+                OpDoc {
+                operation_id: Some("adminListTools"),
+                scope: Some("admin"),
+                description: Some("`data`: the built-in tools (with `available` and, when not, a `reason`) and the tools every `[[mcp.servers]]` entry lists now (`mcp:SERVER/TOOL`); `servers`: each MCP server with `ok` and `error`. Asks the MCP servers (their lists are cached for a minute)."),
+                ok: ("200", "Tools", &[(JSON, OBJECT)]),
+                errors: &["401", "403"],
+                ..OpDoc::new("Tools an agent may use")
+            },
+            ),
+            route(
+                "GET",
                 "/v1/admin/metrics/history",
                 Access::Scope(admin_scope),
                 One,

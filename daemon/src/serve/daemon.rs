@@ -67,9 +67,15 @@ impl Daemon {
         }
         if changes.iter().any(|c| c.live) {
             *write(&self.server) = new.server.clone();
-            match super::web_tools(&new) {
-                Ok(w) => self.app.set_web(w),
-                Err(e) => tracing::warn!(error = %e, "{why}: web tools not changed"),
+            // MCP sessions are kept when `[mcp]` is unchanged (a new client would reconnect).
+            if changes
+                .iter()
+                .any(|c| matches!(c.key, "web_search" | "fetch" | "mcp"))
+            {
+                match super::web_tools(&new) {
+                    Ok(w) => self.app.set_web(w),
+                    Err(e) => tracing::warn!(error = %e, "{why}: web tools not changed"),
+                }
             }
             self.app.set_config(ApiConfig {
                 max_body_bytes: new.server.max_body_bytes,

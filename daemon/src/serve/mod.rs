@@ -286,7 +286,7 @@ pub(crate) fn agent_limits(c: &crate::config::AgentsConfig) -> crate::api::agent
     }
 }
 
-/// The web tools `[fetch]` and `[web_search]` describe.
+/// The outbound tools `[fetch]`, `[web_search]` and `[mcp]` describe (contacting nothing yet).
 pub(crate) fn web_tools(c: &Config) -> Result<crate::api::WebTools, crate::web::WebError> {
     let fetcher = crate::web::Fetcher::new(&c.fetch)?;
     let search = match &c.web_search.searxng_url {
@@ -296,5 +296,6 @@ pub(crate) fn web_tools(c: &Config) -> Result<crate::api::WebTools, crate::web::
     Ok(crate::api::WebTools {
         fetcher: Some(fetcher),
         search,
+        mcp: crate::mcp::Mcp::new(c.mcp.clone()),
     })
 }

@@ -72,8 +72,8 @@ pub async fn chat(mut c: Call, name: &str) -> Result<Response<Body>, ApiError> {
             app.model_name
         )));
     }
-    let kit = tools::Kit::for_caller(&app, &agent, &key);
-    let offered = kit.names();
+    let kit = tools::Kit::for_caller(&app, &agent, &key).await;
+    let offered = kit.ids();
     let run = Run::new(
         app.clone(),
         served,

@@ -328,13 +328,14 @@ impl Run {
             let shown = args
                 .clone()
                 .unwrap_or_else(|_| Value::String(call.arguments.clone()));
+            let tool = self.kit.get(&call.name).cloned();
+            let id = tool.as_ref().map_or(call.name.clone(), |t| t.id.clone());
             send(
                 tx,
-                Ev::Step(json!({"step": step, "call": call.id, "tool": call.name,
+                Ev::Step(json!({"step": step, "call": call.id, "tool": id,
                     "arguments": shown, "status": "running"})),
             )
             .await?;
-            let tool = self.kit.get(&call.name).cloned();
             let app = self.app.clone();
             let timeout = self.limits.tool_timeout;
             set.spawn(async move {
@@ -343,7 +344,7 @@ impl Run {
                     (None, _) => Err(Failure::error("no such tool")),
                     (_, Err(e)) => Err(Failure::error(e)),
                     (Some(t), Ok(a)) => {
-                        match tokio::time::timeout(timeout, tools::call(app, t, a)).await {
+                        match tokio::time::timeout(timeout, tools::call(app, t, a, timeout)).await {
                             Ok(r) => r,
                             Err(_) => Err(Failure {
                                 status: "timeout",
@@ -355,11 +356,11 @@ impl Run {
                         }
                     }
                 };
-                (i, shown, r, started.elapsed())
+                (i, id, shown, r, started.elapsed())
             });
         }
         // Results in call order, so sources are numbered the same way every time.
-        let mut done: Vec<Option<(Value, Result<Output, Failure>, Duration)>> =
+        let mut done: Vec<Option<(String, Value, Result<Output, Failure>, Duration)>> =
             (0..turn.calls.len()).map(|_| None).collect();
         while !set.is_empty() {
             let joined = tokio::select! {
@@ -368,9 +369,9 @@ impl Run {
                 _ = tx.closed() => return Err(Stop::Gone),
             };
             match joined {
-                Some(Ok((i, shown, r, took))) => {
+                Some(Ok((i, id, shown, r, took))) => {
                     if let Some(slot) = done.get_mut(i) {
-                        *slot = Some((shown, r, took));
+                        *slot = Some((id, shown, r, took));
                     }
                 }
                 Some(Err(e)) => {
@@ -394,7 +395,9 @@ impl Run {
         self.messages
             .push(json!({"role": "assistant", "content": content, "tool_calls": calls_json}));
         for (call, d) in turn.calls.iter().zip(done) {
-            let Some((shown, r, took)) = d else { continue };
+            let Some((id, shown, r, took)) = d else {
+                continue;
+            };
             let (status, summary, text, cites) = match r {
                 Ok(out) => {
                     let (text, cites) = self.render(out.text, out.sources);
@@ -407,13 +410,13 @@ impl Run {
                     Vec::new(),
                 ),
             };
-            let mut s = json!({"step": step, "call": call.id, "tool": call.name,
+            let mut s = json!({"step": step, "call": call.id, "tool": id,
                 "arguments": shown, "status": status, "summary": summary,
                 "duration_ms": took.as_millis() as u64});
             if !cites.is_empty() {
                 s["citations"] = Value::Array(cites);
             }
-            tracing::info!(agent = %self.agent.name, step, tool = %call.name, status, ms = took.as_millis() as u64, "agent tool call");
+            tracing::info!(agent = %self.agent.name, step, tool = %id, status, ms = took.as_millis() as u64, "agent tool call");
             self.outcome.steps.push(s.clone());
             send(tx, Ev::Step(s)).await?;
             self.messages.push(

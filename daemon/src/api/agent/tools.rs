@@ -32,6 +32,12 @@ pub enum Impl {
         sites: Vec<String>,
     },
     CurrentTime,
+    /// A tool of an MCP server.
+    Mcp {
+        mcp: crate::mcp::Mcp,
+        server: String,
+        tool: String,
+    },
 }
 
 /// A tool offered to the model in this run.
@@ -39,6 +45,8 @@ pub enum Impl {
 pub struct Offered {
     /// The function name the model calls.
     pub name: String,
+    /// The tool as the agent lists it and the trace shows it (`kb_search`, `mcp:erp/lookup`).
+    pub id: String,
     pub description: String,
     pub parameters: Value,
     pub imp: Impl,
@@ -87,7 +95,7 @@ pub struct Kit {
 
 impl Kit {
     /// The agent's tools that `key` may use, in the agent's order.
-    pub fn for_caller(app: &App, agent: &Agent, key: &KeyInfo) -> Kit {
+    pub async fn for_caller(app: &App, agent: &Agent, key: &KeyInfo) -> Kit {
         let mut tools = Vec::new();
         let web = app.web();
         let may_web = key.allows(&Scope::Web);
@@ -105,8 +113,8 @@ impl Kit {
                     }
                     tools.push(Offered {
                         name: "kb_search".into(),
-                        description: "Search the company's documents. Returns numbered \
-                                      passages; cite them as [n]."
+                        id: "kb_search".into(),
+                        description: describe("kb_search")
                             .into(),
                         parameters: query_schema(),
                         imp: Impl::KbSearch { collections },
@@ -118,8 +126,8 @@ impl Kit {
                     };
                     tools.push(Offered {
                         name: "web_search".into(),
-                        description: "Search the web. Returns numbered results (title, URL, \
-                                      text); cite them as [n]."
+                        id: "web_search".into(),
+                        description: describe("web_search")
                             .into(),
                         parameters: query_schema(),
                         imp: Impl::WebSearch(ws),
@@ -131,8 +139,8 @@ impl Kit {
                     };
                     tools.push(Offered {
                         name: "fetch_url".into(),
-                        description: "Read a web page (http or https URL). Returns its text; \
-                                      cite it as [n]."
+                        id: "fetch_url".into(),
+                        description: describe("fetch_url")
                             .into(),
                         parameters: json!({
                             "type": "object",
@@ -148,12 +156,21 @@ impl Kit {
                 }
                 "current_time" => tools.push(Offered {
                     name: "current_time".into(),
-                    description: "The current date and time (UTC).".into(),
+                    id: "current_time".into(),
+                    description: describe("current_time").into(),
                     parameters: json!({"type": "object", "properties": {}, "additionalProperties": false}),
                     imp: Impl::CurrentTime,
                 }),
                 _ => {}
             }
+        }
+        let refs: Vec<crate::mcp::McpRef> = agent
+            .tools
+            .iter()
+            .filter_map(|t| crate::mcp::McpRef::parse(t).ok())
+            .collect();
+        if !refs.is_empty() {
+            mcp_tools(&web.mcp, &refs, &mut tools).await;
         }
         Kit { tools }
     }
@@ -172,9 +189,9 @@ impl Kit {
         )
     }
 
-    /// The names the model may call.
-    pub fn names(&self) -> Vec<String> {
-        self.tools.iter().map(|t| t.name.clone()).collect()
+    /// The tools offered, as the agent lists them.
+    pub fn ids(&self) -> Vec<String> {
+        self.tools.iter().map(|t| t.id.clone()).collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&Offered> {
@@ -183,7 +200,12 @@ impl Kit {
 }
 
 /// Run one call of `tool` with the model's `arguments` (a JSON object).
-pub async fn call(app: Arc<App>, tool: Offered, arguments: Value) -> Result<Output, Failure> {
+pub async fn call(
+    app: Arc<App>,
+    tool: Offered,
+    arguments: Value,
+    timeout: std::time::Duration,
+) -> Result<Output, Failure> {
     match tool.imp {
         Impl::CurrentTime => {
             let now = time::OffsetDateTime::now_utc();
@@ -266,6 +288,21 @@ pub async fn call(app: Arc<App>, tool: Offered, arguments: Value) -> Result<Outp
                 summary,
             })
         }
+        Impl::Mcp { mcp, server, tool } => {
+            let text = mcp
+                .call(&server, &tool, arguments, timeout)
+                .await
+                .map_err(|e| Failure {
+                    status: e.kind(),
+                    message: e.message(),
+                })?;
+            let first = text.lines().next().unwrap_or_default();
+            Ok(Output {
+                summary: super::super::rag::cut(first, 120),
+                text,
+                sources: Vec::new(),
+            })
+        }
         Impl::KbSearch { collections } => {
             let query = string_arg(&arguments, "query")?;
             let kb = app.kb().map_err(|e| Failure::error(e.message))?;
@@ -312,6 +349,78 @@ pub async fn call(app: Arc<App>, tool: Offered, arguments: Value) -> Result<Outp
                 summary,
             })
         }
+    }
+}
+
+/// The MCP tools the agent's `mcp:` entries allow, as the servers list them now. A server
+/// that cannot be reached offers nothing this run (logged); the model sees each tool under a
+/// function name made of the server's and the tool's (`erp_lookup_order`).
+async fn mcp_tools(mcp: &crate::mcp::Mcp, refs: &[crate::mcp::McpRef], out: &mut Vec<Offered>) {
+    for st in mcp.tools().await {
+        if !refs.iter().any(|r| r.server == st.server) {
+            continue;
+        }
+        let listed = match st.tools {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(server = %st.server, error = %e, "MCP tools unavailable for this agent run");
+                continue;
+            }
+        };
+        for t in listed {
+            if !refs.iter().any(|r| r.matches(&st.server, &t.name)) {
+                continue;
+            }
+            let name = function_name(&st.server, &t.name);
+            if out.iter().any(|o| o.name == name) {
+                continue;
+            }
+            let mut parameters = t.input_schema.clone();
+            if !parameters.is_object() {
+                parameters = json!({"type": "object"});
+            }
+            out.push(Offered {
+                name,
+                id: crate::mcp::tool_id(&st.server, &t.name),
+                description: t.description.clone(),
+                parameters,
+                imp: Impl::Mcp {
+                    mcp: mcp.clone(),
+                    server: st.server.clone(),
+                    tool: t.name.clone(),
+                },
+            });
+        }
+    }
+}
+
+/// An OpenAI function name (`[A-Za-z0-9_-]`, at most 64) for a server's tool.
+fn function_name(server: &str, tool: &str) -> String {
+    format!("{server}_{tool}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+/// What a built-in tool does, as the model and the admin see it.
+pub fn describe(builtin: &str) -> &'static str {
+    match builtin {
+        "kb_search" => {
+            "Search the company's documents. Returns numbered passages; cite them as [n]."
+        }
+        "web_search" => {
+            "Search the web. Returns numbered results (title, URL, text); cite them as [n]."
+        }
+        "fetch_url" => "Read a web page (http or https URL). Returns its text; cite it as [n].",
+        "current_time" => "The current date and time (UTC).",
+        _ => "",
     }
 }
 
