@@ -1,4 +1,5 @@
 // Admin (keys with the `admin` scope): daemon status, a live tokens/s chart, API keys.
+// (Agents have their own page, agents.js.)
 
 import { h, put, copyText, confirmDialog, toast, nextId } from './dom.js';
 import { t, fmtDate, fmtNumber, fmtDuration } from './i18n.js';
@@ -6,7 +7,7 @@ import { api } from './api.js';
 import { drawChart } from './chart.js';
 
 const POLL_MS = 5000;
-const FIXED_SCOPES = ['chat', 'embeddings', 'admin'];
+const FIXED_SCOPES = ['chat', 'embeddings', 'web', 'admin'];
 
 export class AdminView {
   constructor() {

@@ -2,6 +2,12 @@
 // stop / regenerate / copy, knowledge collections with numbered sources, and tool calls: the
 // user's own `tools` (Settings), each call the model makes shown as a collapsible step where the
 // user types its result, which goes back as a `role: "tool"` message.
+//
+// Agents (`agent:NAME` entries of /v1/models) are picked like models; the daemon runs their
+// tools itself and streams each one as an `agent_step` chunk, shown as a step of the same kind
+// (updated in place when the step's finished event comes). Web search (`web_search: true`) is a
+// toggle on ordinary chats; its sources are links. The same view, with `{ agent }`, is the
+// Agents page's test chat: one agent, nothing kept.
 
 import { h, put, copyText, confirmDialog, toast, nextId } from './dom.js';
 import { t } from './i18n.js';
@@ -11,6 +17,44 @@ import { renderMarkdown } from './markdown.js';
 
 const SETTINGS = 'edgeseek.chat.settings';
 const KB_DEFAULT = 'edgeseek.chat.knowledge';
+const WEB_DEFAULT = 'edgeseek.chat.web';
+const AGENT_PREFIX = 'agent:';
+
+/** Whether a model id names an agent (the daemon runs its tools; client tools are refused). */
+export const isAgent = (model) => typeof model === 'string' && model.startsWith(AGENT_PREFIX);
+
+/** An http(s) URL for a link, or null: server text never becomes a `javascript:` or other href. */
+export function safeUrl(text) {
+  try {
+    const u = new URL(String(text));
+    return u.protocol === 'http:' || u.protocol === 'https:' ? u.href : null;
+  } catch { return null; }
+}
+
+/**
+ * Merge citations into `list` by their `index` (the number the model saw): the first chunk of a
+ * web or knowledge answer carries some, an agent's finished steps the ones they found.
+ */
+export function addCitations(list, more) {
+  for (const c of more || []) {
+    if (!c || typeof c !== 'object' || !Number.isFinite(Number(c.index))) continue;
+    const at = list.findIndex((x) => Number(x.index) === Number(c.index));
+    if (at < 0) list.push(c); else list[at] = c;
+  }
+  list.sort((a, b) => Number(a.index) - Number(b.index));
+  return list;
+}
+
+/**
+ * Keep an `agent_step` event: a step is found by its `call` id, so the finished event replaces
+ * the running one in place; a new call is appended.
+ */
+export function addStep(steps, step) {
+  if (!step || typeof step !== 'object') return steps;
+  const at = steps.findIndex((x) => x.call && x.call === step.call);
+  if (at < 0) steps.push(step); else steps[at] = { ...steps[at], ...step };
+  return steps;
+}
 
 function loadSettings() {
   const d = { system: '', temperature: '', maxTokens: '', budget: '', tools: '', stream: true };
@@ -67,6 +111,25 @@ function prettyArgs(text) {
   try { return { text: JSON.stringify(JSON.parse(text), null, 2), json: true }; } catch { return { text: text || '', json: false }; }
 }
 
+/**
+ * The frame shared by both kinds of step (a call the user answers, a tool an agent ran): a
+ * collapsible box whose summary line holds the kind, the tool's name and a state badge, and
+ * whose body starts with the arguments. The caller appends the rest of the body.
+ */
+function stepFrame(kind, cls, open) {
+  const s = {
+    kind: h('span', { class: 'tool-kind' }, kind),
+    name: h('span', { class: 'tool-name mono' }),
+    badge: h('span', { class: 'badge' }),
+    args: h('pre', { class: 'tool-args' }),
+  };
+  s.body = h('div', { class: 'tool-body' }, h('p', { class: 'tool-label' }, t('chat.tool.args')), s.args);
+  s.el = h('details', { class: cls, open }, h('summary', null, s.kind, s.name, s.badge), s.body);
+  return s;
+}
+
+const STEP_BADGE = { running: '', ok: ' good', error: ' bad', timeout: ' bad', refused: ' warn' };
+
 /** The calls of an assistant message (a streamed list may have holes until every index came). */
 const callsOf = (m) => (m.tool_calls || []).filter(Boolean);
 
@@ -83,12 +146,24 @@ function titleOf(text) {
 }
 
 export class ChatView {
-  constructor(owner) {
+  /**
+   * `opts.admin`: the key may read /v1/admin/tools (which says whether web search is
+   * configured). `opts.agent`: the test chat of that agent (Agents page): no conversation list,
+   * model or settings, and nothing kept in IndexedDB.
+   */
+  constructor(owner, opts = {}) {
     this.owner = owner;
+    this.admin = !!opts.admin;
+    this.fixed = opts.agent ? `${AGENT_PREFIX}${opts.agent}` : null;
+    this.models = [];
+    // Web search: null (may be tried), or why it cannot be used ('unconfigured', 'denied').
+    this.webOff = null;
     this.conv = null;
     this.busy = null; // { controller, msg, conv }
     this.refs = new WeakMap(); // message → its elements
-    this.settings = loadSettings();
+    // Agent steps the user opened (by call id): a conversation drawn again keeps them open.
+    this.openSteps = new Set();
+    this.settings = this.fixed ? { stream: true } : loadSettings();
     this.collections = null; // null: not asked yet; array; or an ApiError
     this.modelTimer = null;
     this.build();
@@ -104,7 +179,7 @@ export class ChatView {
         h('h2', null, t('chat.conversations')),
         h('button', { type: 'button', class: 'primary small', onclick: () => this.newChat() }, `+ ${t('chat.new')}`)),
       this.list);
-    this.modelSel = h('select', { id: modelId, onchange: () => { if (this.conv) this.conv.model = this.modelSel.value; } });
+    this.modelSel = h('select', { id: modelId, onchange: () => { if (this.conv) this.conv.model = this.modelSel.value; this.updateMode(); } });
     this.convToggle = h('button', {
       type: 'button', class: 'ghost convs-toggle', 'aria-controls': this.convs.id, 'aria-expanded': 'false',
       'aria-label': t('chat.conversations.toggle'),
@@ -117,6 +192,14 @@ export class ChatView {
       type: 'button', 'aria-expanded': 'false', 'aria-controls': this.kbPanel.id,
       'aria-pressed': 'false', onclick: () => this.togglePopover(this.kbPanel, this.kbBtn, () => this.fillKb()),
     }, t('kb.toggle'));
+
+    // Web search: sends `web_search: true`; its reason shows when it cannot be used.
+    this.webWhy = h('span', { class: 'sr-only', id: nextId('web-why') });
+    this.webBtn = h('button', {
+      type: 'button', class: 'web-toggle', 'aria-pressed': 'false', 'aria-describedby': this.webWhy.id,
+      onclick: () => this.toggleWeb(),
+    }, t('chat.web'));
+    this.agentNote = h('p', { class: 'agent-note', hidden: true, 'aria-live': 'polite' });
 
     // Settings popover.
     const field = (label, input) => { const id = nextId('set'); input.id = id; return h('div', { class: 'field' }, h('label', { for: id }, label), input); };
@@ -155,16 +238,31 @@ export class ChatView {
     });
     this.input.addEventListener('input', () => this.grow());
 
-    this.el = h('div', { class: 'chat' },
-      this.convs,
-      h('section', { class: 'chat-main', 'aria-label': t('nav.chat') },
-        h('div', { class: 'toolbar' },
-          this.convToggle,
-          h('label', { for: modelId, class: 'inline' }, t('chat.model')), this.modelSel,
-          h('span', { class: 'spacer' }),
-          h('div', { class: 'pop-wrap' }, this.kbBtn, this.kbPanel),
-          h('div', { class: 'pop-wrap' }, this.setBtn, this.setPanel)),
-        this.msgs, form));
+    this.kbWrap = h('div', { class: 'pop-wrap' }, this.kbBtn, this.kbPanel);
+    if (this.fixed) {
+      // The Agents page's test chat: one agent, a button to start over, nothing else.
+      put(this.modelSel, h('option', { value: this.fixed, selected: true }, this.fixed));
+      this.el = h('div', { class: 'chat embedded' },
+        h('section', { class: 'chat-main', 'aria-label': t('agents.test') },
+          h('div', { class: 'toolbar' },
+            h('span', { class: 'test-title' }, t('agents.test.with', { name: this.fixed })),
+            h('span', { class: 'spacer' }),
+            h('button', { type: 'button', class: 'small', onclick: () => this.newChat() }, t('agents.test.clear'))),
+          this.msgs, form));
+    } else {
+      this.el = h('div', { class: 'chat' },
+        this.convs,
+        h('section', { class: 'chat-main', 'aria-label': t('nav.chat') },
+          h('div', { class: 'toolbar' },
+            this.convToggle,
+            h('label', { for: modelId, class: 'inline' }, t('chat.model')), this.modelSel,
+            h('span', { class: 'spacer' }),
+            this.webBtn, this.webWhy,
+            this.kbWrap,
+            h('div', { class: 'pop-wrap' }, this.setBtn, this.setPanel)),
+          this.agentNote,
+          this.msgs, form));
+    }
 
     this.onDocClick = (e) => {
       for (const [panel, btn] of [[this.kbPanel, this.kbBtn], [this.setPanel, this.setBtn]]) {
@@ -226,7 +324,8 @@ export class ChatView {
   }
 
   async init() {
-    await this.loadModels();
+    if (this.fixed) { this.newChat(); return; }
+    await Promise.all([this.loadModels(), this.checkWeb()]);
     const convs = await store.list(this.owner);
     if (convs.length) await this.open(convs[0].id);
     else this.newChat();
@@ -277,6 +376,10 @@ export class ChatView {
 
   // --- models ---------------------------------------------------------------------------
 
+  /**
+   * The models and, for keys with agent scopes, the agents (`agent:NAME` with a description):
+   * agents go in their own group of the picker, named without the prefix.
+   */
   async loadModels() {
     clearTimeout(this.modelTimer);
     let data = [];
@@ -285,11 +388,82 @@ export class ChatView {
     } catch (e) {
       if (e.status === 401) return;
     }
+    this.models = data;
     const want = this.conv?.model || this.modelSel.value;
+    const option = (m) => h('option', {
+      value: m.id, selected: m.id === want, title: m.description || null,
+    }, isAgent(m.id) ? `${m.id.slice(AGENT_PREFIX.length)}${m.description ? ` — ${m.description}` : ''}` : m.id);
+    const models = data.filter((m) => !isAgent(m.id));
+    const agents = data.filter((m) => isAgent(m.id));
     put(this.modelSel, data.length
-      ? data.map((m) => h('option', { value: m.id, selected: m.id === want }, m.id))
+      ? [models.map(option), agents.length ? h('optgroup', { label: t('chat.agents') }, agents.map(option)) : null]
       : h('option', { value: '' }, t('chat.nomodel')));
-    if (!data.length) this.modelTimer = setTimeout(() => this.loadModels(), 5000);
+    if (!models.length) this.modelTimer = setTimeout(() => this.loadModels(), 5000);
+    this.updateMode();
+  }
+
+  /** What the picked model allows: agents bring their own tools and sources. */
+  updateMode() {
+    const model = this.fixed || this.modelSel.value;
+    const agent = isAgent(model);
+    this.kbWrap.hidden = agent;
+    this.webBtn.hidden = agent;
+    this.agentNote.hidden = !agent || !!this.fixed;
+    if (agent && !this.fixed) {
+      const m = this.models.find((x) => x.id === model);
+      put(this.agentNote, h('span', { class: 'badge' }, t('chat.agent')), ' ',
+        h('strong', null, model.slice(AGENT_PREFIX.length)), m && m.description ? ` — ${m.description}` : '');
+    }
+    this.updateWebButton();
+  }
+
+  // --- web search ---------------------------------------------------------------------------
+
+  /**
+   * Admin keys can ask the daemon whether web search is configured (the tools list marks it
+   * unavailable). Other keys cannot know before trying: the toggle shows, and a refusal (403
+   * scope, 400 not configured) turns it off with the reason.
+   */
+  async checkWeb() {
+    if (!this.admin) return;
+    try {
+      const r = await api('GET', '/v1/admin/tools');
+      const web = (r.data || []).find((x) => x.name === 'web_search');
+      if (!web || web.available === false) this.setWebOff('unconfigured', web && web.reason);
+    } catch {
+      // No tools list (an older daemon): the toggle stays, a refusal explains itself.
+    }
+  }
+
+  setWebOff(why, detail) {
+    this.webOff = why;
+    this.webDetail = detail || null;
+    if (this.conv) this.conv.web = false;
+    this.updateWebButton();
+  }
+
+  webReason() {
+    if (this.webOff === 'denied') return t('chat.web.denied');
+    if (this.webOff === 'unconfigured') return this.webDetail ? `${t('chat.web.unconfigured')} (${this.webDetail})` : t('chat.web.unconfigured');
+    return '';
+  }
+
+  updateWebButton() {
+    const on = !!(this.conv && this.conv.web) && !this.webOff;
+    this.webBtn.setAttribute('aria-pressed', on ? 'true' : 'false');
+    this.webBtn.classList.toggle('on', on);
+    this.webBtn.disabled = !!this.webOff;
+    const why = this.webReason();
+    put(this.webWhy, why);
+    if (why) this.webBtn.title = why; else this.webBtn.removeAttribute('title');
+  }
+
+  toggleWeb() {
+    if (this.webOff || !this.conv) return;
+    this.conv.web = !this.conv.web;
+    localStorage.setItem(WEB_DEFAULT, this.conv.web ? '1' : '');
+    this.updateWebButton();
+    if (this.conv.saved) this.save();
   }
 
   // --- conversations -----------------------------------------------------------------------
@@ -299,7 +473,8 @@ export class ChatView {
     try { kb = JSON.parse(localStorage.getItem(KB_DEFAULT) || '[]'); } catch { kb = []; }
     this.conv = {
       id: store.newId(), owner: this.owner, title: t('chat.untitled'), created: Date.now(), updated: Date.now(),
-      model: this.modelSel.value, knowledge: kb, messages: [], saved: false,
+      model: this.fixed || this.modelSel.value, knowledge: this.fixed ? [] : kb, messages: [], saved: false,
+      web: !this.fixed && !this.webOff && localStorage.getItem(WEB_DEFAULT) === '1',
     };
     this.renderConv();
     this.renderList();
@@ -312,6 +487,7 @@ export class ChatView {
     if (!c) return;
     this.conv = c;
     if ([...this.modelSel.options].some((o) => o.value === c.model)) this.modelSel.value = c.model;
+    this.updateMode();
     this.renderConv();
     this.renderList();
     this.convs.classList.remove('open');
@@ -320,10 +496,11 @@ export class ChatView {
   async save(conv = this.conv) {
     conv.updated = Date.now();
     conv.saved = true;
-    await store.save(conv);
+    if (!this.fixed) await store.save(conv);
   }
 
   async renderList() {
+    if (this.fixed) return;
     const convs = await store.list(this.owner);
     const items = convs.map((c) => {
       const current = this.conv && c.id === this.conv.id;
@@ -348,6 +525,7 @@ export class ChatView {
   renderConv() {
     const c = this.conv;
     this.updateKbButton();
+    this.updateWebButton();
     if (!c.messages.length) {
       put(this.msgs, h('div', { class: 'empty' }, h('p', null, t('chat.empty'))));
       return;
@@ -371,10 +549,12 @@ export class ChatView {
     const answer = h('div', { class: 'answer md' });
     const sources = h('div', { class: 'sources' });
     const steps = h('div', { class: 'tool-steps' });
+    // An agent's steps come before its answer: they ran before it was written.
+    const trace = h('div', { class: 'tool-steps agent-steps', role: 'list', 'aria-label': t('chat.steps') });
     const status = h('p', { class: 'status' });
     const actions = h('div', { class: 'actions' });
-    const el = h('article', { class: 'msg assistant', 'aria-label': t('chat.assistant') }, thinking, answer, steps, sources, status, actions);
-    this.refs.set(m, { el, summary, thinkBody, thinking, answer, steps, stepEls: [], conv, sources, status, actions });
+    const el = h('article', { class: 'msg assistant', 'aria-label': t('chat.assistant') }, thinking, trace, answer, steps, sources, status, actions);
+    this.refs.set(m, { el, summary, thinkBody, thinking, answer, steps, stepEls: [], trace, traceEls: new Map(), conv, sources, status, actions });
     this.paint(m, last);
     return el;
   }
@@ -401,14 +581,16 @@ export class ChatView {
       sourceLabel: t('kb.sources'),
     };
     put(r.answer, renderMarkdown(m.content || '', opts));
+    this.paintTrace(m, r);
     const pending = this.paintSteps(m, r, streaming, last);
     this.paintSources(m, r);
     r.status.className = 'status';
     if (m.error) { put(r.status, m.error); r.status.classList.add('error'); r.status.setAttribute('role', 'alert'); }
     else if (m.stopped) put(r.status, t('chat.stopped'));
+    else if (!streaming && m.agentStopped === 'max_steps') put(r.status, t('chat.agent.maxsteps'));
     else if (!streaming && m.finish === 'length') put(r.status, t('chat.length'));
     else if (pending) put(r.status, pending === 1 ? t('chat.tool.asked.1') : t('chat.tool.asked', { n: pending }));
-    else if (streaming && !m.content && !m.reasoning && !callsOf(m).length) { put(r.status, t('chat.waiting')); r.status.classList.add('live'); }
+    else if (streaming && !m.content && !m.reasoning && !callsOf(m).length && !(m.steps || []).length) { put(r.status, t('chat.waiting')); r.status.classList.add('live'); }
     else put(r.status);
     if (streaming) put(r.actions);
     else {
@@ -463,16 +645,13 @@ export class ChatView {
 
   buildStep(m, call) {
     const inputId = nextId('tool-result');
-    const s = {
-      name: h('span', { class: 'tool-name mono' }),
-      badge: h('span', { class: 'badge' }),
-      args: h('pre', { class: 'tool-args' }),
+    const s = Object.assign(stepFrame(t('chat.tool.call'), 'tool-step', true), {
       raw: h('p', { class: 'muted tool-raw' }, t('chat.tool.raw')),
       resultHead: h('p', { class: 'tool-label' }, t('chat.tool.result')),
       result: h('pre', { class: 'tool-result' }),
       input: h('textarea', { id: inputId, name: 'tool_result', rows: 2, class: 'mono', placeholder: t('chat.tool.placeholder') }),
       send: h('button', { type: 'submit', class: 'small primary' }, t('chat.tool.send')),
-    };
+    });
     s.input.setAttribute('aria-label', t('chat.tool.input', { name: call.function.name || '' }));
     s.form = h('form', { class: 'tool-form' },
       h('label', { for: inputId }, t('chat.tool.result')), s.input, h('div', { class: 'row end' }, s.send));
@@ -480,12 +659,48 @@ export class ChatView {
     s.input.addEventListener('keydown', (e) => {
       if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) { e.preventDefault(); this.answerCall(m, s); }
     });
-    s.el = h('details', { class: 'tool-step', open: true },
-      h('summary', null, h('span', { class: 'tool-kind' }, t('chat.tool.call')), s.name, s.badge),
-      h('div', { class: 'tool-body' },
-        h('p', { class: 'tool-label' }, t('chat.tool.args')), s.args, s.raw,
-        s.resultHead, s.result, s.form));
+    s.body.append(s.raw, s.resultHead, s.result, s.form);
     return s;
+  }
+
+  /**
+   * An agent's steps: the tool it ran, the arguments, what came back (the daemon's summary),
+   * how long it took, and the status (running → ok / error / timeout / refused). A step is
+   * found again by its `call` id and updated in place, so whether the user opened it stays.
+   */
+  paintTrace(m, r) {
+    const steps = m.steps || [];
+    r.trace.hidden = !steps.length;
+    for (const st of steps) {
+      const key = st.call || `step-${st.step}`;
+      let s = r.traceEls.get(key);
+      if (!s) {
+        s = stepFrame('', 'tool-step agent-step', this.openSteps.has(key));
+        s.el.setAttribute('role', 'listitem');
+        s.el.addEventListener('toggle', () => { if (s.el.open) this.openSteps.add(key); else this.openSteps.delete(key); });
+        s.summaryHead = h('p', { class: 'tool-label' }, t('chat.step.summary'));
+        s.summary = h('p', { class: 'step-summary' });
+        s.duration = h('span', { class: 'step-duration muted' });
+        s.el.querySelector('summary').append(s.duration);
+        s.body.append(s.summaryHead, s.summary);
+        r.traceEls.set(key, s);
+        r.trace.append(s.el);
+      }
+      const status = ['running', 'ok', 'error', 'timeout', 'refused'].includes(st.status) ? st.status : 'error';
+      s.el.dataset.call = st.call || '';
+      s.el.dataset.status = status;
+      put(s.kind, t('chat.step', { n: st.step ?? '' }));
+      put(s.name, st.tool || '');
+      put(s.badge, t(`chat.step.${status}`));
+      s.badge.className = `badge${STEP_BADGE[status]}`;
+      const args = st.arguments;
+      put(s.args, args === undefined || args === null ? '' : typeof args === 'string' ? prettyArgs(args).text : JSON.stringify(args, null, 2));
+      const text = st.summary || '';
+      put(s.summary, text);
+      s.summary.hidden = !text;
+      s.summaryHead.hidden = !text;
+      put(s.duration, Number.isFinite(st.duration_ms) ? t('chat.step.ms', { ms: st.duration_ms }) : '');
+    }
   }
 
   /**
@@ -519,6 +734,7 @@ export class ChatView {
   paintSources(m, r) {
     if (!m.citations || !m.citations.length) { put(r.sources); return; }
     const items = m.citations.map((c) => {
+      if (c.url !== undefined) return h('li', null, this.webSource(c));
       const meta = [c.heading, c.page ? t('kb.page', { n: c.page }) : null].filter(Boolean).join(' · ');
       return h('li', null, h('button', {
         type: 'button', class: 'source', onclick: () => this.openCitation(c),
@@ -526,6 +742,19 @@ export class ChatView {
       }, h('span', { class: 'n' }, String(c.index)), h('span', { class: 'file' }, c.filename || ''), meta ? h('span', { class: 'meta' }, meta) : null));
     });
     put(r.sources, h('h3', null, t('kb.sources')), h('ol', null, items));
+  }
+
+  /** A web source: a link to the page (http/https only), its title and host; else the text. */
+  webSource(c) {
+    const href = safeUrl(c.url);
+    const title = c.title || c.url || '';
+    const host = href ? new URL(href).host : '';
+    const parts = [h('span', { class: 'n' }, String(c.index)), h('span', { class: 'file' }, title), host ? h('span', { class: 'meta' }, host) : null];
+    if (!href) return h('span', { class: 'source web' }, parts, h('span', { class: 'meta' }, String(c.url || '')));
+    return h('a', {
+      class: 'source web', href, target: '_blank', rel: 'noopener noreferrer',
+      'aria-label': `${t('kb.sources')} ${c.index}: ${title}${host ? `, ${host}` : ''}`,
+    }, parts);
   }
 
   async copy(text) {
@@ -542,7 +771,7 @@ export class ChatView {
       this.loadModels();
       return;
     }
-    if (!this.toolsOrRefuse()) return;
+    if (!isAgent(this.modelSel.value) && !this.toolsOrRefuse()) return;
     const c = this.conv;
     if (!c.messages.length) c.title = titleOf(text);
     c.model = this.modelSel.value;
@@ -555,7 +784,7 @@ export class ChatView {
   async regenerate() {
     const c = this.conv;
     if (this.busy || !c.messages.length) return;
-    if (!this.toolsOrRefuse()) return;
+    if (!isAgent(c.model) && !this.toolsOrRefuse()) return;
     // The latest answer goes, with the results the user gave its calls so far.
     while (c.messages.length && c.messages[c.messages.length - 1].role === 'tool') c.messages.pop();
     if (c.messages.length && c.messages[c.messages.length - 1].role === 'assistant') c.messages.pop();
@@ -569,10 +798,17 @@ export class ChatView {
     }
   }
 
+  /**
+   * The request for conversation `c`. An agent brings its own instructions, tools and sources:
+   * the system prompt, Tools, knowledge and web search settings are not sent with it (the
+   * daemon refuses client tools for agents).
+   */
   requestBody(c) {
     const s = this.settings;
+    const model = this.fixed || c.model || this.modelSel.value;
+    const agent = isAgent(model);
     const messages = [];
-    if (s.system && s.system.trim()) messages.push({ role: 'system', content: s.system.trim() });
+    if (!agent && s.system && s.system.trim()) messages.push({ role: 'system', content: s.system.trim() });
     const results = toolResults(c);
     for (const m of c.messages) {
       if (m.role === 'user') messages.push({ role: 'user', content: m.content });
@@ -589,9 +825,9 @@ export class ChatView {
         } else if (m.content) messages.push({ role: 'assistant', content: m.content });
       }
     }
-    const body = { model: c.model || this.modelSel.value, messages };
+    const body = { model, messages };
     if (s.stream !== false) body.stream_options = { include_usage: true };
-    const tools = parseTools(s.tools).tools;
+    const tools = agent ? null : parseTools(s.tools).tools;
     if (tools) body.tools = tools;
     const temperature = num(s.temperature);
     const maxTokens = num(s.maxTokens);
@@ -599,7 +835,8 @@ export class ChatView {
     if (temperature !== undefined) body.temperature = temperature;
     if (maxTokens !== undefined) body.max_tokens = Math.round(maxTokens);
     if (budget !== undefined) body.max_reasoning_tokens = Math.round(budget);
-    if (c.knowledge && c.knowledge.length) body.knowledge = { collections: c.knowledge, top_k: 5 };
+    if (!agent && c.knowledge && c.knowledge.length) body.knowledge = { collections: c.knowledge, top_k: 5 };
+    if (!agent && c.web && !this.webOff) body.web_search = true;
     return body;
   }
 
@@ -633,7 +870,17 @@ export class ChatView {
       if (this.settings.stream === false) {
         // One JSON answer: `message` is whole, `tool_calls` included.
         const r = await api('POST', '/v1/chat/completions', { ...body, stream: false }, { signal: controller.signal });
-        if (Array.isArray(r.citations)) msg.citations = r.citations;
+        if (Array.isArray(r.citations)) msg.citations = addCitations(msg.citations || [], r.citations);
+        if (r.agent && Array.isArray(r.agent.steps)) {
+          msg.steps = [];
+          for (const st of r.agent.steps) {
+            addStep(msg.steps, st);
+            if (Array.isArray(st.citations)) msg.citations = addCitations(msg.citations || [], st.citations);
+          }
+        }
+        // Why an agent stopped early (the step limit): `agent.stopped`, or `agent_stopped`.
+        const stopped = r.agent?.stopped ?? r.agent_stopped;
+        if (stopped) msg.agentStopped = stopped;
         const ch = r.choices && r.choices[0];
         const m = (ch && ch.message) || {};
         msg.reasoning = m.reasoning_content ?? m.reasoning ?? '';
@@ -643,7 +890,13 @@ export class ChatView {
         if (r.usage) msg.usage = r.usage;
       } else {
         await streamChat(body, controller.signal, (chunk) => {
-          if (Array.isArray(chunk.citations)) msg.citations = chunk.citations;
+          if (Array.isArray(chunk.citations)) msg.citations = addCitations(msg.citations || [], chunk.citations);
+          if (chunk.agent_step) {
+            addStep(msg.steps ??= [], chunk.agent_step);
+            if (Array.isArray(chunk.agent_step.citations)) msg.citations = addCitations(msg.citations || [], chunk.agent_step.citations);
+          }
+          const stopped = chunk.agent?.stopped ?? chunk.agent_stopped;
+          if (stopped) msg.agentStopped = stopped;
           const ch = chunk.choices && chunk.choices[0];
           const d = ch && ch.delta;
           if (d) {
@@ -662,6 +915,7 @@ export class ChatView {
       }
     } catch (e) {
       if (e && e.name === 'AbortError') msg.stopped = true;
+      else if (body.web_search && e instanceof ApiError && this.webRefused(e)) msg.error = this.webReason();
       // Anything else is the connection breaking mid-answer.
       else msg.error = e instanceof ApiError ? e.friendly : t('chat.cut');
     } finally {
@@ -676,6 +930,16 @@ export class ChatView {
       this.renderList();
       if (c === this.conv) this.input.focus();
     }
+  }
+
+  /**
+   * A request with web search refused for that reason: the key lacks the `web` scope (403), or
+   * the appliance has no search service configured (400). The toggle goes off and says why.
+   */
+  webRefused(e) {
+    if (e.status === 403 && e.code === 'insufficient_scope') { this.setWebOff('denied'); return true; }
+    if (e.status === 400 && /web_search/.test(e.message) && /not configured/.test(e.message)) { this.setWebOff('unconfigured'); return true; }
+    return false;
   }
 
   // --- knowledge ----------------------------------------------------------------------------
@@ -716,6 +980,7 @@ export class ChatView {
   }
 
   async openCitation(c) {
+    if (c.url !== undefined) { this.openWebCitation(c); return; }
     const titleId = nextId('cite');
     const docBox = h('div', { class: 'doc' }, h('p', { class: 'muted' }, '…'));
     const close = h('button', { type: 'button', class: 'ghost', 'aria-label': t('kb.close') }, '✕');
@@ -746,5 +1011,23 @@ export class ChatView {
     } catch (e) {
       put(docBox, h('p', { class: 'muted' }, e.friendly || String(e)));
     }
+  }
+
+  /** A web source's dialog: title, the link, and the text the model was given. */
+  openWebCitation(c) {
+    const titleId = nextId('cite');
+    const close = h('button', { type: 'button', class: 'ghost', 'aria-label': t('kb.close') }, '✕');
+    const href = safeUrl(c.url);
+    const dlg = h('dialog', { class: 'cite-dialog', 'aria-labelledby': titleId },
+      h('header', null, h('h2', { id: titleId }, `[${c.index}] ${c.title || c.url || ''}`), close),
+      href ? h('p', null, h('a', { href, target: '_blank', rel: 'noopener noreferrer', class: 'web-link' }, href))
+        : h('p', { class: 'muted' }, String(c.url || '')),
+      h('h3', null, t('kb.chunk')),
+      h('blockquote', { class: 'chunk' }, c.text || ''));
+    close.addEventListener('click', () => dlg.close());
+    dlg.addEventListener('close', () => dlg.remove());
+    document.body.append(dlg);
+    dlg.showModal();
+    close.focus();
   }
 }

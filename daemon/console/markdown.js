@@ -240,7 +240,7 @@ function inline(text, parent, opts, nest = 0) {
       if (c && opts.onCite) {
         parent.append(h('button', {
           type: 'button', class: 'cite', onclick: () => opts.onCite(c),
-          'aria-label': `${opts.sourceLabel || 'Source'} ${n}: ${c.filename || ''}`,
+          'aria-label': `${opts.sourceLabel || 'Source'} ${n}: ${c.filename || c.title || c.url || ''}`,
         }, String(n)));
       } else parent.append(m[0]);
     } else if (m[11] !== undefined) {

@@ -87,6 +87,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../console/kb.js"),
     ),
     (
+        "agents.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/agents.js"),
+    ),
+    (
         "admin.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../console/admin.js"),
