@@ -165,6 +165,52 @@ pub async fn delete(c: Call) -> Result<Response<Body>, ApiError> {
     answer(&c, AgentOp::Delete(name), StatusCode::OK).await
 }
 
+/// `GET /v1/admin/tools`: what an agent may be given, and whether it works here now.
+pub async fn tools(c: Call) -> Result<Response<Body>, ApiError> {
+    let web = c.app.web();
+    let kb = c.app.kb().err().map(|e| e.message);
+    let search = web
+        .search
+        .is_none()
+        .then(|| "web search is not configured ([web_search] searxng_url)".to_string());
+    let mut data = Vec::new();
+    for (name, unavailable) in [
+        ("kb_search", kb),
+        ("web_search", search),
+        ("fetch_url", None),
+        ("current_time", None),
+    ] {
+        let mut t = serde_json::json!({"name": name, "source": "builtin",
+            "description": super::agent::tools::describe(name), "available": unavailable.is_none()});
+        if let Some(why) = unavailable {
+            t["reason"] = why.into();
+        }
+        data.push(t);
+    }
+    let mut servers = Vec::new();
+    for st in web.mcp.tools().await {
+        let (ok, error) = match &st.tools {
+            Ok(list) => {
+                for t in list {
+                    data.push(
+                        serde_json::json!({"name": crate::mcp::tool_id(&st.server, &t.name),
+                        "source": "mcp", "server": st.server, "description": t.description,
+                        "available": true}),
+                    );
+                }
+                (true, Value::Null)
+            }
+            Err(e) => (false, e.to_string().into()),
+        };
+        servers
+            .push(serde_json::json!({"name": st.server, "url": st.url, "ok": ok, "error": error}));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"object": "list", "data": data, "servers": servers}),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,50 +295,4 @@ mod tests {
             StatusCode::NOT_FOUND
         );
     }
-}
-
-/// `GET /v1/admin/tools`: what an agent may be given, and whether it works here now.
-pub async fn tools(c: Call) -> Result<Response<Body>, ApiError> {
-    let web = c.app.web();
-    let kb = c.app.kb().err().map(|e| e.message);
-    let search = web
-        .search
-        .is_none()
-        .then(|| "web search is not configured ([web_search] searxng_url)".to_string());
-    let mut data = Vec::new();
-    for (name, unavailable) in [
-        ("kb_search", kb),
-        ("web_search", search),
-        ("fetch_url", None),
-        ("current_time", None),
-    ] {
-        let mut t = serde_json::json!({"name": name, "source": "builtin",
-            "description": super::agent::tools::describe(name), "available": unavailable.is_none()});
-        if let Some(why) = unavailable {
-            t["reason"] = why.into();
-        }
-        data.push(t);
-    }
-    let mut servers = Vec::new();
-    for st in web.mcp.tools().await {
-        let (ok, error) = match &st.tools {
-            Ok(list) => {
-                for t in list {
-                    data.push(
-                        serde_json::json!({"name": crate::mcp::tool_id(&st.server, &t.name),
-                        "source": "mcp", "server": st.server, "description": t.description,
-                        "available": true}),
-                    );
-                }
-                (true, Value::Null)
-            }
-            Err(e) => (false, e.to_string().into()),
-        };
-        servers
-            .push(serde_json::json!({"name": st.server, "url": st.url, "ok": ok, "error": error}));
-    }
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"object": "list", "data": data, "servers": servers}),
-    ))
 }

@@ -107,6 +107,10 @@ struct Call {
     arguments: String,
 }
 
+/// A finished call: the tool as the trace names it, the arguments as shown, the result, the
+/// time it took.
+type Finished = (String, Value, Result<Output, Failure>, Duration);
+
 /// What one model turn produced.
 struct Turn {
     content: String,
@@ -360,8 +364,7 @@ impl Run {
             });
         }
         // Results in call order, so sources are numbered the same way every time.
-        let mut done: Vec<Option<(String, Value, Result<Output, Failure>, Duration)>> =
-            (0..turn.calls.len()).map(|_| None).collect();
+        let mut done: Vec<Option<Finished>> = (0..turn.calls.len()).map(|_| None).collect();
         while !set.is_empty() {
             let joined = tokio::select! {
                 j = set.join_next() => j,
