@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
 use super::cli::{
-    call_timeout, connect, open_store, out, render_table, req, scalar, AdminCliError, Conn, Target,
+    call_timeout, connect, open_store, out, print_list, req, scalar, AdminCliError, Conn, Target,
 };
 use crate::agents::AgentStore;
 use crate::api::agents_http::{run, AgentOp};
@@ -267,36 +267,28 @@ fn list(v: &Value) -> Result<(), AdminCliError> {
             .map(|a| a.iter().map(scalar).collect::<Vec<_>>().join(","))
             .unwrap_or_default()
     };
-    let rows: Vec<Vec<String>> = v["data"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| {
-                    vec![
-                        scalar(&x["name"]),
-                        x["model"].as_str().unwrap_or("(served model)").to_string(),
-                        join(&x["tools"]),
-                        join(&x["collections"]),
-                        scalar(&x["max_steps"]),
-                        scalar(&x["description"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if rows.is_empty() {
-        return out("no agents (create one with `edgeseek agents create NAME --tool kb_search`)\n");
-    }
-    let head = [
-        "NAME",
-        "MODEL",
-        "TOOLS",
-        "COLLECTIONS",
-        "STEPS",
-        "DESCRIPTION",
-    ]
-    .map(String::from);
-    out(&render_table(&head, &rows))
+    print_list(
+        v,
+        &[
+            "NAME",
+            "MODEL",
+            "TOOLS",
+            "COLLECTIONS",
+            "STEPS",
+            "DESCRIPTION",
+        ],
+        "no agents (create one with `edgeseek agents create NAME --tool kb_search`)",
+        |x| {
+            vec![
+                scalar(&x["name"]),
+                x["model"].as_str().unwrap_or("(served model)").to_string(),
+                join(&x["tools"]),
+                join(&x["collections"]),
+                scalar(&x["max_steps"]),
+                scalar(&x["description"]),
+            ]
+        },
+    )
 }
 
 /// Run `op` on the daemon, or on the database when no daemon runs.

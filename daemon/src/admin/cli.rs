@@ -626,6 +626,25 @@ fn display_width(s: &str) -> usize {
         .sum()
 }
 
+/// Print the `data` list of an answer as a table with `head`, one row per item by `row`, or
+/// `empty` when there is none.
+pub(super) fn print_list(
+    v: &Value,
+    head: &[&str],
+    empty: &str,
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<(), AdminCliError> {
+    let rows: Vec<Vec<String>> = v["data"]
+        .as_array()
+        .map(|a| a.iter().map(&row).collect())
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return out(&format!("{empty}\n"));
+    }
+    let head: Vec<String> = head.iter().map(|h| h.to_string()).collect();
+    out(&render_table(&head, &rows))
+}
+
 pub(super) fn render_table(head: &[String], rows: &[Vec<String>]) -> String {
     let mut width: Vec<usize> = head.iter().map(|h| display_width(h)).collect();
     for r in rows {

@@ -14,7 +14,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use super::cli::{
-    call_timeout, connect, out, render_table, req, scalar, AdminCliError, Conn, Target,
+    call_timeout, connect, out, print_list, req, scalar, AdminCliError, Conn, Target,
 };
 use crate::api::wire::{
     self,
@@ -93,25 +93,18 @@ fn collections(t: &Target, json_out: bool) -> Result<(), AdminCliError> {
     if json_out {
         return out(&format!("{v}\n"));
     }
-    let rows: Vec<Vec<String>> = v["data"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|c| {
-                    vec![
-                        scalar(&c["name"]),
-                        scalar(&c["documents"]),
-                        scalar(&c["chunks"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if rows.is_empty() {
-        return out("no collections (create one with `edgeseek kb create NAME`)\n");
-    }
-    let head = ["NAME", "DOCUMENTS", "CHUNKS"].map(String::from);
-    out(&render_table(&head, &rows))
+    print_list(
+        &v,
+        &["NAME", "DOCUMENTS", "CHUNKS"],
+        "no collections (create one with `edgeseek kb create NAME`)",
+        |c| {
+            vec![
+                scalar(&c["name"]),
+                scalar(&c["documents"]),
+                scalar(&c["chunks"]),
+            ]
+        },
+    )
 }
 
 /// Every file under `paths` with a supported extension, sorted; unsupported files are

@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -372,12 +370,7 @@ async fn whole_response(
 fn stream_response(ctx: Ctx, rx: mpsc::Receiver<(usize, Event)>) -> Response<Body> {
     let (body_tx, body) = sse::channel(32);
     tokio::spawn(pump(ctx, rx, body_tx));
-    let mut r = Response::new(BoxBody::new(body));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    sse::response(body)
 }
 
 /// Per-choice state of a stream.

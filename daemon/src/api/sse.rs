@@ -31,6 +31,17 @@ pub fn error_chunk(e: &ApiError) -> Value {
 }
 
 /// A streaming response body and the sender that feeds it.
+/// The `text/event-stream` response around a [`channel`] body.
+pub fn response(body: ChannelBody) -> hyper::Response<super::Body> {
+    use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+    let mut r = hyper::Response::new(http_body_util::combinators::BoxBody::new(body));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
 pub fn channel(capacity: usize) -> (mpsc::Sender<Bytes>, ChannelBody) {
     let (tx, rx) = mpsc::channel(capacity);
     (tx, ChannelBody { rx })

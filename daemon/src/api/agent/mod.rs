@@ -18,8 +18,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -230,12 +228,7 @@ async fn whole(ctx: Ctx, mut rx: mpsc::Receiver<Ev>) -> Result<Response<Body>, A
 fn stream(ctx: Ctx, rx: mpsc::Receiver<Ev>) -> Response<Body> {
     let (body_tx, body) = sse::channel(32);
     tokio::spawn(pump(ctx, rx, body_tx));
-    let mut r = Response::new(BoxBody::new(body));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    sse::response(body)
 }
 
 async fn pump(ctx: Ctx, mut rx: mpsc::Receiver<Ev>, out: mpsc::Sender<Bytes>) {
