@@ -176,8 +176,9 @@ class Site:
     GET /pages/SLUG.html -> the page as HTML;  GET / and /pages/ -> an index of links
     """
 
-    def __init__(self, pages, routes=None):
+    def __init__(self, pages, routes=None, match="all"):
         self.pages = [Page(p.slug, p.title, p.text) for p in pages]
+        self.match = match
         self.routes = dict(routes or {})
         self.requests: list[str] = []
         self._lock = threading.Lock()
@@ -190,7 +191,8 @@ class Site:
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     def search(self, query: str) -> list[Page]:
-        """Pages holding every word of `query`; a word with non-ASCII letters (Chinese has no
+        """Pages holding every word of `query` (`match="any"`: any word of three letters or
+        more, pages with more of them first); a word with non-ASCII letters (Chinese has no
         spaces between words) matches as a substring of the title or text."""
         words = re.findall(r"\w+", query.lower())
         if not words:
@@ -199,6 +201,10 @@ class Site:
         def has(p, w):
             return w in p.words() or (not w.isascii() and w in f"{p.title} {p.text}".lower())
 
+        if self.match == "any":
+            scored = [(sum(has(p, w) for w in words if len(w) >= 3), i, p)
+                      for i, p in enumerate(self.pages)]
+            return [p for n, i, p in sorted(scored, key=lambda x: (-x[0], x[1])) if n > 0]
         return [p for p in self.pages if all(has(p, w) for w in words)]
 
     def page(self, slug: str) -> Page:
@@ -253,9 +259,9 @@ class Site:
 
 
 @contextlib.contextmanager
-def site(pages=FIXTURE_PAGES, routes=None):
+def site(pages=FIXTURE_PAGES, routes=None, match="all"):
     """Yields a running `Site` on 127.0.0.1:EPHEMERAL (in this process, in a thread)."""
-    s = Site(pages, routes)
+    s = Site(pages, routes, match)
     s._thread.start()
     try:
         yield s
