@@ -748,6 +748,37 @@ mod tests {
     }
 
     #[test]
+    fn agents_web_and_mcp_sections_name_their_bad_keys_and_apply_live() {
+        let d = parse("").unwrap();
+        assert_eq!(
+            (d.agents.tool_timeout_s, d.web_search.searxng_url.as_deref()),
+            (30, None)
+        );
+        for (text, key) in [
+            ("[agents]\ntool_timeout_s = 0", "agents.tool_timeout_s"),
+            ("[agents]\nresult_chars = 5", "agents.result_chars"),
+            ("[fetch]\nallow = [\"10.0.0.0/33\"]", "fetch.allow"),
+            (
+                "[web_search]\nsearxng_url = \"ftp://x\"",
+                "web_search.searxng_url",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a b\"\nurl = \"http://10.0.0.7/mcp\"",
+                "mcp.servers[0].name",
+            ),
+        ] {
+            expect_err(parse(text), &[key]);
+        }
+        let c = parse(
+            "[web_search]\nsearxng_url = \"http://127.0.0.1:8888\"\n[[mcp.servers]]\nname = \"erp\"\nurl = \"http://10.0.0.7/mcp\"\n",
+        )
+        .unwrap();
+        let diffs = c.changes_from(&d);
+        assert!(diffs.iter().all(|c| c.live), "{diffs:?}");
+        assert_eq!(diffs.len(), 2);
+    }
+
+    #[test]
     fn limits_section() {
         let d = parse("").unwrap();
         // Defaults: (8 + 64) * 0.25.
@@ -934,7 +965,8 @@ mod tests {
                 "tls.cert",
                 "tls.key",
                 "tls.client_ca",
-                "tls.client_crl"
+                "tls.client_crl",
+                "web_search"
             ]
         );
         assert_eq!(

@@ -6,8 +6,7 @@
 //! and the offered tools, parsed and prepared by the same code as any chat request (so the
 //! template, tool reading and grammars are the ones `/v1/chat/completions` uses). The client's
 //! `tool_choice` applies to the first turn; later turns choose freely; after `max_steps`
-//! rounds of calls the model gets a last turn with `tool_choice: none` to answer with what it
-//! has.
+//! rounds of calls the model gets a last turn without tools to answer with what it has.
 //!
 //! Cancellation: the run ends as soon as the response side is gone — a turn waiting for the
 //! engine drops its handle (the engine frees the slot within a step), and tool calls in flight
@@ -160,11 +159,11 @@ impl Run {
         }
         b.insert("model".into(), self.app.model_name.clone().into());
         b.insert("messages".into(), Value::Array(self.messages.clone()));
-        if !self.kit.tools.is_empty() {
+        // After the last round of calls the model sees no tools: shown them, small models
+        // go on writing calls (as text) instead of answering.
+        if !self.kit.tools.is_empty() && self.round < self.agent.max_steps {
             b.insert("tools".into(), self.kit.definitions());
-            let choice = if self.round >= self.agent.max_steps {
-                Value::from("none")
-            } else if self.round == 0 {
+            let choice = if self.round == 0 {
                 self.body
                     .get("tool_choice")
                     .cloned()
@@ -448,7 +447,11 @@ impl Run {
             self.outcome.citations.push(c.clone());
             cites.push(c);
         }
-        (cut(out.trim_end(), self.limits.result_chars), cites)
+        let mut text = cut(out.trim_end(), self.limits.result_chars);
+        // Said with every result: small models forget an instruction given only once, at the
+        // top of a long conversation.
+        text.push_str("\n\nCite a source you use as [n] right after the statement it supports.");
+        (text, cites)
     }
 }
 
