@@ -35,8 +35,9 @@ POLICY = ("# Office policies\n\n## Guest Wi-Fi\nThe guest wireless network is ca
           "booking.\n")
 INSTRUCTIONS = ("You are the office assistant. For questions about the company's own rules "
                 "call kb_search; for facts about the office building call web_search. Use "
-                "every tool the question needs, then answer in one or two sentences and cite "
-                "the sources as [n].")
+                "every tool the question needs. When the tool results answer the question, "
+                "answer the user in one or two sentences of plain text and cite the sources "
+                "as [n]; do not call a tool again.")
 
 
 @pytest.fixture(scope="module")

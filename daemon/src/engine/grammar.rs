@@ -115,6 +115,12 @@ impl Grammars {
     }
 
     /// Compile `grammar` into a fresh constraint, or say why it cannot be enforced.
+    /// The id of the one token spelled exactly `text` (an added token such as `<tool_call>`),
+    /// if the vocabulary has one.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(text)
+    }
+
     pub fn compile(&self, grammar: &Grammar) -> Result<Constraint, GrammarError> {
         let top = match grammar {
             Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(compact(schema)),

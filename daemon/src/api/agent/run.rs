@@ -66,6 +66,9 @@ impl From<ApiError> for Stop {
     }
 }
 
+/// Most tool calls run for one model turn; the model's further calls are dropped.
+pub const MAX_CALLS_PER_TURN: usize = 8;
+
 /// Limits of every run, from `[agents]` in the configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct AgentLimits {
@@ -93,6 +96,8 @@ pub struct Run {
     pub body: Map<String, Value>,
     /// The conversation the next turn sees.
     messages: Vec<Value>,
+    /// How many of `messages` are the instructions and the client's (the rest: the run's).
+    base: usize,
     limits: AgentLimits,
     round: u32,
     outcome: Outcome,
@@ -139,6 +144,7 @@ impl Run {
             agent,
             kit: Arc::new(kit),
             body,
+            base: messages.len(),
             messages,
             limits,
             round: 0,
@@ -158,7 +164,29 @@ impl Run {
             b.remove(k);
         }
         b.insert("model".into(), self.app.model_name.clone().into());
-        b.insert("messages".into(), Value::Array(self.messages.clone()));
+        let mut messages = self.messages.clone();
+        if self.round >= self.agent.max_steps {
+            // The last turn sees the conversation as the client sent it, with every tool
+            // result put into the last user message: shown the calls, a model that has been
+            // calling tools goes on writing calls (as text) instead of answering. Where the
+            // call syntax opens with one token, that token is banned too.
+            messages = self.final_messages();
+            let sched = &self.served.scheduler;
+            let opener = sched
+                .template()
+                .tool_format()
+                .and_then(crate::engine::toolcall::grammar::trigger)
+                .and_then(|t| sched.grammars().token_id(t));
+            if let Some(id) = opener {
+                let bias = b
+                    .entry("logit_bias")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Some(o) = bias.as_object_mut() {
+                    o.insert(id.to_string(), (-100).into());
+                }
+            }
+        }
+        b.insert("messages".into(), Value::Array(messages));
         // After the last round of calls the model sees no tools: shown them, small models
         // go on writing calls (as text) instead of answering.
         if !self.kit.tools.is_empty() && self.round < self.agent.max_steps {
@@ -186,6 +214,28 @@ impl Run {
         let mut parsed = openai::parse(Kind::Chat, &bytes)?;
         prepare(&self.served, &mut parsed).await?;
         Ok(parsed)
+    }
+
+    /// The conversation of the last turn: the client's, the last user message carrying the
+    /// results of every call so far.
+    fn final_messages(&self) -> Vec<Value> {
+        let mut out: Vec<Value> = self.messages[..self.base].to_vec();
+        let results: Vec<&str> = self.messages[self.base..]
+            .iter()
+            .filter(|m| m["role"] == "tool")
+            .filter_map(|m| m["content"].as_str())
+            .collect();
+        if let Some(last) = out.iter_mut().rev().find(|m| m["role"] == "user") {
+            let question = last["content"].as_str().unwrap_or_default().to_string();
+            last["content"] = format!(
+                "Results of the tools called for this question:\n\n{}\n\nAnswer the \
+                 question from these results in plain text, citing the sources you use as [n]. \
+                 Do not call any more tools.\n\nQuestion: {question}",
+                results.join("\n\n")
+            )
+            .into();
+        }
+        out
     }
 
     /// Run to the end, from the first turn's prepared request, sending events to `tx`.
@@ -319,8 +369,14 @@ impl Run {
 
     /// Run the calls of a turn (at once, each under the tool timeout), report each as a step,
     /// and add the turn and its results to the conversation.
-    async fn run_calls(&mut self, turn: Turn, tx: &mpsc::Sender<Ev>) -> Result<(), Stop> {
+    async fn run_calls(&mut self, mut turn: Turn, tx: &mpsc::Sender<Ev>) -> Result<(), Stop> {
         let step = self.round;
+        // The same call twice in one turn runs once (small models repeat themselves), and a
+        // turn runs at most MAX_CALLS_PER_TURN calls.
+        let mut seen = std::collections::HashSet::new();
+        turn.calls
+            .retain(|c| seen.insert((c.name.clone(), c.arguments.trim().to_string())));
+        turn.calls.truncate(MAX_CALLS_PER_TURN);
         let mut set = JoinSet::new();
         for (i, call) in turn.calls.iter().enumerate() {
             let args: Result<Value, String> = match serde_json::from_str::<Value>(&call.arguments) {

@@ -181,8 +181,14 @@ impl Kit {
             self.tools
                 .iter()
                 .map(|t| {
+                    // Built-ins are strict: a call the model opens follows their schema
+                    // (constrained decoding), so a small model cannot write a broken one. An
+                    // MCP server's schema may use features the grammar compiler lacks, and
+                    // one such tool must not break the run: those calls are read, not forced.
+                    let strict = !matches!(t.imp, Impl::Mcp { .. });
                     json!({"type": "function", "function": {
-                        "name": t.name, "description": t.description, "parameters": t.parameters
+                        "name": t.name, "description": t.description, "parameters": t.parameters,
+                        "strict": strict
                     }})
                 })
                 .collect(),
