@@ -52,7 +52,7 @@ export class AgentsView {
       max_steps: h('input', { name: 'max_steps', type: 'number', min: 1, max: MAX_STEPS, step: 1, required: true, class: 'narrow', value: String(DEFAULT_STEPS) }),
       reasoning_budget: h('input', { name: 'reasoning_budget', type: 'number', min: 0, step: 1, class: 'narrow', placeholder: t('agents.budget.none') }),
       temperature: h('input', { name: 'temperature', type: 'number', min: 0, max: 2, step: 0.1, class: 'narrow', placeholder: t('chat.default') }),
-      fetch_sites: h('textarea', { name: 'fetch_sites', rows: 2, class: 'mono', spellcheck: 'false', placeholder: 'https://intranet.example/' }),
+      fetch_sites: h('textarea', { name: 'fetch_sites', rows: 2, class: 'mono', spellcheck: 'false', placeholder: 'one URL prefix per line' }),
     };
     this.toolBox = h('ul', { class: 'checks tool-checks', 'aria-live': 'polite' });
     this.toolNote = h('p', { class: 'muted formnote', hidden: true });

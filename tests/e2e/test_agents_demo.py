@@ -1,7 +1,8 @@
 """An agent on a real tool-capable model: kb_search over a small collection and web_search
 through a real SearXNG (over the fixture site), three questions that need the documents, the
 web, and both, each answered with the right fact and cited. Greedy, so a run of one model gives
-the same answers. The first turn must call a tool (`tool_choice: "required"`, which applies to
+the same answers. Checked: the tools the question needs ran, the answer states the facts, and each
+fact is in a source the response cites. The first turn must call a tool (`tool_choice: "required"`, which applies to
 an agent's first turn): a 1.5B model otherwise answers questions about "the office" from its
 own guesses.
 
@@ -86,6 +87,10 @@ def test_the_agent_answers_from_the_sources_it_needs(srv, question, facts, tools
     assert tools <= used, (answer, steps)
     for f in facts:
         assert f.lower() in answer.lower(), (answer, steps)
-    assert "[" in answer and citations, (answer, citations)
+    # Cited: every fact of the answer is in a source of the response's citations, and the
+    # citations hold sources of each kind the question needs. (Qwen2.5-Coder-1.5B rarely
+    # writes the [n] markers into the text itself, so they are not required here.)
+    for f in facts:
+        assert any(f.lower() in c["text"].lower() for c in citations), (f, citations)
     kinds = {"web_search" if "url" in c else "kb_search" for c in citations}
     assert tools <= kinds, citations

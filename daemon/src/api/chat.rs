@@ -150,7 +150,35 @@ fn agent_of(body: &[u8]) -> Option<String> {
 pub(super) async fn prepare(served: &Arc<Served>, parsed: &mut Parsed) -> Result<(), ApiError> {
     parsed.tool_parsing =
         super::tools::resolve(parsed.tools.as_ref(), served.scheduler.template())?;
+    if served.scheduler.template().tool_format()
+        == Some(crate::engine::toolcall::ToolFormat::Hermes)
+    {
+        if let crate::engine::Prompt::Messages(m) = &mut parsed.request.prompt {
+            arguments_as_objects(m);
+        }
+    }
     constrain(served, parsed).await
+}
+
+/// Earlier calls' `arguments` (a JSON string on the wire) as the JSON objects Hermes-style
+/// (Qwen) templates print: shown a string, the model goes on to write its own calls with
+/// string arguments. Arguments that are not a JSON object stay as they are.
+fn arguments_as_objects(messages: &mut [crate::engine::template::ChatMessage]) {
+    for m in messages.iter_mut().filter(|m| m.role == "assistant") {
+        let Some(Value::Array(calls)) = m.extra.get_mut("tool_calls") else {
+            continue;
+        };
+        for c in calls {
+            let f = &mut c["function"]["arguments"];
+            if let Some(v) = f
+                .as_str()
+                .and_then(|a| serde_json::from_str::<Value>(a).ok())
+                .filter(Value::is_object)
+            {
+                *f = v;
+            }
+        }
+    }
 }
 
 /// Submit the `n` choices of `parsed` to the engine. Submitting renders the chat template and
@@ -754,6 +782,26 @@ mod tests {
             (got["content"].as_str(), got["finish"].as_str()),
             (Some(text), Some("stop"))
         );
+    }
+
+    #[test]
+    fn hermes_templates_see_earlier_arguments_as_objects() {
+        let mut m: Vec<crate::engine::template::ChatMessage> = serde_json::from_value(serde_json::json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{\"city\": \"北京\"}"}},
+                {"id": "b", "type": "function", "function": {"name": "g", "arguments": "not json"}},
+                {"id": "c", "type": "function", "function": {"name": "h", "arguments": "[1]"}}]}
+        ]))
+        .unwrap();
+        arguments_as_objects(&mut m);
+        let calls = &m[1].extra["tool_calls"];
+        assert_eq!(
+            calls[0]["function"]["arguments"],
+            serde_json::json!({"city": "北京"})
+        );
+        assert_eq!(calls[1]["function"]["arguments"], "not json");
+        assert_eq!(calls[2]["function"]["arguments"], "[1]");
     }
 
     #[test]

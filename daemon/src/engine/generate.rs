@@ -382,9 +382,12 @@ impl Sequence {
         if let Some(at) = self.trigger_window.find(trigger) {
             let from = self.trigger_window.split_off(at);
             self.trigger_window.clear();
-            if let Err(e) = c.wake(&from) {
-                tracing::debug!(error = %e, "optional tool call left its grammar; unconstrained");
-                self.constraint = None;
+            match c.wake(&from) {
+                Ok(()) => tracing::debug!("optional tool call opened; constrained from here"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "optional tool call left its grammar; unconstrained");
+                    self.constraint = None;
+                }
             }
             return;
         }

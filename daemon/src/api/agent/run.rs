@@ -328,7 +328,12 @@ impl Run {
                 },
                 Some(Event::Done(o)) => {
                     if let Some(rd) = reader.as_mut() {
-                        let outs = rd.finish();
+                        let mut outs = rd.finish();
+                        // What the reader still held after whole calls is a call cut off by
+                        // max_tokens: not an answer, and the next turn follows anyway.
+                        if !t.calls.is_empty() {
+                            outs.retain(|o| !matches!(o, Out::Content(_)));
+                        }
                         self.take(&mut t, outs, tx).await?;
                     }
                     self.outcome.completion_tokens += o.completion_tokens;
