@@ -685,31 +685,12 @@ fn is_transport(e: &ServiceError) -> bool {
     )
 }
 
-/// One HTTP client for every server: rustls with the ring provider (the daemon's, no aws-lc)
-/// and the system's trust store; HTTP/1.1; no idle pool (rmcp's choice: a reused connection
-/// whose last body was not drained stalls on delayed ACKs); only same-origin 307/308 redirects,
-/// which keep a POST's body (301-303 would turn it into a GET and lose the message).
+/// One HTTP client for every server: the daemon's outbound TLS ([`crate::web::tls`]);
+/// HTTP/1.1; no idle pool (rmcp's choice: a reused connection whose last body was not drained
+/// stalls on delayed ACKs); only same-origin 307/308 redirects, which keep a POST's body
+/// (301-303 would turn it into a GET and lose the message).
 fn http_client() -> Result<reqwest::Client, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // The platform verifier fails when the system has no CA certificates (a minimal image
-    // without ca-certificates); plain http:// servers must still work then, so https ones
-    // fail at their handshake with the reason instead.
-    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
-        match rustls_platform_verifier::Verifier::new(provider.clone()) {
-            Ok(v) => Arc::new(v),
-            Err(e) => Arc::new(NoRoots {
-                why: e.to_string(),
-                schemes: provider
-                    .signature_verification_algorithms
-                    .supported_schemes(),
-            }),
-        };
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+    let mut tls = crate::web::tls::client_config()?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let redirects = reqwest::redirect::Policy::custom(|attempt| {
         let same_origin = attempt
@@ -729,52 +710,6 @@ fn http_client() -> Result<reqwest::Client, String> {
         .redirect(redirects)
         .build()
         .map_err(|e| format!("HTTP client setup failed: {}", describe(&e)))
-}
-
-/// The certificate verifier when the system's trust store could not be loaded: it refuses
-/// every certificate, saying why.
-#[derive(Debug)]
-struct NoRoots {
-    why: String,
-    schemes: Vec<rustls::SignatureScheme>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for NoRoots {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::General(format!(
-            "cannot verify the server's certificate: {}",
-            self.why
-        )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &rustls::pki_types::CertificateDer<'_>,
-        _dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(self.why.clone()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &rustls::pki_types::CertificateDer<'_>,
-        _dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(self.why.clone()))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.schemes.clone()
-    }
 }
 
 /// The text of a tool result: text blocks as they are, embedded text resources by their text,

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgeseek::admin::{serve_admin_with, AdminBackend, AdminError, AdminOptions};
-use edgeseek::kb::store::MIGRATIONS;
 use edgeseek::keys::KeyStore;
+use edgeseek::schema::MIGRATIONS;
 use edgeseek::store::Store;
 use serde_json::{json, Value};
 

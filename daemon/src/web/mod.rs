@@ -23,10 +23,13 @@
 //! SearXNG itself is configured by the administrator and usually runs on the LAN or on
 //! loopback, so [`searxng::WebSearch`] talks to that one origin without the address rule,
 //! and follows no redirects away from it.
+//!
+//! [`tls`] is the TLS configuration of every outbound client, the MCP client's too.
 
 pub mod addr;
 pub mod fetch;
 pub mod searxng;
+pub mod tls;
 
 #[cfg(test)]
 mod testserver;
@@ -122,27 +125,12 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     crate::kb::parse::one_line(&out, 400)
 }
 
-/// The rustls configuration of outbound connections: the ring provider (as the server
-/// side, `tls`) and the system's root certificates.
-fn tls_config() -> Result<rustls::ClientConfig, WebError> {
-    use std::sync::Arc;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
-        .map_err(|e| WebError::Setup(format!("TLS certificate verifier: {e}")))?;
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| WebError::Setup(format!("TLS versions: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth())
-}
-
 /// A reqwest client builder with what every outbound client here shares: our TLS
 /// configuration, HTTP/1.1, no environment proxy, no automatic redirects, no pooled idle
 /// connections (fetches are one-offs, mostly to a different host each time), our user agent.
 fn client_builder() -> Result<reqwest::ClientBuilder, WebError> {
     Ok(reqwest::Client::builder()
-        .tls_backend_preconfigured(tls_config()?)
+        .tls_backend_preconfigured(crate::web::tls::client_config().map_err(WebError::Setup)?)
         .http1_only()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())

@@ -479,7 +479,10 @@ impl Run {
             if !cites.is_empty() {
                 s["citations"] = Value::Array(cites);
             }
-            tracing::info!(agent = %self.agent.name, step, tool = %id, status, ms = took.as_millis() as u64, "agent tool call");
+            // Arguments carry the user's words (queries, URLs): like prompts they stay out of the
+            // info log and appear at debug level only.
+            tracing::info!(agent = %self.agent.name, step, tool = %id, status, %summary, ms = took.as_millis() as u64, "agent tool call");
+            tracing::debug!(agent = %self.agent.name, step, tool = %id, arguments = %shown, "agent tool call arguments");
             self.outcome.steps.push(s.clone());
             send(tx, Ev::Step(s)).await?;
             self.messages.push(
