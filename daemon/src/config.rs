@@ -71,6 +71,9 @@ pub struct Config {
     /// `[[mcp.servers]]`: MCP servers on the LAN whose tools agents may be given.
     #[serde(default)]
     pub mcp: crate::mcp::McpConfig,
+    /// `[audit]`: retention of the audit log and whether it keeps request content.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
 }
@@ -574,7 +577,7 @@ impl Config {
         compare!("" c old rest, live: false, kb);
         let (l, o) = (&self.limits, &old.limits);
         compare!("limits." l o rest.limits, live: true, key_queue_share);
-        compare!("" c old rest, live: true, agents web_search fetch mcp);
+        compare!("" c old rest, live: true, agents web_search fetch mcp audit);
         if rest != *old {
             out.push(Change {
                 key: "(other settings)",

@@ -308,9 +308,28 @@ fn request(t: &Target, op: AgentOp) -> Result<Value, AdminCliError> {
             call_timeout(t, s, r, std::time::Duration::from_secs(30))
         }
         Conn::Down => {
-            let agents = AgentStore::open(open_store(t)?)
-                .map_err(|e| AdminCliError::Daemon(e.to_string()))?;
-            run(&agents, op, None).map_err(|e| AdminCliError::Daemon(e.message))
+            let (action, name) = match &op {
+                AgentOp::List | AgentOp::Show(_) => ("", String::new()),
+                AgentOp::Create(a) => (
+                    "agents.create",
+                    a.get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                ),
+                AgentOp::Update(n, _) => ("agents.update", n.clone()),
+                AgentOp::Delete(n) => ("agents.delete", n.clone()),
+            };
+            let change = || {
+                let agents = AgentStore::open(open_store(t)?)
+                    .map_err(|e| AdminCliError::Daemon(e.to_string()))?;
+                run(&agents, op, None).map_err(|e| AdminCliError::Daemon(e.message))
+            };
+            if action.is_empty() {
+                change()
+            } else {
+                super::cli::audited(t, action, &name, change)
+            }
         }
     }
 }

@@ -163,6 +163,8 @@ pub enum AdminCliError {
     #[error(transparent)]
     Keys(#[from] crate::keys::KeyError),
     #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
     Store(StoreError),
     #[error("writing output: {0}")]
     Output(std::io::Error),
@@ -279,6 +281,33 @@ fn open_offline(t: &Target) -> Result<KeyStore, AdminCliError> {
     Ok(KeyStore::open(open_store(t)?)?)
 }
 
+/// Run an offline change (no daemon is listening) and write its audit record. The log is
+/// opened first, so a change that could not be recorded is not made.
+pub(super) fn audited<T>(
+    t: &Target,
+    action: &str,
+    target: &str,
+    change: impl FnOnce() -> Result<T, AdminCliError>,
+) -> Result<T, AdminCliError> {
+    let log = crate::audit::AuditLog::open(
+        &t.state_dir.join("audit"),
+        crate::audit::AuditConfig::default(),
+    )?;
+    let started = std::time::Instant::now();
+    let result = change();
+    log.append(crate::audit::Event {
+        kind: "admin".into(),
+        source: Some(format!("cli uid {}", nix::unistd::getuid())),
+        action: Some(action.to_string()),
+        target: Some(target.to_string()),
+        status: Some(if result.is_ok() { 200 } else { 400 }),
+        error: result.as_ref().err().map(ToString::to_string),
+        ms: Some(started.elapsed().as_millis() as u64),
+        ..Default::default()
+    })?;
+    result
+}
+
 /// The database, opened directly because no daemon is listening.
 pub(super) fn open_store(t: &Target) -> Result<Store, AdminCliError> {
     Store::open_in(&t.state_dir, crate::schema::MIGRATIONS).map_err(|e| match e {
@@ -381,11 +410,11 @@ fn create(t: &Target, c: &CreateArgs) -> Result<(), AdminCliError> {
                 tpm: c.tpm,
             }),
         )?,
-        Conn::Down => {
+        Conn::Down => audited(t, "keys.create", &c.name, || {
             let ks = open_offline(t)?;
             let (info, secret) = ks.create(&c.name, scopes, c.rpm, c.tpm)?;
-            super::created_key_json(info, &secret)
-        }
+            Ok(super::created_key_json(info, &secret))
+        })?,
     };
     if c.json {
         return out(&format!("{v}\n"));
@@ -484,7 +513,9 @@ fn revoke(t: &Target, r: &RevokeArgs) -> Result<(), AdminCliError> {
         Conn::Down if !Store::path_in(&t.state_dir).exists() => {
             return Err(crate::keys::KeyError::NotFound(r.key.clone()).into())
         }
-        Conn::Down => open_offline(t)?.revoke(&r.key)?,
+        Conn::Down => audited(t, "keys.revoke", &r.key, || {
+            Ok(open_offline(t)?.revoke(&r.key)?)
+        })?,
     };
     if r.json {
         let s = serde_json::to_string(&rec).map_err(|e| AdminCliError::Daemon(e.to_string()))?;

@@ -23,6 +23,7 @@
 //! `agents.delete` (`name`), `agents.create` (`agent`), `agents.update` (`name`, `patch`).
 
 pub mod agents_cli;
+pub mod audit_cli;
 pub mod cli;
 pub mod kb_cli;
 
@@ -430,13 +431,41 @@ async fn handle(
             let _ = w.write_all(&err_line(msg)).await;
             return;
         }
-        let reply = match dispatch(&buf, &keys, &backend, &peer).await {
+        let started = std::time::Instant::now();
+        let result = dispatch(&buf, &keys, &backend, &peer).await;
+        backend.audit(command_record(&buf, &peer, &result, started));
+        let reply = match result {
             Ok(v) => ok_line(v),
             Err(msg) => err_line(&msg),
         };
         if w.write_all(&reply).await.is_err() {
             return;
         }
+    }
+}
+
+/// The audit record of one socket command: who (uid and pid), which command, what it named
+/// (the `name`, `key` or `collection` of the request), how it ended. Never the request's
+/// other fields: a key's secret or a document's text are not the log's business.
+fn command_record(
+    line: &[u8],
+    peer: &Peer,
+    result: &Result<Value, String>,
+    started: std::time::Instant,
+) -> crate::audit::Event {
+    let req: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
+    let text = |k: &str| req.get(k).and_then(Value::as_str).map(str::to_string);
+    crate::audit::Event {
+        kind: "admin".into(),
+        source: Some(format!("socket uid {} pid {}", peer.uid, peer.pid)),
+        action: Some(text("cmd").unwrap_or_else(|| "(malformed)".into())),
+        target: text("name")
+            .or_else(|| text("key"))
+            .or_else(|| text("collection")),
+        status: Some(if result.is_ok() { 200 } else { 400 }),
+        error: result.as_ref().err().cloned(),
+        ms: Some(started.elapsed().as_millis() as u64),
+        ..Default::default()
     }
 }
 

@@ -59,6 +59,10 @@ pub trait AdminBackend: Send + Sync + 'static {
         let _ = op;
         Err("this daemon has no agents".into())
     }
+    /// Write an audit record of an admin-socket command (the daemon appends it to its log).
+    fn audit(&self, event: crate::audit::Event) {
+        let _ = event;
+    }
 }
 
 #[derive(Default)]
@@ -321,6 +325,62 @@ fn key_error(e: KeyError) -> ApiError {
             ApiError::internal(format!("key store: {msg}"))
         }
     }
+}
+
+/// `GET /v1/admin/audit`: the records the query keeps, newest `limit` (read from the files
+/// on a blocking thread, as `edgeseek audit` reads them).
+pub async fn audit(c: Call) -> Result<Response<Body>, ApiError> {
+    let log = c
+        .app
+        .audit
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("this server keeps no audit log"))?;
+    let mut filter = crate::audit::Filter {
+        limit: Some(1000),
+        ..Default::default()
+    };
+    for (k, v) in c
+        .head
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+            .decode_utf8()
+            .map_err(|_| ApiError::invalid_param(k, "not valid percent-encoded UTF-8"))?
+            .into_owned();
+        let number = |what: &str| {
+            v.parse::<u64>()
+                .map_err(|_| ApiError::invalid_param(k, format!("{k} must be {what}")))
+        };
+        match k {
+            "since" => filter.since_ms = Some(number("Unix seconds")?.saturating_mul(1000)),
+            "key" => filter.key_id = Some(v),
+            "group" => filter.group = Some(v),
+            "kind" => filter.kind = Some(v),
+            "limit" => {
+                filter.limit = Some(number("a number from 1 to 10000")?.clamp(1, 10_000) as usize)
+            }
+            _ => {
+                return Err(ApiError::invalid_param(
+                    k,
+                    format!("unknown parameter `{k}` (since, key, group, kind, limit)"),
+                ))
+            }
+        }
+    }
+    let dir = log.dir().to_path_buf();
+    let records = tokio::task::spawn_blocking(move || crate::audit::read(&dir, &filter))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(super::json_response(
+        StatusCode::OK,
+        &serde_json::json!({"object": "list", "data": records}),
+    ))
 }
 
 #[cfg(test)]

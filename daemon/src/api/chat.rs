@@ -58,6 +58,18 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
     }
     gate::require(&key, &Scope::Chat)?;
     let mut parsed = openai::parse(kind, &c.body)?;
+    c.note(|e| {
+        e.model = Some(parsed.model.clone());
+        e.collections = parsed
+            .knowledge
+            .as_ref()
+            .map(|k| k.collections.clone())
+            .unwrap_or_default();
+        if parsed.web.is_some() {
+            e.tools = vec!["web_search".into()];
+        }
+    });
+    c.note_content();
     if parsed.model != app.model_name {
         return Err(ApiError::model_not_found(&parsed.model));
     }
@@ -124,6 +136,7 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
         started: Instant::now(),
         prompt_tokens,
         citations,
+        audit: c.audit.clone(),
     };
     if ctx.parsed.stream {
         Ok(stream_response(ctx, rx))
@@ -330,6 +343,8 @@ struct Ctx {
     prompt_tokens: usize,
     /// `citations` of a knowledge-grounded chat answer (see `rag`).
     citations: Option<Value>,
+    /// The call's audit record, given the tokens once they are known.
+    audit: Arc<std::sync::Mutex<crate::audit::Event>>,
 }
 
 impl Ctx {
@@ -356,6 +371,11 @@ impl Ctx {
         // Every choice prefilled the prompt: n × prompt + completions, less what admission
         // already charged.
         let used = (self.prompt_tokens * outs.len().max(1) + completion) as u64;
+        {
+            let mut e = crate::util::lock(&self.audit);
+            e.tokens_in = Some((self.prompt_tokens * outs.len().max(1)) as u64);
+            e.tokens_out = Some(completion as u64);
+        }
         self.app
             .keys
             .charge_tokens(&self.key, used.saturating_sub(self.admitted_tokens));

@@ -47,6 +47,9 @@ pub struct Call {
     admission: Option<Admission>,
     /// Set once admitted (shared with the gate, which checks it after the handler).
     admitted_flag: Arc<std::sync::atomic::AtomicBool>,
+    /// The call's audit record, filled in as the call learns who and what (the key here;
+    /// model, tools and tokens by handlers) and written when its response has been sent.
+    pub audit: Arc<Mutex<crate::audit::Event>>,
 }
 
 /// The gate's view of whether a handler admitted its request.
@@ -77,6 +80,7 @@ impl Call {
             stream: None,
             admission: None,
             admitted_flag: Arc::default(),
+            audit: Arc::default(),
         }
     }
 
@@ -85,6 +89,22 @@ impl Call {
     }
 
     /// The authenticated key. Only public routes have none, and they do not ask.
+    /// Add to the call's audit record (what it names: model, collections, tools, tokens).
+    pub fn note(&self, f: impl FnOnce(&mut crate::audit::Event)) {
+        f(&mut lock(&self.audit));
+    }
+
+    /// Keep the request body in the audit record, where `[audit] include_content` asks for
+    /// it (by default the log records who and what, never the words).
+    pub fn note_content(&self) {
+        if self.app.audit.get().is_some_and(|a| a.include_content()) {
+            let body = serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&self.body).into_owned())
+            });
+            self.note(|e| e.content = Some(body));
+        }
+    }
+
     pub fn key(&self) -> Result<&KeyInfo, ApiError> {
         self.key
             .as_ref()
@@ -134,21 +154,41 @@ pub(super) async fn pass(
     body: Incoming,
 ) -> Result<hyper::Response<super::Body>, ApiError> {
     let app = call.app.clone();
-    call.key = match route.access {
+    // Authenticated keys go into the audit record before their scope is checked, so a
+    // refused call is recorded with the key that tried.
+    let identified = |key: KeyInfo| {
+        let mut ev = lock(&call.audit);
+        ev.key_id = Some(key.id.clone());
+        ev.key_name = Some(key.name.clone());
+        key
+    };
+    let key = match route.access {
         Access::Public => None,
         Access::LoopbackOrAdmin if is_loopback(&call.peer) => None,
         Access::LoopbackOrAdmin => {
-            let key = authenticate(&app, &call.head)?;
+            let key = identified(authenticate(&app, &call.head)?);
             require(&key, &Scope::Admin)?;
             Some(key)
         }
-        Access::Key => Some(authenticate(&app, &call.head)?),
+        Access::Key => Some(identified(authenticate(&app, &call.head)?)),
         Access::Scope(scope_of) => {
-            let key = authenticate(&app, &call.head)?;
+            let key = identified(authenticate(&app, &call.head)?);
             require(&key, &scope_of(&call.params))?;
             Some(key)
         }
     };
+    call.key = key;
+    {
+        let mut ev = lock(&call.audit);
+        let p = &call.params;
+        if let Some(c) = p.get("collection") {
+            ev.collections = vec![c.to_string()];
+        }
+        ev.target = ["document", "id", "name", "model"]
+            .iter()
+            .find_map(|n| p.get(n))
+            .map(str::to_string);
+    }
     if route.admit == Admit::One {
         call.admit(Cost::ONE)?;
     }

@@ -45,6 +45,7 @@ use crate::engine::{Embedder, Scheduler};
 use crate::keys::KeyStore;
 use crate::util::{read, unix_now, write};
 use error::ApiError;
+mod audit;
 use metrics::Metrics;
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -128,6 +129,8 @@ pub struct App {
     cfg: RwLock<ApiConfig>,
     /// Work each key has in flight (the gate's per-key share).
     pub inflight: Arc<gate::InFlight>,
+    /// The audit log (one record per call); unset only in tests that build an App bare.
+    pub audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
 }
 
 impl App {
@@ -149,6 +152,7 @@ impl App {
             web: RwLock::default(),
             metrics: Metrics::default(),
             admin: admin_http::AdminHttp::default(),
+            audit: std::sync::OnceLock::new(),
             cfg: RwLock::new(cfg),
             inflight: Arc::default(),
         }
@@ -353,6 +357,7 @@ pub async fn handle(
         routes::Found::WrongMethod(_, p) => p,
         routes::Found::NotFound => "other",
     };
+    let mut audit = Arc::default();
     let result = match found {
         routes::Found::NotFound => Err(ApiError::not_found(format!(
             "no route for {} {}",
@@ -362,15 +367,18 @@ pub async fn handle(
         routes::Found::WrongMethod(allow, _) => Err(ApiError::method_not_allowed(allow)),
         routes::Found::Route(route, params) => {
             let call = gate::Call::new(app.clone(), rid.clone(), peer, head, params);
+            audit = call.audit.clone();
             gate::pass(route, call, body).await
         }
     };
+    let mut error = None;
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_server_error() {
                 tracing::warn!(request_id = %rid, error = %e.message, "request failed");
             }
+            error = Some(e.message.clone());
             error_response(&e)
         }
     };
@@ -388,7 +396,26 @@ pub async fn handle(
         ms = started.elapsed().as_millis() as u64,
         "request"
     );
-    Ok(resp)
+    let Some(log) = app.audit.get() else {
+        return Ok(resp);
+    };
+    let event = crate::audit::Event {
+        kind: if status == 401 { "auth_failure" } else { "api" }.into(),
+        request_id: Some(rid),
+        source: Some(peer.to_string()),
+        method: Some(method.to_string()),
+        route: Some(label.to_string()),
+        status: Some(status),
+        error,
+        ..Default::default()
+    };
+    Ok(audit::finish_when_sent(
+        resp,
+        log.clone(),
+        event,
+        started,
+        audit,
+    ))
 }
 
 #[cfg(test)]

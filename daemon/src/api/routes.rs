@@ -477,6 +477,29 @@ static TABLE: &[Route] = &[
             ),
             route(
                 "GET",
+                "/v1/admin/audit",
+                Access::Scope(admin_scope),
+                One,
+                NO_BODY,
+                handler!(admin_http::audit),
+                OpDoc {
+                operation_id: Some("adminAudit"),
+                scope: Some("admin"),
+                description: Some("Audit records, oldest first (`data`, as stored: `seq`, `time_ms`, `prev`, the event's fields, `hash`). `edgeseek audit verify` checks their chain."),
+                params: &[
+                    ParamDoc { name: "since", location: ParameterIn::Query, description: Some("Unix seconds: records from then on") },
+                    ParamDoc { name: "key", location: ParameterIn::Query, description: Some("only this key id") },
+                    ParamDoc { name: "group", location: ParameterIn::Query, description: Some("only this usage group") },
+                    ParamDoc { name: "kind", location: ParameterIn::Query, description: Some("api, auth_failure or admin") },
+                    ParamDoc { name: "limit", location: ParameterIn::Query, description: Some("the newest N (default 1000, at most 10000)") },
+                ],
+                ok: ("200", "Records", &[(JSON, OBJECT)]),
+                errors: &["400", "401", "403"],
+                ..OpDoc::new("The audit log")
+            },
+            ),
+            route(
+                "GET",
                 "/v1/admin/metrics/history",
                 Access::Scope(admin_scope),
                 One,

@@ -80,6 +80,9 @@ enum Command {
     /// Agents: assistants built from instructions, tools and knowledge collections (through the
     /// running daemon, or on the database when none runs)
     Agents(crate::admin::agents_cli::AgentsArgs),
+    /// The audit log: who called what, when, with what result (read from the state
+    /// directory; `audit verify` checks its hash chain)
+    Audit(crate::admin::audit_cli::AuditArgs),
     /// Serve the OpenAI-compatible HTTPS API (and the admin socket)
     Serve(ServeArgs),
     /// Knowledge-base index benchmark (scripts/bench-kb)
@@ -185,6 +188,7 @@ pub fn main() -> ExitCode {
         Command::Tls(args) => admin(&cli.common, |t| crate::admin::cli::tls(t, args)),
         Command::Kb(args) => admin(&cli.common, |t| crate::admin::kb_cli::kb(t, args)),
         Command::Agents(args) => admin(&cli.common, |t| crate::admin::agents_cli::agents(t, args)),
+        Command::Audit(args) => admin(&cli.common, |t| crate::admin::audit_cli::audit(t, args)),
         Command::Serve(args) => serve(&cli.common, args),
         Command::BenchKb(args) => crate::kb::bench::main(args).map_err(Failure::runtime),
         Command::ParseWorker(_) => Ok(()),

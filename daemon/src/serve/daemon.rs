@@ -47,6 +47,7 @@ impl Daemon {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "{why}: the config file does not load; keeping the running configuration");
+                self.audit_reload(why, None, Some(e.to_string()));
                 return;
             }
         };
@@ -77,12 +78,20 @@ impl Daemon {
                     Err(e) => tracing::warn!(error = %e, "{why}: web tools not changed"),
                 }
             }
+            if let Some(a) = self.app.audit.get() {
+                a.set_config(new.audit.clone());
+            }
             self.app.set_config(ApiConfig {
                 max_body_bytes: new.server.max_body_bytes,
                 max_inflight_per_key: new.max_inflight_per_key(),
                 agents: super::agent_limits(&new.agents),
             });
         }
+        self.audit_reload(
+            why,
+            Some(changes.iter().map(|c| c.key).collect::<Vec<_>>().join(",")),
+            None,
+        );
         if !restart.is_empty() {
             tracing::warn!(
                 keys = %restart.join(", "),
@@ -93,6 +102,20 @@ impl Daemon {
         if changes.is_empty() && restart.is_empty() {
             tracing::info!("{why}: config unchanged");
         }
+    }
+
+    /// The audit record of a configuration reload: the keys that changed, or why the file
+    /// did not load.
+    fn audit_reload(&self, why: &str, changed: Option<String>, error: Option<String>) {
+        self.audit(crate::audit::Event {
+            kind: "admin".into(),
+            source: Some(why.to_string()),
+            action: Some("config.reload".into()),
+            target: changed.filter(|c| !c.is_empty()),
+            status: Some(if error.is_some() { 400 } else { 200 }),
+            error,
+            ..Default::default()
+        });
     }
 
     pub(super) fn snapshot(&self) -> crate::service::Snapshot {
@@ -140,6 +163,14 @@ impl Daemon {
 }
 
 impl AdminBackend for Daemon {
+    fn audit(&self, event: crate::audit::Event) {
+        if let Some(log) = self.app.audit.get() {
+            if let Err(e) = log.append(event) {
+                tracing::error!(error = %e, "audit record not written");
+            }
+        }
+    }
+
     fn agents(&self, op: crate::api::agents_http::AgentOp) -> Result<Value, String> {
         crate::api::agents_http::run(&self.app.agents, op, Some(&self.app.model_name))
             .map_err(|e| e.message)

@@ -199,6 +199,14 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         },
     ));
 
+    let audit = Arc::new(
+        crate::audit::AuditLog::open(&state_dir.join("audit"), config.audit.clone())
+            .map_err(|e| ServeError::Usage(e.to_string()))?,
+    );
+    let _ = app.audit.set(audit.clone());
+    sync_audit_every_second(Arc::downgrade(&audit));
+    drop(audit);
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("edgeseek-io")
@@ -287,6 +295,25 @@ pub(crate) fn agent_limits(c: &crate::config::AgentsConfig) -> crate::api::agent
 }
 
 /// The outbound tools `[fetch]`, `[web_search]` and `[mcp]` describe (contacting nothing yet).
+/// Sync the audit log to disk once a second while it is open (records are written to the
+/// file at once; this bounds what a power cut can take). A thread of its own: fsync blocks.
+fn sync_audit_every_second(log: std::sync::Weak<crate::audit::AuditLog>) {
+    let spawned = std::thread::Builder::new()
+        .name("edgeseek-audit".into())
+        .spawn(move || {
+            while let Some(log) = log.upgrade() {
+                if let Err(e) = log.sync() {
+                    tracing::error!(error = %e, "audit log sync failed");
+                }
+                drop(log);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "audit sync thread did not start; records sync at shutdown");
+    }
+}
+
 pub(crate) fn web_tools(c: &Config) -> Result<crate::api::WebTools, crate::web::WebError> {
     let fetcher = crate::web::Fetcher::new(&c.fetch)?;
     let search = match &c.web_search.searxng_url {

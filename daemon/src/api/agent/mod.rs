@@ -35,6 +35,8 @@ use run::{Ev, Outcome, Run};
 pub async fn chat(mut c: Call, name: &str) -> Result<Response<Body>, ApiError> {
     let app = c.app.clone();
     let key = c.key()?.clone();
+    c.note(|e| e.model = Some(format!("{}{name}", crate::agents::MODEL_PREFIX)));
+    c.note_content();
     gate::require(&key, &Scope::Agent(name.to_string()))?;
     let body = match super::wire::object(&c.body)? {
         Value::Object(o) => o,
@@ -96,6 +98,7 @@ pub async fn chat(mut c: Call, name: &str) -> Result<Response<Body>, ApiError> {
         id: format!("chatcmpl-{}", c.rid),
         created: unix_now(),
         parsed,
+        audit: c.audit.clone(),
     };
     if ctx.parsed.stream {
         Ok(stream(ctx, rx))
@@ -143,6 +146,8 @@ struct Ctx {
     id: String,
     created: u64,
     parsed: Parsed,
+    /// The call's audit record, given the tools called and the tokens at the end.
+    audit: Arc<std::sync::Mutex<crate::audit::Event>>,
 }
 
 impl Ctx {
@@ -175,6 +180,17 @@ impl Ctx {
         m.completion_tokens
             .fetch_add(o.completion_tokens as u64, Ordering::Relaxed);
         let used = (o.prompt_tokens + o.completion_tokens) as u64;
+        {
+            let mut e = crate::util::lock(&self.audit);
+            e.tokens_in = Some(o.prompt_tokens as u64);
+            e.tokens_out = Some(o.completion_tokens as u64);
+            e.tools = o
+                .steps
+                .iter()
+                .filter_map(|s| s["tool"].as_str().map(str::to_string))
+                .collect();
+            e.collections = self.agent.collections.clone();
+        }
         self.app
             .keys()
             .charge_tokens(&self.key, used.saturating_sub(self.admitted_tokens));
