@@ -74,6 +74,9 @@ pub struct Config {
     /// `[audit]`: retention of the audit log and whether it keeps request content.
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// `[usage.groups.NAME]`: token quotas per usage group (department).
+    #[serde(default)]
+    pub usage: crate::usage::UsageConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
 }
@@ -408,6 +411,13 @@ impl Config {
             checked.map_err(|e| bad(&e.key, &e.msg))?;
         }
         self.mcp.validate().map_err(|e| bad(&e.key, &e.msg))?;
+        self.usage.validate().map_err(|e| {
+            let (key, msg) = e.split_once(": ").unwrap_or(("usage", &e));
+            bad(key, msg)
+        })?;
+        if self.audit.max_mb == 0 || self.audit.max_age_days == 0 {
+            return Err(bad("audit", "max_mb and max_age_days must be at least 1"));
+        }
         if !(1..=3600).contains(&self.agents.tool_timeout_s) {
             return Err(bad(
                 "agents.tool_timeout_s",
@@ -577,7 +587,7 @@ impl Config {
         compare!("" c old rest, live: false, kb);
         let (l, o) = (&self.limits, &old.limits);
         compare!("limits." l o rest.limits, live: true, key_queue_share);
-        compare!("" c old rest, live: true, agents web_search fetch mcp audit);
+        compare!("" c old rest, live: true, agents web_search fetch mcp audit usage);
         if rest != *old {
             out.push(Change {
                 key: "(other settings)",

@@ -21,5 +21,6 @@ pub mod serve;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod usage;
 pub mod util;
 pub mod web;

@@ -4,4 +4,9 @@
 
 use crate::store::{Migration, KEYS_V1};
 
-pub const MIGRATIONS: &[Migration] = &[KEYS_V1, crate::kb::store::KB_V2, crate::agents::AGENTS_V3];
+pub const MIGRATIONS: &[Migration] = &[
+    KEYS_V1,
+    crate::kb::store::KB_V2,
+    crate::agents::AGENTS_V3,
+    crate::usage::USAGE_V4,
+];

@@ -63,6 +63,16 @@ pub struct CreateArgs {
     /// Tokens per minute (default: unlimited)
     #[arg(long, value_name = "N")]
     pub tpm: Option<u32>,
+    /// Usage group (department) the key's calls are counted in: lowercase letters, digits,
+    /// `-`, `_` (group quotas: `[usage.groups.NAME]` in the config)
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Tokens (in + out) per UTC day (default: no quota)
+    #[arg(long, value_name = "N")]
+    pub tokens_per_day: Option<u64>,
+    /// Tokens (in + out) per UTC month (default: no quota)
+    #[arg(long, value_name = "N")]
+    pub tokens_per_month: Option<u64>,
     /// Print one JSON object (including the secret)
     #[arg(long)]
     pub json: bool,
@@ -183,7 +193,9 @@ impl AdminCliError {
     pub fn exit_code(&self) -> u8 {
         use crate::keys::KeyError as K;
         match self {
-            AdminCliError::Keys(K::InvalidScope { .. } | K::InvalidName(_) | K::Invalid(_)) => 2,
+            AdminCliError::Keys(
+                K::InvalidScope { .. } | K::InvalidName(_) | K::Invalid(_) | K::InvalidGroup(_),
+            ) => 2,
             // Bad or missing certificate files, or an identity the command does not apply to:
             // nothing was changed.
             AdminCliError::Tls(_) => 2,
@@ -408,11 +420,23 @@ fn create(t: &Target, c: &CreateArgs) -> Result<(), AdminCliError> {
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
                 rpm: c.rpm,
                 tpm: c.tpm,
+                group: c.group.as_deref(),
+                tokens_per_day: c.tokens_per_day,
+                tokens_per_month: c.tokens_per_month,
             }),
         )?,
         Conn::Down => audited(t, "keys.create", &c.name, || {
             let ks = open_offline(t)?;
-            let (info, secret) = ks.create(&c.name, scopes, c.rpm, c.tpm)?;
+            let opts = crate::keys::KeyOptions {
+                rpm: c.rpm,
+                tpm: c.tpm,
+                group: c.group.clone(),
+                quota: crate::usage::Quota {
+                    tokens_per_day: c.tokens_per_day,
+                    tokens_per_month: c.tokens_per_month,
+                },
+            };
+            let (info, secret) = ks.create_with(&c.name, scopes, opts)?;
             Ok(super::created_key_json(info, &secret))
         })?,
     };

@@ -488,6 +488,26 @@ struct CreateReq {
     rpm: Option<u32>,
     #[serde(default)]
     tpm: Option<u32>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    tokens_per_day: Option<u64>,
+    #[serde(default)]
+    tokens_per_month: Option<u64>,
+}
+
+impl CreateReq {
+    fn options(&self) -> crate::keys::KeyOptions {
+        crate::keys::KeyOptions {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            group: self.group.clone(),
+            quota: crate::usage::Quota {
+                tokens_per_day: self.tokens_per_day,
+                tokens_per_month: self.tokens_per_month,
+            },
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -558,7 +578,7 @@ async fn dispatch(
                 .map_err(|e| e.to_string())?;
             let k = keys.clone();
             let (info, secret) = blocking(move || {
-                k.create(&req.name, scopes, req.rpm, req.tpm)
+                k.create_with(&req.name, scopes, req.options())
                     .map_err(|e| e.to_string())
             })
             .await?;

@@ -1,6 +1,7 @@
-//! Writing a call's audit record once its response has been sent: when the body ends, or
-//! when the client goes away and hyper drops it. So a streamed answer is recorded with its
-//! whole duration and the tokens its handler counted while streaming.
+//! What happens once a call's response has been sent — when the body ends, or when the
+//! client goes away and hyper drops it: its audit record is written and its key's usage
+//! counted. So a streamed answer is recorded with its whole duration and the tokens its
+//! handler counted while streaming.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -12,24 +13,28 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::Response;
 
+use super::App;
 use super::Body;
 use crate::audit::{AuditLog, Event};
+use crate::usage::{Counts, UsageStore};
 use crate::util::lock;
 
 /// `resp` with a body that writes the record when it is done. `base` holds what the entry
 /// point knows (route, status, source); `shared` what the gate and the handler added.
 pub(super) fn finish_when_sent(
     resp: Response<Body>,
-    log: Arc<AuditLog>,
+    app: &App,
     base: Event,
     started: Instant,
     shared: Arc<Mutex<Event>>,
 ) -> Response<Body> {
+    let (log, usage) = (app.audit.get().cloned(), app.usage.get().cloned());
     resp.map(|inner| {
         Recorded {
             inner,
             done: Some(Pending {
                 log,
+                usage,
                 base,
                 started,
                 shared,
@@ -40,7 +45,8 @@ pub(super) fn finish_when_sent(
 }
 
 struct Pending {
-    log: Arc<AuditLog>,
+    log: Option<Arc<AuditLog>>,
+    usage: Option<Arc<UsageStore>>,
     base: Event,
     started: Instant,
     shared: Arc<Mutex<Event>>,
@@ -60,10 +66,19 @@ impl Pending {
             ev.error = b.error;
         }
         ev.ms = Some(self.started.elapsed().as_millis() as u64);
-        if !self.log.include_content() {
+        if let (Some(u), Some(key)) = (&self.usage, &ev.key_id) {
+            let c = Counts {
+                requests: 1,
+                tokens_in: ev.tokens_in.unwrap_or(0),
+                tokens_out: ev.tokens_out.unwrap_or(0),
+            };
+            u.record(key, ev.group.as_deref(), c, crate::util::unix_now());
+        }
+        let Some(log) = self.log else { return };
+        if !log.include_content() {
             ev.content = None;
         }
-        if let Err(e) = self.log.append(ev) {
+        if let Err(e) = log.append(ev) {
             tracing::error!(error = %e, "audit record not written");
         }
     }

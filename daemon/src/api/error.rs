@@ -140,6 +140,24 @@ impl ApiError {
         e
     }
 
+    /// 429 `quota_exceeded`: the key's or its group's token quota for the day or month is
+    /// used; `Retry-After` is the time to the period's end.
+    pub fn quota_exceeded(q: &crate::usage::OverQuota, now: u64) -> Self {
+        let (y, m, d) = crate::util::civil_from_days((q.resets_at / 86_400) as i64);
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            format!(
+                "the {} has used {} of its {} tokens per {}; the quota resets at \
+                 {y:04}-{m:02}-{d:02}T00:00:00Z",
+                q.who, q.used, q.limit, q.period
+            ),
+        )
+        .with_code("quota_exceeded");
+        e.retry_after = Some(q.resets_at.saturating_sub(now).max(1));
+        e
+    }
+
     pub fn queue_full(message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
             .with_code("queue_full");

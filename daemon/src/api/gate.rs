@@ -160,6 +160,7 @@ pub(super) async fn pass(
         let mut ev = lock(&call.audit);
         ev.key_id = Some(key.id.clone());
         ev.key_name = Some(key.name.clone());
+        ev.group.clone_from(&key.group);
         key
     };
     let key = match route.access {
@@ -328,7 +329,23 @@ impl Drop for Admission {
 
 /// Rate limits, then the in-flight share; nothing is charged or held when refused.
 fn admit(app: &App, key: &KeyInfo, cost: Cost) -> Result<Admission, ApiError> {
-    let cap = app.config().max_inflight_per_key;
+    let cfg = app.config();
+    // Quotas first: a key or group that has used its day or month gets nothing more.
+    if let Some(usage) = app.usage.get() {
+        let group = key
+            .group
+            .as_deref()
+            .map(|g| (g, cfg.group_quotas.get(g).copied().unwrap_or_default()));
+        usage
+            .check(
+                (&key.id, &key.name),
+                key.quota,
+                group,
+                crate::util::unix_now(),
+            )
+            .map_err(|q| ApiError::quota_exceeded(&q, crate::util::unix_now()))?;
+    }
+    let cap = cfg.max_inflight_per_key;
     let inflight = app.inflight.clone();
     if let Err(held) = inflight.try_take(&key.id, cost.inflight, cap) {
         let mut e = ApiError::rate_limited(1);

@@ -97,6 +97,8 @@ pub struct ApiConfig {
     pub max_inflight_per_key: usize,
     /// Tool timeout and result size of agent runs (`[agents]`).
     pub agents: agent::run::AgentLimits,
+    /// Token quotas of the usage groups (`[usage.groups]`).
+    pub group_quotas: std::collections::BTreeMap<String, crate::usage::Quota>,
 }
 
 /// What the daemon may reach on the web: pages through the address rules of `[fetch]`
@@ -131,6 +133,8 @@ pub struct App {
     pub inflight: Arc<gate::InFlight>,
     /// The audit log (one record per call); unset only in tests that build an App bare.
     pub audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
+    /// Usage counters and quota state; unset only in tests that build an App bare.
+    pub usage: std::sync::OnceLock<Arc<crate::usage::UsageStore>>,
 }
 
 impl App {
@@ -153,6 +157,7 @@ impl App {
             metrics: Metrics::default(),
             admin: admin_http::AdminHttp::default(),
             audit: std::sync::OnceLock::new(),
+            usage: std::sync::OnceLock::new(),
             cfg: RwLock::new(cfg),
             inflight: Arc::default(),
         }
@@ -396,9 +401,9 @@ pub async fn handle(
         ms = started.elapsed().as_millis() as u64,
         "request"
     );
-    let Some(log) = app.audit.get() else {
+    if app.audit.get().is_none() && app.usage.get().is_none() {
         return Ok(resp);
-    };
+    }
     let event = crate::audit::Event {
         kind: if status == 401 { "auth_failure" } else { "api" }.into(),
         request_id: Some(rid),
@@ -409,13 +414,7 @@ pub async fn handle(
         error,
         ..Default::default()
     };
-    Ok(audit::finish_when_sent(
-        resp,
-        log.clone(),
-        event,
-        started,
-        audit,
-    ))
+    Ok(audit::finish_when_sent(resp, &app, event, started, audit))
 }
 
 #[cfg(test)]

@@ -500,6 +500,28 @@ static TABLE: &[Route] = &[
             ),
             route(
                 "GET",
+                "/v1/admin/usage",
+                Access::Scope(admin_scope),
+                One,
+                NO_BODY,
+                handler!(admin_http::usage),
+                OpDoc {
+                operation_id: Some("adminUsage"),
+                scope: Some("admin"),
+                description: Some("Requests and tokens per UTC day and key (`data`), totals per group (`groups`) and per key (`keys`) over the range, each with its quotas and what is used of them today and this month. Counts are stored every second."),
+                params: &[
+                    ParamDoc { name: "from", location: ParameterIn::Query, description: Some("first day, YYYY-MM-DD (default: the first of this month)") },
+                    ParamDoc { name: "to", location: ParameterIn::Query, description: Some("last day, YYYY-MM-DD (default: today); at most 400 days after `from`") },
+                    ParamDoc { name: "group", location: ParameterIn::Query, description: Some("only this usage group") },
+                    ParamDoc { name: "key", location: ParameterIn::Query, description: Some("only this key id") },
+                ],
+                ok: ("200", "Usage", &[(JSON, OBJECT)]),
+                errors: &["400", "401", "403"],
+                ..OpDoc::new("Usage per day, group and key")
+            },
+            ),
+            route(
+                "GET",
                 "/v1/admin/metrics/history",
                 Access::Scope(admin_scope),
                 One,

@@ -58,6 +58,8 @@ pub enum KeyError {
     NotFound(String),
     #[error("several active keys are named `{name}` ({ids}); revoke by id")]
     Ambiguous { name: String, ids: String },
+    #[error("invalid group {0:?}: 1-64 lowercase letters, digits, '-' or '_'")]
+    InvalidGroup(String),
     #[error("key {0} is already revoked")]
     AlreadyRevoked(String),
     #[error("key record {id} is unreadable: {msg}")]
@@ -76,6 +78,18 @@ pub struct KeyInfo {
     pub scopes: Vec<Scope>,
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
+    /// The usage group (department) its calls are counted in.
+    pub group: Option<String>,
+    pub quota: crate::usage::Quota,
+}
+
+/// What a new key is limited to, besides its scopes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyOptions {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    pub group: Option<String>,
+    pub quota: crate::usage::Quota,
 }
 
 /// A key as listed by `keys list` (never contains the secret or its hash).
@@ -97,6 +111,13 @@ pub struct KeyRecord {
     pub revoked: bool,
     #[serde(default)]
     pub revoked_at: Option<u64>,
+    /// Usage group (department); see `usage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
 }
 
 impl KeyRecord {
@@ -107,6 +128,11 @@ impl KeyRecord {
             scopes: self.scopes.clone(),
             rpm: self.rpm,
             tpm: self.tpm,
+            group: self.group.clone(),
+            quota: crate::usage::Quota {
+                tokens_per_day: self.tokens_per_day,
+                tokens_per_month: self.tokens_per_month,
+            },
         }
     }
 }
@@ -256,7 +282,7 @@ impl KeyStore {
         &self.inner.store
     }
 
-    /// Create a key. Returns its info and the secret, which is never stored or shown again.
+    /// Create a key with rate limits only (see [`KeyStore::create_with`]).
     pub fn create(
         &self,
         name: &str,
@@ -264,6 +290,38 @@ impl KeyStore {
         rpm: Option<u32>,
         tpm: Option<u32>,
     ) -> Result<(KeyRecord, String), KeyError> {
+        self.create_with(
+            name,
+            scopes,
+            KeyOptions {
+                rpm,
+                tpm,
+                ..KeyOptions::default()
+            },
+        )
+    }
+
+    /// Create a key. Returns its info and the secret, which is never stored or shown again.
+    pub fn create_with(
+        &self,
+        name: &str,
+        scopes: Vec<Scope>,
+        opts: KeyOptions,
+    ) -> Result<(KeyRecord, String), KeyError> {
+        let KeyOptions {
+            rpm,
+            tpm,
+            group,
+            quota,
+        } = opts;
+        if let Some(g) = group.as_deref().filter(|g| !crate::usage::valid_group(g)) {
+            return Err(KeyError::InvalidGroup(g.to_string()));
+        }
+        if quota.tokens_per_day == Some(0) || quota.tokens_per_month == Some(0) {
+            return Err(KeyError::Invalid(
+                "token quotas must be at least 1 (omit them for no quota)",
+            ));
+        }
         if !valid_name(name) {
             return Err(KeyError::InvalidName(name.to_string()));
         }
@@ -309,6 +367,9 @@ impl KeyStore {
                 tpm,
                 revoked: false,
                 revoked_at: None,
+                group,
+                tokens_per_day: quota.tokens_per_day,
+                tokens_per_month: quota.tokens_per_month,
             };
             let stored = StoredKey {
                 record: record.clone(),

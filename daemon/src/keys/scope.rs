@@ -138,6 +138,8 @@ mod tests {
             scopes: scopes(sc),
             rpm: None,
             tpm: None,
+            group: None,
+            quota: Default::default(),
         }
     }
 

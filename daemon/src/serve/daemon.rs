@@ -85,6 +85,7 @@ impl Daemon {
                 max_body_bytes: new.server.max_body_bytes,
                 max_inflight_per_key: new.max_inflight_per_key(),
                 agents: super::agent_limits(&new.agents),
+                group_quotas: new.usage.groups.clone(),
             });
         }
         self.audit_reload(

@@ -186,6 +186,10 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     );
     let store = Store::open_in(&state_dir, crate::schema::MIGRATIONS)?;
     let agents = crate::agents::AgentStore::open(store.clone())?;
+    let usage = Arc::new(crate::usage::UsageStore::open(
+        store.clone(),
+        crate::util::unix_now(),
+    )?);
     let keys = KeyStore::open(store)?;
     let app = Arc::new(App::new(
         name.clone(),
@@ -196,6 +200,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
             max_body_bytes: config.server.max_body_bytes,
             max_inflight_per_key: config.max_inflight_per_key(),
             agents: agent_limits(&config.agents),
+            group_quotas: config.usage.groups.clone(),
         },
     ));
 
@@ -204,7 +209,8 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Usage(e.to_string()))?,
     );
     let _ = app.audit.set(audit.clone());
-    sync_audit_every_second(Arc::downgrade(&audit));
+    let _ = app.usage.set(usage.clone());
+    sync_every_second(Arc::downgrade(&audit), Arc::downgrade(&usage));
     drop(audit);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -295,22 +301,30 @@ pub(crate) fn agent_limits(c: &crate::config::AgentsConfig) -> crate::api::agent
 }
 
 /// The outbound tools `[fetch]`, `[web_search]` and `[mcp]` describe (contacting nothing yet).
-/// Sync the audit log to disk once a second while it is open (records are written to the
-/// file at once; this bounds what a power cut can take). A thread of its own: fsync blocks.
-fn sync_audit_every_second(log: std::sync::Weak<crate::audit::AuditLog>) {
+/// Once a second, while they are open: sync the audit log to disk (records are written to
+/// the file at once; this bounds what a power cut can take) and store the usage counted
+/// since (so a kill -9 loses at most that second). A thread of its own: both block.
+fn sync_every_second(
+    log: std::sync::Weak<crate::audit::AuditLog>,
+    usage: std::sync::Weak<crate::usage::UsageStore>,
+) {
     let spawned = std::thread::Builder::new()
-        .name("edgeseek-audit".into())
-        .spawn(move || {
-            while let Some(log) = log.upgrade() {
-                if let Err(e) = log.sync() {
-                    tracing::error!(error = %e, "audit log sync failed");
-                }
-                drop(log);
-                std::thread::sleep(Duration::from_secs(1));
+        .name("edgeseek-sync".into())
+        .spawn(move || loop {
+            let (l, u) = (log.upgrade(), usage.upgrade());
+            if l.is_none() && u.is_none() {
+                return;
             }
+            if let Some(Err(e)) = l.map(|l| l.sync()) {
+                tracing::error!(error = %e, "audit log sync failed");
+            }
+            if let Some(Err(e)) = u.map(|u| u.flush()) {
+                tracing::error!(error = %e, "usage counters not stored; kept for the next try");
+            }
+            std::thread::sleep(Duration::from_secs(1));
         });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "audit sync thread did not start; records sync at shutdown");
+        tracing::error!(error = %e, "sync thread did not start; audit and usage sync at shutdown");
     }
 }
 

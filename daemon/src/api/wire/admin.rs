@@ -111,6 +111,10 @@ pub struct ApiKey {
     pub revoked_at: Option<u64>,
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
+    /// Usage group (department).
+    pub group: Option<String>,
+    pub tokens_per_day: Option<u64>,
+    pub tokens_per_month: Option<u64>,
 }
 
 impl From<KeyRecord> for ApiKey {
@@ -125,6 +129,9 @@ impl From<KeyRecord> for ApiKey {
             last_used: r.last_used,
             revoked: r.revoked,
             revoked_at: r.revoked_at,
+            group: r.group,
+            tokens_per_day: r.tokens_per_day,
+            tokens_per_month: r.tokens_per_month,
         }
     }
 }
@@ -145,6 +152,14 @@ pub struct ApiKeyCreate {
     /// Tokens per minute; null for no limit.
     #[schema(minimum = 1)]
     pub tpm: Option<u64>,
+    /// Usage group (department): 1-64 lowercase letters, digits, `-`, `_`
+    pub group: Option<String>,
+    /// Tokens (in + out) per UTC day; null for no quota.
+    #[schema(minimum = 1)]
+    pub tokens_per_day: Option<u64>,
+    /// Tokens (in + out) per UTC month; null for no quota.
+    #[schema(minimum = 1)]
+    pub tokens_per_month: Option<u64>,
 }
 
 /// A new key with its secret (the only time the secret is shown).
@@ -194,6 +209,9 @@ pub enum AdminRequest<'a> {
         scopes: Vec<String>,
         rpm: Option<u32>,
         tpm: Option<u32>,
+        group: Option<&'a str>,
+        tokens_per_day: Option<u64>,
+        tokens_per_month: Option<u64>,
     },
     #[serde(rename = "keys.revoke")]
     KeysRevoke { key: &'a str },
