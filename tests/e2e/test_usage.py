@@ -192,3 +192,39 @@ def test_bad_groups_and_quotas_are_clear_errors(tmp_path):
                         str(cfg), "--listen", "127.0.0.1:0"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode != 0 and "usage.groups.Finance" in p.stderr, p.stderr
+
+
+def test_the_cli_report_matches_the_api_through_the_daemon_and_offline(tmp_path):
+    state = tmp_path / "state"
+    s = Server(state, config="[usage.groups.legal]\ntokens_per_day = 100000\n")
+    s.wait_ready()
+    key = s.key("legal-1", "chat", "--group", "legal")
+    admin = s.key("admin", "admin")
+    for _ in range(2):
+        assert chat(s, key).status_code == 200
+
+    def cli(*args):
+        p = subprocess.run([str(BIN), "usage", "--dev", "--state-dir", str(state),
+                            "--config", str(state / "edgeseek.toml"), *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    import json
+
+    def legal(report):  # the admin key's own calls are counted too; compare the rest
+        return ([k for k in report["keys"] if k["key_name"] == "legal-1"],
+                [g for g in report["groups"] if g["group"] == "legal"])
+
+    api = admin_get(s, admin, "/v1/admin/usage")
+    assert legal(api)[0][0]["requests"] == 2 and legal(api)[1][0]["tokens_per_day"] == 100000
+    live = json.loads(cli("--json"))
+    assert legal(live) == legal(api)
+    text = cli("--group", "legal")
+    assert "legal" in text and "/100000" in text, text
+    s.stop()
+    offline = json.loads(cli("--json"))
+    assert legal(offline) == legal(api)
+    p = subprocess.run([str(BIN), "usage", "--dev", "--state-dir", str(state), "--from", "2026-13-01"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "--from" in p.stderr, p.stderr

@@ -148,6 +148,8 @@ pub struct Target {
     pub state_dir: PathBuf,
     /// `[tls]` of the config: a configured certificate is read where it is.
     pub tls: TlsConfig,
+    /// `[usage.groups]` of the config, for offline usage reports.
+    pub group_quotas: std::collections::BTreeMap<String, crate::usage::Quota>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +240,7 @@ pub(super) fn req(r: &Req<'_>) -> Value {
     crate::api::wire::value(r)
 }
 
-fn call(t: &Target, stream: UnixStream, req: Value) -> Result<Value, AdminCliError> {
+pub(super) fn call(t: &Target, stream: UnixStream, req: Value) -> Result<Value, AdminCliError> {
     call_timeout(t, stream, req, REPLY_TIMEOUT)
 }
 
@@ -748,6 +750,7 @@ pub fn target(dev: bool, state_dir: &Path, tls: &TlsConfig) -> Target {
         socket: super::socket_path(dev, state_dir),
         state_dir: state_dir.to_path_buf(),
         tls: tls.clone(),
+        group_quotas: Default::default(),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod agents_cli;
 pub mod audit_cli;
 pub mod cli;
 pub mod kb_cli;
+pub mod usage_cli;
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -604,6 +605,11 @@ async fn dispatch(
             let b = backend.clone();
             blocking(move || b.agents(op)).await
         }
+        "usage" => {
+            let req: Value = serde_json::from_slice(line).map_err(|e| parse(&e.to_string()))?;
+            let b = backend.clone();
+            blocking(move || b.usage(&req)).await
+        }
         kb @ ("kb.ingest" | "kb.collections" | "kb.create" | "kb.delete") => {
             let req: Value = serde_json::from_slice(line).map_err(|e| parse(&e.to_string()))?;
             let (b, kb) = (backend.clone(), kb.to_string());
@@ -611,7 +617,7 @@ async fn dispatch(
         }
         other => Err(format!(
             "unknown command `{other}` (known: status, models.list, keys.create, keys.list, \
-             keys.revoke, reload, kb.ingest, kb.collections, kb.create, kb.delete, agents.list, \
+             keys.revoke, reload, usage, kb.ingest, kb.collections, kb.create, kb.delete, agents.list, \
              agents.show, agents.create, agents.update, agents.delete)"
         )),
     }

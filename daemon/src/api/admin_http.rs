@@ -59,6 +59,12 @@ pub trait AdminBackend: Send + Sync + 'static {
         let _ = op;
         Err("this daemon has no agents".into())
     }
+    /// `usage`: the usage report for the request's `from`, `to`, `group` and `key`. Called
+    /// on a blocking thread (it reads redb).
+    fn usage(&self, req: &serde_json::Value) -> Result<serde_json::Value, String> {
+        let _ = req;
+        Err("this daemon counts no usage".into())
+    }
     /// Write an audit record of an admin-socket command (the daemon appends it to its log).
     fn audit(&self, event: crate::audit::Event) {
         let _ = event;
@@ -394,155 +400,6 @@ pub async fn audit(c: Call) -> Result<Response<Body>, ApiError> {
     Ok(super::json_response(
         StatusCode::OK,
         &serde_json::json!({"object": "list", "data": records}),
-    ))
-}
-
-/// `GET /v1/admin/usage?from=&to=&group=&key=`: requests and tokens per day and key (`data`),
-/// totals per group and per key over the range, and each group's and key's quotas with
-/// what is used of them today and this month. Dates are UTC days, `YYYY-MM-DD`; the default
-/// range is the current month up to today.
-pub async fn usage(c: Call) -> Result<Response<Body>, ApiError> {
-    use crate::usage::{date_of, day_of, month_of, parse_date, Counts};
-    use serde_json::{json, Value};
-    let usage = c
-        .app
-        .usage
-        .get()
-        .cloned()
-        .ok_or_else(|| ApiError::unavailable("this server counts no usage"))?;
-    let today = day_of(crate::util::unix_now());
-    let (mut from, mut to) = (month_of(today).0, today);
-    let (mut group, mut key) = (None, None);
-    for (k, v) in c
-        .head
-        .uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-    {
-        let v = percent_encoding::percent_decode_str(v)
-            .decode_utf8()
-            .map_err(|_| ApiError::invalid_param(k, "not valid percent-encoded UTF-8"))?
-            .into_owned();
-        let date = || {
-            parse_date(&v).ok_or_else(|| {
-                ApiError::invalid_param(k, format!("`{k}` must be a date, YYYY-MM-DD"))
-            })
-        };
-        match k {
-            "from" => from = date()?,
-            "to" => to = date()?,
-            "group" => group = Some(v),
-            "key" => key = Some(v),
-            _ => {
-                return Err(ApiError::invalid_param(
-                    k,
-                    format!("unknown parameter `{k}` (from, to, group, key)"),
-                ))
-            }
-        }
-    }
-    if from > to || to - from > 400 {
-        return Err(ApiError::invalid_param(
-            "from",
-            "`from` must not be after `to`, and the range at most 400 days",
-        ));
-    }
-    let keys = c.app.keys().clone();
-    let (rows, month_rows, records) = crate::util::blocking(move || {
-        let rows = usage.rows(from, to, group.as_deref(), key.as_deref());
-        let month = usage.rows(month_of(today).0, today, None, None);
-        match (rows, month, keys.list()) {
-            (Ok(r), Ok(m), Ok(k)) => Ok((r, m, k)),
-            (Err(e), _, _) | (_, Err(e), _) => Err(ApiError::store("usage: ", &e)),
-            (_, _, Err(e)) => Err(key_error(e)),
-        }
-    })
-    .await?;
-    let names: std::collections::HashMap<&str, &crate::keys::KeyRecord> =
-        records.iter().map(|r| (r.id.as_str(), r)).collect();
-    let add = |m: &mut std::collections::BTreeMap<String, Counts>, k: String, c: &Counts| {
-        let e = m.entry(k).or_default();
-        e.requests += c.requests;
-        e.tokens_in += c.tokens_in;
-        e.tokens_out += c.tokens_out;
-    };
-    let (mut by_group, mut by_key) = (Default::default(), Default::default());
-    for r in &rows {
-        add(
-            &mut by_group,
-            r.group.clone().unwrap_or_default(),
-            &r.counts,
-        );
-        add(&mut by_key, r.key_id.clone(), &r.counts);
-    }
-    // Used today and this month (whatever the range), for the quota columns.
-    let (mut used_day, mut used_month) = (
-        std::collections::HashMap::<String, u64>::new(),
-        std::collections::HashMap::<String, u64>::new(),
-    );
-    for r in &month_rows {
-        let t = r.counts.tokens();
-        for who in [
-            format!("k:{}", r.key_id),
-            format!("g:{}", r.group.clone().unwrap_or_default()),
-        ] {
-            *used_month.entry(who.clone()).or_default() += t;
-            if r.day == today {
-                *used_day.entry(who).or_default() += t;
-            }
-        }
-    }
-    let cfg = c.app.config();
-    let counts = |c: &Counts| json!({"requests": c.requests, "tokens_in": c.tokens_in, "tokens_out": c.tokens_out});
-    let data: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            let mut v = counts(&r.counts);
-            v["date"] = date_of(r.day).into();
-            v["group"] = r.group.clone().into();
-            v["key_id"] = r.key_id.clone().into();
-            v["key_name"] = names.get(r.key_id.as_str()).map(|k| k.name.clone()).into();
-            v
-        })
-        .collect();
-    let mut group_names: std::collections::BTreeSet<String> = by_group.keys().cloned().collect();
-    group_names.extend(cfg.group_quotas.keys().cloned());
-    let groups: Vec<Value> = group_names
-        .into_iter()
-        .map(|g| {
-            let mut v = counts(&by_group.get(&g).copied().unwrap_or_default());
-            let q = cfg.group_quotas.get(&g).copied().unwrap_or_default();
-            let w = format!("g:{g}");
-            v["group"] = (!g.is_empty()).then_some(g).into();
-            v["tokens_per_day"] = q.tokens_per_day.into();
-            v["tokens_per_month"] = q.tokens_per_month.into();
-            v["used_today"] = used_day.get(&w).copied().unwrap_or(0).into();
-            v["used_this_month"] = used_month.get(&w).copied().unwrap_or(0).into();
-            v
-        })
-        .collect();
-    let keys: Vec<Value> = by_key
-        .iter()
-        .map(|(id, c)| {
-            let mut v = counts(c);
-            let rec = names.get(id.as_str());
-            let w = format!("k:{id}");
-            v["key_id"] = id.clone().into();
-            v["key_name"] = rec.map(|k| k.name.clone()).into();
-            v["group"] = rec.and_then(|k| k.group.clone()).into();
-            v["tokens_per_day"] = rec.and_then(|k| k.tokens_per_day).into();
-            v["tokens_per_month"] = rec.and_then(|k| k.tokens_per_month).into();
-            v["used_today"] = used_day.get(&w).copied().unwrap_or(0).into();
-            v["used_this_month"] = used_month.get(&w).copied().unwrap_or(0).into();
-            v
-        })
-        .collect();
-    Ok(super::json_response(
-        StatusCode::OK,
-        &json!({"object": "usage", "from": date_of(from), "to": date_of(to),
-            "data": data, "groups": groups, "keys": keys}),
     ))
 }
 

@@ -24,6 +24,7 @@ pub mod rag;
 pub mod routes;
 pub mod sse;
 pub mod tools;
+pub mod usage_http;
 pub mod wire;
 
 use std::convert::Infallible;

@@ -18,7 +18,7 @@ use super::openapi::*;
 use super::wire::{
     admin, chat as chat_wire, embeddings as embeddings_wire, kb as kb_wire, models, List,
 };
-use super::{admin_http, agents_http, basic, chat, console, embeddings, kb, Body};
+use super::{admin_http, agents_http, basic, chat, console, embeddings, kb, usage_http, Body};
 use crate::keys::Scope;
 use utoipa::openapi::path::ParameterIn;
 
@@ -504,7 +504,7 @@ static TABLE: &[Route] = &[
                 Access::Scope(admin_scope),
                 One,
                 NO_BODY,
-                handler!(admin_http::usage),
+                handler!(usage_http::usage),
                 OpDoc {
                 operation_id: Some("adminUsage"),
                 scope: Some("admin"),

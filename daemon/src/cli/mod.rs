@@ -83,6 +83,9 @@ enum Command {
     /// The audit log: who called what, when, with what result (read from the state
     /// directory; `audit verify` checks its hash chain)
     Audit(crate::admin::audit_cli::AuditArgs),
+    /// Requests and tokens per usage group and key, with quotas (through the running
+    /// daemon, or on the database when none runs)
+    Usage(crate::admin::usage_cli::UsageArgs),
     /// Serve the OpenAI-compatible HTTPS API (and the admin socket)
     Serve(ServeArgs),
     /// Knowledge-base index benchmark (scripts/bench-kb)
@@ -189,6 +192,7 @@ pub fn main() -> ExitCode {
         Command::Kb(args) => admin(&cli.common, |t| crate::admin::kb_cli::kb(t, args)),
         Command::Agents(args) => admin(&cli.common, |t| crate::admin::agents_cli::agents(t, args)),
         Command::Audit(args) => admin(&cli.common, |t| crate::admin::audit_cli::audit(t, args)),
+        Command::Usage(args) => admin(&cli.common, |t| crate::admin::usage_cli::usage(t, args)),
         Command::Serve(args) => serve(&cli.common, args),
         Command::BenchKb(args) => crate::kb::bench::main(args).map_err(Failure::runtime),
         Command::ParseWorker(_) => Ok(()),
@@ -257,7 +261,8 @@ fn admin(
 ) -> Result<(), Failure> {
     let config = Config::load(common.config.as_deref(), common.dev).map_err(Failure::usage)?;
     let state_dir = config.state_dir(common.state_dir.as_deref(), common.dev);
-    let target = crate::admin::cli::target(common.dev, &state_dir, &config.tls);
+    let mut target = crate::admin::cli::target(common.dev, &state_dir, &config.tls);
+    target.group_quotas = config.usage.groups.clone();
     f(&target).map_err(|e| Failure {
         code: e.exit_code(),
         msg: e.to_string(),

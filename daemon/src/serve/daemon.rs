@@ -164,6 +164,15 @@ impl Daemon {
 }
 
 impl AdminBackend for Daemon {
+    fn usage(&self, req: &Value) -> Result<Value, String> {
+        let usage = self.app.usage.get().ok_or("this daemon counts no usage")?;
+        let today = crate::usage::day_of(crate::util::unix_now());
+        let q = crate::api::usage_http::UsageQuery::from_request(req, today)?;
+        let keys = self.app.keys().list().map_err(|e| e.to_string())?;
+        crate::api::usage_http::report(usage, &keys, &self.app.config().group_quotas, &q, today)
+            .map_err(|e| e.to_string())
+    }
+
     fn audit(&self, event: crate::audit::Event) {
         if let Some(log) = self.app.audit.get() {
             if let Err(e) = log.append(event) {

@@ -217,6 +217,17 @@ pub enum AdminRequest<'a> {
     KeysRevoke { key: &'a str },
     #[serde(rename = "kb.collections")]
     KbCollections,
+    #[serde(rename = "usage")]
+    Usage {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        to: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+    },
     #[serde(rename = "agents.list")]
     AgentsList,
     #[serde(rename = "agents.show")]
