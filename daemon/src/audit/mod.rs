@@ -266,7 +266,12 @@ impl AuditLog {
         let time_ms = now_ms();
         let (line, hash) = encode(seq, time_ms, &w.last.hash, &event);
         let path = w.path.clone();
-        w.file.write_all(line.as_bytes()).map_err(io(&path))?;
+        if let Err(e) = w.file.write_all(line.as_bytes()) {
+            // A short write (a full disk) must not leave half a record for the next one to
+            // follow: cut the file back to the last whole record.
+            let _ = w.file.set_len(w.bytes);
+            return Err(io(&path)(e));
+        }
         w.bytes += line.len() as u64;
         w.last = Mark {
             seq,
