@@ -218,6 +218,10 @@ fn init_logging(default: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        // On a full disk (stderr redirected to a file there) a log line cannot be written;
+        // reporting that with eprintln! would panic the logging thread mid-transaction.
+        // Lost log lines are the lesser harm.
+        .log_internal_errors(false)
         .try_init();
 }
 
