@@ -360,18 +360,8 @@ pub async fn audit(c: Call) -> Result<Response<Body>, ApiError> {
         limit: Some(1000),
         ..Default::default()
     };
-    for (k, v) in c
-        .head
-        .uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-    {
-        let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
-            .decode_utf8()
-            .map_err(|_| ApiError::invalid_param(k, "not valid percent-encoded UTF-8"))?
-            .into_owned();
+    for (k, v) in c.query_pairs()? {
+        let k = k.as_str();
         let number = |what: &str| {
             v.parse::<u64>()
                 .map_err(|_| ApiError::invalid_param(k, format!("{k} must be {what}")))

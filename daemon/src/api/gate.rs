@@ -105,6 +105,21 @@ impl Call {
         }
     }
 
+    /// The query string's `name=value` pairs, percent-decoded (`+` is a space); a value that
+    /// is not UTF-8 is a 400 naming its parameter.
+    pub fn query_pairs(&self) -> Result<Vec<(String, String)>, ApiError> {
+        let query = self.head.uri.query().unwrap_or("");
+        let mut out = Vec::new();
+        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+            let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8()
+                .map_err(|_| ApiError::invalid_param(k, "not valid percent-encoded UTF-8"))?
+                .into_owned();
+            out.push((k.to_string(), v));
+        }
+        Ok(out)
+    }
+
     pub fn key(&self) -> Result<&KeyInfo, ApiError> {
         self.key
             .as_ref()

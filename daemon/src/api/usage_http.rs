@@ -172,20 +172,8 @@ pub async fn usage(c: Call) -> Result<Response<Body>, ApiError> {
         .cloned()
         .ok_or_else(|| ApiError::unavailable("this server counts no usage"))?;
     let today = day_of(crate::util::unix_now());
-    let mut pairs = Vec::new();
-    for (k, v) in c
-        .head
-        .uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-    {
-        let v = percent_encoding::percent_decode_str(v)
-            .decode_utf8()
-            .map_err(|_| ApiError::invalid_param(k, "not valid percent-encoded UTF-8"))?;
-        pairs.push((k, v.into_owned()));
-    }
+    let pairs = c.query_pairs()?;
+    let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.clone()));
     let q = UsageQuery::parse(pairs, today).map_err(|(p, m)| ApiError::invalid_param(&p, m))?;
     let quotas = app.config().group_quotas;
     let keys = app.keys().clone();
