@@ -1,6 +1,6 @@
 // The console's entry point: sign-in, the page frame, and switching between Chat, Knowledge,
-// Agents and Admin (hash routes: #/chat, #/knowledge, #/agents, #/admin; the last two for keys
-// with the `admin` scope).
+// Agents, Usage and Admin (hash routes: #/chat, #/knowledge, #/agents, #/usage, #/admin; the
+// last three for keys with the `admin` scope).
 
 import { h, put, toast } from './dom.js';
 import { t, lang } from './i18n.js';
@@ -21,6 +21,7 @@ function route() {
   const name = (location.hash.replace(/^#\/?/, '') || 'chat').split('/')[0];
   if (name === 'admin' && isAdmin) return 'admin';
   if (name === 'agents' && isAdmin) return 'agents';
+  if (name === 'usage' && isAdmin) return 'usage';
   if (name === 'knowledge') return 'knowledge';
   return 'chat';
 }
@@ -30,6 +31,7 @@ async function view(name) {
     if (name === 'chat') views.chat = new ChatView(await ownerOf(session.key), { admin: isAdmin });
     else if (name === 'knowledge') views.knowledge = new (await import('./kb.js')).KnowledgeView();
     else if (name === 'agents') views.agents = new (await import('./agents.js')).AgentsView();
+    else if (name === 'usage') views.usage = new (await import('./usage.js')).UsageView();
     else views.admin = new (await import('./admin.js')).AdminView();
   }
   return views[name];
@@ -56,7 +58,7 @@ function frame() {
   const link = (r, label, hidden) => h('a', { href: `#/${r}`, dataset: { route: r }, hidden }, label);
   nav = h('nav', { class: 'tabs', 'aria-label': t('nav.label') },
     link('chat', t('nav.chat')), link('knowledge', t('nav.kb')), link('agents', t('nav.agents'), !isAdmin),
-    link('admin', t('nav.admin'), !isAdmin));
+    link('usage', t('nav.usage'), !isAdmin), link('admin', t('nav.admin'), !isAdmin));
   const out = h('button', { type: 'button', class: 'ghost', onclick: () => signOut(t('signin.out')) }, t('signout'));
   put(root,
     h('header', { class: 'top' },

@@ -92,6 +92,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../console/agents.js"),
     ),
     (
+        "usage.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/usage.js"),
+    ),
+    (
         "admin.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../console/admin.js"),
