@@ -27,11 +27,17 @@ export class AdminView {
     const kbId = nextId('kkb');
     const rpmId = nextId('krpm');
     const tpmId = nextId('ktpm');
+    const groupId = nextId('kgroup');
+    const dayId = nextId('kday');
+    const monthId = nextId('kmonth');
     this.kName = h('input', { id: nameId, name: 'name', required: true, maxlength: 64, autocomplete: 'off' });
     this.kScopes = FIXED_SCOPES.map((s) => h('input', { type: 'checkbox', value: s, checked: s === 'chat', id: nextId('ks') }));
     this.kKb = h('input', { id: kbId, name: 'kb_scopes', placeholder: t('admin.key.kb.hint'), autocomplete: 'off' });
     this.kRpm = h('input', { id: rpmId, type: 'number', min: 1, step: 1, name: 'rpm', placeholder: t('admin.unlimited'), class: 'narrow' });
     this.kTpm = h('input', { id: tpmId, type: 'number', min: 1, step: 1, name: 'tpm', placeholder: t('admin.unlimited'), class: 'narrow' });
+    this.kGroup = h('input', { id: groupId, name: 'group', placeholder: t('admin.key.group.hint'), autocomplete: 'off', class: 'narrow' });
+    this.kDay = h('input', { id: dayId, type: 'number', min: 1, step: 1, name: 'tokens_per_day', placeholder: t('admin.unlimited'), class: 'narrow' });
+    this.kMonth = h('input', { id: monthId, type: 'number', min: 1, step: 1, name: 'tokens_per_month', placeholder: t('admin.unlimited'), class: 'narrow' });
     this.kMsg = h('p', { class: 'formmsg', role: 'alert' });
     const form = h('form', { class: 'key-form' },
       h('div', { class: 'field' }, h('label', { for: nameId }, t('admin.key.name')), this.kName),
@@ -40,6 +46,9 @@ export class AdminView {
       h('div', { class: 'field grow' }, h('label', { for: kbId }, t('admin.key.kb')), this.kKb),
       h('div', { class: 'field' }, h('label', { for: rpmId }, t('admin.key.rpm')), this.kRpm),
       h('div', { class: 'field' }, h('label', { for: tpmId }, t('admin.key.tpm')), this.kTpm),
+      h('div', { class: 'field' }, h('label', { for: groupId }, t('admin.key.group')), this.kGroup),
+      h('div', { class: 'field' }, h('label', { for: dayId }, t('admin.key.day')), this.kDay),
+      h('div', { class: 'field' }, h('label', { for: monthId }, t('admin.key.month')), this.kMonth),
       h('div', { class: 'field end' }, h('button', { type: 'submit', class: 'primary' }, t('admin.key.create'))),
       this.kMsg);
     form.addEventListener('submit', (e) => { e.preventDefault(); this.createKey(); });
@@ -130,7 +139,10 @@ export class AdminView {
     }
     const head = ['admin.key.id', 'admin.key.name', 'admin.key.scopes', 'admin.key.created', 'admin.key.lastused', 'admin.key.limits', 'admin.key.state', 'kb.col.actions']
       .map((k) => h('th', { scope: 'col' }, t(k)));
-    const limits = (k) => [k.rpm ? `${fmtNumber(k.rpm)} rpm` : null, k.tpm ? `${fmtNumber(k.tpm)} tpm` : null].filter(Boolean).join(', ') || t('admin.unlimited');
+    const limits = (k) => [k.rpm ? `${fmtNumber(k.rpm)} rpm` : null, k.tpm ? `${fmtNumber(k.tpm)} tpm` : null,
+      k.tokens_per_day ? t('admin.key.perday', { n: fmtNumber(k.tokens_per_day) }) : null,
+      k.tokens_per_month ? t('admin.key.permonth', { n: fmtNumber(k.tokens_per_month) }) : null,
+      k.group ? t('admin.key.ingroup', { g: k.group }) : null].filter(Boolean).join(', ') || t('admin.unlimited');
     const rows = list.slice().reverse().map((k) => h('tr', { class: k.revoked ? 'revoked' : null },
       h('td', { class: 'mono' }, k.id),
       h('th', { scope: 'row' }, k.name),
@@ -155,11 +167,12 @@ export class AdminView {
     const num = (el) => (el.value === '' ? null : Number(el.value));
     const name = this.kName.value.trim();
     try {
-      const k = await api('POST', '/v1/admin/keys', { name, scopes, rpm: num(this.kRpm), tpm: num(this.kTpm) });
-      this.kName.value = '';
-      this.kKb.value = '';
-      this.kRpm.value = '';
-      this.kTpm.value = '';
+      const group = this.kGroup.value.trim() || null;
+      const k = await api('POST', '/v1/admin/keys', {
+        name, scopes, rpm: num(this.kRpm), tpm: num(this.kTpm), group,
+        tokens_per_day: num(this.kDay), tokens_per_month: num(this.kMonth),
+      });
+      for (const el of [this.kName, this.kKb, this.kRpm, this.kTpm, this.kGroup, this.kDay, this.kMonth]) el.value = '';
       this.showSecret(k);
       this.loadKeys();
     } catch (e) {

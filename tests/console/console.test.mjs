@@ -535,7 +535,7 @@ test('tablet-sized screen in Chinese: no overflow or overlap, labelled controls,
     signin: async (p) => assert.equal(await p.locator('form.signin button[type="submit"]').textContent(), '登录'),
     signedIn: async (p) => {
       assert.equal(await p.evaluate(() => document.documentElement.lang), 'zh-CN');
-      assert.deepEqual(await p.locator('nav.tabs a').allTextContents(), ['对话', '知识库', '智能体', '管理']);
+      assert.deepEqual(await p.locator('nav.tabs a').allTextContents(), ['对话', '知识库', '智能体', '用量', '管理']);
     },
     after: async (p) => {
       // Keyboard: from the top of the chat page, Tab reaches the message box.

@@ -101,3 +101,31 @@ test('phone layout and the Chinese UI', async () => {
   await shot(page, 'usage-phone-zh');
   await phone.close();
 });
+
+test('the key form sets a usage group and token quotas, and shows the daemon\'s refusal', async () => {
+  const page = await b.context.newPage();
+  const problems = watch(page);
+  await page.goto(`${d.url}/#/admin`);
+  await signIn(page, adminKey);
+  const form = page.locator('form.key-form');
+  await form.waitFor();
+  await form.locator('[name="name"]').fill('fin-1');
+  await form.locator('[name="group"]').fill('Finance');
+  await form.locator('button[type="submit"]').click();
+  await page.locator('.key-form .formmsg.error').waitFor();
+  assert.match(await page.locator('.key-form .formmsg').textContent(), /invalid group/);
+  await form.locator('[name="group"]').fill('finance');
+  await form.locator('[name="tokens_per_day"]').fill('500');
+  await form.locator('button[type="submit"]').click();
+  await page.locator('.secret').waitFor();
+  const keys = (await d.json('GET', '/v1/admin/keys', { key: adminKey })).json.data;
+  const k = keys.find((x) => x.name === 'fin-1');
+  assert.equal(k.group, 'finance');
+  assert.equal(k.tokens_per_day, 500);
+  assert.equal(k.tokens_per_month, null);
+  const row = page.locator('.keys tr', { hasText: 'fin-1' });
+  await row.waitFor();
+  assert.match(await row.textContent(), /500 tokens\/day, group finance/);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
