@@ -393,26 +393,12 @@ impl Store {
     }
 }
 
-/// When root creates the database (e.g. `edgeseek keys create` before the first start of a daemon
-/// that runs as user `edgeseek`), hand the new file to the state directory's owner; otherwise the
-/// daemon could not open its own database. Also restrict it to owner + group.
+/// Restrict a new database to owner + group, and when root created it, hand it to the state
+/// directory's owner (see `util::adopt_owner`).
 fn adopt_dir_owner(file: &Path, dir: &Path) {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o640));
-    if !nix::unistd::geteuid().is_root() {
-        return;
-    }
-    let Ok(meta) = std::fs::metadata(dir) else {
-        return;
-    };
-    if meta.uid() == 0 {
-        return;
-    }
-    let owner = Some(nix::unistd::Uid::from_raw(meta.uid()));
-    let group = Some(nix::unistd::Gid::from_raw(meta.gid()));
-    if let Err(e) = nix::unistd::chown(file, owner, group) {
-        tracing::warn!(file = %file.display(), error = %e, "could not hand the new database to the state directory's owner");
-    }
+    crate::util::adopt_owner(file, dir);
 }
 
 #[cfg(test)]

@@ -37,6 +37,28 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// When root creates a file under the state directory (e.g. `edgeseek keys create` before the
+/// first start of a daemon that runs as user `edgeseek`), hand it to the owner of `dir`;
+/// otherwise the daemon could not open its own files. Does nothing for other users or when
+/// `dir` belongs to root.
+pub fn adopt_owner(path: &Path, dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    if meta.uid() == 0 {
+        return;
+    }
+    let owner = Some(nix::unistd::Uid::from_raw(meta.uid()));
+    let group = Some(nix::unistd::Gid::from_raw(meta.gid()));
+    if let Err(e) = nix::unistd::chown(path, owner, group) {
+        tracing::warn!(path = %path.display(), error = %e, "could not hand a new file to the state directory's owner");
+    }
+}
+
 /// Seconds since 1970-01-01 UTC now (0 for a clock set before it).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -178,6 +178,10 @@ impl AuditLog {
     /// the newest segment's last complete record.
     pub fn open(dir: &Path, cfg: AuditConfig) -> Result<AuditLog, AuditError> {
         crate::util::create_private_dir(dir).map_err(io(dir))?;
+        // Root running an offline admin command creates the log for the daemon's user.
+        if let Some(state) = dir.parent() {
+            crate::util::adopt_owner(dir, state);
+        }
         let lock_path = dir.join("lock");
         let lock_file = OpenOptions::new()
             .create(true)
@@ -186,6 +190,7 @@ impl AuditLog {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
+        crate::util::adopt_owner(&lock_path, dir);
         nix_flock(&lock_file).map_err(|e| match e {
             nix::errno::Errno::EWOULDBLOCK => AuditError::Locked {
                 dir: dir.to_path_buf(),
@@ -413,12 +418,16 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 }
 
 fn open_append(path: &Path) -> Result<File, AuditError> {
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)
-        .map_err(io(path))
+        .map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        crate::util::adopt_owner(path, dir);
+    }
+    Ok(f)
 }
 
 /// The line of a record and its hash.
@@ -477,6 +486,9 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), AuditError> {
     f.write_all(&serde_json::to_vec(v).expect("serializes"))
         .and_then(|()| f.sync_all())
         .map_err(io(&tmp))?;
+    if let Some(d) = path.parent() {
+        crate::util::adopt_owner(&tmp, d);
+    }
     std::fs::rename(&tmp, path).map_err(io(path))?;
     if let Some(d) = path.parent() {
         File::open(d).and_then(|d| d.sync_all()).map_err(io(d))?;

@@ -196,3 +196,33 @@ fn an_empty_log_verifies() {
     drop(AuditLog::open(d.path(), cfg()).unwrap());
     assert_eq!(verify(d.path()).unwrap().records, 0);
 }
+
+// root running an offline admin command (`edgeseek keys create` before the first start) must
+// leave a log the service user can open: every file goes to the state directory's owner.
+#[test]
+fn root_creates_the_log_for_the_state_directorys_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let state = tempfile::tempdir().unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    let (uid, gid) = if root {
+        std::os::unix::fs::chown(state.path(), Some(4242), Some(4343)).unwrap();
+        (4242, 4343)
+    } else {
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    };
+    let dir = state.path().join("audit");
+    write(&dir, 3);
+    let mut seen = 0;
+    for p in std::iter::once(dir.clone())
+        .chain(std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()))
+    {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (uid, gid), "{}", p.display());
+        seen += 1;
+    }
+    // the directory, its lock, head.json and one segment
+    assert!(seen >= 4, "only {seen} paths");
+}
