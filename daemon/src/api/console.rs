@@ -95,6 +95,8 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "usage.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../console/usage.js"),
+    ),
+    (
         "audit.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../console/audit.js"),
