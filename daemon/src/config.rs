@@ -193,6 +193,17 @@ pub struct EngineConfig {
     /// The model to serve: a directory, or the name of one under `<state_dir>/models`. Unset:
     /// the first directory (by name) under `<state_dir>/models`. `serve --model` overrides it.
     pub model: Option<PathBuf>,
+    /// More models to load at start, each with its own session, scheduler and KV budget:
+    /// directories or names under `<state_dir>/models`. `engine.model` (or the first of
+    /// these) is the default model unless `default_model` names another.
+    pub models: Vec<PathBuf>,
+    /// The served name (directory name) of the model `"model": "default"` means.
+    pub default_model: Option<String>,
+    /// Memory all loaded chat models may take together, MiB: each costs its weight files
+    /// plus `kv_budget_mb` and `prefix_cache_mb`. A load that does not fit is refused.
+    /// 0: three quarters of the machine's memory (on a GPU appliance, set it to what the
+    /// GPU holds).
+    pub memory_budget_mb: u64,
     /// Execution providers in order of preference.
     pub providers: Vec<Provider>,
     pub provider_policy: ProviderPolicy,
@@ -334,6 +345,9 @@ impl Default for EngineConfig {
         let providers = ProviderOptions::default();
         EngineConfig {
             model: None,
+            models: Vec::new(),
+            default_model: None,
+            memory_budget_mb: 0,
             providers: providers.providers,
             provider_policy: providers.policy,
             intra_threads: providers.intra_threads,
@@ -396,6 +410,23 @@ impl Config {
             .is_some_and(|m| m.as_os_str().is_empty())
         {
             return Err(bad("engine.model", "must name a model directory"));
+        }
+        if self.engine.models.iter().any(|m| m.as_os_str().is_empty()) {
+            return Err(bad(
+                "engine.models",
+                "each entry must name a model directory",
+            ));
+        }
+        if self
+            .engine
+            .default_model
+            .as_ref()
+            .is_some_and(|m| m.is_empty() || m.contains('/'))
+        {
+            return Err(bad(
+                "engine.default_model",
+                "must be the served name (directory name) of one of the models",
+            ));
         }
         if self.engine.providers.is_empty() {
             return Err(bad("engine.providers", "must name at least one provider"));
@@ -568,7 +599,7 @@ impl Config {
         let (c, o) = (self, old);
         compare!("" c o rest, live: false, state_dir);
         let (e, o) = (&self.engine, &old.engine);
-        compare!("engine." e o rest.engine, live: false, model);
+        compare!("engine." e o rest.engine, live: false, model models default_model memory_budget_mb);
         let (r, o_runtime) = (&self.runtime, &old.runtime);
         compare!("runtime." r o_runtime rest.runtime, live: false, library);
         compare!("engine." e o rest.engine, live: false,
@@ -599,12 +630,32 @@ impl Config {
 
     /// `engine.model` as a directory: a bare name (no `/`) is `<state_dir>/models/<name>`.
     pub fn model_dir(&self, state_dir: &Path) -> Option<PathBuf> {
-        let m = self.engine.model.as_ref()?;
-        Some(if m.components().count() == 1 && m.is_relative() {
-            state_dir.join("models").join(m)
-        } else {
-            m.clone()
-        })
+        Some(model_path(self.engine.model.as_ref()?, state_dir))
+    }
+
+    /// `engine.models` as directories, in order.
+    pub fn more_model_dirs(&self, state_dir: &Path) -> Vec<PathBuf> {
+        self.engine
+            .models
+            .iter()
+            .map(|m| model_path(m, state_dir))
+            .collect()
+    }
+
+    /// `engine.memory_budget_mb` in bytes (0: three quarters of the machine's memory, or no
+    /// limit where that cannot be read).
+    pub fn memory_budget_bytes(&self) -> u64 {
+        if self.engine.memory_budget_mb > 0 {
+            return self.engine.memory_budget_mb.saturating_mul(1 << 20);
+        }
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(0, |kib| kib * 1024 / 4 * 3)
     }
 
     /// Sequences one key may have in flight: `limits.key_queue_share` of the engine's capacity
@@ -651,6 +702,15 @@ impl Config {
             tensorrt_fp16: self.engine.tensorrt_fp16,
             device_id: self.engine.device_id,
         }
+    }
+}
+
+/// A model setting as a directory: a bare name (no `/`) is `<state_dir>/models/<name>`.
+fn model_path(m: &Path, state_dir: &Path) -> PathBuf {
+    if m.components().count() == 1 && m.is_relative() {
+        state_dir.join("models").join(m)
+    } else {
+        m.to_path_buf()
     }
 }
 

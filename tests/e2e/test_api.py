@@ -27,7 +27,7 @@ MODEL = QWEN.name
 class Server:
     """One `edgeseek serve --dev` process."""
 
-    def __init__(self, state: Path, model: Path = QWEN, config: str | None = None,
+    def __init__(self, state: Path, model: Path | list[Path] = QWEN, config: str | None = None,
                  client_cert: tuple[Path, Path] | None = None, listen: str = "127.0.0.1:0",
                  prefix: list[str] | None = None, url_map=None):
         """`prefix`: argv to run the daemon under (e.g. `ip netns exec NS`); `url_map`: turns
@@ -35,8 +35,9 @@ class Server:
         self.state = state
         self.client_cert = client_cert
         state.mkdir(parents=True, exist_ok=True)
-        args = [str(BIN), "serve", "--dev", "--state-dir", str(state), "--listen", listen,
-                "--model", str(model)]
+        args = [str(BIN), "serve", "--dev", "--state-dir", str(state), "--listen", listen]
+        for m in model if isinstance(model, list) else [model]:
+            args += ["--model", str(m)]
         if config is not None:
             cfg = state / "edgeseek.toml"
             cfg.write_text(config)

@@ -102,8 +102,40 @@ pub struct ModelsArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ModelsCmd {
-    /// Models the daemon serves
+    /// Models the daemon knows: state (ready, loading, unloaded, unloading, failed), default,
+    /// pinned, provider, context length, memory charged against engine.memory_budget_mb
     List(JsonFlag),
+    /// Load a chat model and wait until it serves; refused when it would exceed the memory
+    /// budget (engine.memory_budget_mb)
+    Load(ModelLoadArgs),
+    /// Stop serving a chat model: new requests get 404 at once, running ones finish (up to
+    /// 60 s), then its memory is given back
+    Unload(ModelNameArgs),
+    /// Keep a chat model loaded: unloading it is refused until it is unpinned
+    Pin(ModelNameArgs),
+    /// Allow a pinned chat model to be unloaded again
+    Unpin(ModelNameArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ModelLoadArgs {
+    /// A known model's name, a directory name under <state_dir>/models, or a directory
+    pub model: String,
+    /// Pin it as well
+    #[arg(long)]
+    pub pin: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ModelNameArgs {
+    /// The model's served name (its directory name), or `default`
+    pub model: String,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -367,8 +399,56 @@ pub fn status(t: &Target, a: &StatusArgs) -> Result<(), AdminCliError> {
     out(&text)
 }
 
+/// How long `models load` / `unload` wait for the daemon: a large model takes minutes to load
+/// (TensorRT builds its engine on first use), an unload waits for running requests.
+const MODEL_CHANGE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 pub fn models(t: &Target, a: &ModelsArgs) -> Result<(), AdminCliError> {
-    let ModelsCmd::List(flags) = &a.cmd;
+    let (r, json) = match &a.cmd {
+        ModelsCmd::List(flags) => return models_list(t, flags),
+        ModelsCmd::Load(l) => (
+            Req::ModelsLoad {
+                name: &l.model,
+                pin: l.pin,
+            },
+            l.json,
+        ),
+        ModelsCmd::Unload(n) => (Req::ModelsUnload { name: &n.model }, n.json),
+        ModelsCmd::Pin(n) => (Req::ModelsPin { name: &n.model }, n.json),
+        ModelsCmd::Unpin(n) => (Req::ModelsUnpin { name: &n.model }, n.json),
+    };
+    let v = match connect(t)? {
+        Conn::Up(s) => call_timeout(t, s, req(&r), MODEL_CHANGE_TIMEOUT)?,
+        Conn::Down => return Err(AdminCliError::NotRunning(t.socket.clone())),
+    };
+    if json {
+        return out(&format!("{v}\n"));
+    }
+    let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    let mut line = format!("model {}: {}", text("id"), text("state"));
+    if let Some(p) = v.get("provider").and_then(Value::as_str) {
+        line.push_str(&format!(", provider {p}"));
+    }
+    if let Some(c) = v.get("context_length").and_then(Value::as_u64) {
+        line.push_str(&format!(", context {c}"));
+    }
+    if let Some(b) = v
+        .get("memory_bytes")
+        .and_then(Value::as_u64)
+        .filter(|b| *b > 0)
+    {
+        line.push_str(&format!(
+            ", {} MiB of the memory budget",
+            b.div_ceil(1 << 20)
+        ));
+    }
+    if v.get("pinned").and_then(Value::as_bool) == Some(true) {
+        line.push_str(", pinned");
+    }
+    out(&format!("{line}\n"))
+}
+
+fn models_list(t: &Target, flags: &JsonFlag) -> Result<(), AdminCliError> {
     let v = match connect(t)? {
         Conn::Up(s) => call(t, s, req(&Req::ModelsList))?,
         Conn::Down => return Err(AdminCliError::NotRunning(t.socket.clone())),

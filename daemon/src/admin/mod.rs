@@ -541,6 +541,29 @@ fn agent_op(cmd: &str, line: &[u8]) -> Result<AgentOp, String> {
     })
 }
 
+/// A `models.*` request: `name` (a model name, or for `models.load` also a directory) and,
+/// for `models.load`, `pin`.
+fn model_op(cmd: &str, line: &[u8]) -> Result<crate::api::registry::ModelOp, String> {
+    use crate::api::registry::ModelOp;
+    #[derive(Deserialize)]
+    struct R {
+        name: Option<String>,
+        #[serde(default)]
+        pin: bool,
+    }
+    let r: R = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let name = r.name.ok_or("missing `name`")?;
+    Ok(match cmd {
+        "models.load" => ModelOp::Load {
+            model: name,
+            pin: r.pin,
+        },
+        "models.unload" => ModelOp::Unload(name),
+        "models.pin" => ModelOp::Pin(name, true),
+        _ => ModelOp::Pin(name, false),
+    })
+}
+
 async fn dispatch(
     line: &[u8],
     keys: &KeyStore,
@@ -605,6 +628,11 @@ async fn dispatch(
             let b = backend.clone();
             blocking(move || b.agents(op)).await
         }
+        "models.load" | "models.unload" | "models.pin" | "models.unpin" => {
+            let op = model_op(&cmd, line).map_err(|e| parse(&e))?;
+            let b = backend.clone();
+            blocking(move || b.model_op(op)).await
+        }
         "usage" => {
             let req: Value = serde_json::from_slice(line).map_err(|e| parse(&e.to_string()))?;
             let b = backend.clone();
@@ -616,7 +644,8 @@ async fn dispatch(
             blocking(move || b.kb(&kb, &req)).await
         }
         other => Err(format!(
-            "unknown command `{other}` (known: status, models.list, keys.create, keys.list, \
+            "unknown command `{other}` (known: status, models.list, models.load, models.unload, \
+             models.pin, models.unpin, keys.create, keys.list, \
              keys.revoke, reload, usage, kb.ingest, kb.collections, kb.create, kb.delete, agents.list, \
              agents.show, agents.create, agents.update, agents.delete)"
         )),

@@ -59,6 +59,12 @@ pub trait AdminBackend: Send + Sync + 'static {
         let _ = op;
         Err("this daemon has no agents".into())
     }
+    /// `models.load`, `models.unload`, `models.pin`, `models.unpin`: the registry's change, as
+    /// `/v1/admin/models` runs it. Called on a blocking thread (a load takes seconds).
+    fn model_op(&self, op: super::registry::ModelOp) -> Result<serde_json::Value, String> {
+        let _ = op;
+        Err("this daemon serves no models".into())
+    }
     /// `usage`: the usage report for the request's `from`, `to`, `group` and `key`. Called
     /// on a blocking thread (it reads redb).
     fn usage(&self, req: &serde_json::Value) -> Result<serde_json::Value, String> {
@@ -145,12 +151,15 @@ pub async fn run_sampler(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// The chat model's part of the status, as the app knows it.
+/// The chat models' part of the status, as the app knows it.
 pub fn app_status(app: &App) -> AppStatus {
     let stats = app.served().map(|s| s.scheduler.stats());
     AppStatus {
-        model: app.model_name.clone(),
+        model: app.models.default_name(),
         ready: stats.is_some(),
+        models: app.models.list(),
+        memory_used_bytes: app.models.used_bytes(),
+        memory_budget_bytes: app.models.budget_bytes(),
         queue_depth: stats.map(|s| s.queued),
         active_sequences: stats.map(|s| s.active),
         tokens_generated: stats.map(|s| s.tokens_generated),

@@ -28,16 +28,21 @@ pub enum AgentOp {
     Delete(String),
 }
 
-/// Run `op` on `store`. `served`: the chat model this daemon serves, when known (an agent's
-/// `model` must be it; offline the daemon checks at chat time). Writes wait for redb: call
+/// Run `op` on `store`. `served`: the chat models this daemon knows, when known (an agent's
+/// `model` must be one of them; offline the daemon checks at chat time). Writes wait for redb: call
 /// it off the reactor.
-pub fn run(store: &AgentStore, op: AgentOp, served: Option<&str>) -> Result<Value, ApiError> {
-    let check_model = |a: &Agent| match (&a.model, served) {
-        (Some(m), Some(s)) if m != s => Err(ApiError::invalid_param(
+pub fn run(store: &AgentStore, op: AgentOp, served: Option<&[String]>) -> Result<Value, ApiError> {
+    let check_model = |a: &Agent| {
+        match (&a.model, served) {
+        (Some(m), Some(s)) if !s.contains(m) => Err(ApiError::invalid_param(
             "model",
-            format!("model `{m}` is not served here (this daemon serves `{s}`; null means it)"),
+            format!(
+                "model `{m}` is not known here (this daemon knows {}; null means the default model)",
+                s.join(", ")
+            ),
         )),
         _ => Ok(()),
+    }
     };
     let v = match op {
         AgentOp::List => wire::value(&List::new(
@@ -120,7 +125,7 @@ pub fn agent_error(e: AgentError) -> ApiError {
 async fn answer(c: &Call, op: AgentOp, status: StatusCode) -> Result<Response<Body>, ApiError> {
     let admin = c.key()?.id.clone();
     let store = c.app.agents.clone();
-    let served = c.app.model_name.clone();
+    let served = c.app.models.names();
     let write = !matches!(op, AgentOp::List | AgentOp::Show(_));
     let what = format!("{op:?}");
     let v = crate::util::blocking(move || run(&store, op, Some(&served))).await?;
@@ -231,7 +236,7 @@ mod tests {
     #[test]
     fn operations_and_their_errors() {
         let (_d, s) = store();
-        let create = |v: Value| run(&s, AgentOp::Create(v), Some("qwen"));
+        let create = |v: Value| run(&s, AgentOp::Create(v), Some(&["qwen".to_string()]));
         let a = create(
             serde_json::json!({"name": "it", "tools": ["kb_search"], "collections": ["it"]}),
         )
@@ -265,7 +270,13 @@ mod tests {
                 (StatusCode::BAD_REQUEST, Some(p.into()))
             );
         }
-        let upd = |n: &str, v: Value| run(&s, AgentOp::Update(n.into(), v), Some("qwen"));
+        let upd = |n: &str, v: Value| {
+            run(
+                &s,
+                AgentOp::Update(n.into(), v),
+                Some(&["qwen".to_string()]),
+            )
+        };
         assert_eq!(
             upd("it", serde_json::json!({"model": "qwen"})).unwrap()["model"],
             "qwen"

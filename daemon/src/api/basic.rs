@@ -2,8 +2,9 @@
 
 use super::error::ApiError;
 use super::gate::Call;
+use super::registry::Phase;
 use super::wire::{self, models::Model};
-use super::{full, json_response, Body, ModelState, OPENAPI};
+use super::{full, json_response, Body, OPENAPI};
 use crate::keys::Scope;
 use hyper::{Response, StatusCode};
 
@@ -15,22 +16,35 @@ pub async fn healthz(_: Call) -> Result<Response<Body>, ApiError> {
     ))
 }
 
-/// `GET /readyz`: the model serves. Anonymous, so a failed load says only that it failed; the
-/// cause (paths, library messages) is for admins: `edgeseek status`, `/v1/admin/status`, the
-/// service log.
+/// `GET /readyz`: the default model serves; `models` says where each chat model is
+/// (`ready`, `loading`, `unloaded`, `unloading`, `failed`). Anonymous, so a failed load says only
+/// that it failed; the cause (paths, library messages) is for admins: `edgeseek status`,
+/// `/v1/admin/status`, the service log.
 pub async fn readyz(c: Call) -> Result<Response<Body>, ApiError> {
-    match c.app.model_state() {
-        ModelState::Ready(_) => Ok(json_response(
+    let reg = &c.app.models;
+    let default = reg.default_name();
+    let models = reg
+        .list()
+        .into_iter()
+        .map(|m| (m.id, m.state.to_string()))
+        .collect();
+    match reg.phase(&default) {
+        Some(Phase::Ready(_)) => Ok(json_response(
             StatusCode::OK,
             &wire::value(&wire::models::Ready {
                 status: "ready",
-                model: c.app.model_name.clone(),
+                model: default,
+                models,
             }),
         )),
-        ModelState::Loading => Err(ApiError::loading()),
-        ModelState::Failed(_) => Err(ApiError::unavailable(
-            "the model failed to load; the cause is in `edgeseek status` and the service log",
-        )),
+        Some(Phase::Loading) | None => Err(ApiError::loading()),
+        Some(Phase::Failed(_)) => Err(ApiError::unavailable(format!(
+            "the model `{default}` failed to load; the cause is in `edgeseek status` and the \
+             service log"
+        ))),
+        Some(Phase::Unloaded | Phase::Unloading(_)) => Err(ApiError::unavailable(format!(
+            "the default model `{default}` is not loaded (edgeseek models load {default})"
+        ))),
     }
 }
 
@@ -50,14 +64,11 @@ pub async fn openapi(_: Call) -> Result<Response<Body>, ApiError> {
     Ok(full(StatusCode::OK, "application/json", OPENAPI))
 }
 
-/// `GET /v1/models`: the chat model and the embedding model, once loaded.
+/// `GET /v1/models`: the chat models this daemon knows (with their state, context length and
+/// provider), the embedding model once loaded, and the agents the key may use.
 pub async fn models(c: Call) -> Result<Response<Body>, ApiError> {
     let app = &c.app;
-    let mut data: Vec<Model> = app
-        .served()
-        .map(|s| Model::new(&app.model_name, s.loaded_at))
-        .into_iter()
-        .collect();
+    let mut data: Vec<Model> = app.models.list().iter().map(chat_model).collect();
     if let Some((e, loaded_at)) = app.embedder_loaded() {
         data.push(Model::new(e.name(), loaded_at));
     }
@@ -79,11 +90,9 @@ pub async fn models(c: Call) -> Result<Response<Body>, ApiError> {
 pub async fn model(c: Call) -> Result<Response<Body>, ApiError> {
     let app = &c.app;
     let id = c.param("model")?;
-    match (app.served(), app.embedder_loaded()) {
-        (Some(s), _) if id == app.model_name => Ok(json_response(
-            StatusCode::OK,
-            &wire::value(&Model::new(&app.model_name, s.loaded_at)),
-        )),
+    let chat = app.models.list().into_iter().find(|m| m.id == id);
+    match (chat, app.embedder_loaded()) {
+        (Some(m), _) => Ok(json_response(StatusCode::OK, &wire::value(&chat_model(&m)))),
         (_, Some((e, loaded_at))) if id == e.name() => Ok(json_response(
             StatusCode::OK,
             &wire::value(&Model::new(e.name(), loaded_at)),
@@ -101,5 +110,16 @@ pub async fn model(c: Call) -> Result<Response<Body>, ApiError> {
             }
             _ => Err(ApiError::model_not_found(id)),
         },
+    }
+}
+
+/// A chat model of the registry as `/v1/models` lists it.
+fn chat_model(m: &super::registry::ModelInfo) -> Model {
+    Model {
+        state: Some(m.state),
+        context_length: m.context_length,
+        provider: m.provider,
+        default: Some(m.default),
+        ..Model::new(&m.id, m.loaded_at.unwrap_or(0))
     }
 }

@@ -70,7 +70,13 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
         }
     });
     c.note_content();
-    if parsed.model != app.model_name {
+    // An unknown name is refused before anything else (a 404 says nothing about collections);
+    // whether the model is loaded is asked after admission.
+    if !app
+        .models
+        .names()
+        .contains(&app.models.canonical(&parsed.model))
+    {
         return Err(ApiError::model_not_found(&parsed.model));
     }
     // Scopes of the knowledge collections first: a key must not learn anything about a
@@ -101,7 +107,10 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
         tokens: gate::estimate_tokens(c.body.len()).saturating_mul(u64::from(n)),
         inflight: parsed.n,
     })?;
-    let served = app.ready()?;
+    let served = app.models.resolve(&parsed.model)?;
+    // Answers name the model that wrote them, also when asked for `default`.
+    parsed.model = served.name.clone();
+    c.note(|e| e.model = Some(served.name.clone()));
     prepare(&served, &mut parsed).await?;
     let citations = if parsed.knowledge.is_some() || web.is_some() {
         Some(retrieve(&app, web.as_ref(), &mut parsed).await?)

@@ -18,9 +18,11 @@ pub mod error;
 pub mod gate;
 pub mod kb;
 pub mod metrics;
+pub mod models_http;
 pub mod openai;
 pub mod openapi;
 pub mod rag;
+pub mod registry;
 pub mod routes;
 pub mod sse;
 pub mod tools;
@@ -29,7 +31,6 @@ pub mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -56,16 +57,11 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 /// A loaded model, serving.
 pub struct Served {
+    /// Its served name (the directory name).
+    pub name: String,
     pub scheduler: Scheduler,
     /// Unix seconds when it finished loading (`created` in `/v1/models`).
     pub loaded_at: u64,
-}
-
-#[derive(Clone)]
-pub enum ModelState {
-    Loading,
-    Ready(Arc<Served>),
-    Failed(String),
 }
 
 /// The knowledge base: it opens once the embedding model has loaded.
@@ -114,10 +110,8 @@ pub struct WebTools {
 
 /// Shared state of every connection.
 pub struct App {
-    /// The served name of the model (its directory name), known before it is loaded.
-    pub model_name: String,
-    pub model_dir: PathBuf,
-    state: RwLock<ModelState>,
+    /// The chat models: routing by `model`, loading and unloading.
+    pub models: registry::Registry,
     embed: RwLock<EmbedState>,
     kb: RwLock<KbState>,
     keys: KeyStore,
@@ -140,16 +134,13 @@ pub struct App {
 
 impl App {
     pub fn new(
-        model_name: String,
-        model_dir: PathBuf,
+        models: registry::Registry,
         keys: KeyStore,
         agents: AgentStore,
         cfg: ApiConfig,
     ) -> App {
         App {
-            model_name,
-            model_dir,
-            state: RwLock::new(ModelState::Loading),
+            models,
             embed: RwLock::new(EmbedState::Off("no embedding model is configured".into())),
             kb: RwLock::new(KbState::Loading),
             keys,
@@ -164,40 +155,9 @@ impl App {
         }
     }
 
-    pub fn set_state(&self, s: ModelState) {
-        *write(&self.state) = s;
-    }
-
-    /// Loading, ready or failed (with the cause).
-    pub fn model_state(&self) -> ModelState {
-        read(&self.state).clone()
-    }
-
-    /// The serving model, if loaded.
+    /// The default model, if it serves (status, metrics, the watchdog's heartbeat).
     pub fn served(&self) -> Option<Arc<Served>> {
-        match &*read(&self.state) {
-            ModelState::Ready(s) => Some(s.clone()),
-            _ => None,
-        }
-    }
-
-    /// Why the model failed to load, if it did.
-    pub fn failure(&self) -> Option<String> {
-        match &*read(&self.state) {
-            ModelState::Failed(msg) => Some(msg.clone()),
-            _ => None,
-        }
-    }
-
-    /// `Err` with the 503 to return while the model is not serving.
-    fn ready(&self) -> Result<Arc<Served>, ApiError> {
-        match &*read(&self.state) {
-            ModelState::Ready(s) => Ok(s.clone()),
-            ModelState::Loading => Err(ApiError::loading()),
-            ModelState::Failed(msg) => Err(ApiError::unavailable(format!(
-                "the model failed to load: {msg}"
-            ))),
-        }
+        self.models.default_served()
     }
 
     pub fn keys(&self) -> &KeyStore {

@@ -18,7 +18,9 @@ use super::openapi::*;
 use super::wire::{
     admin, chat as chat_wire, embeddings as embeddings_wire, kb as kb_wire, models, List,
 };
-use super::{admin_http, agents_http, basic, chat, console, embeddings, kb, usage_http, Body};
+use super::{
+    admin_http, agents_http, basic, chat, console, embeddings, kb, models_http, usage_http, Body,
+};
 use crate::keys::Scope;
 use utoipa::openapi::path::ParameterIn;
 
@@ -374,6 +376,74 @@ static TABLE: &[Route] = &[
                 ok: ("200", "The revoked key", &[(JSON, named::<admin::ApiKey>())]),
                 errors: &["401", "403", "404", "409"],
                 ..OpDoc::new("Revoke an API key")
+            },
+            ),
+            route(
+                "GET",
+                "/v1/admin/models",
+                Access::Scope(admin_scope),
+                One,
+                NO_BODY,
+                handler!(models_http::list),
+                OpDoc {
+                operation_id: Some("adminListModels"),
+                scope: Some("admin"),
+                description: Some("Every chat model this daemon knows (configured, or loaded since the start): state, whether `default` names it, pinned, provider, context length, memory charged against `engine.memory_budget_mb`, running and queued requests."),
+                ok: ("200", "The chat models", &[(JSON, named::<super::registry::ModelList>())]),
+                errors: &["401", "403"],
+                ..OpDoc::new("Chat models and the memory budget")
+            },
+            ),
+            route(
+                "POST",
+                "/v1/admin/models",
+                Access::Scope(admin_scope),
+                One,
+                SMALL,
+                handler!(models_http::load),
+                OpDoc {
+                operation_id: Some("adminLoadModel"),
+                scope: Some("admin"),
+                description: Some("Load a model and answer once it serves (seconds). A load that would exceed the memory budget is refused (409 `over_budget`, naming the budget); one already loaded is left as it is."),
+                request: &[(JSON, named::<models_http::LoadReq>())],
+                ok: ("200", "The model, ready", &[(JSON, named::<super::registry::ModelInfo>())]),
+                errors: &["400", "401", "403", "404", "409", "413", "503"],
+                ..OpDoc::new("Load a chat model")
+            },
+            ),
+            route(
+                "DELETE",
+                "/v1/admin/models/{model}",
+                Access::Scope(admin_scope),
+                One,
+                NO_BODY,
+                handler!(models_http::unload),
+                OpDoc {
+                operation_id: Some("adminUnloadModel"),
+                scope: Some("admin"),
+                description: Some("New requests for the model get 404 at once; running ones finish (up to 60 s), then its engine stops and its memory is given back. A pinned model is refused (409)."),
+                params: &[path_param("model", None)],
+                ok: ("200", "The model, unloaded", &[(JSON, named::<super::registry::ModelInfo>())]),
+                errors: &["401", "403", "404", "409"],
+                ..OpDoc::new("Unload a chat model")
+            },
+            ),
+            route(
+                "PATCH",
+                "/v1/admin/models/{model}",
+                Access::Scope(admin_scope),
+                One,
+                SMALL,
+                handler!(models_http::pin),
+                OpDoc {
+                operation_id: Some("adminPinModel"),
+                scope: Some("admin"),
+                description: Some("`{\"pinned\": true}` keeps the model loaded (an unload is refused) until it is unpinned."),
+                params: &[path_param("model", None)],
+                request: &[(JSON, named::<models_http::PinReq>())],
+                ok: ("200", "The model", &[(JSON, named::<super::registry::ModelInfo>())]),
+                errors: &["400", "401", "403", "404", "413"],
+                ..OpDoc::new("Pin or unpin a chat model")
             },
             ),
             route(

@@ -122,14 +122,18 @@ impl Daemon {
     pub(super) fn snapshot(&self) -> crate::service::Snapshot {
         use crate::service::{ModelPhase, Snapshot};
         let stats = self.app.served().map(|s| s.scheduler.stats());
-        let state = match (&stats, self.app.failure()) {
-            (Some(_), _) => ModelPhase::Ready,
-            (None, Some(msg)) => ModelPhase::Failed(msg),
-            (None, None) => ModelPhase::Loading,
+        let default = self.app.models.default_name();
+        let state = match self.app.models.phase(&default) {
+            Some(crate::api::registry::Phase::Ready(_)) => ModelPhase::Ready,
+            Some(crate::api::registry::Phase::Failed(msg)) => ModelPhase::Failed(msg),
+            Some(
+                crate::api::registry::Phase::Unloaded | crate::api::registry::Phase::Unloading(_),
+            ) => ModelPhase::Failed(format!("the default model `{default}` is not loaded")),
+            Some(crate::api::registry::Phase::Loading) | None => ModelPhase::Loading,
         };
         let provider = *lock(&self.provider);
         Snapshot {
-            model: self.app.model_name.clone(),
+            model: default,
             state,
             provider: provider.map(Provider::as_str),
             heartbeat: stats.map(|s| s.heartbeat),
@@ -181,8 +185,18 @@ impl AdminBackend for Daemon {
         }
     }
 
+    fn model_op(&self, op: crate::api::registry::ModelOp) -> Result<Value, String> {
+        let info = self.app.models.apply(&op).map_err(|e| e.to_string())?;
+        if info.default {
+            *lock(&self.provider) = info
+                .provider
+                .and_then(|_| self.app.served().map(|s| s.scheduler.provider()));
+        }
+        Ok(crate::api::wire::value(&info))
+    }
+
     fn agents(&self, op: crate::api::agents_http::AgentOp) -> Result<Value, String> {
-        crate::api::agents_http::run(&self.app.agents, op, Some(&self.app.model_name))
+        crate::api::agents_http::run(&self.app.agents, op, Some(&self.app.models.names()))
             .map_err(|e| e.message)
     }
 
@@ -252,10 +266,14 @@ impl AdminBackend for Daemon {
         let uptime = self.started.elapsed().as_secs_f64();
         let provider = *lock(&self.provider);
         let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let default_model = app.models.iter().find(|m| m.default).cloned();
         crate::api::wire::value(&crate::api::wire::admin::AdminStatus {
-            model_dir: path(&self.app.model_dir),
-            // Why the model failed to load (null while loading or once ready).
-            model_error: self.app.failure(),
+            model_dir: default_model
+                .as_ref()
+                .map(|m| m.dir.clone())
+                .unwrap_or_default(),
+            // Why the default model failed to load (null while loading or once ready).
+            model_error: default_model.and_then(|m| m.error),
             provider: provider.map(Provider::as_str),
             tokens_per_s: app.tokens_generated.map(|n| n as f64 / uptime.max(1e-9)),
             app,
@@ -273,19 +291,26 @@ impl AdminBackend for Daemon {
     }
 
     fn models(&self) -> Value {
-        let provider = *lock(&self.provider);
         let dir = |p: &std::path::Path| p.to_string_lossy().into_owned();
-        let mut list = vec![crate::api::wire::admin::AdminModel {
-            id: self.app.model_name.clone(),
-            kind: "chat",
-            dir: dir(&self.app.model_dir),
-            provider: self
-                .app
-                .served()
-                .and_then(|_| provider.map(Provider::as_str)),
-            context: self.app.served().map(|s| s.scheduler.spec().context_length),
-            ready: self.app.served().is_some(),
-        }];
+        let mut list: Vec<crate::api::wire::admin::AdminModel> = self
+            .app
+            .models
+            .list()
+            .into_iter()
+            .map(|m| crate::api::wire::admin::AdminModel {
+                ready: m.state == "ready",
+                id: m.id,
+                kind: "chat",
+                dir: m.dir,
+                provider: m.provider,
+                context: m.context_length,
+                state: Some(m.state),
+                default: Some(m.default),
+                pinned: Some(m.pinned),
+                memory_mib: Some(m.memory_bytes.div_ceil(1 << 20)),
+                error: m.error,
+            })
+            .collect();
         if let Some(e) = self.app.embedder() {
             list.push(crate::api::wire::admin::AdminModel {
                 id: e.name().to_string(),
@@ -294,6 +319,11 @@ impl AdminBackend for Daemon {
                 provider: Some(e.provider().as_str()),
                 context: Some(e.max_tokens()),
                 ready: true,
+                state: Some("ready"),
+                default: None,
+                pinned: None,
+                memory_mib: None,
+                error: None,
             });
         }
         crate::api::wire::value(&list)

@@ -69,7 +69,7 @@ pub(super) async fn serve(
         }
     };
 
-    load_in_background(daemon.clone(), config, state_dir);
+    load_in_background(daemon.clone());
     // tokens/s history for the console's chart; the console's compressed assets.
     tokio::spawn(crate::api::admin_http::run_sampler(
         daemon.app.clone(),
@@ -90,7 +90,7 @@ pub(super) async fn serve(
         let _ = out.flush();
     }
     let _ = std::fs::write(state_dir.join(ADDR_FILE), format!("{local}\n"));
-    tracing::info!(addr = %local, model = %daemon.app.model_name, "serving HTTPS");
+    tracing::info!(addr = %local, models = %daemon.app.models.names().join(","), "serving HTTPS");
 
     // sd_notify: READY once the model has settled, STATUS lines, watchdog pings.
     let supervisor = tokio::spawn({
@@ -154,7 +154,10 @@ async fn accept_loop(daemon: &Arc<Daemon>, listener: TcpListener, signals: Signa
                     if let Err(e) = daemon.app.keys().reload() {
                         tracing::error!(error = %e, "SIGHUP: API key reload failed");
                     }
-                    crate::service::reloaded(&format!("reloaded; serving {}", daemon.app.model_name));
+                    crate::service::reloaded(&format!(
+                        "reloaded; serving {}",
+                        daemon.app.models.names().join(", ")
+                    ));
                 }
                 _ = renew.tick() => {
                     // Off the reactor: key generation and file writes.

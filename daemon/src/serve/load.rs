@@ -1,13 +1,13 @@
-//! Model loading off the reactor: the chat model and the embedding model each on a plain
+//! Model loading off the reactor: the chat models and the embedding model each on a plain
 //! thread (seconds of ONNX Runtime work), then the knowledge base over the embedding model.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::api::{App, EmbedState, KbState, ModelState, Served};
+use crate::api::{App, EmbedState, KbState};
 use crate::config::Config;
-use crate::engine::{embed, Embedder, Engine, Scheduler};
+use crate::engine::{embed, Embedder};
 use crate::kb::base::KnowledgeBase;
 use crate::kb::chunk::ChunkOptions;
 use crate::kb::ingest::Ingestor;
@@ -17,39 +17,30 @@ use crate::util::{lock, unix_now};
 
 use super::daemon::Daemon;
 
-/// Load the model and start the scheduler on a plain thread (seconds of ONNX Runtime work
-/// that must not run on the reactor), then flip the API to ready.
-pub(super) fn load_in_background(daemon: Arc<Daemon>, config: &Config, state_dir: &Path) {
+/// Load the chat models, in order, on a plain thread (seconds of ONNX Runtime work each, which
+/// must not run on the reactor); each serves as soon as it is ready. A model that does not fit
+/// the memory budget, or fails, is marked failed with the cause; the others still load.
+pub(super) fn load_in_background(daemon: Arc<Daemon>) {
     let owner = daemon.clone();
-    let library = config.runtime.library.clone();
-    let opts = config.provider_options(state_dir);
-    let sched_cfg = config.scheduler_config();
     let spawned = std::thread::Builder::new()
         .name("edgeseek-load".into())
         .spawn(move || {
-            let app = &daemon.app;
-            let t = Instant::now();
-            let loaded = Engine::load(&app.model_dir, library.as_deref(), &opts)
-                .map_err(|e| e.to_string())
-                .and_then(|engine| Scheduler::start(engine, sched_cfg).map_err(|e| e.to_string()));
-            match loaded {
-                Ok(scheduler) => {
-                    let provider = scheduler.provider();
-                    *lock(&daemon.provider) = Some(provider);
-                    tracing::info!(
-                        model = %app.model_name,
-                        provider = provider.as_str(),
-                        secs = t.elapsed().as_secs_f64(),
-                        "model ready"
-                    );
-                    app.set_state(ModelState::Ready(Arc::new(Served {
-                        scheduler,
-                        loaded_at: unix_now(),
-                    })));
-                }
-                Err(msg) => {
-                    tracing::error!(model = %app.model_name, error = %msg, "model failed to load");
-                    app.set_state(ModelState::Failed(msg));
+            let reg = &daemon.app.models;
+            for name in reg.names() {
+                match reg.load(&name, false) {
+                    Ok(m) => {
+                        if m.default {
+                            *lock(&daemon.provider) =
+                                reg.default_served().map(|s| s.scheduler.provider());
+                        }
+                    }
+                    // A failed load has logged and recorded its cause.
+                    Err(crate::api::registry::RegistryError::LoadFailed(..)) => {}
+                    Err(e) => {
+                        // Refused before it started (the budget): say why in its state.
+                        tracing::error!(model = %name, error = %e, "model not loaded");
+                        reg.fail(&name, e.to_string());
+                    }
                 }
             }
         });

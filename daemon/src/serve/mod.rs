@@ -81,62 +81,57 @@ pub struct ServeOptions {
     pub models: Vec<PathBuf>,
 }
 
-/// The first `--model`, else config `engine.model`, else the first directory (by name) under
-/// `<state_dir>/models` that is not an embedding model.
-fn pick_model(
+/// The chat models to serve: every `--model`; else config `engine.model` then
+/// `engine.models`; else the first directory (by name) under `<state_dir>/models` that is not
+/// an embedding model. Each must be a directory; names must differ (they route requests).
+fn pick_models(
     models: &[PathBuf],
-    configured: Option<PathBuf>,
+    configured: Vec<PathBuf>,
     state_dir: &Path,
-) -> Result<PathBuf, ServeError> {
-    if let Some(m) = models.first() {
-        if !m.is_dir() {
-            return Err(ServeError::Usage(format!(
-                "--model {}: not a directory",
-                m.display()
-            )));
-        }
-        return Ok(m.clone());
-    }
-    if let Some(m) = configured {
-        if !m.is_dir() {
-            return Err(ServeError::Usage(format!(
-                "engine.model: {} is not a directory",
-                m.display()
-            )));
-        }
-        return Ok(m);
-    }
-    let dir = state_dir.join("models");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.is_dir() && !embed::is_embedding_model_dir(p))
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found.into_iter().next().ok_or_else(|| {
-        ServeError::Usage(format!(
-            "no model: pass --model DIR or put a model directory under {}",
-            dir.display()
-        ))
-    })
-}
-
-/// The served name of a model directory: its final path component.
-fn model_name(dir: &Path) -> Result<String, ServeError> {
-    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    canonical
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_string)
-        .ok_or_else(|| {
+) -> Result<Vec<(String, PathBuf)>, ServeError> {
+    let (dirs, what) = if !models.is_empty() {
+        (models.to_vec(), "--model")
+    } else if !configured.is_empty() {
+        (configured, "engine.model(s)")
+    } else {
+        let dir = state_dir.join("models");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir() && !embed::is_embedding_model_dir(p))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        let first = found.into_iter().next().ok_or_else(|| {
             ServeError::Usage(format!(
-                "{}: cannot derive a model name from this path",
+                "no model: pass --model DIR or put a model directory under {}",
                 dir.display()
             ))
-        })
+        })?;
+        (vec![first], "models")
+    };
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for d in dirs {
+        if !d.is_dir() {
+            return Err(ServeError::Usage(format!(
+                "{what}: {} is not a directory",
+                d.display()
+            )));
+        }
+        let name = crate::api::registry::served_name(&d).map_err(ServeError::Usage)?;
+        if let Some((_, other)) = out.iter().find(|(n, _)| *n == name) {
+            return Err(ServeError::Usage(format!(
+                "{what}: {} and {} would both be served as `{name}`; models are told apart by \
+                 their directory names",
+                other.display(),
+                d.display()
+            )));
+        }
+        out.push((name, d));
+    }
+    Ok(out)
 }
 
 pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
@@ -166,15 +161,35 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     if activated.is_some() && opts.listen.is_some() {
         tracing::info!("socket-activated: --listen is ignored");
     }
-    let model_dir = pick_model(&opts.models, config.model_dir(&state_dir), &state_dir)?;
-    let name = model_name(&model_dir)?;
-    if opts.models.len() > 1 {
-        tracing::warn!(
-            model = %name,
-            ignored = opts.models.len() - 1,
-            "one model is served per daemon for now; the other --model directories are not loaded"
-        );
+    let configured: Vec<PathBuf> = config
+        .model_dir(&state_dir)
+        .into_iter()
+        .chain(config.more_model_dirs(&state_dir))
+        .collect();
+    let models = pick_models(&opts.models, configured, &state_dir)?;
+    if let Some(d) = &config.engine.default_model {
+        if !models.iter().any(|(n, _)| n == d) {
+            return Err(ServeError::Usage(format!(
+                "engine.default_model: `{d}` is none of the models to serve ({})",
+                models
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
     }
+    let registry = crate::api::registry::Registry::new(
+        models,
+        config.engine.default_model.clone(),
+        crate::api::registry::Loader {
+            library: config.runtime.library.clone(),
+            opts: config.provider_options(&state_dir),
+            sched: config.scheduler_config(),
+            models_dir: state_dir.join("models"),
+            budget_bytes: config.memory_budget_bytes(),
+        },
+    );
 
     let tls = Arc::new(TlsServer::new(&config.tls, &state_dir)?);
     let id = tls.identity();
@@ -192,8 +207,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     )?);
     let keys = KeyStore::open(store)?;
     let app = Arc::new(App::new(
-        name.clone(),
-        model_dir.clone(),
+        registry,
         keys,
         agents,
         ApiConfig {
@@ -247,12 +261,10 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     ));
     let chat_loaded = wait_for_loader(&daemon.loader, Duration::from_secs(2));
     let embed_loaded = wait_for_loader(&daemon.embed_loader, Duration::from_secs(2));
-    let still_loading = !(chat_loaded && embed_loaded);
+    let still_loading = !(chat_loaded && embed_loaded) || daemon.app.models.changing();
     // Stop the engine after the listener is gone: running requests have had their grace
     // period; what is left ends with an error event.
-    if let Some(served) = daemon.app.served() {
-        served.scheduler.clone().shutdown();
-    }
+    daemon.app.models.shutdown();
     if let Some(e) = daemon.app.embedder() {
         e.shutdown();
     }

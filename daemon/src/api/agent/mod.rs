@@ -65,13 +65,23 @@ pub async fn chat(mut c: Call, name: &str) -> Result<Response<Body>, ApiError> {
         tokens: gate::estimate_tokens(c.body.len()),
         inflight: 1,
     })?;
-    let served = app.ready()?;
-    if let Some(m) = agent.model.as_ref().filter(|m| **m != app.model_name) {
-        return Err(ApiError::unavailable(format!(
-            "agent `{name}` uses model `{m}`, which this daemon does not serve (it serves `{}`)",
-            app.model_name
-        )));
-    }
+    // The agent's model, or the default one; an agent whose model is not served now is a
+    // 503 naming it (the caller did nothing wrong).
+    let model = agent
+        .model
+        .clone()
+        .unwrap_or_else(|| app.models.default_name());
+    let served = app.models.resolve(&model).map_err(|e| {
+        if e.status == hyper::StatusCode::NOT_FOUND {
+            ApiError::unavailable(format!(
+                "agent `{name}` uses model `{model}`, which this daemon does not serve now \
+                 (serving: {})",
+                app.models.names().join(", ")
+            ))
+        } else {
+            e
+        }
+    })?;
     let kit = tools::Kit::for_caller(&app, &agent, &key).await;
     let offered = kit.ids();
     let run = Run::new(

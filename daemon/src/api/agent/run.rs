@@ -163,7 +163,7 @@ impl Run {
         ] {
             b.remove(k);
         }
-        b.insert("model".into(), self.app.model_name.clone().into());
+        b.insert("model".into(), self.served.name.clone().into());
         let mut messages = self.messages.clone();
         if self.round >= self.agent.max_steps {
             // The last turn sees the conversation as the client sent it, with every tool

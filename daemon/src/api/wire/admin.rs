@@ -57,8 +57,15 @@ pub struct AdminStatus {
 /// runs around the app, as in tests). The counters are null while the model loads.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AppStatus {
+    /// The default model (the counters below are its own).
     pub model: String,
     pub ready: bool,
+    /// Every chat model: state, provider, context, memory charged, running and queued.
+    pub models: Vec<crate::api::registry::ModelInfo>,
+    /// What the loaded chat models are charged together, bytes.
+    pub memory_used_bytes: u64,
+    /// `engine.memory_budget_mb` in bytes (0: no limit).
+    pub memory_budget_bytes: u64,
     pub queue_depth: Option<usize>,
     pub active_sequences: Option<usize>,
     pub tokens_generated: Option<u64>,
@@ -183,6 +190,18 @@ pub struct AdminModel {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<usize>,
     pub ready: bool,
+    /// Chat models: `ready`, `loading`, `unloaded`, `unloading` or `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<bool>,
+    /// Chat models: charged against the memory budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The admin socket's `reload`.
@@ -199,6 +218,14 @@ pub enum AdminRequest<'a> {
     Status,
     #[serde(rename = "models.list")]
     ModelsList,
+    #[serde(rename = "models.load")]
+    ModelsLoad { name: &'a str, pin: bool },
+    #[serde(rename = "models.unload")]
+    ModelsUnload { name: &'a str },
+    #[serde(rename = "models.pin")]
+    ModelsPin { name: &'a str },
+    #[serde(rename = "models.unpin")]
+    ModelsUnpin { name: &'a str },
     #[serde(rename = "reload")]
     Reload,
     #[serde(rename = "keys.list")]

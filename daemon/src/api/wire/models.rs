@@ -14,6 +14,18 @@ pub struct Model {
     /// Agents (`agent:NAME`) only: what the admin wrote about it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Chat models only: `ready`, `loading`, `unloaded`, `unloading` or `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+    /// Chat models only: the context length, once loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<usize>,
+    /// Chat models only: the execution provider, once loaded (`tensorrt`, `cuda`, `cpu`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'static str>,
+    /// Chat models only: whether `default` names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<bool>,
 }
 
 impl Model {
@@ -24,6 +36,10 @@ impl Model {
             created: loaded_at,
             owned_by: "edgeseek",
             description: None,
+            state: None,
+            context_length: None,
+            provider: None,
+            default: None,
         }
     }
 
@@ -51,5 +67,8 @@ pub struct Health {
 pub struct Ready {
     /// Always `ready`.
     pub status: &'static str,
+    /// The default model.
     pub model: String,
+    /// Every chat model and its state.
+    pub models: std::collections::BTreeMap<String, String>,
 }
