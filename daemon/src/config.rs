@@ -77,6 +77,9 @@ pub struct Config {
     /// `[usage.groups.NAME]`: token quotas per usage group (department).
     #[serde(default)]
     pub usage: crate::usage::UsageConfig,
+    /// `[auth.ldap]`: console sign-in through the company directory (off when absent).
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
 }
@@ -415,6 +418,7 @@ impl Config {
             let (key, msg) = e.split_once(": ").unwrap_or(("usage", &e));
             bad(key, msg)
         })?;
+        self.auth.validate().map_err(|(k, m)| bad(&k, &m))?;
         if self.audit.max_mb == 0 || self.audit.max_age_days == 0 {
             return Err(bad("audit", "max_mb and max_age_days must be at least 1"));
         }
@@ -587,7 +591,7 @@ impl Config {
         compare!("" c old rest, live: false, kb);
         let (l, o) = (&self.limits, &old.limits);
         compare!("limits." l o rest.limits, live: true, key_queue_share);
-        compare!("" c old rest, live: true, agents web_search fetch mcp audit usage);
+        compare!("" c old rest, live: true, agents web_search fetch mcp audit usage auth);
         if rest != *old {
             out.push(Change {
                 key: "(other settings)",
