@@ -78,6 +78,14 @@ impl Daemon {
                     Err(e) => tracing::warn!(error = %e, "{why}: web tools not changed"),
                 }
             }
+            if changes.iter().any(|c| c.key == "auth") {
+                // Open sessions keep their scopes until their next re-check, which maps the
+                // groups anew.
+                match super::directory(&new) {
+                    Ok(d) => self.app.set_directory(d),
+                    Err(e) => tracing::warn!(error = %e, "{why}: directory sign-in not changed"),
+                }
+            }
             if let Some(a) = self.app.audit.get() {
                 a.set_config(new.audit.clone());
             }

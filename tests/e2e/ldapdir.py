@@ -1,0 +1,167 @@
+"""A real OpenLDAP directory for the sign-in tests: Debian's `slapd` (apt `slapd ldap-utils`,
+installed by scripts/test) started as the current user on a loopback port, with a generated
+slapd.conf (mdb backend, memberof overlay so users carry `memberOf` as in Active Directory)
+in a temporary directory. The system's own slapd is never touched.
+
+As a script (for the browser test): `python3 ldapdir.py DIR` starts it, prints one JSON line
+(url, service account, users) and runs until stdin closes."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SUFFIX = "dc=corp,dc=example"
+ROOT_DN = f"cn=root,{SUFFIX}"
+ROOT_PW = "root-secret"
+SERVICE_DN = f"cn=edgeseek,ou=services,{SUFFIX}"
+SERVICE_PW = "service-secret"
+PEOPLE = f"ou=people,{SUFFIX}"
+GROUPS = f"ou=groups,{SUFFIX}"
+FINANCE = f"cn=finance,{GROUPS}"
+ADMINS = f"cn=it-admins,{GROUPS}"
+VISITORS = f"cn=visitors,{GROUPS}"
+
+# name -> (password, groups)
+USERS = {
+    "alice": ("alice-pw", [FINANCE]),
+    "bob": ("bob-pw", [ADMINS]),
+    "carol": ("carol-pw", [VISITORS]),
+    "dave": ("dave-pw", [FINANCE]),
+    "erin": ("erin-pw", [FINANCE]),
+}
+
+# Disabled accounts carry employeeType: disabled; the filter leaves them out (as the AD
+# example's userAccountControl bit does).
+USER_FILTER = "(&(uid={user})(!(employeeType=disabled)))"
+
+CONF = """\
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include /etc/ldap/schema/nis.schema
+pidfile {dir}/slapd.pid
+argsfile {dir}/slapd.args
+modulepath /usr/lib/ldap
+moduleload back_mdb
+moduleload memberof
+database mdb
+maxsize 10485760
+suffix "{suffix}"
+rootdn "{root_dn}"
+rootpw {root_pw}
+directory {dir}/db
+overlay memberof
+access to attrs=userPassword by anonymous auth by self write by * none
+access to * by users read by * none
+"""
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ldif():
+    out = [
+        f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: corp\no: Corp\n",
+        f"dn: ou=services,{SUFFIX}\nobjectClass: organizationalUnit\nou: services\n",
+        f"dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people\n",
+        f"dn: {GROUPS}\nobjectClass: organizationalUnit\nou: groups\n",
+        f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
+        f"cn: edgeseek\nuserPassword: {SERVICE_PW}\n",
+    ]
+    for name, (pw, _) in USERS.items():
+        out.append(f"dn: uid={name},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: {name}\n"
+                   f"cn: {name.title()}\nsn: {name.title()}\nuserPassword: {pw}\n")
+    for group in (FINANCE, ADMINS, VISITORS):
+        members = [f"uid={n},{PEOPLE}" for n, (_, gs) in USERS.items() if group in gs]
+        cn = group.split(",")[0].split("=")[1]
+        out.append(f"dn: {group}\nobjectClass: groupOfNames\ncn: {cn}\n"
+                   + "".join(f"member: {m}\n" for m in members))
+    return "\n".join(out)
+
+
+class Slapd:
+    def __init__(self, workdir: Path):
+        if not shutil.which("slapd") and not Path("/usr/sbin/slapd").exists():
+            raise RuntimeError("slapd is not installed (apt-get install slapd ldap-utils)")
+        self.dir = Path(workdir)
+        (self.dir / "db").mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "slapd.conf"
+        conf.write_text(CONF.format(dir=self.dir, suffix=SUFFIX, root_dn=ROOT_DN, root_pw=ROOT_PW))
+        self.port = _free_port()
+        self.url = f"ldap://127.0.0.1:{self.port}"
+        self.log = open(self.dir / "slapd.log", "w")
+        slapd = shutil.which("slapd") or "/usr/sbin/slapd"
+        # -d keeps it in the foreground (so it is our child and dies with the test).
+        self.proc = subprocess.Popen([slapd, "-f", str(conf), "-h", self.url + "/", "-d", "256"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while True:
+            p = subprocess.run(["ldapwhoami", "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PW],
+                               capture_output=True, text=True, timeout=10)
+            if p.returncode == 0:
+                break
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"slapd did not start: {(self.dir / 'slapd.log').read_text()}")
+            time.sleep(0.1)
+        self.modify(_ldif(), add=True)
+
+    def modify(self, ldif: str, add=False):
+        tool = "ldapadd" if add else "ldapmodify"
+        p = subprocess.run([tool, "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PW],
+                           input=ldif, capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            raise RuntimeError(f"{tool} failed: {p.stderr}")
+
+    def disable(self, user: str):
+        self.modify(f"dn: uid={user},{PEOPLE}\nchangetype: modify\nadd: employeeType\n"
+                    "employeeType: disabled\n")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def config(self, password_file: Path, recheck_seconds=300, extra="") -> str:
+        """`[auth.ldap]` of edgeseek.toml for this directory."""
+        password_file.write_text(SERVICE_PW + "\n")
+        os.chmod(password_file, 0o600)
+        return f"""
+[auth.ldap]
+url = "{self.url}"
+bind_dn = "{SERVICE_DN}"
+bind_password_file = "{password_file}"
+user_base = "{PEOPLE}"
+user_filter = "{USER_FILTER}"
+recheck_seconds = {recheck_seconds}
+{extra}
+[auth.ldap.groups."{FINANCE}"]
+scopes = ["chat", "kb:read:finance"]
+usage_group = "finance"
+
+[auth.ldap.groups."{ADMINS}"]
+scopes = ["admin"]
+"""
+
+
+if __name__ == "__main__":
+    work = Path(sys.argv[1])
+    d = Slapd(work)
+    try:
+        print(json.dumps({"url": d.url, "config": d.config(work / "bind.secret"),
+                          "users": {n: pw for n, (pw, _) in USERS.items()}}), flush=True)
+        sys.stdin.read()
+    finally:
+        d.stop()
