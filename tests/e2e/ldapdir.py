@@ -43,7 +43,7 @@ include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/nis.schema
-pidfile {dir}/slapd.pid
+{tls}pidfile {dir}/slapd.pid
 argsfile {dir}/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
@@ -86,20 +86,59 @@ def _ldif():
     return "\n".join(out)
 
 
+TLS_CONF = """\
+TLSCACertificateFile {dir}/ca.pem
+TLSCertificateFile {dir}/server.pem
+TLSCertificateKeyFile {dir}/server.key
+"""
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_pki(d: Path, name="Test Directory CA"):
+    """A CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it (`server.pem`,
+    `server.key`), in `d`."""
+    d.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+             cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                               "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+
+
 class Slapd:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, tls=False):
+        """`tls`: also serve ldaps:// (`self.ldaps_url`) and StartTLS on ldap://, with a
+        certificate from a CA of its own (`self.ca`)."""
         if not shutil.which("slapd") and not Path("/usr/sbin/slapd").exists():
             raise RuntimeError("slapd is not installed (apt-get install slapd ldap-utils)")
         self.dir = Path(workdir)
         (self.dir / "db").mkdir(parents=True, exist_ok=True)
         conf = self.dir / "slapd.conf"
-        conf.write_text(CONF.format(dir=self.dir, suffix=SUFFIX, root_dn=ROOT_DN, root_pw=ROOT_PW))
+        tls_conf = ""
+        if tls:
+            make_pki(self.dir)
+            self.ca = self.dir / "ca.pem"
+            tls_conf = TLS_CONF.format(dir=self.dir)
+        conf.write_text(CONF.format(dir=self.dir, suffix=SUFFIX, root_dn=ROOT_DN, root_pw=ROOT_PW,
+                                    tls=tls_conf))
         self.port = _free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
+        listen = self.url + "/"
+        if tls:
+            self.ldaps_url = f"ldaps://127.0.0.1:{_free_port()}"
+            listen += " " + self.ldaps_url + "/"
         self.log = open(self.dir / "slapd.log", "w")
         slapd = shutil.which("slapd") or "/usr/sbin/slapd"
         # -d keeps it in the foreground (so it is our child and dies with the test).
-        self.proc = subprocess.Popen([slapd, "-f", str(conf), "-h", self.url + "/", "-d", "256"],
+        self.proc = subprocess.Popen([slapd, "-f", str(conf), "-h", listen, "-d", "256"],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 20
         while True:
@@ -134,13 +173,13 @@ class Slapd:
                 self.proc.wait()
         self.log.close()
 
-    def config(self, password_file: Path, recheck_seconds=300, extra="") -> str:
-        """`[auth.ldap]` of edgeseek.toml for this directory."""
+    def config(self, password_file: Path, recheck_seconds=300, extra="", url=None) -> str:
+        """`[auth.ldap]` of edgeseek.toml for this directory (`url`: another of its URLs)."""
         password_file.write_text(SERVICE_PW + "\n")
         os.chmod(password_file, 0o600)
         return f"""
 [auth.ldap]
-url = "{self.url}"
+url = "{url or self.url}"
 bind_dn = "{SERVICE_DN}"
 bind_password_file = "{password_file}"
 user_base = "{PEOPLE}"

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from ldapdir import PEOPLE, Slapd
+from ldapdir import PEOPLE, Slapd, make_pki
 from test_api import MODEL, Server
 from test_audit import by_request, records
 
@@ -224,3 +224,41 @@ scopes = ["chat"]
     with pytest.raises(AssertionError) as e:
         Server(tmp_path / "state", config=cfg)
     assert "auth.ldap.url" in str(e.value) and "starttls" in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def tls_directory(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ldap-tls")
+    d = Slapd(work / "slapd", tls=True)
+    yield work, d
+    d.stop()
+
+
+@pytest.mark.parametrize("how", ["ldaps", "starttls"])
+def test_sign_in_over_tls_trusting_the_configured_ca(tls_directory, how):
+    work, d = tls_directory
+    extra = f'ca_file = "{d.ca}"\n' + ("starttls = true\n" if how == "starttls" else "")
+    url = d.ldaps_url if how == "ldaps" else d.url
+    s = Server(work / f"state-{how}", config=d.config(work / "bind.secret", extra=extra, url=url))
+    try:
+        session, body, _ = signed_in(s, "alice", "alice-pw")
+        assert body["scopes"] == ["chat", "kb:read:finance"]
+        assert call(s, "GET", "/v1/models", session=session).status_code == 200
+    finally:
+        s.stop()
+
+
+def test_a_directory_certificate_from_another_ca_is_refused(tls_directory):
+    work, d = tls_directory
+    make_pki(work / "other", name="Someone Else")
+    extra = f'ca_file = "{work / "other" / "ca.pem"}"\n'
+    s = Server(work / "state-other-ca",
+               config=d.config(work / "bind.secret", extra=extra, url=d.ldaps_url))
+    try:
+        r = login(s, "alice", "alice-pw")
+        # Not the user's fault, and not a wrong password: the directory cannot be trusted.
+        assert r.status_code == 503, r.text
+        assert "directory" in r.json()["error"]["message"]
+        assert "certificate" in s.logs().lower() or "tls" in s.logs().lower(), s.logs()
+    finally:
+        s.stop()
