@@ -911,6 +911,49 @@ mod tests {
     }
 
     #[test]
+    fn auth_ldap_section_is_validated_and_applies_live() {
+        let base = "[auth.ldap]\nurl = \"ldaps://dc1.corp\"\nbind_dn = \"cn=svc\"\n\
+                    bind_password_file = \"/etc/edgeseek/ldap.secret\"\nuser_base = \"dc=corp\"\n";
+        let groups = "[auth.ldap.groups.\"cn=g,dc=corp\"]\nscopes = [\"chat\"]\n";
+        let c = parse(&format!("{base}{groups}")).unwrap();
+        let l = c.auth.ldap.as_ref().unwrap();
+        assert_eq!((l.session_hours, l.recheck_seconds), (8, 300));
+        assert!(parse("").unwrap().auth.ldap.is_none());
+        expect_err(parse(base), &["auth.ldap.groups"]);
+        expect_err(
+            parse(&format!(
+                "{}{groups}",
+                base.replace("ldaps://dc1.corp", "ldap://dc1.corp")
+            )),
+            &["auth.ldap.url", "starttls"],
+        );
+        expect_err(
+            parse(&format!(
+                "{base}[auth.ldap.groups.\"cn=g\"]\nscopes = [\"kb:read:\"]\n"
+            )),
+            &["scope"],
+        );
+        expect_err(
+            parse(&format!(
+                "{base}[auth.ldap.groups.\"cn=g\"]\nscopes = [\"chat\"]\nusage_group = \"Fin Ance\"\n"
+            )),
+            &["usage_group"],
+        );
+        expect_err(
+            parse(&format!("{base}bind_password = \"x\"\n{groups}")),
+            &["bind_password"],
+        );
+        let changes = c.changes_from(&parse("").unwrap());
+        assert_eq!(
+            changes,
+            vec![Change {
+                key: "auth",
+                live: true
+            }]
+        );
+    }
+
+    #[test]
     fn changes_name_the_keys_and_which_apply_live() {
         let old = parse("[server]\nmax_connections = 10\n").unwrap();
         assert!(old.changes_from(&old).is_empty());
