@@ -3,6 +3,7 @@ sign-in sets an HttpOnly, Secure, SameSite=Strict session cookie; directory grou
 scopes and a usage group; writes need the CSRF token; wrong password and unknown user are the
 same 401; a disabled account loses its session at the next re-check; attempts are limited
 and audited (never the password); API keys keep working."""
+import signal
 import time
 
 import httpx
@@ -207,6 +208,40 @@ def test_attempts_are_limited_per_account(env):
     assert 1 <= int(r.headers["retry-after"]) <= 61
     # Another account from the same address is not locked out by dave's.
     assert login(s, "alice", "alice-pw").status_code == 200
+
+
+def wait_for(check, timeout=20):
+    deadline = time.time() + timeout
+    while not check():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_sighup_turns_directory_sign_in_on_remaps_groups_and_off(env, tmp_path):
+    _, d = env
+    s = Server(tmp_path / "state", config="")
+    try:
+        methods = lambda: call(s, "GET", "/v1/auth/methods").json()["directory"]  # noqa: E731
+        assert methods() is False
+        assert login(s, "alice", "alice-pw").status_code == 404
+        cfg = s.state / "edgeseek.toml"
+        cfg.write_text(d.config(tmp_path / "bind.secret", recheck_seconds=1))
+        s.proc.send_signal(signal.SIGHUP)
+        wait_for(methods)
+        session, body, _ = signed_in(s, "alice", "alice-pw")
+        assert body["scopes"] == ["chat", "kb:read:finance"]
+        # A new mapping reaches open sessions at their next re-check.
+        cfg.write_text(cfg.read_text().replace('["chat", "kb:read:finance"]', '["chat"]'))
+        s.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: call(s, "GET", "/v1/auth/session", session=session).json()["scopes"]
+                 == ["chat"])
+        # Directory sign-in turned off: its sessions end.
+        cfg.write_text("")
+        s.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: not methods())
+        assert call(s, "GET", "/v1/models", session=session).status_code == 401
+    finally:
+        s.stop()
 
 
 def test_plain_ldap_to_another_host_is_refused_at_start(tmp_path):
