@@ -3,13 +3,14 @@
 // and password beside the API key, a wrong password gets a clear message, the session cookie
 // is HttpOnly, Secure and SameSite=Strict (page scripts cannot read it), a chat sent from the
 // page goes out with the CSRF token, a reload keeps the session, and signing out closes it on
-// the daemon. Also in Chinese.
+// the daemon; a tab whose account is disabled in the directory is signed out at the next
+// re-check. Also in Chinese.
 //
 // Screenshots go to tests/console/artifacts/ (git-ignored).
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,7 +24,8 @@ let b;
 /** Start the directory; resolves with what ldapdir.py prints (url, config, users). */
 function startDirectory() {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'edgeseek-slapd-'));
-  slapd = spawn('python3', [path.join(ROOT, 'tests', 'e2e', 'ldapdir.py'), work],
+  // Sessions are re-checked every 2 s here, so a disabled account's tab is signed out soon.
+  slapd = spawn('python3', [path.join(ROOT, 'tests', 'e2e', 'ldapdir.py'), work, '2'],
     { stdio: ['pipe', 'pipe', 'inherit'] });
   process.once('exit', () => { if (slapd.exitCode === null) slapd.kill('SIGKILL'); });
   return new Promise((resolve, reject) => {
@@ -110,6 +112,22 @@ test('sign in with a directory account: cookie out of scripts\' reach, CSRF on w
   await page.locator('#dir-user').waitFor();
   const old = await d.request('GET', '/v1/auth/session', { headers: { Cookie: `edgeseek_session=${cookie.value}` } });
   assert.equal(old.status, 401, 'signing out closed the session on the daemon');
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test('a tab whose account the directory disabled is signed out with a message', async () => {
+  const page = await b.context.newPage();
+  const problems = watch(page);
+  await page.goto(`${d.url}/`);
+  await signInWith(page, 'erin', dir.users.erin);
+  await page.locator('nav.tabs').waitFor();
+  execFileSync('ldapmodify', dir.modify, { input: dir.disable.replace('NAME', 'erin') });
+  await new Promise((r) => setTimeout(r, 2500));
+  // The next call the page makes finds the session ended.
+  await page.locator('nav a[data-route="knowledge"]').click();
+  await page.locator('#dir-msg').filter({ hasText: 'You were signed out: your session has ended.' }).waitFor();
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('edgeseek.user')), null);
   assert.deepEqual(problems, []);
   await page.close();
 });

@@ -3,8 +3,9 @@ installed by scripts/test) started as the current user on a loopback port, with 
 slapd.conf (mdb backend, memberof overlay so users carry `memberOf` as in Active Directory)
 in a temporary directory. The system's own slapd is never touched.
 
-As a script (for the browser test): `python3 ldapdir.py DIR` starts it, prints one JSON line
-(url, service account, users) and runs until stdin closes."""
+As a script (for the browser test): `python3 ldapdir.py DIR [RECHECK_SECONDS]` starts it,
+prints one JSON line (url, the `[auth.ldap]` config, users, and the LDIF that disables a user)
+and runs until stdin closes."""
 import json
 import os
 import shutil
@@ -113,6 +114,11 @@ def make_pki(d: Path, name="Test Directory CA"):
              "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
 
 
+def disable_ldif(user: str) -> str:
+    return (f"dn: uid={user},{PEOPLE}\nchangetype: modify\nadd: employeeType\n"
+            "employeeType: disabled\n")
+
+
 class Slapd:
     def __init__(self, workdir: Path, tls=False):
         """`tls`: also serve ldaps:// (`self.ldaps_url`) and StartTLS on ldap://, with a
@@ -160,8 +166,7 @@ class Slapd:
             raise RuntimeError(f"{tool} failed: {p.stderr}")
 
     def disable(self, user: str):
-        self.modify(f"dn: uid={user},{PEOPLE}\nchangetype: modify\nadd: employeeType\n"
-                    "employeeType: disabled\n")
+        self.modify(disable_ldif(user))
 
     def stop(self):
         if self.proc.poll() is None:
@@ -197,10 +202,16 @@ scopes = ["admin"]
 
 if __name__ == "__main__":
     work = Path(sys.argv[1])
+    recheck = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     d = Slapd(work)
     try:
-        print(json.dumps({"url": d.url, "config": d.config(work / "bind.secret"),
-                          "users": {n: pw for n, (pw, _) in USERS.items()}}), flush=True)
+        print(json.dumps({
+            "url": d.url, "config": d.config(work / "bind.secret", recheck_seconds=recheck),
+            "users": {n: pw for n, (pw, _) in USERS.items()},
+            # ldapmodify's arguments and input that disable a user (NAME in the LDIF).
+            "modify": ["-x", "-H", d.url, "-D", ROOT_DN, "-w", ROOT_PW],
+            "disable": disable_ldif("NAME"),
+        }), flush=True)
         sys.stdin.read()
     finally:
         d.stop()
