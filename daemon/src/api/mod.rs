@@ -494,6 +494,10 @@ mod tests {
                 "ApiKeyCreate",
                 accepted_fields::<wire::admin::ApiKeyCreate>(),
             ),
+            (
+                "LoginRequest",
+                accepted_fields::<wire::auth::LoginRequest>(),
+            ),
         ] {
             let props = doc["components"]["schemas"][schema]["properties"]
                 .as_object()
