@@ -22,7 +22,8 @@ const MAX_SESSIONS: usize = 10_000;
 pub struct Session {
     /// The name the user signed in with (as the directory spells it when it says).
     pub user: String,
-    /// The user's entry, for the periodic re-check.
+    /// The user's entry as found at sign-in (re-checks search by name again, so an entry
+    /// that moved or was replaced is judged as the directory has it then).
     pub dn: String,
     pub scopes: Vec<Scope>,
     pub group: Option<String>,
