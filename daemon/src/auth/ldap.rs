@@ -384,6 +384,12 @@ impl Directory {
         let account = match found {
             Ok(Some(a)) => a,
             Ok(None) => {
+                // A bind that must fail, so an unknown name costs the same round trip as a
+                // wrong password: the answer's timing does not tell which names exist.
+                let absent = format!("cn=edgeseek-no-such-user,{}", self.cfg.user_base);
+                let _ = self
+                    .timed("user bind", ldap.simple_bind(&absent, password))
+                    .await;
                 let _ = ldap.unbind().await;
                 return Err(LdapError::BadCredentials);
             }
