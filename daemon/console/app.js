@@ -4,7 +4,10 @@
 
 import { h, put, toast } from './dom.js';
 import { t, lang } from './i18n.js';
-import { api, session, whenUnauthorized, ApiError } from './api.js';
+import {
+  api, session, whenUnauthorized, ApiError, directoryLogin, directoryLogout, directoryOffered,
+  resumeDirectory,
+} from './api.js';
 import { ownerOf, removeOwner } from './store.js';
 import { ChatView } from './chat.js';
 
@@ -29,7 +32,7 @@ function route() {
 
 async function view(name) {
   if (!views[name]) {
-    if (name === 'chat') views.chat = new ChatView(await ownerOf(session.key), { admin: isAdmin });
+    if (name === 'chat') views.chat = new ChatView(await ownerOf(session.owner), { admin: isAdmin });
     else if (name === 'knowledge') views.knowledge = new (await import('./kb.js')).KnowledgeView();
     else if (name === 'agents') views.agents = new (await import('./agents.js')).AgentsView();
     else if (name === 'usage') views.usage = new (await import('./usage.js')).UsageView();
@@ -40,12 +43,12 @@ async function view(name) {
 }
 
 async function show() {
-  if (!session.key) return;
+  if (!session.active) return;
   const name = route();
   const main = document.getElementById('main');
   if (!main) return;
   const v = await view(name);
-  if (!session.key) return; // signed out meanwhile
+  if (!session.active) return; // signed out meanwhile
   if (current && current !== v) current.hide?.();
   current = v;
   if (v.el.parentNode !== main) put(main, v.el);
@@ -83,8 +86,11 @@ async function enter() {
   await show();
 }
 
-async function signOut(message) {
-  const key = session.key;
+async function signOut(message, { server = true } = {}) {
+  const owner = session.owner;
+  // A directory session is closed on the daemon too (not only forgotten here); when the
+  // daemon already refused it (401) there is nothing left to close.
+  if (session.user && server) await directoryLogout();
   session.clear();
   for (const v of Object.values(views)) v.destroy?.();
   for (const k of Object.keys(views)) delete views[k];
@@ -92,13 +98,54 @@ async function signOut(message) {
   isAdmin = false;
   // The conversations go with the key (a shared browser keeps nothing of a signed-out user),
   // before the sign-in form shows: whoever sits down next finds nothing.
-  if (key) {
-    try { await removeOwner(await ownerOf(key)); } catch (e) { toast(String(e)); }
+  if (owner) {
+    try { await removeOwner(await ownerOf(owner)); } catch (e) { toast(String(e)); }
   }
   signIn(message);
 }
 
-function signIn(message) {
+/** The company-account form (username and password), shown when the daemon has a directory. */
+function directoryForm(onDone) {
+  const user = h('input', {
+    id: 'dir-user', name: 'username', type: 'text', autocomplete: 'username', spellcheck: 'false',
+    required: true, 'aria-describedby': 'dir-msg',
+  });
+  const pass = h('input', {
+    id: 'dir-pass', name: 'password', type: 'password', autocomplete: 'current-password',
+    required: true, 'aria-describedby': 'dir-msg',
+  });
+  const msg = h('p', { id: 'dir-msg', class: 'formmsg', role: 'alert' });
+  const submit = h('button', { type: 'submit', class: 'primary' }, t('signin.dir.submit'));
+  const form = h('form', { class: 'signin card', 'aria-labelledby': 'dir-title' },
+    h('h1', { id: 'dir-title' }, h('img', { src: '/console/icon.svg', alt: '', width: 28, height: 28 }), t('signin.dir.title')),
+    h('label', { for: 'dir-user' }, t('signin.dir.user')), user,
+    h('label', { for: 'dir-pass' }, t('signin.dir.password')), pass, msg, submit);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    msg.className = 'formmsg';
+    if (!user.value.trim() || !pass.value) { put(msg, t('signin.dir.empty')); msg.classList.add('error'); return; }
+    submit.disabled = true;
+    put(msg, t('signin.checking'));
+    try {
+      await directoryLogin(user.value.trim(), pass.value);
+      pass.value = '';
+      await onDone();
+    } catch (err) {
+      const text = err.status === 401 ? t('signin.dir.rejected')
+        : err.status === 403 && err.code === 'no_mapped_group' ? t('signin.dir.nogroup')
+          : err.status === 429 ? t('signin.dir.limited')
+            : err.status === 0 ? t('signin.network') : err.friendly || String(err);
+      put(msg, text);
+      msg.classList.add('error');
+      submit.disabled = false;
+      pass.value = '';
+      pass.focus();
+    }
+  });
+  return { form, msg, focus: () => user.focus() };
+}
+
+async function signIn(message) {
   const input = h('input', {
     id: 'key', name: 'key', type: 'password', autocomplete: 'off', spellcheck: 'false',
     required: true, 'aria-describedby': 'signin-msg', placeholder: 'es-…',
@@ -132,10 +179,24 @@ function signIn(message) {
   });
   put(root, h('main', { id: 'main', class: 'center' }, form));
   input.focus();
+  // Offered only when the daemon has a directory; the key form stays for everyone else.
+  if (await directoryOffered()) {
+    if (!form.isConnected) return; // signed in with a key meanwhile
+    const dir = directoryForm(enter);
+    form.parentNode.insertBefore(dir.form, form);
+    form.parentNode.classList.add('stack');
+    form.classList.add('key-alt');
+    // One h1 on the page: the company account's; the key form becomes its alternative.
+    form.querySelector('h1').replaceWith(h('h2', { id: 'signin-title' }, t('signin.key.title')));
+    put(form.querySelector('.lead'), t('signin.dir.or'));
+    if (message) { put(dir.msg, message); dir.msg.classList.add('note'); put(msg, ''); msg.classList.remove('note'); }
+    dir.focus();
+  }
 }
 
 whenUnauthorized(() => {
   if (session.key) signOut(t('signin.revoked'));
+  else if (session.user) signOut(t('signin.dir.ended'), { server: false });
 });
 window.addEventListener('hashchange', () => { show().catch((e) => toast(String(e))); });
 window.addEventListener('unhandledrejection', (e) => {
@@ -145,4 +206,8 @@ window.addEventListener('unhandledrejection', (e) => {
 const skip = document.querySelector('.skip');
 if (skip) skip.textContent = lang === 'zh' ? '跳到主要内容' : 'Skip to content';
 
-if (session.key) enter(); else signIn();
+if (session.key) enter();
+else if (session.user) {
+  // A reload: the cookie may still hold the session; ask for it (and its CSRF token).
+  resumeDirectory().then(enter, () => { session.clear(); signIn(); });
+} else signIn();

@@ -77,6 +77,9 @@ pub struct Config {
     /// `[usage.groups.NAME]`: token quotas per usage group (department).
     #[serde(default)]
     pub usage: crate::usage::UsageConfig,
+    /// `[auth.ldap]`: console sign-in through the company directory (off when absent).
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
 }
@@ -446,6 +449,7 @@ impl Config {
             let (key, msg) = e.split_once(": ").unwrap_or(("usage", &e));
             bad(key, msg)
         })?;
+        self.auth.validate().map_err(|(k, m)| bad(&k, &m))?;
         if self.audit.max_mb == 0 || self.audit.max_age_days == 0 {
             return Err(bad("audit", "max_mb and max_age_days must be at least 1"));
         }
@@ -618,7 +622,7 @@ impl Config {
         compare!("" c old rest, live: false, kb);
         let (l, o) = (&self.limits, &old.limits);
         compare!("limits." l o rest.limits, live: true, key_queue_share);
-        compare!("" c old rest, live: true, agents web_search fetch mcp audit usage);
+        compare!("" c old rest, live: true, agents web_search fetch mcp audit usage auth);
         if rest != *old {
             out.push(Change {
                 key: "(other settings)",
@@ -964,6 +968,49 @@ mod tests {
             expect_err(parse(&format!("[embeddings]\n{text}\n")), &[key]);
         }
         expect_err(parse("[embeddings]\nbatch = 4\n"), &["batch"]);
+    }
+
+    #[test]
+    fn auth_ldap_section_is_validated_and_applies_live() {
+        let base = "[auth.ldap]\nurl = \"ldaps://dc1.corp\"\nbind_dn = \"cn=svc\"\n\
+                    bind_password_file = \"/etc/edgeseek/ldap.secret\"\nuser_base = \"dc=corp\"\n";
+        let groups = "[auth.ldap.groups.\"cn=g,dc=corp\"]\nscopes = [\"chat\"]\n";
+        let c = parse(&format!("{base}{groups}")).unwrap();
+        let l = c.auth.ldap.as_ref().unwrap();
+        assert_eq!((l.session_hours, l.recheck_seconds), (8, 300));
+        assert!(parse("").unwrap().auth.ldap.is_none());
+        expect_err(parse(base), &["auth.ldap.groups"]);
+        expect_err(
+            parse(&format!(
+                "{}{groups}",
+                base.replace("ldaps://dc1.corp", "ldap://dc1.corp")
+            )),
+            &["auth.ldap.url", "starttls"],
+        );
+        expect_err(
+            parse(&format!(
+                "{base}[auth.ldap.groups.\"cn=g\"]\nscopes = [\"kb:read:\"]\n"
+            )),
+            &["scope"],
+        );
+        expect_err(
+            parse(&format!(
+                "{base}[auth.ldap.groups.\"cn=g\"]\nscopes = [\"chat\"]\nusage_group = \"Fin Ance\"\n"
+            )),
+            &["usage_group"],
+        );
+        expect_err(
+            parse(&format!("{base}bind_password = \"x\"\n{groups}")),
+            &["bind_password"],
+        );
+        let changes = c.changes_from(&parse("").unwrap());
+        assert_eq!(
+            changes,
+            vec![Change {
+                key: "auth",
+                live: true
+            }]
+        );
     }
 
     #[test]

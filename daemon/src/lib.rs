@@ -7,6 +7,7 @@ pub mod admin;
 pub mod agents;
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -129,6 +129,11 @@ impl ApiError {
         .with_code("insufficient_scope")
     }
 
+    /// 403 for a reason other than a missing scope (`code` says which).
+    pub fn forbidden_because(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", message).with_code(code)
+    }
+
     pub fn rate_limited(retry_after: u64) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,

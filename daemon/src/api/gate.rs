@@ -1,7 +1,9 @@
 //! The request gate: everything a request passes before a handler does work.
 //!
 //! Order, for every route (the route table in [`super::routes`] says what each route needs):
-//! 1. **authentication** — the bearer key (401), unless the route is public;
+//! 1. **authentication** — the bearer key, or without one the console's session cookie of a
+//!    directory sign-in (401), unless the route is public; a request authenticated by cookie
+//!    that is not GET or HEAD must carry the session's `X-CSRF-Token` (403);
 //! 2. **scope** — the route's scope, derived from its path parameters (403);
 //! 3. **admission** — the key's rate limits (requests and tokens per minute) and its share of
 //!    in-flight work (429 with `Retry-After`); nothing is charged when refused;
@@ -38,6 +40,9 @@ pub struct Call {
     pub params: Params,
     /// The authenticated key (`None` only on public routes).
     pub key: Option<KeyInfo>,
+    /// The directory sign-in session the key stands for, when the request came with the
+    /// session cookie instead of a bearer key.
+    pub session: Option<CookieSession>,
     /// The body, read and size-checked by the gate (empty when the route takes none or
     /// streams it).
     pub body: Bytes,
@@ -76,6 +81,7 @@ impl Call {
             head,
             params,
             key: None,
+            session: None,
             body: Bytes::new(),
             stream: None,
             admission: None,
@@ -178,22 +184,22 @@ pub(super) async fn pass(
         ev.group.clone_from(&key.group);
         key
     };
-    let key = match route.access {
+    let needed = match route.access {
         Access::Public => None,
         Access::LoopbackOrAdmin if is_loopback(&call.peer) => None,
-        Access::LoopbackOrAdmin => {
-            let key = identified(authenticate(&app, &call.head)?);
-            require(&key, &Scope::Admin)?;
-            Some(key)
-        }
-        Access::Key => Some(identified(authenticate(&app, &call.head)?)),
-        Access::Scope(scope_of) => {
-            let key = identified(authenticate(&app, &call.head)?);
-            require(&key, &scope_of(&call.params))?;
-            Some(key)
-        }
+        Access::LoopbackOrAdmin => Some(Some(Scope::Admin)),
+        Access::Key => Some(None),
+        Access::Scope(scope_of) => Some(Some(scope_of(&call.params))),
     };
-    call.key = key;
+    if let Some(scope) = needed {
+        let (key, session) = identify(&app, &call.head).await?;
+        let key = identified(key);
+        if let Some(scope) = &scope {
+            require(&key, scope)?;
+        }
+        call.key = Some(key);
+        call.session = session;
+    }
     {
         let mut ev = lock(&call.audit);
         let p = &call.params;
@@ -255,6 +261,113 @@ impl Cost {
 /// by much either.
 pub fn estimate_tokens(text_bytes: usize) -> u64 {
     text_bytes.div_ceil(4) as u64
+}
+
+/// The session cookie's name (`HttpOnly`: page scripts never see it).
+pub const SESSION_COOKIE: &str = "edgeseek_session";
+
+/// A request authenticated by the session cookie: the cookie's value and the session.
+#[derive(Debug, Clone)]
+pub struct CookieSession {
+    pub id: String,
+    pub session: crate::auth::Session,
+}
+
+/// Who sent the request: the bearer key when there is an `Authorization` header, else the
+/// directory session of the cookie (re-checked against the directory when due, CSRF token
+/// required on writes), else 401.
+async fn identify(app: &App, head: &Parts) -> Result<(KeyInfo, Option<CookieSession>), ApiError> {
+    if head.headers.contains_key(AUTHORIZATION) {
+        return Ok((authenticate(app, head)?, None));
+    }
+    let id = head
+        .headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| crate::auth::sessions::cookie(h, SESSION_COOKIE));
+    let Some(id) = id else {
+        // The bearer path's own 401.
+        return Err(authenticate(app, head)
+            .err()
+            .unwrap_or_else(|| ApiError::unauthorized("You didn't provide an API key.")));
+    };
+    let session = live_session(app, id).await?;
+    if !matches!(head.method.as_str(), "GET" | "HEAD") {
+        let sent = head
+            .headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !crate::auth::sessions::same_secret(sent, &session.csrf) {
+            return Err(ApiError::forbidden_because(
+                "csrf_token_invalid",
+                "a request signed in by the session cookie must send the session's \
+                 `X-CSRF-Token` header (from the sign-in answer or GET /v1/auth/session)",
+            ));
+        }
+    }
+    let key = session.key_info();
+    Ok((
+        key,
+        Some(CookieSession {
+            id: id.to_string(),
+            session,
+        }),
+    ))
+}
+
+/// The session of cookie value `id`, re-checked against the directory when its last check
+/// is `recheck_seconds` old: an account the directory no longer finds, or that is in no
+/// mapped group any more, is signed out (401). A directory that cannot be reached keeps the
+/// session (until its expiry at the latest) and is asked again after the next interval, so an
+/// outage of the directory does not sign everyone out.
+async fn live_session(app: &App, id: &str) -> Result<crate::auth::Session, ApiError> {
+    let signed_out = |why: &str| ApiError::unauthorized(why).with_code("session_expired");
+    let now = crate::util::unix_now();
+    let mut s = app.sessions.get(id, now).ok_or_else(|| {
+        signed_out("Your session has ended (expired or signed out); sign in again.")
+    })?;
+    let Some(dir) = app.directory() else {
+        app.sessions.close(id);
+        return Err(signed_out(
+            "directory sign-in is no longer configured on this server; use an API key",
+        ));
+    };
+    if now < s.checked_at.saturating_add(dir.cfg.recheck_seconds) {
+        return Ok(s);
+    }
+    match dir.recheck(&s.user).await {
+        Ok(Some(account)) => match dir.grant(&account.groups) {
+            Some(g) => {
+                app.sessions
+                    .refresh(id, g.scopes.clone(), g.group.clone(), now);
+                s.scopes = g.scopes;
+                s.group = g.group;
+                s.checked_at = now;
+                Ok(s)
+            }
+            None => {
+                app.sessions.close(id);
+                tracing::info!(user = %s.user, "session closed: no mapped directory group any more");
+                Err(signed_out(
+                    "Your directory account is no longer in a group allowed to use this server.",
+                ))
+            }
+        },
+        Ok(None) => {
+            app.sessions.close(id);
+            tracing::info!(user = %s.user, "session closed: the directory no longer finds the account");
+            Err(signed_out(
+                "Your directory account is no longer active; sign in again.",
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(user = %s.user, error = %e, "session re-check failed; kept until the next one");
+            app.sessions.postpone(id, now);
+            Ok(s)
+        }
+    }
 }
 
 /// The key of the request's bearer token, or 401.

@@ -10,6 +10,7 @@
 pub mod admin_http;
 pub mod agent;
 pub mod agents_http;
+pub mod auth_http;
 pub mod basic;
 pub mod chat;
 pub mod console;
@@ -130,6 +131,12 @@ pub struct App {
     pub audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
     /// Usage counters and quota state; unset only in tests that build an App bare.
     pub usage: std::sync::OnceLock<Arc<crate::usage::UsageStore>>,
+    /// The company directory of `[auth.ldap]`, when configured; replaced on reload.
+    directory: RwLock<Option<Arc<crate::auth::Directory>>>,
+    /// Console sessions of directory sign-ins, in memory only (a restart signs everyone out).
+    pub sessions: crate::auth::Sessions,
+    /// Sign-in attempts per account and per source address.
+    pub login_attempts: crate::auth::Attempts,
 }
 
 impl App {
@@ -152,7 +159,20 @@ impl App {
             usage: std::sync::OnceLock::new(),
             cfg: RwLock::new(cfg),
             inflight: Arc::default(),
+            directory: RwLock::default(),
+            sessions: crate::auth::Sessions::default(),
+            login_attempts: crate::auth::Attempts::default(),
         }
+    }
+
+    /// The directory sign-ins go to, if `[auth.ldap]` is configured.
+    pub fn directory(&self) -> Option<Arc<crate::auth::Directory>> {
+        read(&self.directory).clone()
+    }
+
+    /// A new directory (start, config reload); `None` turns directory sign-in off.
+    pub fn set_directory(&self, d: Option<Arc<crate::auth::Directory>>) {
+        *write(&self.directory) = d;
     }
 
     /// The default model, if it serves (status, metrics, the watchdog's heartbeat).
@@ -433,6 +453,10 @@ mod tests {
             (
                 "ApiKeyCreate",
                 accepted_fields::<wire::admin::ApiKeyCreate>(),
+            ),
+            (
+                "LoginRequest",
+                accepted_fields::<wire::auth::LoginRequest>(),
             ),
         ] {
             let props = doc["components"]["schemas"][schema]["properties"]

@@ -10,7 +10,9 @@ use serde_json::Value;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ComponentsBuilder, ObjectBuilder, Schema, SchemaFormat, Type};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{
     ContentBuilder, InfoBuilder, KnownFormat, OpenApiBuilder, PathItem, PathsBuilder, Ref, RefOr,
     Required, ResponseBuilder, ServerBuilder,
@@ -209,10 +211,15 @@ fn operation(doc: &OpDoc, schemas: &mut Schemas) -> utoipa::openapi::path::Opera
         .operation_id(doc.operation_id);
     b = match doc.auth {
         Auth::Open => b.securities(Some(Vec::new())),
-        Auth::Bearer => b.security(SecurityRequirement::new("bearer", Vec::<String>::new())),
+        // The console's session cookie of a directory sign-in works wherever a key does.
+        Auth::Bearer => b.securities(Some([
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+            SecurityRequirement::new("session", Vec::<String>::new()),
+        ])),
         Auth::LoopbackOrBearer => b.securities(Some([
             SecurityRequirement::default(),
             SecurityRequirement::new("bearer", Vec::<String>::new()),
+            SecurityRequirement::new("session", Vec::<String>::new()),
         ])),
     };
     for p in doc.params {
@@ -278,6 +285,15 @@ pub fn document<'a>(ops: impl IntoIterator<Item = (&'a str, &'a str, &'a OpDoc)>
         h.description = Some("An API key from `edgeseek keys create`.".into());
         SecurityScheme::Http(h)
     };
+    let session = {
+        let mut k = ApiKeyValue::new(crate::api::gate::SESSION_COOKIE);
+        k.description = Some(
+            "The session of a directory sign-in (`POST /v1/auth/login`); requests that are \
+             not GET or HEAD also need its `X-CSRF-Token` header."
+                .into(),
+        );
+        SecurityScheme::ApiKey(ApiKey::Cookie(k))
+    };
     let error = ResponseBuilder::new()
         .description("An error (429 and 503 carry Retry-After; 405 carries Allow)")
         .content(
@@ -289,6 +305,7 @@ pub fn document<'a>(ops: impl IntoIterator<Item = (&'a str, &'a str, &'a OpDoc)>
         .build();
     let components = ComponentsBuilder::new()
         .security_scheme("bearer", bearer)
+        .security_scheme("session", session)
         .response("Error", error)
         .schemas_from_iter(schemas)
         .build();
@@ -297,7 +314,8 @@ pub fn document<'a>(ops: impl IntoIterator<Item = (&'a str, &'a str, &'a OpDoc)>
         .version(env!("CARGO_PKG_VERSION"))
         .description(Some(
             "OpenAI-compatible HTTPS API of an edgeseek appliance. Every route under /v1 needs \
-             `Authorization: Bearer <key>`. Errors are `{\"error\": {\"message\", \"type\", \
+             `Authorization: Bearer <key>` (or, from the console, the session cookie of a \
+             directory sign-in), except `/v1/auth/methods` and `/v1/auth/login`. Errors are `{\"error\": {\"message\", \"type\", \
              \"param\", \"code\"}}`. Unknown request parameters are rejected with 400 naming \
              the parameter.",
         ))

@@ -16,10 +16,12 @@ use super::gate::{BodyRule, Call, Limit};
 #[allow(clippy::wildcard_imports)]
 use super::openapi::*;
 use super::wire::{
-    admin, chat as chat_wire, embeddings as embeddings_wire, kb as kb_wire, models, List,
+    admin, auth as auth_wire, chat as chat_wire, embeddings as embeddings_wire, kb as kb_wire,
+    models, List,
 };
 use super::{
-    admin_http, agents_http, basic, chat, console, embeddings, kb, models_http, usage_http, Body,
+    admin_http, agents_http, auth_http, basic, chat, console, embeddings, kb, models_http,
+    usage_http, Body,
 };
 use crate::keys::Scope;
 use utoipa::openapi::path::ParameterIn;
@@ -228,6 +230,70 @@ static TABLE: &[Route] = &[
                 auth: Auth::Open,
                 ok: ("200", "OpenAPI 3.1", &[(JSON, OBJECT)]),
                 ..OpDoc::new("This document")
+            },
+            ),
+            route(
+                "GET",
+                "/v1/auth/methods",
+                Public,
+                No,
+                NO_BODY,
+                handler!(auth_http::methods),
+                OpDoc {
+                operation_id: Some("authMethods"),
+                description: Some("For the console's sign-in page: whether directory sign-in (`[auth.ldap]`) is configured besides API keys."),
+                auth: Auth::Open,
+                ok: ("200", "The sign-in methods", &[(JSON, named::<auth_wire::AuthMethods>())]),
+                ..OpDoc::new("Sign-in methods")
+            },
+            ),
+            // Public, and limited by its own attempt counter (per account and per source)
+            // rather than by a key's rate limits.
+            route(
+                "POST",
+                "/v1/auth/login",
+                Public,
+                No,
+                SMALL,
+                handler!(auth_http::login),
+                OpDoc {
+                operation_id: Some("authLogin"),
+                description: Some("Directory sign-in (LDAP / Active Directory). The answer sets the session cookie `edgeseek_session` (`HttpOnly; Secure; SameSite=Strict`) and carries `csrf_token`: requests authenticated by the cookie that are not GET or HEAD must send it as `X-CSRF-Token`. Scopes and usage group come from the user's directory groups (`[auth.ldap.groups]`). Wrong password and unknown user are the same 401; 403 when no group of the user is mapped; 429 (with Retry-After) after 5 attempts a minute for one account or 20 from one address; 404 when directory sign-in is not configured. Sessions live in memory: a restart signs everyone out."),
+                auth: Auth::Open,
+                request: &[(JSON, named::<auth_wire::LoginRequest>())],
+                ok: ("200", "Signed in", &[(JSON, named::<auth_wire::SessionInfo>())]),
+                errors: &["400", "401", "403", "404", "413", "429", "503"],
+                ..OpDoc::new("Sign in with a directory account")
+            },
+            ),
+            route(
+                "GET",
+                "/v1/auth/session",
+                Key,
+                No,
+                NO_BODY,
+                handler!(auth_http::session),
+                OpDoc {
+                operation_id: Some("authSession"),
+                description: Some("The signed-in user, scopes, usage group, expiry and CSRF token of the session cookie; with a bearer key, the key's name and scopes (`method: api_key`)."),
+                ok: ("200", "Who is signed in", &[(JSON, named::<auth_wire::SessionInfo>())]),
+                errors: &["401"],
+                ..OpDoc::new("The current session")
+            },
+            ),
+            route(
+                "POST",
+                "/v1/auth/logout",
+                Key,
+                No,
+                NO_BODY,
+                handler!(auth_http::logout),
+                OpDoc {
+                operation_id: Some("authLogout"),
+                description: Some("Closes the session of the cookie (which needs `X-CSRF-Token`) and clears the cookie; with a bearer key there is nothing to close."),
+                ok: ("200", "Signed out", &[(JSON, named::<auth_wire::LoggedOut>())]),
+                errors: &["401", "403"],
+                ..OpDoc::new("Sign out")
             },
             ),
             route(

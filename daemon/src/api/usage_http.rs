@@ -91,7 +91,17 @@ pub fn report(
         e.tokens_out += c.tokens_out;
     };
     let (mut by_group, mut by_key) = (BTreeMap::new(), BTreeMap::new());
+    // The group of a directory user (`user:NAME`, no key record): the one its rows carry.
+    let mut row_group: HashMap<&str, Option<String>> = HashMap::new();
+    // Directory users have no key record: their name is the id's.
+    let name_of = |id: &str| {
+        names
+            .get(id)
+            .map(|k| k.name.clone())
+            .or_else(|| id.strip_prefix("user:").map(str::to_string))
+    };
     for r in &rows {
+        row_group.insert(r.key_id.as_str(), r.group.clone());
         add(
             &mut by_group,
             r.group.clone().unwrap_or_default(),
@@ -123,7 +133,7 @@ pub fn report(
             v["date"] = date_of(r.day).into();
             v["group"] = r.group.clone().into();
             v["key_id"] = r.key_id.clone().into();
-            v["key_name"] = names.get(r.key_id.as_str()).map(|k| k.name.clone()).into();
+            v["key_name"] = name_of(&r.key_id).into();
             v
         })
         .collect();
@@ -150,8 +160,12 @@ pub fn report(
             let rec = names.get(id.as_str());
             used(&mut v, &format!("k:{id}"));
             v["key_id"] = id.clone().into();
-            v["key_name"] = rec.map(|k| k.name.clone()).into();
-            v["group"] = rec.and_then(|k| k.group.clone()).into();
+            v["key_name"] = name_of(id).into();
+            v["group"] = match rec {
+                Some(k) => k.group.clone(),
+                None => row_group.get(id.as_str()).cloned().flatten(),
+            }
+            .into();
             v["tokens_per_day"] = rec.and_then(|k| k.tokens_per_day).into();
             v["tokens_per_month"] = rec.and_then(|k| k.tokens_per_month).into();
             v

@@ -66,6 +66,15 @@ impl Daemon {
         for c in changes.iter().filter(|c| c.live) {
             tracing::info!(key = c.key, "{why}: config: `{}` changed; applied", c.key);
         }
+        // Against the directory in use, not the config the daemon started with: a second
+        // reload may turn back what the first changed. Open sessions keep their scopes until
+        // their next re-check, which maps the groups anew.
+        if self.app.directory().map(|d| d.cfg.clone()) != new.auth.ldap {
+            match super::directory(&new) {
+                Ok(d) => self.app.set_directory(d),
+                Err(e) => tracing::warn!(error = %e, "{why}: directory sign-in not changed"),
+            }
+        }
         if changes.iter().any(|c| c.live) {
             *write(&self.server) = new.server.clone();
             // MCP sessions are kept when `[mcp]` is unchanged (a new client would reconnect).

@@ -245,6 +245,9 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         loader: std::sync::Mutex::new(None),
         embed_loader: std::sync::Mutex::new(None),
     });
+    daemon.app.set_directory(
+        directory(&config).map_err(|e| ServeError::Usage(format!("directory sign-in: {e}")))?,
+    );
     daemon
         .app
         .set_web(web_tools(&config).map_err(|e| ServeError::Usage(format!("web tools: {e}")))?);
@@ -351,4 +354,16 @@ pub(crate) fn web_tools(c: &Config) -> Result<crate::api::WebTools, crate::web::
         search,
         mcp: crate::mcp::Mcp::new(c.mcp.clone()),
     })
+}
+
+/// The directory client of `[auth.ldap]` (reads the service password and CA file), if set.
+pub(super) fn directory(
+    config: &Config,
+) -> Result<Option<Arc<crate::auth::Directory>>, crate::auth::LdapError> {
+    config
+        .auth
+        .ldap
+        .as_ref()
+        .map(|l| crate::auth::Directory::new(l).map(Arc::new))
+        .transpose()
 }

@@ -35,10 +35,7 @@ fn requests_resolve_by_name_and_default_and_say_why_not() {
     assert_eq!(reg.default_name(), "b");
     assert_eq!(reg.canonical(DEFAULT_ALIAS), "b");
     let e = reg.resolve("nope").err().unwrap();
-    assert_eq!(
-        (e.status.as_u16(), e.code),
-        (404, Some("model_not_found"))
-    );
+    assert_eq!((e.status.as_u16(), e.code), (404, Some("model_not_found")));
     // Known but not loaded: also 404 (this daemon does not serve it now), saying how to load.
     let e = reg.resolve(DEFAULT_ALIAS).err().unwrap();
     assert_eq!(e.status.as_u16(), 404);
@@ -82,10 +79,7 @@ fn a_load_over_the_budget_is_refused_naming_it_and_charges_nothing() {
                 "{msg}"
             );
             let api = ApiError::from(e);
-            assert_eq!(
-                (api.status.as_u16(), api.code),
-                (409, Some("over_budget"))
-            );
+            assert_eq!((api.status.as_u16(), api.code), (409, Some("over_budget")));
         }
         other => panic!("{:?}", other.map(|m| m.state)),
     }

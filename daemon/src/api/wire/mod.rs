@@ -8,6 +8,7 @@
 //! route's own message rather than serde's.
 
 pub mod admin;
+pub mod auth;
 pub mod chat;
 pub mod embeddings;
 pub mod error;
