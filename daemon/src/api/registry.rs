@@ -249,7 +249,7 @@ impl Registry {
 
     /// The model a request names, ready to serve; or the error to answer: 404 for a name this
     /// daemon does not serve now (unknown, unloaded or being unloaded), 503 while it loads or
-    /// when its load failed.
+    /// when its load failed (with the cause: only keyed handlers ask).
     pub fn resolve(&self, requested: &str) -> Result<Arc<Served>, ApiError> {
         let name = self.canonical(requested);
         let slots = read(&self.slots);
@@ -263,9 +263,9 @@ impl Registry {
                 e.message = format!("the model `{name}` is still loading; retry shortly");
                 Err(e)
             }
-            Phase::Failed(_) => Err(ApiError::unavailable(format!(
-                "the model `{name}` failed to load; the cause is in `edgeseek status` and the \
-                 service log"
+            // Callers are authenticated (an anonymous `/readyz` gets no cause).
+            Phase::Failed(why) => Err(ApiError::unavailable(format!(
+                "the model `{name}` failed to load: {why}"
             ))),
             Phase::Unloaded | Phase::Unloading(_) => {
                 let mut e = ApiError::model_not_found(requested);
