@@ -1,6 +1,6 @@
 // The console's entry point: sign-in, the page frame, and switching between Chat, Knowledge,
-// Agents, Usage, Audit and Admin (hash routes: #/chat, #/knowledge, #/agents, #/usage, #/audit,
-// #/admin; the last four for keys with the `admin` scope).
+// Agents, Models, Usage, Audit and Admin (hash routes: #/chat, #/knowledge, #/agents, #/models,
+// #/usage, #/audit, #/admin; the last five for keys with the `admin` scope).
 
 import { h, put, toast } from './dom.js';
 import { t, lang } from './i18n.js';
@@ -24,6 +24,7 @@ function route() {
   const name = (location.hash.replace(/^#\/?/, '') || 'chat').split('/')[0];
   if (name === 'admin' && isAdmin) return 'admin';
   if (name === 'agents' && isAdmin) return 'agents';
+  if (name === 'models' && isAdmin) return 'models';
   if (name === 'usage' && isAdmin) return 'usage';
   if (name === 'audit' && isAdmin) return 'audit';
   if (name === 'knowledge') return 'knowledge';
@@ -35,6 +36,7 @@ async function view(name) {
     if (name === 'chat') views.chat = new ChatView(await ownerOf(session.owner), { admin: isAdmin });
     else if (name === 'knowledge') views.knowledge = new (await import('./kb.js')).KnowledgeView();
     else if (name === 'agents') views.agents = new (await import('./agents.js')).AgentsView();
+    else if (name === 'models') views.models = new (await import('./models.js')).ModelsView();
     else if (name === 'usage') views.usage = new (await import('./usage.js')).UsageView();
     else if (name === 'audit') views.audit = new (await import('./audit.js')).AuditView();
     else views.admin = new (await import('./admin.js')).AdminView();
@@ -63,7 +65,7 @@ function frame() {
   const link = (r, label, hidden) => h('a', { href: `#/${r}`, dataset: { route: r }, hidden }, label);
   nav = h('nav', { class: 'tabs', 'aria-label': t('nav.label') },
     link('chat', t('nav.chat')), link('knowledge', t('nav.kb')), link('agents', t('nav.agents'), !isAdmin),
-    link('usage', t('nav.usage'), !isAdmin), link('audit', t('nav.audit'), !isAdmin),
+    link('models', t('nav.models'), !isAdmin), link('usage', t('nav.usage'), !isAdmin), link('audit', t('nav.audit'), !isAdmin),
     link('admin', t('nav.admin'), !isAdmin));
   const out = h('button', { type: 'button', class: 'ghost', onclick: () => signOut(t('signin.out')) }, t('signout'));
   put(root,

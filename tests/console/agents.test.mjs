@@ -564,7 +564,7 @@ test('phone-sized screen in Chinese: the Agents page and its test chat fit, ever
     const p = await t.context.newPage();
     const seen = watch(p);
     await signIn(p, d, adminKey);
-    assert.deepEqual(await p.locator('nav.tabs a').allTextContents(), ['对话', '知识库', '智能体', '用量', '审计', '管理']);
+    assert.deepEqual(await p.locator('nav.tabs a').allTextContents(), ['对话', '知识库', '智能体', '模型', '用量', '审计', '管理']);
     assert.equal(await p.locator('.toolbar .web-toggle').textContent(), '联网搜索');
     await p.locator('nav.tabs a[data-route="agents"]').click();
     await p.locator('.agent-list .col', { hasText: 'helpdesk' }).click();

@@ -517,7 +517,7 @@ async function tablet(locale, tag, check) {
     await signIn(p, adminKey);
     await p.locator('.chat').waitFor();
     await check?.signedIn?.(p);
-    for (const route of ['chat', 'knowledge', 'agents', 'usage', 'audit', 'admin']) {
+    for (const route of ['chat', 'knowledge', 'agents', 'models', 'usage', 'audit', 'admin']) {
       await p.locator(`nav.tabs a[data-route="${route}"]`).click();
       await p.waitForTimeout(400);
       await checkLayout(p, `${tag} ${route}`);
@@ -535,7 +535,7 @@ test('tablet-sized screen in Chinese: no overflow or overlap, labelled controls,
     signin: async (p) => assert.equal(await p.locator('form.signin button[type="submit"]').textContent(), '登录'),
     signedIn: async (p) => {
       assert.equal(await p.evaluate(() => document.documentElement.lang), 'zh-CN');
-      assert.deepEqual(await p.locator('nav.tabs a').allTextContents(), ['对话', '知识库', '智能体', '用量', '审计', '管理']);
+      assert.deepEqual(await p.locator('nav.tabs a').allTextContents(), ['对话', '知识库', '智能体', '模型', '用量', '审计', '管理']);
     },
     after: async (p) => {
       // Keyboard: from the top of the chat page, Tab reaches the message box.

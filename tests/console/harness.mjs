@@ -22,11 +22,13 @@ export const EOS = '1536';
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export class Daemon {
-  /** `model`: a model directory other than the fixture (e.g. a copy with another template). */
+  /** `model`: a model directory other than the fixture (e.g. a copy with another template), or
+   * a list of them (several models served at once). */
   static async start({ config, model = MODEL_DIR } = {}) {
     const d = new Daemon();
     d.state = fs.mkdtempSync(path.join(os.tmpdir(), 'edgeseek-console-'));
-    const args = ['serve', '--dev', '--state-dir', d.state, '--listen', '127.0.0.1:0', '--model', model];
+    const args = ['serve', '--dev', '--state-dir', d.state, '--listen', '127.0.0.1:0'];
+    for (const m of Array.isArray(model) ? model : [model]) args.push('--model', m);
     if (config) {
       const f = path.join(d.state, 'edgeseek.toml');
       fs.writeFileSync(f, config);

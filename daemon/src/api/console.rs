@@ -92,6 +92,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../console/agents.js"),
     ),
     (
+        "models.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/models.js"),
+    ),
+    (
         "usage.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../console/usage.js"),
