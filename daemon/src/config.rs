@@ -1079,6 +1079,8 @@ mod tests {
             vec![
                 "state_dir",
                 "engine.model",
+                "engine.models",
+                "engine.default_model",
                 "runtime.library",
                 "engine.tensorrt_cache",
                 "server.listen",

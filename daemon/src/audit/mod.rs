@@ -284,7 +284,7 @@ impl AuditLog {
         };
         drop(w);
         tracing::info!(
-            target: "edgeseek::audit",
+            target: LOG_TARGET,
             seq,
             kind = %event.kind,
             request_id = event.request_id.as_deref(),
@@ -406,6 +406,10 @@ fn nix_flock(f: &File) -> Result<(), nix::errno::Errno> {
         Err(nix::errno::Errno::last())
     }
 }
+
+/// The tracing target of the records' log mirror (journald fields under systemd, stderr lines
+/// elsewhere).
+pub const LOG_TARGET: &str = "edgeseek::audit";
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -210,11 +210,23 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("EDGESEEK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{filter, EnvFilter, Layer};
+    let env = EnvFilter::try_from_env("EDGESEEK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Under systemd stderr is a journal stream (JOURNAL_STREAM is set): audit records then go
+    // to journald natively, each field its own journal field (AUDIT_KIND, AUDIT_KEY_ID, …), so
+    // `journalctl -u edgeseek AUDIT_KIND=auth_failure` selects them; they are left out of the
+    // stderr lines so the journal holds each once. Anywhere else (a terminal, --dev, a journal
+    // that cannot be reached) they stay key=value lines on stderr.
+    let journal = std::env::var_os("JOURNAL_STREAM")
+        .and_then(|_| tracing_journald::layer().ok())
+        .map(|l| {
+            l.with_field_prefix(Some("AUDIT".into()))
+                .with_syslog_identifier("edgeseek".into())
+        });
+    let audit_in_journal = journal.is_some();
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
@@ -222,6 +234,18 @@ fn init_logging(default: &str) {
         // reporting that with eprintln! would panic the logging thread mid-transaction.
         // Lost log lines are the lesser harm.
         .log_internal_errors(false)
+        .with_filter(filter::filter_fn(move |m| {
+            !(audit_in_journal && m.target() == crate::audit::LOG_TARGET)
+        }));
+    let journal = journal.map(|j| {
+        j.with_filter(filter::filter_fn(|m| {
+            m.target() == crate::audit::LOG_TARGET
+        }))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(env)
+        .with(stderr)
+        .with(journal)
         .try_init();
 }
 

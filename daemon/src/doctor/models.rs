@@ -189,24 +189,48 @@ pub(super) fn check_models(ctx: &Ctx) -> Vec<Check> {
         Err(_) => Vec::new(),
     };
     dirs.sort();
-    if let Some(chosen) = ctx.config.model_dir(&ctx.state_dir) {
-        let name = format!("model:{}", dir_name(&chosen));
-        let mut out = vec![if chosen.is_dir() {
-            check_model(name, &chosen, hash, " (served: engine.model)")
-        } else {
-            Check::fail(
-                name,
-                format!("engine.model: {} is not a directory", chosen.display()),
-                "copy the model there (scripts/install --models DIR) or correct engine.model",
-            )
-        }];
-        let same = |d: &PathBuf| d.canonicalize().ok() == chosen.canonicalize().ok();
-        out.extend(dirs.iter().filter(|d| !same(d)).map(|d| {
+    // engine.model, then engine.models: every one the daemon would load at start.
+    let chosen: Vec<(PathBuf, &str)> = ctx
+        .config
+        .model_dir(&ctx.state_dir)
+        .map(|d| (d, "engine.model"))
+        .into_iter()
+        .chain(
+            ctx.config
+                .more_model_dirs(&ctx.state_dir)
+                .into_iter()
+                .map(|d| (d, "engine.models")),
+        )
+        .collect();
+    if !chosen.is_empty() {
+        let mut out: Vec<Check> = chosen
+            .iter()
+            .map(|(d, key)| {
+                let name = format!("model:{}", dir_name(d));
+                if d.is_dir() {
+                    check_model(name, d, hash, &format!(" (served: {key})"))
+                } else {
+                    Check::fail(
+                        name,
+                        format!("{key}: {} is not a directory", d.display()),
+                        format!(
+                            "copy the model there (scripts/install --models DIR) or correct {key}"
+                        ),
+                    )
+                }
+            })
+            .collect();
+        let served = |d: &PathBuf| {
+            chosen
+                .iter()
+                .any(|(c, _)| c.canonicalize().ok() == d.canonicalize().ok())
+        };
+        out.extend(dirs.iter().filter(|d| !served(d)).map(|d| {
             check_model(
                 format!("model:{}", dir_name(d)),
                 d,
                 hash,
-                " (not served: engine.model names another)",
+                " (not served: engine.model and engine.models name others)",
             )
         }));
         return out;
