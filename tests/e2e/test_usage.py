@@ -175,6 +175,17 @@ def test_a_group_quota_covers_every_key_of_the_group(tmp_path):
     admin = s.key("admin", "admin")
     g = usage_of(s, admin)[1]["finance"]
     assert g["tokens_per_month"] == 40 and g["used_this_month"] == used
+    # Quotas are live: a reload that lifts the quota lets the group chat again, and a second
+    # reload that puts it back refuses again (each reload against the settings in effect).
+    cfg = s.state / "edgeseek.toml"
+    for text, status in [("", 200), ("[usage.groups.finance]\ntokens_per_month = 40\n", 429),
+                         ("", 200)]:
+        cfg.write_text(text)
+        s.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while chat(s, b).status_code != status and time.time() < deadline:
+            time.sleep(0.1)
+        assert chat(s, b).status_code == status, (text, s.logs())
     s.stop()
 
 

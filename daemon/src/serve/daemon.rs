@@ -23,6 +23,9 @@ pub(super) struct Daemon {
     pub(super) dev: bool,
     /// The configuration the daemon started with (settings that need a restart stay as here).
     pub(super) started_with: Config,
+    /// The configuration in effect: what the daemon started with, as reloads changed its live
+    /// settings. A reload compares against this, so a second reload can turn back a first.
+    pub(super) applied: std::sync::RwLock<Config>,
     /// `[server]` limits in effect; a reload replaces them, each new connection reads them.
     pub(super) server: std::sync::RwLock<ServerConfig>,
     pub(super) started: Instant,
@@ -51,11 +54,7 @@ impl Daemon {
                 return;
             }
         };
-        let current = {
-            let mut c = self.started_with.clone();
-            c.server = self.server();
-            c
-        };
+        let current = crate::util::read(&self.applied).clone();
         let changes = new.changes_from(&current);
         let restart: Vec<&str> = new
             .changes_from(&self.started_with)
@@ -97,6 +96,9 @@ impl Daemon {
                 group_quotas: new.usage.groups.clone(),
             });
         }
+        // The live settings are in effect now; the others wait for a restart (`restart`
+        // is reckoned from the start, not from here).
+        *write(&self.applied) = new.clone();
         self.audit_reload(
             why,
             Some(changes.iter().map(|c| c.key).collect::<Vec<_>>().join(",")),

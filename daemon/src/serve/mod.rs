@@ -239,6 +239,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         dev: opts.paths.dev,
         server: std::sync::RwLock::new(config.server.clone()),
         started_with: config.clone(),
+        applied: std::sync::RwLock::new(config.clone()),
         started: Instant::now(),
         provider: std::sync::Mutex::new(None),
         listen_text: std::sync::Mutex::new(String::new()),
