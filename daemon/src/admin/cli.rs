@@ -742,6 +742,23 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
                 flatten(&key, x, out);
             }
         }
+        // A list of things with ids (the chat models): one block of lines per item, named by
+        // its id (`models.qwen-7b.state  ready`).
+        Value::Array(items)
+            if !items.is_empty()
+                && items
+                    .iter()
+                    .all(|i| i.get("id").is_some_and(Value::is_string)) =>
+        {
+            for i in items {
+                let id = i["id"].as_str().unwrap_or_default();
+                let mut rest = i.clone();
+                if let Some(o) = rest.as_object_mut() {
+                    o.remove("id");
+                }
+                flatten(&format!("{prefix}.{id}"), &rest, out);
+            }
+        }
         other => out.push((prefix.to_string(), scalar(other))),
     }
 }
@@ -857,6 +874,19 @@ mod tests {
         assert!(l.contains(&("tls.fingerprint".into(), "ab".into())));
         assert!(l.contains(&("tls.expiry".into(), "-".into())));
         assert!(l.contains(&("queue".into(), "3".into())));
+        let mut l = Vec::new();
+        flatten(
+            "",
+            &json!({"models": [{"id": "a", "state": "ready"}, {"id": "b", "state": "failed"}]}),
+            &mut l,
+        );
+        assert_eq!(
+            l,
+            vec![
+                ("models.a.state".into(), "ready".into()),
+                ("models.b.state".into(), "failed".into())
+            ]
+        );
         let t = render_table(
             &["A".into(), "B".into()],
             &[vec!["long value".into(), "x".into()]],

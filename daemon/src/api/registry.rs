@@ -184,6 +184,9 @@ pub struct ModelList {
 
 pub struct Registry {
     slots: RwLock<BTreeMap<String, Slot>>,
+    /// The names in the order they became known (configuration order first): loading at
+    /// start, listings and the default follow it.
+    order: RwLock<Vec<String>>,
     default: RwLock<String>,
     loader: Loader,
     /// Loads and unloads one at a time: the budget check and the charge are one step.
@@ -197,6 +200,7 @@ impl Registry {
     /// unless `default` names another.
     pub fn new(models: Vec<(String, PathBuf)>, default: Option<String>, loader: Loader) -> Self {
         let first = models.first().map(|(n, _)| n.clone()).unwrap_or_default();
+        let order = models.iter().map(|(n, _)| n.clone()).collect();
         let slots = models
             .into_iter()
             .map(|(name, dir)| {
@@ -213,6 +217,7 @@ impl Registry {
             .collect();
         Registry {
             slots: RwLock::new(slots),
+            order: RwLock::new(order),
             default: RwLock::new(default.unwrap_or(first)),
             loader,
             changing: Mutex::new(()),
@@ -226,7 +231,7 @@ impl Registry {
 
     /// Every known model's name, in order.
     pub fn names(&self) -> Vec<String> {
-        read(&self.slots).keys().cloned().collect()
+        read(&self.order).clone()
     }
 
     fn known(&self) -> String {
@@ -315,8 +320,11 @@ impl Registry {
 
     pub fn list(&self) -> Vec<ModelInfo> {
         let default = self.default_name();
-        read(&self.slots)
+        let order = self.names();
+        let slots = read(&self.slots);
+        order
             .iter()
+            .filter_map(|name| slots.get(name).map(|s| (name, s)))
             .map(|(name, s)| {
                 let served = match &s.phase {
                     Phase::Ready(m) | Phase::Unloading(m) => Some(m),
@@ -400,6 +408,9 @@ impl Registry {
             let _one = lock(&self.changing);
             let (name, dir) = self.locate(what)?;
             let mut slots = write(&self.slots);
+            if !slots.contains_key(&name) {
+                write(&self.order).push(name.clone());
+            }
             let slot = slots.entry(name.clone()).or_insert(Slot {
                 dir: dir.clone(),
                 phase: Phase::Unloaded,
