@@ -388,6 +388,9 @@ export class ChatView {
     } catch (e) {
       if (e.status === 401) return;
     }
+    // Chat models that do not serve now (loading, unloaded, failed) are not offered; while
+    // none serves the list is asked for again.
+    data = data.filter((m) => (m.state ?? 'ready') === 'ready');
     this.models = data;
     const want = this.conv?.model || this.modelSel.value;
     const option = (m) => h('option', {

@@ -90,6 +90,14 @@ test('the Models page shows what the daemon serves; unload, load and pin act on 
   await page.locator(`tr.model-row[data-model="${LLAMA}"][data-state="unloaded"]`).waitFor();
   assert.equal(await chatStatus(LLAMA), 404);
   assert.equal((await listed()).data.find((m) => m.id === LLAMA).state, 'unloaded');
+  // The chat's model picker offers only models that serve.
+  const chat = await b.context.newPage();
+  await chat.goto(`${d.url}/`);
+  await signIn(chat, chatKey);
+  await chat.locator(`.chat select option[value="${MODEL}"]`).waitFor({ state: 'attached' });
+  const offered = await chat.locator('.chat select option').evaluateAll((os) => os.map((o) => o.value));
+  assert.ok(offered.includes(MODEL) && !offered.includes(LLAMA), JSON.stringify(offered));
+  await chat.close();
 
   // Load by name from the form: it serves again.
   await page.fill('.models-load [name="model"]', LLAMA);
