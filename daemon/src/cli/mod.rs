@@ -66,11 +66,11 @@ enum Command {
     Generate(GenerateArgs),
     /// Measure decode speed, time to first token and batched throughput (one JSON object)
     Bench(BenchCliArgs),
-    /// Show the running daemon's state (model, provider, queue, throughput, uptime, TLS)
+    /// Show the running daemon's state (models, provider, queue, throughput, uptime, TLS)
     Status(crate::admin::cli::StatusArgs),
     /// Manage API keys (through the daemon, or the database directly when none runs)
     Keys(crate::admin::cli::KeysArgs),
-    /// Models served by the running daemon
+    /// Chat models of the running daemon: list, load, unload, pin (several serve at once)
     Models(crate::admin::cli::ModelsArgs),
     /// The TLS certificate: show it, rotate it (local CA), or import one
     Tls(crate::admin::cli::TlsArgs),
