@@ -190,7 +190,7 @@ pub struct Registry {
     default: RwLock<String>,
     loader: Loader,
     /// Loads and unloads one at a time: the budget check and the charge are one step.
-    changing: Mutex<()>,
+    one_change: Mutex<()>,
 }
 
 const MIB: u64 = 1 << 20;
@@ -220,7 +220,7 @@ impl Registry {
             order: RwLock::new(order),
             default: RwLock::new(default.unwrap_or(first)),
             loader,
-            changing: Mutex::new(()),
+            one_change: Mutex::new(()),
         }
     }
 
@@ -405,7 +405,7 @@ impl Registry {
     /// nothing to do.
     pub fn load(&self, what: &str, pin: bool) -> Result<ModelInfo, RegistryError> {
         let (name, dir) = {
-            let _one = lock(&self.changing);
+            let _one = lock(&self.one_change);
             let (name, dir) = self.locate(what)?;
             let mut slots = write(&self.slots);
             if !slots.contains_key(&name) {
@@ -487,12 +487,12 @@ impl Registry {
     pub fn unload(&self, what: &str) -> Result<ModelInfo, RegistryError> {
         let name = self.canonical(what);
         let served = {
-            let _one = lock(&self.changing);
+            let _one = lock(&self.one_change);
             let mut slots = write(&self.slots);
-            let known = slots.keys().cloned().collect::<Vec<_>>().join(", ");
-            let slot = slots
-                .get_mut(&name)
-                .ok_or_else(|| RegistryError::NotFound(what.to_string(), known))?;
+            if !slots.contains_key(&name) {
+                return Err(RegistryError::NotFound(what.to_string(), self.known()));
+            }
+            let slot = slots.get_mut(&name).expect("checked above");
             if slot.pinned {
                 return Err(RegistryError::Pinned(name));
             }
@@ -544,10 +544,10 @@ impl Registry {
         let name = self.canonical(what);
         {
             let mut slots = write(&self.slots);
-            let known = slots.keys().cloned().collect::<Vec<_>>().join(", ");
-            let slot = slots
-                .get_mut(&name)
-                .ok_or_else(|| RegistryError::NotFound(what.to_string(), known))?;
+            if !slots.contains_key(&name) {
+                return Err(RegistryError::NotFound(what.to_string(), self.known()));
+            }
+            let slot = slots.get_mut(&name).expect("checked above");
             slot.pinned = pinned;
         }
         Ok(self.info(&name))
