@@ -17,6 +17,7 @@ pub mod engine;
 pub mod kb;
 pub mod keys;
 pub mod mcp;
+pub mod remote;
 pub mod schema;
 pub mod serve;
 pub mod service;
