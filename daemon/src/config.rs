@@ -80,8 +80,47 @@ pub struct Config {
     /// `[auth.ldap]`: console sign-in through the company directory (off when absent).
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
+    /// `[remote.NAME]`: models served by the company's OpenAI-compatible inference servers
+    /// (vLLM, SGLang, NIM, another edgeseek), forwarded to and listed like local ones.
+    #[serde(default)]
+    pub remote: std::collections::BTreeMap<String, crate::remote::RemoteConfig>,
+    /// `[[overflow]]`: local models whose excess requests go to a remote model.
+    #[serde(default)]
+    pub overflow: Vec<OverflowRule>,
+    /// `[residency]`: data that must never leave the appliance.
+    #[serde(default)]
+    pub residency: ResidencyConfig,
     /// Where the daemon keeps its state (redb, TLS identity, TensorRT engines).
     pub state_dir: Option<PathBuf>,
+}
+
+/// `[[overflow]]`: when the local model `model` cannot take a request soon, the remote model
+/// `to` answers it instead (within `[residency]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverflowRule {
+    /// The local model's served name.
+    pub model: String,
+    /// A `[remote.NAME]` entry.
+    pub to: String,
+    /// Also overflow when the estimated wait in the local queue exceeds this many seconds
+    /// (queued requests ahead, per batch slot, times the model's recent request time). 0: only
+    /// when the local queue is full (what would otherwise be a 429).
+    #[serde(default)]
+    pub max_wait_s: f64,
+}
+
+/// `[residency]`: what must stay on this appliance. A request of a key in one of
+/// `local_groups`, or one that uses a collection of `local_collections`, never reaches a remote
+/// model: it does not overflow (it waits or gets the local 429), and a remote model refuses
+/// it with 403 `local_only`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResidencyConfig {
+    /// Usage groups (`keys create --group`) whose requests stay local.
+    pub local_groups: Vec<String>,
+    /// Knowledge collections whose content stays local.
+    pub local_collections: Vec<String>,
 }
 
 /// `[limits]`: how much of the server one API key may hold. Rate limits (`rpm`, `tpm`) are
@@ -450,6 +489,47 @@ impl Config {
             bad(key, msg)
         })?;
         self.auth.validate().map_err(|(k, m)| bad(&k, &m))?;
+        crate::remote::validate(&self.remote).map_err(|e| bad(&e.key, &e.msg))?;
+        for (i, o) in self.overflow.iter().enumerate() {
+            let key = |f: &str| format!("overflow[{i}].{f}");
+            if !self.remote.contains_key(&o.to) {
+                return Err(bad(
+                    &key("to"),
+                    &format!("no [remote.{}] entry is configured", o.to),
+                ));
+            }
+            if o.model.is_empty() || self.remote.contains_key(&o.model) {
+                return Err(bad(&key("model"), "must name a local model"));
+            }
+            if self.overflow[..i].iter().any(|p| p.model == o.model) {
+                return Err(bad(&key("model"), "a model overflows to one remote only"));
+            }
+            if !(o.max_wait_s.is_finite() && (0.0..=3600.0).contains(&o.max_wait_s)) {
+                return Err(bad(&key("max_wait_s"), "must be from 0 to 3600 seconds"));
+            }
+        }
+        if let Some(g) = self
+            .residency
+            .local_groups
+            .iter()
+            .find(|g| !crate::usage::valid_group(g))
+        {
+            return Err(bad(
+                "residency.local_groups",
+                &format!("`{g}` is not a group name (1-64 lowercase letters, digits, '-' or '_')"),
+            ));
+        }
+        if self
+            .residency
+            .local_collections
+            .iter()
+            .any(String::is_empty)
+        {
+            return Err(bad(
+                "residency.local_collections",
+                "names must not be empty",
+            ));
+        }
         if self.audit.max_mb == 0 || self.audit.max_age_days == 0 {
             return Err(bad("audit", "max_mb and max_age_days must be at least 1"));
         }
@@ -623,6 +703,7 @@ impl Config {
         let (l, o) = (&self.limits, &old.limits);
         compare!("limits." l o rest.limits, live: true, key_queue_share);
         compare!("" c old rest, live: true, agents web_search fetch mcp audit usage auth);
+        compare!("" c old rest, live: false, remote overflow residency);
         if rest != *old {
             out.push(Change {
                 key: "(other settings)",
@@ -1144,5 +1225,62 @@ mod tests {
         let d = parse("").unwrap();
         assert_eq!(d.state_dir(None, true), PathBuf::from(DEV_STATE_DIR));
         assert_eq!(d.state_dir(None, false), PathBuf::from(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
+    fn remote_models_overflow_and_residency() {
+        let remote = "[remote.hq]\nurl = \"https://hq.example:8000/v1\"\n";
+        let c = parse(&format!(
+            "{remote}model = \"deepseek-ai/DeepSeek-R1\"\n[[overflow]]\nmodel = \"qwen\"\n\
+             to = \"hq\"\nmax_wait_s = 5\n[residency]\nlocal_groups = [\"legal\"]\n\
+             local_collections = [\"hr\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.remote["hq"].model.as_deref(),
+            Some("deepseek-ai/DeepSeek-R1")
+        );
+        assert_eq!(c.overflow[0].to, "hq");
+        assert_eq!(c.residency.local_groups, ["legal"]);
+        for (text, key) in [
+            (
+                "[[overflow]]\nmodel = \"qwen\"\nto = \"nowhere\"\n",
+                "overflow[0].to",
+            ),
+            (
+                &format!("{remote}[[overflow]]\nmodel = \"hq\"\nto = \"hq\"\n"),
+                "overflow[0].model",
+            ),
+            (
+                &format!("{remote}[[overflow]]\nmodel = \"q\"\nto = \"hq\"\nmax_wait_s = -1\n"),
+                "overflow[0].max_wait_s",
+            ),
+            (
+                &format!(
+                    "{remote}[[overflow]]\nmodel = \"q\"\nto = \"hq\"\n\
+                     [[overflow]]\nmodel = \"q\"\nto = \"hq\"\n"
+                ),
+                "overflow[1].model",
+            ),
+            (
+                "[residency]\nlocal_groups = [\"Not A Group\"]\n",
+                "residency.local_groups",
+            ),
+            (
+                "[residency]\nlocal_collections = [\"\"]\n",
+                "residency.local_collections",
+            ),
+        ] {
+            expect_err(parse(text), &[key]);
+        }
+        // Restart-only: a reload says so.
+        let old = parse("").unwrap();
+        let changes = c.changes_from(&old);
+        for key in ["remote", "overflow", "residency"] {
+            assert!(
+                changes.iter().any(|ch| ch.key == key && !ch.live),
+                "{key}: {changes:?}"
+            );
+        }
     }
 }

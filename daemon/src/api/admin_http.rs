@@ -165,6 +165,7 @@ pub fn app_status(app: &App) -> AppStatus {
         tokens_generated: stats.map(|s| s.tokens_generated),
         cancellations: stats.map(|s| s.cancellations),
         version: env!("CARGO_PKG_VERSION"),
+        remotes: app.remotes().status(),
     }
 }
 

@@ -125,7 +125,7 @@ pub fn agent_error(e: AgentError) -> ApiError {
 async fn answer(c: &Call, op: AgentOp, status: StatusCode) -> Result<Response<Body>, ApiError> {
     let admin = c.key()?.id.clone();
     let store = c.app.agents.clone();
-    let served = c.app.models.names();
+    let served = c.app.model_names();
     let write = !matches!(op, AgentOp::List | AgentOp::Show(_));
     let what = format!("{op:?}");
     let v = crate::util::blocking(move || run(&store, op, Some(&served))).await?;

@@ -35,6 +35,7 @@ pub async fn readyz(c: Call) -> Result<Response<Body>, ApiError> {
                 status: "ready",
                 model: default,
                 models,
+                remotes: c.app.remotes().states(),
             }),
         )),
         Some(Phase::Loading) | None => Err(ApiError::loading()),
@@ -55,8 +56,17 @@ pub async fn metrics(c: Call) -> Result<Response<Body>, ApiError> {
     Ok(full(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
-        c.app.metrics.render(stats.as_ref(), served.is_some()),
+        c.app.metrics.render(stats.as_ref(), served.is_some())
+            + &c.app.metrics.render_remotes(&remote_health(&c.app)),
     ))
+}
+
+/// Each remote model and whether its upstream is up.
+fn remote_health(app: &super::App) -> Vec<(String, bool)> {
+    app.remotes()
+        .all()
+        .map(|(n, u)| (n.clone(), u.health().up))
+        .collect()
 }
 
 /// `GET /openapi.json`.
@@ -69,6 +79,7 @@ pub async fn openapi(_: Call) -> Result<Response<Body>, ApiError> {
 pub async fn models(c: Call) -> Result<Response<Body>, ApiError> {
     let app = &c.app;
     let mut data: Vec<Model> = app.models.list().iter().map(chat_model).collect();
+    data.extend(remote_models(app));
     if let Some((e, loaded_at)) = app.embedder_loaded() {
         data.push(Model::new(e.name(), loaded_at));
     }
@@ -91,6 +102,9 @@ pub async fn model(c: Call) -> Result<Response<Body>, ApiError> {
     let app = &c.app;
     let id = c.param("model")?;
     let chat = app.models.list().into_iter().find(|m| m.id == id);
+    if let Some(m) = remote_models(app).into_iter().find(|m| m.id == id) {
+        return Ok(json_response(StatusCode::OK, &wire::value(&m)));
+    }
     match (chat, app.embedder_loaded()) {
         (Some(m), _) => Ok(json_response(StatusCode::OK, &wire::value(&chat_model(&m)))),
         (_, Some((e, loaded_at))) if id == e.name() => Ok(json_response(
@@ -111,6 +125,14 @@ pub async fn model(c: Call) -> Result<Response<Body>, ApiError> {
             _ => Err(ApiError::model_not_found(id)),
         },
     }
+}
+
+/// The remote models as `/v1/models` lists them.
+fn remote_models(app: &super::App) -> Vec<Model> {
+    app.remotes()
+        .all()
+        .map(|(n, u)| Model::remote(n, u.health().up, u.config().context_length))
+        .collect()
 }
 
 /// A chat model of the registry as `/v1/models` lists it.

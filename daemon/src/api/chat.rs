@@ -20,6 +20,7 @@ use super::error::ApiError;
 use super::gate::{self, Admission, Call, Cost};
 use super::openai::{self, Chunks, Delta, Kind, Parsed};
 use super::tools::{Out, ToolStream};
+use super::upstream::Forward;
 use super::{json_response, rag, sse, unix_now, App, Body, Served};
 use crate::engine::grammar::Grammar;
 use crate::engine::{Event, GenerateOutput, RequestHandle, TokenLogprob};
@@ -72,11 +73,10 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
     c.note_content();
     // An unknown name is refused before anything else (a 404 says nothing about collections);
     // whether the model is loaded is asked after admission.
-    if !app
-        .models
-        .names()
-        .contains(&app.models.canonical(&parsed.model))
-    {
+    let canonical = app.models.canonical(&parsed.model);
+    let remotes = app.remotes();
+    let remote = remotes.get(&canonical);
+    if remote.is_none() && !app.models.names().contains(&canonical) {
         return Err(ApiError::model_not_found(&parsed.model));
     }
     // Scopes of the knowledge collections first: a key must not learn anything about a
@@ -98,6 +98,17 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
         }
         None => None,
     };
+    let collections: Vec<String> = parsed
+        .knowledge
+        .as_ref()
+        .map(|k| k.collections.clone())
+        .unwrap_or_default();
+    if let (Some(up), Some(why)) = (&remote, remotes.must_stay(&key, &collections)) {
+        return Err(ApiError::forbidden_because(
+            "local_only",
+            format!("`{}` is a remote model, and {why}", up.name()),
+        ));
+    }
     // Admission before any work (retrieval, templating, the engine): `n` choices are `n`
     // requests and `n` sequences in flight, and the prompt counts against the token budget
     // (estimated from the body; the exact count is settled after generation).
@@ -107,20 +118,52 @@ async fn inference(mut c: Call, kind: Kind) -> Result<Response<Body>, ApiError> 
         tokens: gate::estimate_tokens(c.body.len()).saturating_mul(u64::from(n)),
         inflight: parsed.n,
     })?;
+    if let Some(up) = remote {
+        let citations = grounding(&app, web.as_ref(), &mut parsed).await?;
+        return Forward::from_call(&mut c, up, kind, parsed, citations, None)?
+            .answer()
+            .await;
+    }
     let served = app.models.resolve(&parsed.model)?;
     // Answers name the model that wrote them, also when asked for `default`.
     parsed.model = served.name.clone();
     c.note(|e| e.model = Some(served.name.clone()));
+    // Sources go into the messages before the model's own preparation (which rewrites earlier
+    // tool calls for its template), so an overflowed request leaves with the client's
+    // messages plus the sources.
+    let citations = grounding(&app, web.as_ref(), &mut parsed).await?;
+    let overflow = remotes.overflow_for(&served.name, &key, &collections);
+    let forwardable = overflow.as_ref().map(|_| parsed.clone());
     prepare(&served, &mut parsed).await?;
-    let citations = if parsed.knowledge.is_some() || web.is_some() {
-        Some(retrieve(&app, web.as_ref(), &mut parsed).await?)
-    } else {
-        None
-    };
     let rid = c.rid.clone();
     tracing::debug!(request_id = %rid, key_id = %key.id, n = parsed.n, stream = parsed.stream, "inference");
 
-    let handles = submit(&served, &parsed).await?;
+    let queued = served.scheduler.stats().queued;
+    let slots = served.scheduler.config().max_batch;
+    let early = overflow.is_some() && remotes.wait_too_long(&served.name, queued, slots);
+    let submitted = if early {
+        Err(ApiError::queue_full(
+            "estimated wait exceeds overflow max_wait_s",
+        ))
+    } else {
+        submit(&served, &parsed).await
+    };
+    let handles = match (submitted, overflow, forwardable) {
+        (Err(e), Some(up), Some(plain)) if e.code == Some("queue_full") => {
+            tracing::info!(request_id = %rid, model = %served.name, remote = %up.name(), "local model busy; request overflows");
+            return Forward::from_call(
+                &mut c,
+                up,
+                kind,
+                plain,
+                citations,
+                Some(served.name.clone()),
+            )?
+            .answer()
+            .await;
+        }
+        (r, _, _) => r?,
+    };
 
     let prompt_tokens = handles.first().map_or(0, RequestHandle::prompt_tokens);
     let (tx, rx) = mpsc::channel(64);
@@ -258,6 +301,20 @@ async fn constrain(served: &Arc<Served>, parsed: &mut Parsed) -> Result<(), ApiE
     Ok(())
 }
 
+/// The sources of a grounded chat (`knowledge`, `web_search`) put into its messages, and the
+/// `citations`; nothing when the request asks for neither.
+async fn grounding(
+    app: &Arc<App>,
+    web: Option<&crate::web::WebSearch>,
+    parsed: &mut Parsed,
+) -> Result<Option<Value>, ApiError> {
+    if parsed.knowledge.is_some() || web.is_some() {
+        Ok(Some(retrieve(app, web, parsed).await?))
+    } else {
+        Ok(None)
+    }
+}
+
 /// Retrieve for a grounded chat: search the knowledge collections and/or the web for the
 /// last user message, put the sources into that message as numbered sources, and return the
 /// `citations`.
@@ -372,23 +429,39 @@ impl Ctx {
 
     fn account(&self, outs: &[&GenerateOutput]) {
         let completion: usize = outs.iter().map(|o| o.completion_tokens).sum();
-        let m = &self.app.metrics;
-        m.prompt_tokens
-            .fetch_add(self.prompt_tokens as u64, Ordering::Relaxed);
-        m.completion_tokens
-            .fetch_add(completion as u64, Ordering::Relaxed);
-        // Every choice prefilled the prompt: n × prompt + completions, less what admission
-        // already charged.
-        let used = (self.prompt_tokens * outs.len().max(1) + completion) as u64;
-        {
-            let mut e = crate::util::lock(&self.audit);
-            e.tokens_in = Some((self.prompt_tokens * outs.len().max(1)) as u64);
-            e.tokens_out = Some(completion as u64);
-        }
-        self.app
-            .keys
-            .charge_tokens(&self.key, used.saturating_sub(self.admitted_tokens));
+        // Every choice prefilled the prompt: n × prompt + completions.
+        settle(
+            &self.app,
+            &self.key,
+            self.admitted_tokens,
+            &self.audit,
+            (self.prompt_tokens * outs.len().max(1)) as u64,
+            completion as u64,
+        );
+        super::upstream::observe(&self.app, &self.parsed.model, self.started);
     }
+}
+
+/// Settle a finished call's tokens: the metrics, its audit record, and the key's budget,
+/// less what admission already charged (`admitted`).
+pub(super) fn settle(
+    app: &App,
+    key: &KeyInfo,
+    admitted: u64,
+    audit: &std::sync::Mutex<crate::audit::Event>,
+    tokens_in: u64,
+    tokens_out: u64,
+) {
+    let m = &app.metrics;
+    m.prompt_tokens.fetch_add(tokens_in, Ordering::Relaxed);
+    m.completion_tokens.fetch_add(tokens_out, Ordering::Relaxed);
+    {
+        let mut e = crate::util::lock(audit);
+        e.tokens_in = Some(tokens_in);
+        e.tokens_out = Some(tokens_out);
+    }
+    app.keys
+        .charge_tokens(key, (tokens_in + tokens_out).saturating_sub(admitted));
 }
 
 async fn whole_response(

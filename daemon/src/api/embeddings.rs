@@ -226,6 +226,9 @@ pub(super) async fn create(mut c: Call) -> Result<Response<Body>, ApiError> {
         tokens: gate::estimate_tokens(c.body.len()),
         inflight: 1,
     })?;
+    if let Some(up) = app.remotes().get(&parsed.model) {
+        return super::upstream::embed(&mut c, up).await;
+    }
     let embedder: Embedder = app.embedder_ready()?;
     if parsed.model != embedder.name() {
         let mut e = ApiError::model_not_found(&parsed.model);

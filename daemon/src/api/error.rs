@@ -210,6 +210,26 @@ impl ApiError {
             .with_code("unsupported_media_type")
     }
 
+    /// A remote model's failure as the client may see it, `status` from
+    /// [`crate::remote::RemoteError::http_status`]: the upstream refused the request (4xx, the
+    /// client's to fix), is busy (429), down (503), too slow (504) or broken (502). The
+    /// message names the model, never the upstream's address or credentials.
+    pub fn upstream(status: u16, message: impl Into<String>) -> Self {
+        let s = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let (kind, code) = match status {
+            429 => ("rate_limit_error", "upstream_busy"),
+            400..=499 => (INVALID, "upstream_rejected"),
+            503 => ("server_error", "upstream_unavailable"),
+            504 => ("server_error", "upstream_timeout"),
+            _ => ("server_error", "upstream_error"),
+        };
+        let mut e = Self::new(s, kind, message).with_code(code);
+        if matches!(status, 429 | 503) {
+            e.retry_after = Some(5);
+        }
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

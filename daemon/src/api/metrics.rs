@@ -74,6 +74,10 @@ pub struct Metrics {
     pub completion_tokens: AtomicU64,
     /// Responses whose client went away before the end (the engine then cancels them).
     pub client_disconnects: AtomicU64,
+    /// Remote model name → (requests sent upstream, of them failed).
+    remote: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// (local model, remote model) → requests that overflowed.
+    overflow: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 impl Default for Metrics {
@@ -85,6 +89,8 @@ impl Default for Metrics {
             prompt_tokens: AtomicU64::new(0),
             completion_tokens: AtomicU64::new(0),
             client_disconnects: AtomicU64::new(0),
+            remote: Mutex::default(),
+            overflow: Mutex::default(),
         }
     }
 }
@@ -93,6 +99,90 @@ impl Metrics {
     pub fn request(&self, route: &'static str, status: u16) {
         let mut m = lock(&self.requests);
         *m.entry((route, status)).or_insert(0) += 1;
+    }
+
+    /// A request sent to the remote model `name`.
+    pub fn remote_request(&self, name: &str) {
+        lock(&self.remote).entry(name.to_string()).or_default().0 += 1;
+    }
+
+    /// A request to the remote model `name` that failed (it was counted as sent).
+    pub fn remote_error(&self, name: &str) {
+        lock(&self.remote).entry(name.to_string()).or_default().1 += 1;
+    }
+
+    /// A request for the local model `local` answered by the remote model `remote`.
+    pub fn overflowed(&self, local: &str, remote: &str) {
+        *lock(&self.overflow)
+            .entry((local.to_string(), remote.to_string()))
+            .or_default() += 1;
+    }
+
+    /// The remote models' families: whether each is up (`remotes`: name, up), the requests
+    /// sent to it and failed, and the overflow per local model. Label values are configured
+    /// names, so the label set stays bounded.
+    pub fn render_remotes(&self, remotes: &[(String, bool)]) -> String {
+        let mut out = String::new();
+        if remotes.is_empty() {
+            return out;
+        }
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        };
+        head(
+            &mut out,
+            "edgeseek_remote_up",
+            "gauge",
+            "1 while the remote model's upstream answers its health checks.",
+        );
+        for (n, up) in remotes {
+            let _ = writeln!(
+                out,
+                "edgeseek_remote_up{{remote=\"{n}\"}} {}",
+                u8::from(*up)
+            );
+        }
+        let counts = lock(&self.remote).clone();
+        head(
+            &mut out,
+            "edgeseek_remote_requests_total",
+            "counter",
+            "Requests sent to the remote model's upstream.",
+        );
+        for (n, _) in remotes {
+            let (sent, _) = counts.get(n).copied().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "edgeseek_remote_requests_total{{remote=\"{n}\"}} {sent}"
+            );
+        }
+        head(
+            &mut out,
+            "edgeseek_remote_errors_total",
+            "counter",
+            "Requests to the remote model that failed (refused, timed out, broken).",
+        );
+        for (n, _) in remotes {
+            let (_, failed) = counts.get(n).copied().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "edgeseek_remote_errors_total{{remote=\"{n}\"}} {failed}"
+            );
+        }
+        head(
+            &mut out,
+            "edgeseek_overflow_total",
+            "counter",
+            "Requests for a busy local model answered by a remote model.",
+        );
+        for ((local, remote), n) in lock(&self.overflow).iter() {
+            let _ = writeln!(
+                out,
+                "edgeseek_overflow_total{{model=\"{local}\",remote=\"{remote}\"}} {n}"
+            );
+        }
+        out
     }
 
     /// The exposition text. `engine` is `None` while the model loads.
@@ -245,6 +335,22 @@ mod tests {
         assert!(s.contains("edgeseek_queue_depth 3\n"));
         assert!(s.contains("edgeseek_cancellations_total 2\n"));
         assert!(s.contains("edgeseek_model_ready 1\n"));
+        assert_eq!(m.render_remotes(&[]), "");
+        m.remote_request("hq");
+        m.remote_request("hq");
+        m.remote_error("hq");
+        m.overflowed("qwen", "hq");
+        let r = m.render_remotes(&[("hq".into(), false), ("idle".into(), true)]);
+        for line in [
+            "edgeseek_remote_up{remote=\"hq\"} 0\n",
+            "edgeseek_remote_up{remote=\"idle\"} 1\n",
+            "edgeseek_remote_requests_total{remote=\"hq\"} 2\n",
+            "edgeseek_remote_requests_total{remote=\"idle\"} 0\n",
+            "edgeseek_remote_errors_total{remote=\"hq\"} 1\n",
+            "edgeseek_overflow_total{model=\"qwen\",remote=\"hq\"} 1\n",
+        ] {
+            assert!(r.contains(line), "{line} in {r}");
+        }
         for family in [
             "edgeseek_active_sequences",
             "edgeseek_kv_used_bytes",

@@ -27,6 +27,7 @@ pub mod registry;
 pub mod routes;
 pub mod sse;
 pub mod tools;
+pub mod upstream;
 pub mod usage_http;
 pub mod wire;
 
@@ -135,6 +136,8 @@ pub struct App {
     directory: RwLock<Option<Arc<crate::auth::Directory>>>,
     /// Console sessions of directory sign-ins, in memory only (a restart signs everyone out).
     pub sessions: crate::auth::Sessions,
+    /// The remote models and overflow rules (`[remote]`, `[[overflow]]`, `[residency]`).
+    remotes: RwLock<Arc<upstream::Remotes>>,
     /// Sign-in attempts per account and per source address.
     pub login_attempts: crate::auth::Attempts,
 }
@@ -162,7 +165,24 @@ impl App {
             directory: RwLock::default(),
             sessions: crate::auth::Sessions::default(),
             login_attempts: crate::auth::Attempts::default(),
+            remotes: RwLock::default(),
         }
+    }
+
+    /// The remote models (none configured: empty).
+    pub fn remotes(&self) -> Arc<upstream::Remotes> {
+        read(&self.remotes).clone()
+    }
+
+    /// Every chat model a request may name: the local ones, then the remote ones.
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names = self.models.names();
+        names.extend(self.remotes().all().map(|(n, _)| n.clone()));
+        names
+    }
+
+    pub fn set_remotes(&self, r: upstream::Remotes) {
+        *write(&self.remotes) = Arc::new(r);
     }
 
     /// The directory sign-ins go to, if `[auth.ldap]` is configured.

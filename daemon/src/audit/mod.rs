@@ -71,6 +71,10 @@ pub struct Event {
     pub action: Option<String>,
     /// What the call named: a model or `agent:NAME`.
     pub model: Option<String>,
+    /// The remote model (`[remote.NAME]`) that answered: the request left the appliance.
+    pub remote: Option<String>,
+    /// The local model was busy and the request went to `remote` instead.
+    pub overflow: Option<bool>,
     /// The thing an admin change or a route's parameters name (a key id, a collection).
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -295,6 +299,8 @@ impl AuditLog {
             route = event.route.as_deref(),
             action = event.action.as_deref(),
             model = event.model.as_deref(),
+            remote = event.remote.as_deref(),
+            overflow = event.overflow,
             target = event.target.as_deref(),
             status = event.status,
             tokens_in = event.tokens_in,

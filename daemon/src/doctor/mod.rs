@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use self::models::{check_embeddings, check_models};
+use self::remote::check_remotes;
 use self::runtime::{check_gpu, check_runtime};
 use self::service::{check_daemon, check_port, check_unit, query_daemon};
 use self::state::{check_clock, check_config, check_disk, check_state_dir, check_user};
@@ -28,6 +29,7 @@ use crate::config::{Config, Paths};
 use crate::engine::ort_env;
 
 mod models;
+mod remote;
 mod runtime;
 mod service;
 mod state;
@@ -286,6 +288,7 @@ fn run_on(opts: &Options, host: &Host) -> Report {
     checks.extend(check_gpu(&ctx));
     checks.extend(check_models(&ctx));
     checks.push(check_embeddings(&ctx));
+    checks.extend(check_remotes(&ctx));
     let daemon = query_daemon(&ctx);
     checks.push(check_port(
         &ctx,

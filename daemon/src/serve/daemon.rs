@@ -207,7 +207,7 @@ impl AdminBackend for Daemon {
     }
 
     fn agents(&self, op: crate::api::agents_http::AgentOp) -> Result<Value, String> {
-        crate::api::agents_http::run(&self.app.agents, op, Some(&self.app.models.names()))
+        crate::api::agents_http::run(&self.app.agents, op, Some(&self.app.model_names()))
             .map_err(|e| e.message)
     }
 

@@ -252,6 +252,14 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     daemon
         .app
         .set_web(web_tools(&config).map_err(|e| ServeError::Usage(format!("web tools: {e}")))?);
+    let local: Vec<String> = daemon.app.models.names();
+    let remotes = remotes(&config, &local)?;
+    // Health checks of the remote models' upstreams, until the daemon stops.
+    let (stop_checks, checks) = tokio::sync::watch::channel(false);
+    for (_, up) in remotes.all() {
+        runtime.spawn(up.clone().watch(checks.clone()));
+    }
+    daemon.app.set_remotes(remotes);
     // The HTTPS admin endpoints report the same status object as the admin socket.
     let backend: std::sync::Weak<dyn AdminBackend> = Arc::downgrade(&daemon) as _;
     daemon.app.admin.set_backend(backend);
@@ -263,6 +271,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         addr,
         activated,
     ));
+    let _ = stop_checks.send(true);
     let chat_loaded = wait_for_loader(&daemon.loader, Duration::from_secs(2));
     let embed_loaded = wait_for_loader(&daemon.embed_loader, Duration::from_secs(2));
     let still_loading = !(chat_loaded && embed_loaded) || daemon.app.models.changing();
@@ -287,6 +296,37 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         unsafe { nix::libc::_exit(code) };
     }
     result
+}
+
+/// The remote models of `[remote]` and the overflow rules, checked against the local models
+/// (`local`): a name is one or the other, and a rule overflows a local model. Key and CA
+/// files are read here, so a bad one stops the start with its cause.
+fn remotes(config: &Config, local: &[String]) -> Result<crate::api::upstream::Remotes, ServeError> {
+    let mut ups = std::collections::BTreeMap::new();
+    for (name, rc) in &config.remote {
+        if local.contains(name) {
+            return Err(ServeError::Usage(format!(
+                "remote.{name}: a local model is already served under this name"
+            )));
+        }
+        let up = crate::remote::Upstream::new(name, rc.clone())
+            .map_err(|e| ServeError::Usage(e.to_string()))?;
+        ups.insert(name.clone(), Arc::new(up));
+    }
+    for (i, o) in config.overflow.iter().enumerate() {
+        if !local.contains(&o.model) {
+            return Err(ServeError::Usage(format!(
+                "overflow[{i}].model: `{}` is none of the local models ({})",
+                o.model,
+                local.join(", ")
+            )));
+        }
+    }
+    Ok(crate::api::upstream::Remotes::new(
+        ups,
+        &config.overflow,
+        config.residency.clone(),
+    ))
 }
 
 /// Waits up to `limit` for a model loading thread to finish; `false` if it is still running.

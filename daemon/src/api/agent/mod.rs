@@ -14,7 +14,6 @@
 pub mod run;
 pub mod tools;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -71,22 +70,35 @@ pub async fn chat(mut c: Call, name: &str) -> Result<Response<Body>, ApiError> {
         .model
         .clone()
         .unwrap_or_else(|| app.models.default_name());
-    let served = app.models.resolve(&model).map_err(|e| {
-        if e.status == hyper::StatusCode::NOT_FOUND {
-            ApiError::unavailable(format!(
-                "agent `{name}` uses model `{model}`, which this daemon does not serve now \
-                 (serving: {})",
-                app.models.names().join(", ")
-            ))
-        } else {
-            e
+    let remotes = app.remotes();
+    let backend = match remotes.get(&model) {
+        Some(up) => {
+            if let Some(why) = remotes.must_stay(&key, &agent.collections) {
+                return Err(ApiError::forbidden_because(
+                    "local_only",
+                    format!("agent `{name}` uses the remote model `{model}`, and {why}"),
+                ));
+            }
+            c.note(|e| e.remote = Some(model.clone()));
+            run::Backend::Remote(up)
         }
-    })?;
+        None => run::Backend::Local(app.models.resolve(&model).map_err(|e| {
+            if e.status == hyper::StatusCode::NOT_FOUND {
+                ApiError::unavailable(format!(
+                    "agent `{name}` uses model `{model}`, which this daemon does not serve now \
+                     (serving: {})",
+                    app.models.names().join(", ")
+                ))
+            } else {
+                e
+            }
+        })?),
+    };
     let kit = tools::Kit::for_caller(&app, &agent, &key).await;
     let offered = kit.ids();
     let run = Run::new(
         app.clone(),
-        served,
+        backend,
         agent.clone(),
         kit,
         body,
@@ -184,16 +196,16 @@ impl Ctx {
 
     /// Settle the tokens of every turn against the key's budget.
     fn account(&self, o: &Outcome) {
-        let m = &self.app.metrics;
-        m.prompt_tokens
-            .fetch_add(o.prompt_tokens as u64, Ordering::Relaxed);
-        m.completion_tokens
-            .fetch_add(o.completion_tokens as u64, Ordering::Relaxed);
-        let used = (o.prompt_tokens + o.completion_tokens) as u64;
+        super::chat::settle(
+            &self.app,
+            &self.key,
+            self.admitted_tokens,
+            &self.audit,
+            o.prompt_tokens as u64,
+            o.completion_tokens as u64,
+        );
         {
             let mut e = crate::util::lock(&self.audit);
-            e.tokens_in = Some(o.prompt_tokens as u64);
-            e.tokens_out = Some(o.completion_tokens as u64);
             e.tools = o
                 .steps
                 .iter()
@@ -201,9 +213,6 @@ impl Ctx {
                 .collect();
             e.collections = self.agent.collections.clone();
         }
-        self.app
-            .keys()
-            .charge_tokens(&self.key, used.saturating_sub(self.admitted_tokens));
     }
 }
 

@@ -28,6 +28,7 @@ use super::super::{App, Served};
 use super::tools::{self, Failure, Kit, Output};
 use crate::agents::Agent;
 use crate::engine::{Event, FinishReason, RequestHandle};
+use crate::remote::Upstream;
 
 /// What the run tells the response side.
 #[derive(Debug)]
@@ -86,10 +87,34 @@ impl Default for AgentLimits {
     }
 }
 
+/// The model an agent's turns go to.
+#[derive(Clone)]
+pub enum Backend {
+    Local(Arc<Served>),
+    /// A remote model: each turn is one forwarded chat request, its calls read by the upstream.
+    Remote(Arc<Upstream>),
+}
+
+impl Backend {
+    pub fn name(&self) -> &str {
+        match self {
+            Backend::Local(s) => &s.name,
+            Backend::Remote(u) => u.name(),
+        }
+    }
+}
+
+/// A model turn's request: parsed (and, for a local model, prepared), and as the JSON body a
+/// remote model is sent.
+pub struct TurnRequest {
+    pub parsed: Parsed,
+    body: Map<String, Value>,
+}
+
 /// One run of an agent for one request.
 pub struct Run {
     pub app: Arc<App>,
-    pub served: Arc<Served>,
+    pub backend: Backend,
     pub agent: Arc<Agent>,
     pub kit: Arc<Kit>,
     /// The client's request body (a JSON object).
@@ -125,7 +150,7 @@ struct Turn {
 impl Run {
     pub fn new(
         app: Arc<App>,
-        served: Arc<Served>,
+        backend: Backend,
         agent: Arc<Agent>,
         kit: Kit,
         body: Map<String, Value>,
@@ -140,7 +165,7 @@ impl Run {
         }
         Run {
             app,
-            served,
+            backend,
             agent,
             kit: Arc::new(kit),
             body,
@@ -153,7 +178,7 @@ impl Run {
     }
 
     /// The chat request of the next model turn, parsed and prepared for the model.
-    pub async fn next_turn(&self) -> Result<Parsed, ApiError> {
+    pub async fn next_turn(&self) -> Result<TurnRequest, ApiError> {
         let mut b = self.body.clone();
         for k in [
             "stream",
@@ -163,7 +188,7 @@ impl Run {
         ] {
             b.remove(k);
         }
-        b.insert("model".into(), self.served.name.clone().into());
+        b.insert("model".into(), self.backend.name().into());
         let mut messages = self.messages.clone();
         if self.round >= self.agent.max_steps {
             // The last turn sees the conversation as the client sent it, with every tool
@@ -171,12 +196,18 @@ impl Run {
             // calling tools goes on writing calls (as text) instead of answering. Where the
             // call syntax opens with one token, that token is banned too.
             messages = self.final_messages();
-            let sched = &self.served.scheduler;
-            let opener = sched
-                .template()
-                .tool_format()
-                .and_then(crate::engine::toolcall::grammar::trigger)
-                .and_then(|t| sched.grammars().token_id(t));
+            let opener = match &self.backend {
+                Backend::Local(served) => {
+                    let sched = &served.scheduler;
+                    sched
+                        .template()
+                        .tool_format()
+                        .and_then(crate::engine::toolcall::grammar::trigger)
+                        .and_then(|t| sched.grammars().token_id(t))
+                }
+                // Token ids of a remote model are not known here.
+                Backend::Remote(_) => None,
+            };
             if let Some(id) = opener {
                 let bias = b
                     .entry("logit_bias")
@@ -209,11 +240,13 @@ impl Run {
             let budget = asked.map_or(u64::from(budget), |a| a.min(u64::from(budget)));
             b.insert("max_reasoning_tokens".into(), budget.into());
         }
-        let bytes = serde_json::to_vec(&Value::Object(b))
-            .map_err(|e| ApiError::internal(format!("agent turn: {e}")))?;
+        let bytes =
+            serde_json::to_vec(&b).map_err(|e| ApiError::internal(format!("agent turn: {e}")))?;
         let mut parsed = openai::parse(Kind::Chat, &bytes)?;
-        prepare(&self.served, &mut parsed).await?;
-        Ok(parsed)
+        if let Backend::Local(served) = &self.backend {
+            prepare(served, &mut parsed).await?;
+        }
+        Ok(TurnRequest { parsed, body: b })
     }
 
     /// The conversation of the last turn: the client's, the last user message carrying the
@@ -239,7 +272,7 @@ impl Run {
     }
 
     /// Run to the end, from the first turn's prepared request, sending events to `tx`.
-    pub async fn go(mut self, first: Parsed, tx: mpsc::Sender<Ev>) {
+    pub async fn go(mut self, first: TurnRequest, tx: mpsc::Sender<Ev>) {
         let name = self.agent.name.clone();
         let started = Instant::now();
         let end = match self.rounds(first, &tx).await {
@@ -264,16 +297,25 @@ impl Run {
         let _ = tx.send(end).await;
     }
 
-    async fn rounds(&mut self, first: Parsed, tx: &mpsc::Sender<Ev>) -> Result<(), Stop> {
-        let mut parsed = first;
+    async fn rounds(&mut self, first: TurnRequest, tx: &mpsc::Sender<Ev>) -> Result<(), Stop> {
+        let mut req = first;
         loop {
-            let handle = submit(&self.served, &parsed)
-                .await?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ApiError::internal("no choice submitted"))?;
-            self.outcome.prompt_tokens += handle.prompt_tokens();
-            let turn = self.turn(handle, parsed.tool_parsing.as_ref(), tx).await?;
+            let turn = match self.backend.clone() {
+                Backend::Local(served) => {
+                    let handle = submit(&served, &req.parsed)
+                        .await?
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| ApiError::internal("no choice submitted"))?;
+                    self.outcome.prompt_tokens += handle.prompt_tokens();
+                    self.turn(handle, req.parsed.tool_parsing.as_ref(), tx)
+                        .await?
+                }
+                Backend::Remote(up) => {
+                    let stream = super::super::upstream::turn(&self.app, &up, &req.body).await?;
+                    self.remote_turn(&up, stream, &req, tx).await?
+                }
+            };
             let last = self.round >= self.agent.max_steps;
             if turn.calls.is_empty() || last {
                 self.outcome.finish = Some(turn.finish);
@@ -284,7 +326,7 @@ impl Run {
             }
             self.round += 1;
             self.run_calls(turn, tx).await?;
-            parsed = self.next_turn().await?;
+            req = self.next_turn().await?;
         }
     }
 
@@ -344,6 +386,86 @@ impl Run {
                 Some(Event::Error(m)) => return Err(Stop::Failed(ApiError::internal(m))),
             }
         }
+    }
+
+    /// One model turn on a remote model: its text goes out as it comes; its calls, which the
+    /// upstream read, are collected whole.
+    async fn remote_turn(
+        &mut self,
+        up: &Upstream,
+        mut stream: crate::remote::Stream,
+        req: &TurnRequest,
+        tx: &mpsc::Sender<Ev>,
+    ) -> Result<Turn, Stop> {
+        let mut all = crate::remote::Assembled::default();
+        loop {
+            let next = tokio::select! {
+                n = stream.next() => n,
+                _ = tx.closed() => return Err(Stop::Gone),
+            };
+            let chunk = match next {
+                None => break,
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    return Err(Stop::Failed(super::super::upstream::error(
+                        &self.app, up, &e,
+                    )))
+                }
+            };
+            let before = (all.content.len(), all.reasoning.len());
+            all.push(&chunk);
+            if all.reasoning.len() > before.1 {
+                send(tx, Ev::Reasoning(all.reasoning[before.1..].to_string())).await?;
+            }
+            if all.content.len() > before.0 {
+                send(tx, Ev::Content(all.content[before.0..].to_string())).await?;
+            }
+        }
+        let usage = all.usage.clone().unwrap_or_else(|| {
+            let prompt = serde_json::to_string(&req.body["messages"]).unwrap_or_default();
+            let answer = format!("{}{}", all.reasoning, all.content);
+            let count = |t: &str| {
+                up.count_tokens(t).map_or_else(
+                    || super::super::gate::estimate_tokens(t.len()),
+                    |n| n as u64,
+                )
+            };
+            crate::remote::Usage {
+                prompt_tokens: count(&prompt),
+                completion_tokens: count(&answer),
+                reasoning_tokens: 0,
+            }
+        });
+        self.outcome.prompt_tokens += usage.prompt_tokens as usize;
+        self.outcome.completion_tokens += usage.completion_tokens as usize;
+        self.outcome.reasoning_tokens += usage.reasoning_tokens as usize;
+        let calls = all
+            .tool_calls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let name = c["function"]["name"].as_str()?.to_string();
+                Some(Call {
+                    id: c["id"]
+                        .as_str()
+                        .map_or_else(|| format!("call_{}_{i}", self.round), str::to_string),
+                    name,
+                    arguments: c["function"]["arguments"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                })
+            })
+            .collect();
+        let finish = match all.finish_reason.as_deref() {
+            Some("length") => FinishReason::Length,
+            _ => FinishReason::Stop,
+        };
+        Ok(Turn {
+            content: all.content,
+            calls,
+            finish,
+        })
     }
 
     /// Content and call pieces from the tool-call reader.

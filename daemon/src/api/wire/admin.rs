@@ -71,6 +71,29 @@ pub struct AppStatus {
     pub tokens_generated: Option<u64>,
     pub cancellations: Option<u64>,
     pub version: &'static str,
+    /// The remote models (`[remote.NAME]`) and their upstreams' health.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<RemoteStatus>,
+}
+
+/// A remote model as admins see it (never its address' credentials or its key).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RemoteStatus {
+    pub name: String,
+    /// The model name the upstream serves.
+    pub upstream_model: String,
+    /// Whether the upstream answers its health checks (a down one gets no requests).
+    pub up: bool,
+    /// Unix seconds of the last change between up and down.
+    pub since: u64,
+    /// Unix seconds of the last health check.
+    pub checked: Option<u64>,
+    /// Why it is down.
+    pub error: Option<String>,
+    /// Requests in flight to it now.
+    pub in_flight: usize,
+    /// The local models that overflow to it.
+    pub overflow_from: Vec<String>,
 }
 
 /// `GET /v1/admin/status`: the status object plus the latest sample of the history.

@@ -26,6 +26,10 @@ pub struct Model {
     /// Chat models only: whether `default` names it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default: Option<bool>,
+    /// `remote` for a model answered by an upstream inference server (`[remote.NAME]`);
+    /// absent for local models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<&'static str>,
 }
 
 impl Model {
@@ -40,6 +44,18 @@ impl Model {
             context_length: None,
             provider: None,
             default: None,
+            backend: None,
+        }
+    }
+
+    /// A remote model: `ready` while its upstream answers health checks, else `unavailable`.
+    pub fn remote(name: &str, up: bool, context_length: Option<usize>) -> Model {
+        Model {
+            state: Some(if up { "ready" } else { "unavailable" }),
+            context_length,
+            backend: Some("remote"),
+            default: Some(false),
+            ..Model::new(name, 0)
         }
     }
 
@@ -71,4 +87,7 @@ pub struct Ready {
     pub model: String,
     /// Every chat model and its state.
     pub models: std::collections::BTreeMap<String, String>,
+    /// Every remote model: `up` or `down` (a down upstream does not make the daemon unready).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub remotes: std::collections::BTreeMap<String, String>,
 }
