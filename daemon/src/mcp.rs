@@ -762,17 +762,7 @@ fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let mut last = err.to_string();
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            let plain = match io.kind() {
-                ConnectionRefused => Some("connection refused"),
-                ConnectionReset => Some("connection reset"),
-                ConnectionAborted => Some("connection aborted"),
-                TimedOut => Some("connection timed out"),
-                HostUnreachable => Some("host unreachable"),
-                NetworkUnreachable => Some("network unreachable"),
-                _ => None,
-            };
-            if let Some(p) = plain {
+            if let Some(p) = crate::util::plain_io_error(io) {
                 return p.to_string();
             }
         }

@@ -182,6 +182,21 @@ where
         .map_err(|e| E::from(TaskFailed(e.to_string())))?
 }
 
+/// The common network failures of an outbound connection in plain words ("connection
+/// refused"), for one-line causes; `None` for the others.
+pub fn plain_io_error(e: &std::io::Error) -> Option<&'static str> {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => Some("connection refused"),
+        ConnectionReset => Some("connection reset"),
+        ConnectionAborted => Some("connection aborted"),
+        TimedOut => Some("connection timed out"),
+        HostUnreachable => Some("host unreachable"),
+        NetworkUnreachable => Some("network unreachable"),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -443,17 +443,7 @@ fn transport_message(e: &reqwest::Error) -> String {
     let mut last = String::from("connection failed");
     while let Some(c) = cur {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            let plain = match io.kind() {
-                ConnectionRefused => Some("connection refused"),
-                ConnectionReset => Some("connection reset"),
-                ConnectionAborted => Some("connection aborted"),
-                TimedOut => Some("connection timed out"),
-                HostUnreachable => Some("host unreachable"),
-                NetworkUnreachable => Some("network unreachable"),
-                _ => None,
-            };
-            if let Some(p) = plain {
+            if let Some(p) = crate::util::plain_io_error(io) {
                 return p.to_string();
             }
         }
