@@ -612,6 +612,35 @@ def test_residency_keeps_local_groups_and_collections_off_remote_models(down, up
     assert ok.status_code == 200 and ok.json()["model"] == MODEL, ok.text
 
 
+def test_residency_holds_for_agents_on_remote_models(down, up, kb):
+    """An agent on a remote model is refused (403 `local_only`) to a `local_groups` key, and
+    an agent on a remote model that searches a `local_collections` collection is refused to
+    everyone; nothing reaches the upstream. An agent on the local model serves the `legal`
+    key, and the remote one serves a key of another group."""
+    # (The local fixture's template takes no tools: its agent has none.)
+    for name, model, tools, cols in [("remote-public", "hqtools", ["kb_search"], ["public"]),
+                                     ("remote-hr", "hqtools", ["kb_search"], ["hr"]),
+                                     ("local-plain", MODEL, [], [])]:
+        r = down.http.post("/v1/admin/agents", headers=hdr(down.admin), json={
+            "name": name, "model": model, "tools": tools, "collections": cols,
+            "max_steps": 1})
+        assert r.status_code == 201, r.text
+    legal = down.key("legal-agents", "agent:*,kb:read:public,kb:read:hr", "--group", "legal")
+    other = down.key("sales-agents", "agent:*,kb:read:public,kb:read:hr", "--group", "sales")
+    body = {"max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    before = len(up.served_settled())
+    e = error_of(post(down, legal, {**body, "model": "agent:remote-public"}), 403)
+    assert e["code"] == "local_only" and "legal" in e["message"], e
+    for key in (legal, other):
+        e = error_of(post(down, key, {**body, "model": "agent:remote-hr"}), 403)
+        assert e["code"] == "local_only", e
+    assert len(up.served_settled()) == before
+    r = post(down, legal, {**body, "model": "agent:local-plain"})
+    assert r.status_code == 200, r.text
+    r = post(down, other, {**body, "model": "agent:remote-public"})
+    assert r.status_code == 200 and len(up.served_settled()) > before, r.text
+
+
 def test_overflow_goes_to_hq_except_for_data_that_must_stay(down, up, kb):
     """While the local model's one slot and one queue place are held (by `legal` keys that
     keep re-asking), a plain key's chat is answered by `hq` (answer model `hq`, audit remote
