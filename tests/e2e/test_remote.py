@@ -57,7 +57,8 @@ WEATHER = {"type": "function", "function": {
 
 # The remotes of the downstream whose health should settle at `up` (`gone` and `wrongkey`:
 # `down`).
-UP_REMOTES = ["hq", "hqtools", "hqembed", "llama", "slow", "doomed", "junk", "badjson"]
+UP_REMOTES = ["hq", "hqtools", "hqembed", "llama", "slow", "doomed", "junk", "badjson",
+              "nousage"]
 WRONG_TOKEN = "wrong-" + secrets.token_hex(16)
 
 
@@ -259,6 +260,8 @@ def down(tmp_path_factory, up, llama, slow, doomed, garbage, gone_url, web):
                            health_interval_s=300),
             remote_section("badjson", url=garbage.badjson_url, model=garbage.MODEL,
                            health_interval_s=300),
+            remote_section("nousage", url=garbage.nousage_url, model=garbage.MODEL,
+                           tokenizer=QWEN / "tokenizer.json", health_interval_s=300),
             remote_section("gone", url=gone_url, connect_timeout_s=1, health_interval_s=1),
             # llama-server with a token it does not accept.
             remote_section("wrongkey", llama, api_key_file=wrong, health_interval_s=1),
@@ -891,6 +894,48 @@ def test_an_upstream_refusing_the_token_never_shows_it(down, llama):
 
 # --------------------------------------------------------------------------------------------
 # configuration and secrets
+
+
+def test_doctor_tries_each_upstream_once(down):
+    """`edgeseek doctor` with the downstream's configuration: a healthy upstream is OK and
+    names the model it serves; one nothing listens on, and one that refuses our token, FAIL
+    with a fix; none of it shows an upstream's token."""
+    p = subprocess.run([str(BIN), "doctor", "--dev", "--json", "--no-hash",
+                        "--state-dir", str(down.state), "--config", str(down.state / "edgeseek.toml")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode in (0, 1), p.stderr
+    checks = {c["name"]: c for c in json.loads(p.stdout)["checks"]}
+    assert checks["remote hq"]["status"] == "ok", checks["remote hq"]
+    assert MODEL in checks["remote hq"]["detail"]
+    for name in ("remote gone", "remote wrongkey"):
+        assert checks[name]["status"] == "fail" and checks[name]["fix"], checks[name]
+    assert p.returncode == 1
+    assert_hides(p.stdout + p.stderr, WRONG_TOKEN, down.up.key)
+
+
+def test_usage_an_upstream_omits_is_counted_with_the_configured_tokenizer(down, garbage):
+    """An upstream that sends no `usage` (whole or streamed): the downstream counts prompt and
+    answer with the remote's `tokenizer` (the fixture's tokenizer.json, encoded without special
+    tokens) and reports, settles and audits that count."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(QWEN / "tokenizer.json"))
+    count = lambda t: len(tok.encode(t, add_special_tokens=False).ids)
+    question = "Wo liegt der Bericht?"
+    want = {"prompt_tokens": count(question), "completion_tokens": count(garbage.ANSWER)}
+    body = {"model": "nousage", "messages": [{"role": "user", "content": question}]}
+    r = post(down, down.user, body, rid="nousage-whole")
+    assert r.status_code == 200, r.text
+    v = r.json()
+    assert v["choices"][0]["message"]["content"] == garbage.ANSWER
+    assert {k: v["usage"][k] for k in want} == want, v["usage"]
+    record = audit_of(down, "nousage-whole")
+    assert (record["tokens_in"], record["tokens_out"]) == tuple(want.values()), record
+    status, events, done = stream(down, down.user, {**body, "stream": True,
+                                                    "stream_options": {"include_usage": True}})
+    assert status == 200 and done
+    assert joined(events)[1] == garbage.ANSWER
+    usage = [e["usage"] for e in events if e.get("usage")]
+    assert len(usage) == 1 and {k: usage[0][k] for k in want} == want, usage
 
 
 def test_a_key_file_others_can_read_is_refused_at_start(tmp_path):

@@ -414,7 +414,9 @@ class GarbageServer:
     - `junk_url` (.../junk/v1): any request but GET .../models gets non-HTTP bytes, then the
       connection is closed;
     - `badjson_url` (.../badjson/v1): any request but GET .../models gets a well-formed HTTP
-      200 `application/json` whose body is not JSON.
+      200 `application/json` whose body is not JSON;
+    - `nousage_url` (.../nousage/v1): a valid chat completion (whole or streamed) of ANSWER
+      without `usage`.
 
     GET .../models answers a valid OpenAI model list (model `garbage`, MODEL) on both, so the
     downstream's health probe sees an upstream that is up (configure the remote with
@@ -429,6 +431,7 @@ class GarbageServer:
         self.port = self.sock.getsockname()[1]
         self.junk_url = f"http://127.0.0.1:{self.port}/junk/v1"
         self.badjson_url = f"http://127.0.0.1:{self.port}/badjson/v1"
+        self.nousage_url = f"http://127.0.0.1:{self.port}/nousage/v1"
         self.hits: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -480,10 +483,34 @@ class GarbageServer:
                     self._http(conn, "application/json", body.encode())
                 elif path.startswith("/badjson/"):
                     self._http(conn, "application/json", b"<html>502 Bad Gateway</html> {\"choi")
+                elif path.startswith("/nousage/"):
+                    stream = json.loads(rest[:length] or b"{}").get("stream") is True
+                    self._no_usage(conn, stream)
                 else:
                     conn.sendall(self.JUNK * 4)
             except OSError:
                 pass
+
+    # What `nousage_url` answers: a well-formed chat completion that carries no `usage`, as
+    # some OpenAI-compatible servers send (the downstream must count it itself).
+    ANSWER = "Der Bericht liegt im Ordner Finanzen."
+
+    def _no_usage(self, conn, stream):
+        base = {"id": "x", "created": 0, "model": self.MODEL}
+        if not stream:
+            body = {**base, "object": "chat.completion", "choices": [{
+                "index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": self.ANSWER}}]}
+            return self._http(conn, "application/json", json.dumps(body).encode())
+        events = [{**base, "object": "chat.completion.chunk", "choices": [{
+            "index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            for piece in self.ANSWER.split(" ")]
+        events[1:] = [{**e, "choices": [{**e["choices"][0], "delta": {
+            "content": " " + e["choices"][0]["delta"]["content"]}}]} for e in events[1:]]
+        events.append({**base, "object": "chat.completion.chunk",
+                       "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        self._http(conn, "text/event-stream", body.encode())
 
     @staticmethod
     def _http(conn, ctype, body):

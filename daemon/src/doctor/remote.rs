@@ -43,7 +43,8 @@ pub fn check_remotes(ctx: &Ctx) -> Vec<Check> {
                 }
             };
             let started = Instant::now();
-            match rt.block_on(tokio::time::timeout(PROBE_LIMIT, up.probe())) {
+            // The timer is made inside the runtime (it needs its clock).
+            match rt.block_on(async { tokio::time::timeout(PROBE_LIMIT, up.probe()).await }) {
                 Err(_) => Check::fail(
                     label,
                     format!("no answer within {} s", PROBE_LIMIT.as_secs()),
