@@ -752,6 +752,22 @@ def test_a_down_upstream_is_503_and_readiness_and_metrics_say_so(down, gone_url)
     ok = post(down, down.user, {"model": MODEL, "max_tokens": 4,
                                 "messages": [{"role": "user", "content": "hi"}]})
     assert ok.status_code == 200 and ok.json()["model"] == MODEL
+    # `edgeseek status` (the admin socket) and /v1/admin/status: each remote's state and cause.
+    p = subprocess.run([str(BIN), "status", "--json", "--dev", "--state-dir", str(down.state)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    remotes = {r["id"]: r for r in json.loads(p.stdout)["remotes"]}
+    assert remotes["gone"]["up"] is False and remotes["gone"]["error"], remotes["gone"]
+    assert remotes["hq"]["up"] is True and remotes["hq"]["upstream_model"] == MODEL
+    assert remotes["hq"]["overflow_from"] == [MODEL]
+    assert_hides(p.stdout, *hides_upstream(gone_url), down.up.key)
+    text = subprocess.run([str(BIN), "status", "--dev", "--state-dir", str(down.state)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    assert re.search(r"^remotes\.gone\.up +false$", text, re.M), text
+    assert re.search(r"^remotes\.hq\.up +true$", text, re.M), text
+    r = down.http.get("/v1/admin/status", headers=hdr(down.admin))
+    assert r.status_code == 200
+    assert {x["id"]: x["up"] for x in r.json()["remotes"]}["gone"] is False
 
 
 def test_an_upstream_down_at_start_is_used_once_it_comes_up(tmp_path):

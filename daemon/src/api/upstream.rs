@@ -171,7 +171,7 @@ impl Remotes {
             .map(|(n, u)| {
                 let h = u.health();
                 super::wire::admin::RemoteStatus {
-                    name: n.clone(),
+                    id: n.clone(),
                     upstream_model: u.upstream_model().to_string(),
                     up: h.up,
                     since: h.since,

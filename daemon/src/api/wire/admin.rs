@@ -79,7 +79,8 @@ pub struct AppStatus {
 /// A remote model as admins see it (never its address' credentials or its key).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RemoteStatus {
-    pub name: String,
+    /// Its name (`[remote.NAME]`), what requests use as `model`.
+    pub id: String,
     /// The model name the upstream serves.
     pub upstream_model: String,
     /// Whether the upstream answers its health checks (a down one gets no requests).
