@@ -448,28 +448,11 @@ impl Directory {
 
 /// rustls (ring) trusting `ca_file`, else the system's trust store.
 fn tls_config(cfg: &LdapConfig) -> Result<rustls::ClientConfig, LdapError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
     let Some(ca) = &cfg.ca_file else {
         return crate::web::tls::client_config().map_err(LdapError::Setup);
     };
-    let setup = |m: String| LdapError::Setup(format!("auth.ldap.ca_file {}: {m}", ca.display()));
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| setup(e.to_string()))?;
-    for c in certs {
-        roots
-            .add(c.map_err(|e| setup(e.to_string()))?)
-            .map_err(|e| setup(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(setup("holds no certificate".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| LdapError::Setup(format!("TLS setup failed: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    crate::web::tls::client_config_with_roots(ca)
+        .map_err(|m| LdapError::Setup(format!("auth.ldap.ca_file {}: {m}", ca.display())))
 }
 
 #[cfg(test)]

@@ -415,25 +415,8 @@ fn read_key(name: &str, path: &Path) -> Result<String, RemoteError> {
 /// rustls (ring) trusting only the certificates of `ca`: the company's own CA, without
 /// trusting it for the rest of the system (or the system's roots for this upstream).
 fn tls_with_roots(name: &str, ca: &Path) -> Result<rustls::ClientConfig, RemoteError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let bad =
-        |m: String| RemoteError::Config(format!("remote.{name}.ca_file {}: {m}", ca.display()));
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
-        roots
-            .add(c.map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("holds no certificate".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RemoteError::Config(format!("TLS setup failed: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    crate::web::tls::client_config_with_roots(ca)
+        .map_err(|m| RemoteError::Config(format!("remote.{name}.ca_file {}: {m}", ca.display())))
 }
 
 /// The useful part of a transport error: the innermost cause (reqwest's outer layers say only

@@ -31,6 +31,28 @@ pub fn client_config() -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth())
 }
 
+/// A client configuration trusting only the certificates of the PEM bundle `ca` (a company's
+/// own CA, for one server, without trusting it for the rest of the system or the system's
+/// roots for that server). The error says what is wrong with the file.
+pub fn client_config_with_roots(ca: &std::path::Path) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("holds no certificate".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// The certificate verifier when the system's trust store could not be loaded: it refuses
 /// every certificate, saying why.
 #[derive(Debug)]
