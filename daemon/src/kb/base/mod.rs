@@ -296,8 +296,14 @@ impl std::fmt::Debug for KnowledgeBase {
 
 impl Drop for KnowledgeBase {
     fn drop(&mut self) {
-        self.inner.shutdown.store(true, Ordering::SeqCst);
-        self.inner.jobs_cv.notify_all();
+        {
+            // Raised under the jobs lock: the worker checks the flag and starts waiting while
+            // it holds that lock, so the notification cannot fall between the two (a lost
+            // wake-up there left the worker asleep and this join hanging forever).
+            let _jobs = lock(&self.inner.jobs);
+            self.inner.shutdown.store(true, Ordering::SeqCst);
+            self.inner.jobs_cv.notify_all();
+        }
         if let Some(t) = lock(&self.worker).take() {
             let _ = t.join();
         }

@@ -757,3 +757,25 @@ fn a_deleted_and_recreated_collection_starts_empty() {
     assert_eq!(files(&hits), ["b.txt"]);
     assert_eq!(row_counts(&kb), [1, 1, 1, 1, 1]);
 }
+
+#[test]
+fn a_knowledge_base_dropped_right_after_opening_stops_its_worker() {
+    // Dropping races the worker's first check of the shutdown flag; a wake-up lost there
+    // left the worker asleep and the drop joining it forever. Many rounds make the race
+    // likely; the watchdog turns a hang into a failure.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..300 {
+            drop(open(&path));
+        }
+        let _ = done.send(());
+    });
+    assert!(
+        finished
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .is_ok(),
+        "dropping a knowledge base hung"
+    );
+}
