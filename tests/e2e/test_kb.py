@@ -4,6 +4,7 @@ Debian PDF manuals, and a short kill -9 durability run."""
 
 import io
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -261,6 +262,37 @@ def test_scopes_direct_and_through_chat(server, admin, loaded):
     cites = r.json()["citations"]
     assert cites and all(c["collection"] == "hr" for c in cites)
     assert all("ZEBRA" not in c["text"] for c in cites)
+
+
+def test_me_lists_exactly_the_collections_and_capabilities_a_key_has(server, admin, loaded):
+    def me(key):
+        r = server.http.get("/v1/me", headers=h(key))
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    hr = me(server.key("me-hr", "kb:read:hr,kb:write:travel,chat"))
+    assert hr["method"] == "api_key" and hr["name"] == "me-hr" and re.fullmatch(r"[0-9a-f]{12}", hr["id"])
+    assert sorted(hr["collections"], key=lambda c: c["name"]) == [
+        {"name": "hr", "read": True, "write": False},
+        {"name": "travel", "read": True, "write": True}]
+    assert hr["can"] == {"chat": True, "embeddings": False, "web_search": False, "admin": False,
+                         "knowledge": True, "create_collections": True}
+    assert hr["knowledge"] is True and hr["agents"] == []
+    # Everything is what the endpoint it describes would answer.
+    listed = {c["name"] for c in server.http.get("/v1/kb/collections",
+                                                 headers=h(server.key("me-hr2", "kb:read:hr"))).json()["data"]}
+    assert listed == {"hr"}
+    # A chat-only key learns nothing about collections and is offered no knowledge controls.
+    chat_only = me(server.key("me-chat", "chat,agent:helpdesk"))
+    assert chat_only["collections"] == [] and chat_only["can"]["knowledge"] is False
+    assert chat_only["can"]["create_collections"] is False and chat_only["agents"] == ["helpdesk"]
+    # Wildcards and admin see every collection, writable.
+    for key in (admin, server.key("me-admin", "admin")):
+        every = me(key)
+        assert {c["name"] for c in every["collections"]} == {"hr", "finance", "travel"}
+        assert all(c["write"] for c in every["collections"])
+    assert me(server.key("me-admin2", "admin"))["can"]["admin"] is True
+    assert server.http.get("/v1/me").status_code == 401
 
 
 def test_rag_chat_citations_resolve(server, admin, loaded):

@@ -156,6 +156,28 @@ def test_a_key_quota_refuses_at_the_boundary(tmp_path):
     s.stop()
 
 
+def test_me_reports_limits_and_the_quota_used_so_far(tmp_path):
+    s = Server(tmp_path / "state", config="[usage.groups.legal]\ntokens_per_month = 100000\n")
+    s.wait_ready()
+    key = s.key("lawyer", "chat", "--group", "legal", "--tokens-per-day", "5000",
+                "--rpm", "30")
+    used = sum(chat(s, key).json()["usage"]["total_tokens"] for _ in range(2))
+    r = s.http.get("/v1/me", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    lim = r.json()["limits"]
+    assert lim["requests_per_minute"] == 30 and lim["tokens_per_minute"] is None
+    assert lim["max_inflight"] >= 1
+    quotas = {(q["applies_to"], q["period"]): q for q in lim["quotas"]}
+    assert set(quotas) == {("key", "day"), ("group", "month")}
+    assert quotas[("key", "day")]["limit"] == 5000 and quotas[("group", "month")]["limit"] == 100000
+    # The same count the quota check uses: every token the answers reported.
+    assert quotas[("key", "day")]["used"] == used == quotas[("group", "month")]["used"]
+    assert quotas[("key", "day")]["resets_at"] % 86_400 == 0
+    assert quotas[("key", "day")]["resets_at"] > time.time()
+    assert r.json()["group"] == "legal"
+    s.stop()
+
+
 def test_a_group_quota_covers_every_key_of_the_group(tmp_path):
     s = Server(tmp_path / "state",
                config="[usage.groups.finance]\ntokens_per_month = 40\n")

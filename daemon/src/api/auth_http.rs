@@ -13,10 +13,14 @@ use hyper::{Response, StatusCode};
 
 use super::error::ApiError;
 use super::gate::{Call, SESSION_COOKIE};
-use super::wire::auth::{AuthMethods, LoggedOut, LoginRequest, SessionInfo};
+use super::wire::auth::{
+    AuthMethods, Capabilities, CollectionAccess, Limits, LoggedOut, LoginRequest, Me, QuotaUse,
+    SessionInfo,
+};
 use super::wire::{parse, required};
 use super::Body;
 use crate::auth::{sessions::random_token, LdapError, Session};
+use crate::keys::Scope;
 
 /// Longest account name accepted (AD's userPrincipalName is at most 1024 with the domain;
 /// names people type are far shorter).
@@ -202,4 +206,101 @@ pub async fn logout(c: Call) -> Result<Response<Body>, ApiError> {
         );
     }
     Ok(r)
+}
+
+/// `GET /v1/me`: the caller's scopes spelled out (what it may do, which existing collections
+/// it may read or write) and its limits with the quota used so far.
+pub async fn me(c: Call) -> Result<Response<Body>, ApiError> {
+    let key = c.key()?.clone();
+    let method = if c.session.is_some() {
+        "session"
+    } else {
+        "api_key"
+    };
+    let has = |s: &Scope| key.allows(s);
+    let admin = has(&Scope::Admin);
+    let any_kb = admin
+        || key
+            .scopes
+            .iter()
+            .any(|s| matches!(s, Scope::KbRead(_) | Scope::KbWrite(_)));
+    let can = Capabilities {
+        chat: has(&Scope::Chat),
+        embeddings: has(&Scope::Embeddings),
+        web_search: has(&Scope::Web),
+        admin,
+        knowledge: any_kb,
+        create_collections: admin || key.scopes.iter().any(|s| matches!(s, Scope::KbWrite(_))),
+    };
+    let agents = if admin {
+        vec!["*".to_string()]
+    } else {
+        key.scopes
+            .iter()
+            .filter_map(|s| match s {
+                Scope::Agent(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // Only a key with some knowledge scope learns which collections exist.
+    let kb = if any_kb { c.app.kb().ok() } else { None };
+    let knowledge = kb.is_some() || (!any_kb && c.app.kb().is_ok());
+    let collections = match kb {
+        Some(kb) => {
+            let list =
+                crate::util::blocking(move || Ok::<_, ApiError>(kb.base().list_collections()))
+                    .await?;
+            list.into_iter()
+                .filter(|col| has(&Scope::KbRead(col.name.clone())))
+                .map(|col| CollectionAccess {
+                    write: has(&Scope::KbWrite(col.name.clone())),
+                    read: true,
+                    name: col.name,
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let quotas = match c.app.usage.get() {
+        Some(usage) => usage
+            .standing(
+                (&key.id, &key.name),
+                key.quota,
+                super::gate::group_quota(&c.app, &key),
+                crate::util::unix_now(),
+            )
+            .into_iter()
+            .map(|q| QuotaUse {
+                applies_to: if q.who.starts_with("group ") {
+                    "group"
+                } else {
+                    "key"
+                },
+                period: q.period,
+                used: q.used,
+                limit: q.limit,
+                resets_at: q.resets_at,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let me = Me {
+        id: key.id.clone(),
+        name: key.name.clone(),
+        method,
+        scopes: key.scopes.iter().map(ToString::to_string).collect(),
+        group: key.group.clone(),
+        can,
+        agents,
+        knowledge,
+        collections,
+        limits: Limits {
+            requests_per_minute: key.rpm,
+            tokens_per_minute: key.tpm,
+            max_inflight: c.app.config().max_inflight_per_key,
+            quotas,
+        },
+    };
+    Ok(answer(StatusCode::OK, &me))
 }

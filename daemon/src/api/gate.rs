@@ -455,15 +455,20 @@ impl Drop for Admission {
     }
 }
 
+/// The key's usage group with that group's quota (`[usage.groups.NAME]`; none: unlimited).
+pub fn group_quota<'k>(app: &App, key: &'k KeyInfo) -> Option<(&'k str, crate::usage::Quota)> {
+    let cfg = app.config();
+    key.group
+        .as_deref()
+        .map(|g| (g, cfg.group_quotas.get(g).copied().unwrap_or_default()))
+}
+
 /// Rate limits, then the in-flight share; nothing is charged or held when refused.
 fn admit(app: &App, key: &KeyInfo, cost: Cost) -> Result<Admission, ApiError> {
     let cfg = app.config();
     // Quotas first: a key or group that has used its day or month gets nothing more.
     if let Some(usage) = app.usage.get() {
-        let group = key
-            .group
-            .as_deref()
-            .map(|g| (g, cfg.group_quotas.get(g).copied().unwrap_or_default()));
+        let group = group_quota(app, key);
         usage
             .check(
                 (&key.id, &key.name),

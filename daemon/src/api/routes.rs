@@ -298,6 +298,21 @@ static TABLE: &[Route] = &[
             ),
             route(
                 "GET",
+                "/v1/me",
+                Key,
+                No,
+                NO_BODY,
+                handler!(auth_http::me),
+                OpDoc {
+                operation_id: Some("me"),
+                description: Some("What the calling key (or signed-in user) may do: its scopes as capabilities (chat, embeddings, web search, admin, knowledge, creating collections), the agents it may use, the existing collections it may read (and whether it may write each; listed only for keys with a knowledge scope), and its limits: requests and tokens per minute, requests at once, and each token quota of the key and its group with the tokens used so far. The console shows exactly this."),
+                ok: ("200", "The caller's permissions and limits", &[(JSON, named::<auth_wire::Me>())]),
+                errors: &["401"],
+                ..OpDoc::new("The calling key")
+            },
+            ),
+            route(
+                "GET",
                 "/v1/models",
                 Key,
                 No,

@@ -114,7 +114,8 @@ pub struct Row {
     pub counts: Counts,
 }
 
-/// Whose quota a call hit.
+/// A quota and its use: the one a call hit ([`UsageStore::check`]) or one of a key's
+/// ([`UsageStore::standing`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverQuota {
     /// `key NAME` or `group NAME`.
@@ -295,6 +296,25 @@ impl UsageStore {
         group: Option<(&str, Quota)>,
         now: u64,
     ) -> Result<(), OverQuota> {
+        match self
+            .standing(key, key_quota, group, now)
+            .into_iter()
+            .find(|q| q.used >= q.limit)
+        {
+            Some(q) => Err(q),
+            None => Ok(()),
+        }
+    }
+
+    /// Every quota of `key` (`(id, name)`, with `key_quota`) and of its group at `now`, with
+    /// the tokens used so far in its period: the key's day and month, then the group's.
+    pub fn standing(
+        &self,
+        key: (&str, &str),
+        key_quota: Quota,
+        group: Option<(&str, Quota)>,
+        now: u64,
+    ) -> Vec<OverQuota> {
         let day = day_of(now);
         let (first, next) = month_of(day);
         let inner = lock(&self.inner);
@@ -306,6 +326,7 @@ impl UsageStore {
         if let Some((g, q)) = group {
             checks.push((Who::Group(g.to_string()), format!("group {g}"), q));
         }
+        let mut out = Vec::new();
         for (who, name, q) in checks {
             for (period, limit, label, resets_day) in [
                 (Period::Day(day), q.tokens_per_day, "day", day + 1),
@@ -321,18 +342,16 @@ impl UsageStore {
                 } else {
                     0
                 };
-                if used >= limit {
-                    return Err(OverQuota {
-                        who: name,
-                        period: label,
-                        used,
-                        limit,
-                        resets_at: u64::from(resets_day) * 86_400,
-                    });
-                }
+                out.push(OverQuota {
+                    who: name.clone(),
+                    period: label,
+                    used,
+                    limit,
+                    resets_at: u64::from(resets_day) * 86_400,
+                });
             }
         }
-        Ok(())
+        out
     }
 
     /// Stored and pending rows from day `from` to day `to` (inclusive), of one group or key
