@@ -18,6 +18,9 @@ document.title = t('app.title');
 const views = {};
 let current = null;
 let isAdmin = false;
+// GET /v1/me: what the key may do; the tabs and controls follow it (null: an older daemon).
+let me = null;
+let canKb = true;
 let nav = null;
 
 function route() {
@@ -27,14 +30,14 @@ function route() {
   if (name === 'models' && isAdmin) return 'models';
   if (name === 'usage' && isAdmin) return 'usage';
   if (name === 'audit' && isAdmin) return 'audit';
-  if (name === 'knowledge') return 'knowledge';
+  if (name === 'knowledge' && canKb) return 'knowledge';
   return 'chat';
 }
 
 async function view(name) {
   if (!views[name]) {
-    if (name === 'chat') views.chat = new ChatView(await ownerOf(session.owner), { admin: isAdmin });
-    else if (name === 'knowledge') views.knowledge = new (await import('./kb.js')).KnowledgeView();
+    if (name === 'chat') views.chat = new ChatView(await ownerOf(session.owner), { admin: isAdmin, me });
+    else if (name === 'knowledge') views.knowledge = new (await import('./kb.js')).KnowledgeView({ me });
     else if (name === 'agents') views.agents = new (await import('./agents.js')).AgentsView();
     else if (name === 'models') views.models = new (await import('./models.js')).ModelsView();
     else if (name === 'usage') views.usage = new (await import('./usage.js')).UsageView();
@@ -64,7 +67,7 @@ async function show() {
 function frame() {
   const link = (r, label, hidden) => h('a', { href: `#/${r}`, dataset: { route: r }, hidden }, label);
   nav = h('nav', { class: 'tabs', 'aria-label': t('nav.label') },
-    link('chat', t('nav.chat')), link('knowledge', t('nav.kb')), link('agents', t('nav.agents'), !isAdmin),
+    link('chat', t('nav.chat')), link('knowledge', t('nav.kb'), !canKb), link('agents', t('nav.agents'), !isAdmin),
     link('models', t('nav.models'), !isAdmin), link('usage', t('nav.usage'), !isAdmin), link('audit', t('nav.audit'), !isAdmin),
     link('admin', t('nav.admin'), !isAdmin));
   const out = h('button', { type: 'button', class: 'ghost', onclick: () => signOut(t('signin.out')) }, t('signout'));
@@ -76,14 +79,15 @@ function frame() {
 }
 
 async function enter() {
-  // The admin page is offered to keys that may use it (403 for the others).
+  // The pages and controls are those the key may use, as the daemon says (no probing).
   try {
-    await api('GET', '/v1/admin/status');
-    isAdmin = true;
+    me = await api('GET', '/v1/me');
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) return; // signed out by the listener
-    isAdmin = false;
+    me = null;
   }
+  isAdmin = !!me?.can?.admin;
+  canKb = me ? !!me.can.knowledge : true;
   frame();
   await show();
 }
@@ -98,6 +102,8 @@ async function signOut(message, { server = true } = {}) {
   for (const k of Object.keys(views)) delete views[k];
   current = null;
   isAdmin = false;
+  me = null;
+  canKb = true;
   // The conversations go with the key (a shared browser keeps nothing of a signed-out user),
   // before the sign-in form shows: whoever sits down next finds nothing.
   if (owner) {

@@ -15,9 +15,12 @@ import { api, streamChat, ApiError } from './api.js';
 import * as store from './store.js';
 import { renderMarkdown } from './markdown.js';
 
+// Preferences are kept per key (the owner tag, a hash of it): another key signing in on this
+// browser starts from its own, never from collections or a model it may not use.
 const SETTINGS = 'edgeseek.chat.settings';
 const KB_DEFAULT = 'edgeseek.chat.knowledge';
 const WEB_DEFAULT = 'edgeseek.chat.web';
+const MODEL_DEFAULT = 'edgeseek.chat.model';
 const AGENT_PREFIX = 'agent:';
 
 /** Whether a model id names an agent (the daemon runs its tools; client tools are refused). */
@@ -56,9 +59,9 @@ export function addStep(steps, step) {
   return steps;
 }
 
-function loadSettings() {
+function loadSettings(key) {
   const d = { system: '', temperature: '', maxTokens: '', budget: '', tools: '', stream: true };
-  try { return { ...d, ...JSON.parse(localStorage.getItem(SETTINGS) || '{}') }; } catch { return d; }
+  try { return { ...d, ...JSON.parse(localStorage.getItem(key) || '{}') }; } catch { return d; }
 }
 
 function num(v) {
@@ -154,16 +157,18 @@ export class ChatView {
   constructor(owner, opts = {}) {
     this.owner = owner;
     this.admin = !!opts.admin;
+    // What the key may do (GET /v1/me); null from a daemon without it: everything is offered.
+    this.me = opts.me || null;
     this.fixed = opts.agent ? `${AGENT_PREFIX}${opts.agent}` : null;
     this.models = [];
     // Web search: null (may be tried), or why it cannot be used ('unconfigured', 'denied').
-    this.webOff = null;
+    this.webOff = this.me && !this.me.can.web_search ? 'denied' : null;
     this.conv = null;
     this.busy = null; // { controller, msg, conv }
     this.refs = new WeakMap(); // message → its elements
     // Agent steps the user opened (by call id): a conversation drawn again keeps them open.
     this.openSteps = new Set();
-    this.settings = this.fixed ? { stream: true } : loadSettings();
+    this.settings = this.fixed ? { stream: true } : loadSettings(this.pref(SETTINGS));
     this.collections = null; // null: not asked yet; array; or an ApiError
     this.modelTimer = null;
     this.build();
@@ -179,7 +184,14 @@ export class ChatView {
         h('h2', null, t('chat.conversations')),
         h('button', { type: 'button', class: 'primary small', onclick: () => this.newChat() }, `+ ${t('chat.new')}`)),
       this.list);
-    this.modelSel = h('select', { id: modelId, onchange: () => { if (this.conv) this.conv.model = this.modelSel.value; this.updateMode(); } });
+    this.modelSel = h('select', {
+      id: modelId,
+      onchange: () => {
+        if (this.conv) this.conv.model = this.modelSel.value;
+        if (!this.fixed) localStorage.setItem(this.pref(MODEL_DEFAULT), this.modelSel.value);
+        this.updateMode();
+      },
+    });
     this.convToggle = h('button', {
       type: 'button', class: 'ghost convs-toggle', 'aria-controls': this.convs.id, 'aria-expanded': 'false',
       'aria-label': t('chat.conversations.toggle'),
@@ -205,7 +217,7 @@ export class ChatView {
     const field = (label, input) => { const id = nextId('set'); input.id = id; return h('div', { class: 'field' }, h('label', { for: id }, label), input); };
     const setting = (k, props) => {
       const el = h(props.tag || 'input', { ...props, tag: undefined, value: this.settings[k] });
-      el.addEventListener('input', () => { this.settings[k] = el.value; localStorage.setItem(SETTINGS, JSON.stringify(this.settings)); });
+      el.addEventListener('input', () => { this.settings[k] = el.value; localStorage.setItem(this.pref(SETTINGS), JSON.stringify(this.settings)); });
       return el;
     };
     this.setPanel = h('div', { class: 'popover settings', id: nextId('settings'), hidden: true },
@@ -281,7 +293,7 @@ export class ChatView {
   buildStreamSetting() {
     const id = nextId('set');
     const box = h('input', { type: 'checkbox', id, name: 'stream', checked: this.settings.stream !== false });
-    box.addEventListener('change', () => { this.settings.stream = box.checked; localStorage.setItem(SETTINGS, JSON.stringify(this.settings)); });
+    box.addEventListener('change', () => { this.settings.stream = box.checked; localStorage.setItem(this.pref(SETTINGS), JSON.stringify(this.settings)); });
     return h('div', { class: 'check' }, box, h('label', { for: id }, t('chat.stream')));
   }
 
@@ -297,7 +309,7 @@ export class ChatView {
     });
     this.toolsInput.addEventListener('input', () => {
       this.settings.tools = this.toolsInput.value;
-      localStorage.setItem(SETTINGS, JSON.stringify(this.settings));
+      localStorage.setItem(this.pref(SETTINGS), JSON.stringify(this.settings));
       this.checkTools();
     });
     this.checkTools();
@@ -376,6 +388,9 @@ export class ChatView {
 
   // --- models ---------------------------------------------------------------------------
 
+  /** The storage name of preference `name` for this key. */
+  pref(name) { return `${name}:${this.owner}`; }
+
   /**
    * The models and, for keys with agent scopes, the agents (`agent:NAME` with a description):
    * agents go in their own group of the picker, named without the prefix.
@@ -388,11 +403,20 @@ export class ChatView {
     } catch (e) {
       if (e.status === 401) return;
     }
-    // Chat models that do not serve now (loading, unloaded, failed) are not offered; while
-    // none serves the list is asked for again.
-    data = data.filter((m) => (m.state ?? 'ready') === 'ready');
+    // Only what chats: agents, and chat models that serve now (loading, unloaded or failed
+    // ones are not offered; while none serves the list is asked for again). Embedding models
+    // carry no state. A saved choice no longer offered falls back to the default model.
+    data = data.filter((m) => isAgent(m.id) || m.state === 'ready');
     this.models = data;
-    const want = this.conv?.model || this.modelSel.value;
+    const saved = this.conv?.model || this.modelSel.value || localStorage.getItem(this.pref(MODEL_DEFAULT));
+    const usable = data.filter((m) => !isAgent(m.id));
+    let want = saved;
+    if (!this.fixed && usable.length && !data.some((m) => m.id === saved)) {
+      want = (usable.find((m) => m.default) || usable[0]).id;
+      if (saved) toast(t('chat.model.fallback', { from: saved, to: want }));
+      localStorage.setItem(this.pref(MODEL_DEFAULT), want);
+      if (this.conv) this.conv.model = want;
+    }
     const option = (m) => h('option', {
       value: m.id, selected: m.id === want, title: m.description || null,
     }, isAgent(m.id) ? `${m.id.slice(AGENT_PREFIX.length)}${m.description ? ` — ${m.description}` : ''}` : m.id);
@@ -409,7 +433,7 @@ export class ChatView {
   updateMode() {
     const model = this.fixed || this.modelSel.value;
     const agent = isAgent(model);
-    this.kbWrap.hidden = agent;
+    this.kbWrap.hidden = agent || (this.me && !this.me.can.knowledge);
     this.webBtn.hidden = agent;
     this.agentNote.hidden = !agent || !!this.fixed;
     if (agent && !this.fixed) {
@@ -464,7 +488,7 @@ export class ChatView {
   toggleWeb() {
     if (this.webOff || !this.conv) return;
     this.conv.web = !this.conv.web;
-    localStorage.setItem(WEB_DEFAULT, this.conv.web ? '1' : '');
+    localStorage.setItem(this.pref(WEB_DEFAULT), this.conv.web ? '1' : '');
     this.updateWebButton();
     if (this.conv.saved) this.save();
   }
@@ -473,11 +497,13 @@ export class ChatView {
 
   newChat() {
     let kb = [];
-    try { kb = JSON.parse(localStorage.getItem(KB_DEFAULT) || '[]'); } catch { kb = []; }
+    try { kb = JSON.parse(localStorage.getItem(this.pref(KB_DEFAULT)) || '[]'); } catch { kb = []; }
+    // Only collections this key may still read (a collection deleted or a scope taken away).
+    if (this.me) { const can = new Set(this.me.collections.map((c) => c.name)); kb = kb.filter((n) => can.has(n)); }
     this.conv = {
       id: store.newId(), owner: this.owner, title: t('chat.untitled'), created: Date.now(), updated: Date.now(),
       model: this.fixed || this.modelSel.value, knowledge: this.fixed ? [] : kb, messages: [], saved: false,
-      web: !this.fixed && !this.webOff && localStorage.getItem(WEB_DEFAULT) === '1',
+      web: !this.fixed && !this.webOff && localStorage.getItem(this.pref(WEB_DEFAULT)) === '1',
     };
     this.renderConv();
     this.renderList();
@@ -549,6 +575,8 @@ export class ChatView {
     const summary = h('summary', null, '');
     const thinkBody = h('div', { class: 'thinking-body' });
     const thinking = h('details', { class: 'thinking' }, summary, thinkBody);
+    // Opened while the model thinks, closed when the answer starts, unless the user chose.
+    summary.addEventListener('click', () => { const r = this.refs.get(m); if (r) r.userToggled = true; });
     const answer = h('div', { class: 'answer md' });
     const sources = h('div', { class: 'sources' });
     const steps = h('div', { class: 'tool-steps' });
@@ -575,6 +603,8 @@ export class ChatView {
         : m.thinkMs ? t('chat.thought', { s: Math.max(1, Math.round(m.thinkMs / 1000)) }) : t('chat.thought.short'));
       r.summary.classList.toggle('live', thinkingNow);
       put(r.thinkBody, m.reasoning);
+      if (!r.userToggled && thinkingNow && !r.autoOpened) { r.thinking.open = true; r.autoOpened = true; }
+      if (!r.userToggled && !thinkingNow && r.autoOpened && !r.autoClosed) { r.thinking.open = false; r.autoClosed = true; }
     }
     const opts = {
       citations: m.citations || [],
@@ -964,6 +994,12 @@ export class ChatView {
       put(this.kbPanel, h('p', { class: 'muted' }, text));
       return;
     }
+    // A chosen collection this key can no longer read (deleted, scope taken away) is dropped.
+    const readable = new Set(list.map((col) => col.name));
+    if ((this.conv.knowledge || []).some((n) => !readable.has(n))) {
+      this.conv.knowledge = this.conv.knowledge.filter((n) => readable.has(n));
+      this.updateKbButton();
+    }
     if (!list.length) { put(this.kbPanel, h('p', { class: 'muted' }, t('kb.none'))); return; }
     const chosen = new Set(this.conv.knowledge || []);
     const boxes = list.map((col) => {
@@ -973,7 +1009,7 @@ export class ChatView {
         const set = new Set(this.conv.knowledge || []);
         if (box.checked) set.add(col.name); else set.delete(col.name);
         this.conv.knowledge = [...set];
-        localStorage.setItem(KB_DEFAULT, JSON.stringify(this.conv.knowledge));
+        localStorage.setItem(this.pref(KB_DEFAULT), JSON.stringify(this.conv.knowledge));
         this.updateKbButton();
         if (this.conv.saved) this.save();
       });

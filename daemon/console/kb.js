@@ -20,7 +20,9 @@ export function typeOf(file) {
 const PARALLEL = 2;
 
 export class KnowledgeView {
-  constructor() {
+  /** `opts.me`: what the key may do (GET /v1/me); without it everything is offered. */
+  constructor(opts = {}) {
+    this.me = opts.me || null;
     this.selected = null;
     this.queue = [];
     this.running = 0;
@@ -90,10 +92,20 @@ export class KnowledgeView {
 
   show() { this.refresh(); }
 
+  /** Whether this key may change collection `name` (upload, delete): as /v1/me says. */
+  mayWrite(name) {
+    return !this.me || this.me.collections.some((c) => c.name === name && c.write);
+  }
+
   async refresh() {
     let list;
     try {
-      list = (await api('GET', '/v1/kb/collections')).data || [];
+      // The key's collections change as they are created and deleted: ask again each time
+      // (the object is the one the chat view holds, so it sees the same).
+      const [cols, fresh] = await Promise.all([
+        api('GET', '/v1/kb/collections'), this.me ? api('GET', '/v1/me') : null]);
+      list = cols.data || [];
+      if (fresh) Object.assign(this.me, fresh);
     } catch (e) {
       this.notice.hidden = false;
       put(this.notice, e.status === 404 ? t('kb.unavailable') : e.status === 403 ? t('kb.forbidden') : e.friendly);
@@ -103,7 +115,8 @@ export class KnowledgeView {
       return;
     }
     this.notice.hidden = true;
-    this.createForm.hidden = false;
+    // Creating needs a kb:write scope: a read-only key is not offered a form that fails.
+    this.createForm.hidden = !!this.me && !this.me.can.create_collections;
     this.pick.hidden = !!this.selected;
     this.collections = list;
     if (this.selected && !list.some((c) => c.name === this.selected)) this.select(null);
@@ -111,10 +124,10 @@ export class KnowledgeView {
       h('button', { type: 'button', class: 'col', 'aria-current': c.name === this.selected ? 'true' : null, onclick: () => this.select(c.name) },
         h('span', { class: 'name' }, c.name),
         h('span', { class: 'muted' }, t('kb.docs.n', { d: fmtNumber(c.documents), c: fmtNumber(c.chunks) }))),
-      h('button', {
+      this.mayWrite(c.name) ? h('button', {
         type: 'button', class: 'ghost icon', 'aria-label': t('kb.deletecol', { name: c.name }),
         onclick: () => this.deleteCollection(c.name),
-      }, '✕'))));
+      }, '✕') : null)));
     if (!this.selected && list.length === 1) this.select(list[0].name);
   }
 
@@ -126,6 +139,7 @@ export class KnowledgeView {
     if (!name) return;
     put(this.title, name);
     put(this.dropText, t('kb.drop', { name }));
+    this.drop.hidden = !this.mayWrite(name);
     for (const li of this.colList.children) {
       const b = li.querySelector('button.col');
       const cur = b && b.querySelector('.name').textContent === name;
@@ -174,8 +188,9 @@ export class KnowledgeView {
     }
     if (col !== this.selected) return;
     if (!list.length) { put(this.docs, h('p', { class: 'muted' }, t('kb.nodocs'))); return; }
-    const head = ['kb.col.file', 'kb.col.kind', 'kb.col.pages', 'kb.col.chunks', 'kb.col.size', 'kb.col.added', 'kb.col.actions']
-      .map((k) => h('th', { scope: 'col' }, t(k)));
+    const write = this.mayWrite(col);
+    const head = ['kb.col.file', 'kb.col.kind', 'kb.col.pages', 'kb.col.chunks', 'kb.col.size', 'kb.col.added', write ? 'kb.col.actions' : null]
+      .filter(Boolean).map((k) => h('th', { scope: 'col' }, t(k)));
     const rows = list.map((d) => h('tr', null,
       h('th', { scope: 'row', class: 'file' }, d.filename, d.title && d.title !== d.filename ? h('span', { class: 'muted block' }, d.title) : null),
       h('td', null, d.kind || ''),
@@ -183,10 +198,10 @@ export class KnowledgeView {
       h('td', { class: 'num' }, fmtNumber(d.chunks)),
       h('td', { class: 'num' }, fmtBytes(d.bytes)),
       h('td', null, fmtDate(d.created_at)),
-      h('td', null, h('button', {
+      write ? h('td', null, h('button', {
         type: 'button', class: 'small ghost danger-text', 'aria-label': t('kb.deletedoc', { name: d.filename }),
         onclick: () => this.deleteDoc(d),
-      }, t('delete')))));
+      }, t('delete'))) : null));
     put(this.docs, h('div', { class: 'table-wrap' }, h('table', null, h('thead', null, h('tr', null, head)), h('tbody', null, rows))));
   }
 

@@ -469,7 +469,7 @@ test('chat: keys with agent scopes pick agents (with their description); whole a
   }
 });
 
-test('chat: Web search sends web_search and shows its sources as links; a key without `web` is told why', async () => {
+test('chat: Web search sends web_search and shows its sources as links; a key without `web` is told why up front', async () => {
   const t = await browser();
   const p = await t.context.newPage();
   const seen = watch(p);
@@ -506,20 +506,19 @@ test('chat: Web search sends web_search and shows its sources as links; a key wi
     assert.equal(await p.locator('.toolbar .web-toggle').getAttribute('aria-pressed'), 'true');
     await p.locator('header button', { hasText: 'Sign out' }).click();
 
-    // Without the `web` scope: the daemon's 403, said plainly; the toggle goes off and says why.
-    // (The toggle's last position is this browser's default for new chats.)
+    // Without the `web` scope (GET /v1/me says so): the toggle is off from the start and says
+    // why, though this browser's last choice for new chats was on; nothing asks for a search.
     await signIn(p, d, d.key('no-web', 'chat'));
     await p.locator('.messages .empty').waitFor();
-    if ((await toggle.getAttribute('aria-pressed')) !== 'true') await toggle.click();
-    assert.equal(await toggle.getAttribute('aria-pressed'), 'true');
-    await p.fill('.composer textarea', 'search something');
-    await p.keyboard.press('Enter');
-    await idle(p);
-    const status = p.locator('.msg.assistant').last().locator('.status');
-    assert.equal(await status.textContent(), 'This key may not use web search (it needs the “web” scope).');
     assert.equal(await toggle.isDisabled(), true);
     assert.equal(await toggle.getAttribute('aria-pressed'), 'false');
     assert.equal(await toggle.getAttribute('title'), 'This key may not use web search (it needs the “web” scope).');
+    const asked = p.waitForRequest((r) => r.url().endsWith('/v1/chat/completions'));
+    await p.fill('.composer textarea', 'search something');
+    await p.keyboard.press('Enter');
+    assert.equal((await asked).postDataJSON().web_search, undefined);
+    await idle(p);
+    // The daemon refuses it all the same, for clients that ask anyway.
     const refused = await d.json('POST', '/v1/chat/completions', { key: d.key('no-web-2', 'chat'), body: { model: MODEL, messages: [{ role: 'user', content: 'x' }], web_search: true } });
     assert.equal(refused.status, 403);
     await shot(p, 'chat-web-denied');

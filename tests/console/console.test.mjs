@@ -225,7 +225,7 @@ test('sign in: a wrong key gets a clear message, the right key opens the chat', 
   assert.equal(await page.locator('.toolbar select').inputValue(), MODEL);
 });
 
-test('a message streams an answer; the thinking panel holds the reasoning and opens', async () => {
+test('a message streams an answer; the thinking panel is open while the model reasons, then closes', async () => {
   // The fixture's R1 template opens <think>: without a budget everything is reasoning. A small
   // thinking budget closes it so an answer follows; a background load keeps the batch full so
   // the stream lasts long enough to watch.
@@ -237,12 +237,17 @@ test('a message streams an answer; the thinking panel holds the reasoning and op
   await page.evaluate(() => {
     window.lens = [];
     window.stopShown = false;
+    window.openWhileThinking = [];
     const tick = () => {
       const m = [...document.querySelectorAll('.msg.assistant')].pop();
       if (m) {
         const n = m.querySelector('.thinking-body').textContent.length + m.querySelector('.answer').textContent.length;
         window.lens.push(n);
         if (n > 0 && !document.querySelector('.composer .stop').hidden) window.stopShown = true;
+        // While only reasoning has arrived, the panel is open: the user watches it think.
+        if (m.querySelector('.thinking-body').textContent && !m.querySelector('.answer').textContent) {
+          window.openWhileThinking.push(m.querySelector('details.thinking').open);
+        }
       }
       if (!window.stopLens) requestAnimationFrame(tick);
     };
@@ -254,7 +259,12 @@ test('a message streams an answer; the thinking panel holds the reasoning and op
   assert.match((await sse).headers()['content-type'], /^text\/event-stream/);
   await idle();
   await hog.done;
-  const [lens, stopShown] = await page.evaluate(() => { window.stopLens = true; return [window.lens, window.stopShown]; });
+  const [lens, stopShown, openWhileThinking] = await page.evaluate(() => {
+    window.stopLens = true;
+    return [window.lens, window.stopShown, window.openWhileThinking];
+  });
+  assert.ok(openWhileThinking.length > 0 && openWhileThinking.every(Boolean),
+    `the thinking panel was open while the model reasoned: ${openWhileThinking}`);
   const distinct = new Set(lens.filter((n) => n > 0));
   assert.ok(distinct.size >= 3, `text arrived in pieces: ${[...distinct].join(',')}`);
   assert.ok(stopShown, 'Stop was offered while the answer streamed');

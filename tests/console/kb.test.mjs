@@ -132,6 +132,54 @@ test('chat with knowledge: numbered sources open the cited chunk, shown as text'
   await dlg.waitFor({ state: 'detached' });
 });
 
+test('the console offers each key exactly what it may do, with its own preferences', async () => {
+  // The editor's page chose `handbook` for knowledge chat (the test above); that choice is its
+  // own. The same browser (shared storage) now serves a reader and a chat-only key.
+  const p = await b.context.newPage();
+  const seen = watch(p);
+  const asked = [];
+  p.on('request', (r) => asked.push(new URL(r.url()).pathname));
+  const signIn = async (k) => {
+    await p.goto(`${d.url}/`);
+    await p.fill('#key', k);
+    await p.locator('form.signin button[type="submit"]').click();
+    await p.locator('.chat').waitFor();
+  };
+  await signIn(d.key('kb-reader', `chat,kb:read:${COLLECTION}`));
+  // Only chat models: the knowledge base's embedding model is listed by /v1/models but not
+  // offered to chat with.
+  const listed = (await d.json('GET', '/v1/models', { key })).json.data.map((m) => m.id);
+  await p.locator('.chat select option').first().waitFor({ state: 'attached' });
+  const offered = await p.locator('.chat select option').evaluateAll((os) => os.map((o) => o.value));
+  assert.ok(listed.some((id) => !offered.includes(id)), `an embedding model among ${listed}`);
+  assert.ok(offered.length >= 1 && offered.every((id) => listed.includes(id)));
+  // A new chat of this key starts without the editor's collections.
+  assert.equal(await p.locator('.toolbar button', { hasText: 'Knowledge' }).textContent(), 'Knowledge');
+  // Read only: the collection is listed and searchable, nothing offers to change it.
+  await p.locator('nav.tabs a[data-route="knowledge"]').click();
+  await p.locator('.col-list .col', { hasText: COLLECTION }).click();
+  await p.locator('.docs tbody tr').first().waitFor();
+  assert.equal(await p.locator('.kb form.stack').isVisible(), false, 'no create form');
+  assert.equal(await p.locator('.col-list li button.icon').count(), 0, 'no delete for the collection');
+  assert.equal(await p.locator('.dropzone').isVisible(), false, 'no upload');
+  assert.equal(await p.locator('.docs button').count(), 0, 'no delete for documents');
+  await shot(p, 'knowledge-read-only');
+
+  await p.locator('header button', { hasText: 'Sign out' }).click();
+  await p.locator('#signin-msg', { hasText: 'You are signed out.' }).waitFor();
+  await signIn(d.key('kb-chat-only', 'chat'));
+  assert.equal(await p.locator('nav.tabs a[data-route="knowledge"]').isVisible(), false);
+  assert.equal(await p.locator('.toolbar button', { hasText: 'Knowledge' }).isVisible(), false);
+  await p.goto(`${d.url}/#/knowledge`);
+  await p.locator('.chat').waitFor();
+  assert.equal(await p.locator('.kb').count(), 0);
+  // The permissions came from /v1/me, never from probing routes the key may not use.
+  assert.ok(asked.includes('/v1/me'));
+  assert.deepEqual(asked.filter((u) => u.startsWith('/v1/admin/')), []);
+  assert.deepEqual(seen, []);
+  await p.close();
+});
+
 test('knowledge: delete a document, then the collection', async () => {
   await page.locator('nav.tabs a[data-route="knowledge"]').click();
   await page.locator('.col-list .col', { hasText: COLLECTION }).click();
