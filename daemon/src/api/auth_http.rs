@@ -272,11 +272,7 @@ pub async fn me(c: Call) -> Result<Response<Body>, ApiError> {
             )
             .into_iter()
             .map(|q| QuotaUse {
-                applies_to: if q.who.starts_with("group ") {
-                    "group"
-                } else {
-                    "key"
-                },
+                applies_to: q.applies_to,
                 period: q.period,
                 used: q.used,
                 limit: q.limit,

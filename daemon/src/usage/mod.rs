@@ -120,6 +120,8 @@ pub struct Row {
 pub struct OverQuota {
     /// `key NAME` or `group NAME`.
     pub who: String,
+    /// `key` or `group`: whose quota it is.
+    pub applies_to: &'static str,
     /// `day` or `month`.
     pub period: &'static str,
     pub used: u64,
@@ -320,14 +322,15 @@ impl UsageStore {
         let inner = lock(&self.inner);
         let mut checks = vec![(
             Who::Key(key.0.to_string()),
+            "key",
             format!("key {}", key.1),
             key_quota,
         )];
         if let Some((g, q)) = group {
-            checks.push((Who::Group(g.to_string()), format!("group {g}"), q));
+            checks.push((Who::Group(g.to_string()), "group", format!("group {g}"), q));
         }
         let mut out = Vec::new();
-        for (who, name, q) in checks {
+        for (who, applies_to, name, q) in checks {
             for (period, limit, label, resets_day) in [
                 (Period::Day(day), q.tokens_per_day, "day", day + 1),
                 (Period::Month(first), q.tokens_per_month, "month", next),
@@ -344,6 +347,7 @@ impl UsageStore {
                 };
                 out.push(OverQuota {
                     who: name.clone(),
+                    applies_to,
                     period: label,
                     used,
                     limit,
